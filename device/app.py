@@ -1,0 +1,76 @@
+"""Wiring: build the pipeline's parts from settings, run it, close everything in reverse."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from device.asr import NoTranscriber, Transcriber, VoskTranscriber
+from device.audio import AudioSource
+from device.config import Settings, resolve_models_dir
+from device.events import EventSink
+from device.indicator import Indicator
+from device.models import ModelStore
+from device.pipeline import ClipWriter, Counters, Listener
+from device.recorder import Recorder
+from device.store import ClipStore
+from device.vad import SpeechDetector
+from device.wake import OpenWakeWordDetector
+
+log = logging.getLogger(__name__)
+
+NO_VOSK_WARNING = (
+    "no Vosk model installed: clips are stored without a transcript. Install the English one "
+    "with `edge-recorder models fetch --vosk`, or register one with "
+    "`edge-recorder models fetch --vosk-model DIR`"
+)
+
+
+def make_transcriber(settings: Settings, models: ModelStore) -> Transcriber:
+    if not settings.asr.enabled:
+        return NoTranscriber()
+    if settings.asr.model:
+        return VoskTranscriber(Path(settings.asr.model).expanduser())
+    registered = models.vosk_model()
+    if registered is None:
+        log.warning(NO_VOSK_WARNING)
+        return NoTranscriber()
+    return VoskTranscriber(registered)
+
+
+def run_pipeline(
+    settings: Settings,
+    state_dir: Path,
+    open_source: Callable[[], AudioSource],
+    events: EventSink,
+    pin_factory: Any,
+    stop: threading.Event,
+) -> Counters:
+    """Build every part (failing early with one clear error), then listen until `stop` or the
+    input ends."""
+    with ExitStack() as stack:
+        store = ClipStore(state_dir)
+        stack.callback(store.close)
+        models = ModelStore(resolve_models_dir(settings, state_dir))
+        detector = OpenWakeWordDetector(settings.wake, models)
+        transcriber = make_transcriber(settings, models)
+        indicator = Indicator(settings.indicator, pin_factory)
+        stack.callback(indicator.close)
+        counters = Counters()
+        writer = ClipWriter(transcriber, store, events, counters)
+        stack.callback(writer.close)
+        source = open_source()
+        stack.callback(source.close)
+        listener = Listener(
+            source, detector, SpeechDetector(settings.recorder.vad_aggressiveness),
+            Recorder(settings.recorder, settings.wake), indicator, writer, events, counters,
+        )
+        try:
+            return listener.run(stop)
+        finally:
+            indicator.idle()
+    raise AssertionError("unreachable")

@@ -1,0 +1,246 @@
+"""Command line: parse, load settings, hand over to device.app or the store. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import signal
+import sys
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from device import __version__
+from device.config import Settings, load_settings, resolve_models_dir, resolve_state_dir
+from device.errors import EdgeRecorderError
+from device.events import EventSink
+from device.models import VOSK_EN, ModelStore, describe
+
+log = logging.getLogger("device")
+
+EXIT_INTERRUPTED = 130
+
+
+def sample_wav() -> Path:
+    """The bundled demo: espeak-ng saying "hey jarvis, turn on the kitchen light"."""
+    return Path(str(resources.files("device") / "data" / "sample.wav"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a nested subcommand's default must not overwrite a value given before it.
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                        help="TOML config (default: built-in defaults, see config/default.toml)")
+    common.add_argument("--state-dir", default=argparse.SUPPRESS,
+                        help="where clips live (default: $EDGE_RECORDER_STATE_DIR, else XDG data)")
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="-v info, -vv debug")
+
+    parser = argparse.ArgumentParser(
+        prog="edge-recorder",
+        description="Privacy-first voice front end: wake word, recording light, on-device ASR.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-recorder {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="listen on the microphone")
+    run.add_argument("--events", help="write events as JSON lines to PATH, or - for stdout")
+
+    sim = sub.add_parser("simulate", parents=[common], help="run the pipeline on a WAV file")
+    sim.add_argument("file", nargs="?", type=Path, help="audio file (default: bundled sample)")
+    sim.add_argument("--events", default="-", help="JSON lines to PATH, or - (default)")
+    sim.add_argument("--realtime", action="store_true", help="pace the file at real time")
+
+    sub.add_parser("devices", parents=[common], help="list audio input devices")
+
+    clips = sub.add_parser("clips", parents=[common], help="read the clip store")
+    csub = clips.add_subparsers(dest="clips_command", required=True)
+    csub.add_parser("list", parents=[common], help="list clips as JSON lines")
+    show = csub.add_parser("show", parents=[common], help="one clip's metadata")
+    show.add_argument("id")
+    export = csub.add_parser("export", parents=[common], help="copy a clip's WAV out")
+    export.add_argument("id")
+    export.add_argument("dest", type=Path)
+    delete = csub.add_parser("delete", parents=[common], help="delete clips")
+    delete.add_argument("ids", nargs="*")
+    delete.add_argument("--all", action="store_true", help="delete every clip")
+
+    models = sub.add_parser("models", parents=[common], help="install and verify models")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    fetch = msub.add_parser("fetch", parents=[common], help="install models (default: all)")
+    fetch.add_argument("--wake", action="store_true", help="only the wake-word models")
+    fetch.add_argument("--vosk", action="store_true", help=f"only {VOSK_EN.name}")
+    fetch.add_argument("--wheel", type=Path, help="install wake models from this wheel file")
+    fetch.add_argument("--vosk-zip", type=Path, help=f"install {VOSK_EN.name} from this zip")
+    fetch.add_argument("--vosk-model", type=Path, help="register a Vosk model directory")
+    fetch.add_argument("--vosk-url", default=VOSK_EN.url, help="mirror of the English model")
+    msub.add_parser("list", parents=[common], help="installed models, verified")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(getattr(args, "verbose", 0), 2)]
+    logging.basicConfig(level=level, format="edge-recorder: %(levelname)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except EdgeRecorderError as exc:
+        print(f"edge-recorder: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _settings(args: argparse.Namespace) -> tuple[Settings, Path]:
+    return (load_settings(getattr(args, "config", None)),
+            resolve_state_dir(getattr(args, "state_dir", None)))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from device.app import run_pipeline
+    from device.audio import MicSource
+    from device.indicator import make_pin_factory
+
+    settings, state_dir = _settings(args)
+    a = settings.audio
+    stop = _stop_on_signals()
+    events = EventSink(args.events)
+    try:
+        counters = run_pipeline(
+            settings, state_dir, lambda: MicSource(a.device, a.sample_rate_hz, a.queue_s),
+            events, make_pin_factory(settings.indicator.pin_factory), stop,
+        )
+    finally:
+        events.close()
+    log.info("stopped: %s", counters)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gpiozero.pins.mock import MockFactory
+
+    from device.app import run_pipeline
+    from device.audio import WavSource
+
+    settings, state_dir = _settings(args)
+    path = args.file or sample_wav()
+    source = WavSource(path, args.realtime, settings.audio.queue_s)  # fail fast on a bad file
+    events = EventSink(args.events)
+    try:
+        counters = run_pipeline(
+            settings, state_dir, lambda: source, events, MockFactory(), _stop_on_signals()
+        )
+    finally:
+        events.close()
+    print(
+        f"edge-recorder: simulated {source.duration_s:.1f} s of '{path.name}': "
+        f"{counters.wakes} wake(s), {counters.clips} clip(s), {counters.discarded} discarded; "
+        f"clips are in {state_dir}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from device.audio import list_input_devices
+
+    for d in list_input_devices():
+        print(f"{d['index']:>3}  {d['name']}  ({d['max_input_channels']} ch, "
+              f"default {int(d['default_samplerate'])} Hz)")
+    return 0
+
+
+def cmd_clips(args: argparse.Namespace) -> int:
+    from device.store import ClipStore
+
+    _, state_dir = _settings(args)
+    store = ClipStore(state_dir)
+    try:
+        return CLIP_COMMANDS[args.clips_command](store, args)
+    finally:
+        store.close()
+
+
+def clips_list(store: Any, args: argparse.Namespace) -> int:
+    for clip in store.all():
+        _print_json(clip.summary())
+    return 0
+
+
+def clips_show(store: Any, args: argparse.Namespace) -> int:
+    _print_json(store.get(args.id).summary())
+    return 0
+
+
+def clips_export(store: Any, args: argparse.Namespace) -> int:
+    clip = store.get(args.id)
+    dest = args.dest / clip.audio_file if args.dest.is_dir() else args.dest
+    shutil.copyfile(store.audio_path(clip), dest)
+    print(dest)
+    return 0
+
+
+def clips_delete(store: Any, args: argparse.Namespace) -> int:
+    from device.errors import ConfigError
+
+    if args.all == bool(args.ids):
+        raise ConfigError("give clip ids or --all (not both)")
+    ids = [c.id for c in store.all()] if args.all else args.ids
+    deleted, missing = store.delete(ids)
+    _print_json({"deleted": deleted, "not_found": missing})
+    return 0 if not missing else 1
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    settings, state_dir = _settings(args)
+    models = ModelStore(resolve_models_dir(settings, state_dir))
+    if args.models_command == "list":
+        rows = models.status()
+        for row in rows:
+            _print_json(describe(row))
+        return 0 if all(r.ok for r in rows if r.kind != "asr") else 1
+    return models_fetch(models, args)
+
+
+def models_fetch(models: ModelStore, args: argparse.Namespace) -> int:
+    vosk_given = args.vosk_zip or args.vosk_model
+    want_wake = args.wake or args.wheel or not (args.vosk or vosk_given)
+    want_vosk = args.vosk or vosk_given or not (args.wake or args.wheel)
+    if want_wake:
+        paths = models.fetch_wake_models(args.wheel)
+        print(f"installed {len(paths)} wake-word model files in {models.root} (sha256 verified)")
+    if want_vosk:
+        if args.vosk_model:
+            path = models.register_vosk(args.vosk_model)
+        elif args.vosk_zip:
+            path = models.install_vosk_zip(args.vosk_zip)
+        else:
+            path = models.fetch_vosk(args.vosk_url)
+        print(f"vosk model: {path}")
+    return 0
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False))
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+COMMANDS = {
+    "run": cmd_run, "simulate": cmd_simulate, "devices": cmd_devices,
+    "clips": cmd_clips, "models": cmd_models,
+}
+CLIP_COMMANDS = {
+    "list": clips_list, "show": clips_show, "export": clips_export, "delete": clips_delete,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Settings: one frozen model per subsystem, validated on load from TOML.
+
+Every field's default here is the default a newcomer meets; `config/default.toml` documents the same
+values (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from device.errors import ConfigError
+
+APP_NAME = "edge-recorder"
+SYSTEMD_STATE_DIR = Path("/var/lib/edge-recorder")
+MAX_PREROLL_S = 2.0
+
+Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AudioSettings(_Section):
+    device: str | int | None = None
+    """sounddevice input device: name (substring) or index; None = the system default."""
+    sample_rate_hz: int | None = Field(default=None, gt=0)
+    """Capture rate; None = the device's default. Audio is resampled to 16 kHz."""
+    queue_s: float = Field(default=2.0, gt=0.0, le=120.0)
+    """Audio buffered between the capture callback and the listener before frames are dropped."""
+
+
+class WakeSettings(_Section):
+    models: list[str] = Field(default_factory=lambda: ["hey_jarvis"], min_length=1)
+    """Installed model names (hey_jarvis, alexa, hey_mycroft, hey_rhasspy, ok_nabu) or .tflite paths."""
+    threshold: Probability = 0.5
+    """Score a frame must exceed to count towards a wake."""
+    thresholds: dict[str, Probability] = Field(default_factory=dict)
+    """Per-model overrides of `threshold`, keyed by model name."""
+    patience_frames: int = Field(default=1, ge=1, le=25)
+    """Consecutive 80 ms frames over threshold needed for a wake."""
+    refractory_s: float = Field(default=2.0, ge=0.0, le=60.0)
+    """After a wake, further wakes are ignored for this long (audio seconds)."""
+
+    def threshold_for(self, name: str) -> float:
+        return self.thresholds.get(name, self.threshold)
+
+
+class RecorderSettings(_Section):
+    trailing_silence_s: float = Field(default=0.8, gt=0.0, le=10.0)
+    """Silence after speech that ends the utterance."""
+    max_length_s: float = Field(default=10.0, gt=0.0, le=120.0)
+    """Longest clip kept; recording stops here even if speech goes on."""
+    speech_timeout_s: float = Field(default=3.0, gt=0.0, le=30.0)
+    """A wake followed by no speech for this long is discarded (a false wake)."""
+    min_speech_s: float = Field(default=0.24, ge=0.0, le=10.0)
+    """Less voiced audio than this in a recording counts as no speech: discarded."""
+    vad_aggressiveness: int = Field(default=2, ge=0, le=3)
+    """webrtcvad mode: 0 keeps the most audio as speech, 3 the least."""
+    keep_wake_word_audio: bool = False
+    """Keep up to `preroll_s` of audio from before the light went on. Relaxes invariant I1."""
+    preroll_s: float = Field(default=0.0, ge=0.0, le=MAX_PREROLL_S)
+    """Pre-roll kept when keep_wake_word_audio is on (at most 2 s)."""
+
+    @model_validator(mode="after")
+    def _preroll_needs_opt_in(self) -> RecorderSettings:
+        if self.preroll_s > 0 and not self.keep_wake_word_audio:
+            raise ValueError("preroll_s > 0 needs keep_wake_word_audio = true (it relaxes I1)")
+        return self
+
+
+class AsrSettings(_Section):
+    enabled: bool = True
+    """Transcribe clips on the device with Vosk."""
+    model: str | None = None
+    """Path to a Vosk model directory; None = the one registered by `models fetch`."""
+
+
+class IndicatorSettings(_Section):
+    pin: str | int = "GPIO17"
+    """gpiozero pin of the recording LED (e.g. "GPIO17", "BOARD11", 17)."""
+    active_high: bool = True
+    """False when the LED is wired between the pin and 3.3 V."""
+    pin_factory: str | None = None
+    """None = gpiozero's default (lgpio on a Pi); "mock" = simulated pins (no Pi)."""
+
+
+class ModelSettings(_Section):
+    dir: str | None = None
+    """Where models live; None = EDGE_RECORDER_MODELS_DIR, else <state dir>/models."""
+
+
+class Settings(_Section):
+    audio: AudioSettings = AudioSettings()
+    wake: WakeSettings = WakeSettings()
+    recorder: RecorderSettings = RecorderSettings()
+    asr: AsrSettings = AsrSettings()
+    indicator: IndicatorSettings = IndicatorSettings()
+    models: ModelSettings = ModelSettings()
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and validate a TOML config; None means the built-in defaults."""
+    if path is None:
+        return Settings()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file '{path}': {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file '{path}' is not valid TOML: {exc}") from exc
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"config file '{path}': {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first problem as `key.path: message (got value)`, e.g. for one-line errors."""
+    err = exc.errors()[0]
+    key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    message = err["msg"]
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+    if "input" in err and err["type"] not in ("missing", "extra_forbidden"):
+        message += f" (got {err['input']!r})"
+    more = len(exc.errors()) - 1
+    return f"{key}: {message}" + (f" (and {more} more problem(s))" if more else "")
+
+
+def resolve_state_dir(cli_value: str | None) -> Path:
+    """--state-dir, else EDGE_RECORDER_STATE_DIR, else systemd's StateDirectory, else XDG data."""
+    if cli_value:
+        return Path(cli_value).expanduser()
+    if env := os.environ.get("EDGE_RECORDER_STATE_DIR"):
+        return Path(env).expanduser()
+    if systemd_dirs := os.environ.get("STATE_DIRECTORY"):
+        return Path(systemd_dirs.split(":")[0])
+    if os.environ.get("INVOCATION_ID"):
+        return SYSTEMD_STATE_DIR
+    return Path(platformdirs.user_data_dir(APP_NAME))
+
+
+def resolve_models_dir(settings: Settings, state_dir: Path) -> Path:
+    if settings.models.dir:
+        return Path(settings.models.dir).expanduser()
+    if env := os.environ.get("EDGE_RECORDER_MODELS_DIR"):
+        return Path(env).expanduser()
+    return state_dir / "models"

@@ -1,0 +1,211 @@
+"""The listening loop: source → wake detector → recorder → light → VAD/ASR → clip store.
+
+The listener runs on one thread and never does I/O itself beyond the GPIO pin: ASR, WAV encoding,
+fsync and SQLite all run on the ClipWriter's thread, so a slow disk or a slow model never holds up
+the frames behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import numpy as np
+
+from device import SAMPLE_RATE_HZ
+from device.asr import Transcriber, TranscriptStream
+from device.audio import AudioSource
+from device.errors import EdgeRecorderError, IndicatorError
+from device.events import EventSink, event
+from device.frames import Frame, seconds
+from device.recorder import Discarded, Finished, Recorder, State, Utterance, Wake
+from device.store import ClipStore
+from device.vad import SpeechDetector
+from device.wake import WakeDetector
+
+log = logging.getLogger(__name__)
+
+
+class Light(Protocol):
+    def recording(self) -> None: ...
+
+    def idle(self) -> None: ...
+
+
+@dataclass
+class Counters:
+    frames: int = 0
+    wakes: int = 0
+    clips: int = 0
+    discarded: int = 0
+    errors: int = 0
+    overflows: int = 0
+
+
+@dataclass
+class _Finish:
+    utterance: Utterance
+    recorded_at: datetime
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class ClipWriter:
+    """Feeds ASR while recording and stores finished clips, on its own thread."""
+
+    def __init__(
+        self, transcriber: Transcriber, store: ClipStore, events: EventSink, counters: Counters
+    ) -> None:
+        self._transcriber = transcriber
+        self._store = store
+        self._events = events
+        self._counters = counters
+        self._jobs: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._stream: TranscriptStream | None = None
+        self.ready_latencies_s: list[float] = []
+        """Wall seconds from end of utterance (handed over) to clip stored; for benchmarks."""
+        self._thread = threading.Thread(target=self._run, name="clip-writer", daemon=True)
+        self._thread.start()
+
+    def begin(self) -> None:
+        self._jobs.put(("begin", None))
+
+    def feed(self, frame: Frame) -> None:
+        self._jobs.put(("feed", frame))
+
+    def finish(self, utterance: Utterance, recorded_at: datetime) -> None:
+        self._jobs.put(("finish", _Finish(utterance, recorded_at)))
+
+    def cancel(self) -> None:
+        self._jobs.put(("cancel", None))
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._jobs.put(("stop", None))
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            kind, payload = self._jobs.get()
+            if kind == "stop":
+                return
+            try:
+                self._handle(kind, payload)
+            except Exception as exc:  # the writer must outlive any one bad clip
+                self._stream = None
+                self._counters.errors += 1
+                code = "store_failed" if isinstance(exc, EdgeRecorderError) else "writer_failed"
+                log.error("%s: %s", code, exc)
+                self._events.emit(event("error", t=None, code=code, message=str(exc)))
+
+    def _handle(self, kind: str, payload: Any) -> None:
+        if kind == "begin":
+            self._stream = self._transcriber.start()
+        elif kind == "feed" and self._stream is not None:
+            self._stream.accept(payload.samples)
+        elif kind == "finish":
+            self._store_clip(payload)
+        elif kind == "cancel":
+            self._stream = None
+
+    def _store_clip(self, job: _Finish) -> None:
+        stream, self._stream = self._stream, None
+        transcript = stream.result() if stream is not None else None
+        u = job.utterance
+        clip = self._store.add(
+            np.concatenate([f.samples for f in u.frames]), seconds(u.start), seconds(u.end),
+            u.wake.wake_word, u.wake.score, transcript, recorded_at=job.recorded_at,
+        )
+        self.ready_latencies_s.append(time.perf_counter() - job.queued_at)
+        self._counters.clips += 1
+        log.info("clip %s stored (%.2f s, %s)", clip.id, clip.duration_s, u.reason)
+        self._events.emit(event(
+            "clip", t=seconds(u.end), id=clip.id, start=clip.start_s, end=clip.end_s,
+            wake_word=clip.wake_word, transcript=clip.transcript,
+        ))
+
+
+class Listener:
+    def __init__(
+        self, source: AudioSource, detector: WakeDetector, speech: SpeechDetector,
+        recorder: Recorder, light: Light, writer: ClipWriter, events: EventSink,
+        counters: Counters,
+    ) -> None:
+        self.source = source
+        self.detector = detector
+        self.speech = speech
+        self.recorder = recorder
+        self.light = light
+        self.writer = writer
+        self.events = events
+        self.counters = counters
+        self._fed = 0
+        self._last_end = 0
+
+    def run(self, stop: threading.Event) -> Counters:
+        for frame in self.source.frames(stop):
+            self.step(frame)
+        self._act(self.recorder.end_of_stream(self._last_end))
+        return self.counters
+
+    def step(self, frame: Frame) -> None:
+        self.counters.frames += 1
+        self._last_end = frame.end
+        scores = self.detector.scores(frame.samples)
+        recording = self.recorder.state is State.RECORDING
+        speech = self.speech.is_speech(frame.samples) if recording else None
+        self._act(self.recorder.on_frame(frame, scores, speech))
+        if self.recorder.state is State.RECORDING:
+            self._feed_new(self.recorder.recording_frames)
+        self.counters.overflows = self.source.overflows
+
+    def _act(self, decision: Wake | Finished | Discarded | None) -> None:
+        if isinstance(decision, Wake):
+            self._on_wake(decision)
+        elif decision is not None:
+            self._on_stop(decision)
+
+    def _on_wake(self, wake: Wake) -> None:
+        self.counters.wakes += 1
+        self.events.emit(event("wake", t=seconds(wake.at), wake_word=wake.wake_word,
+                               score=round(wake.score, 4)))
+        try:
+            self.light.recording()
+        except IndicatorError as exc:
+            self.recorder.light_failed()
+            self.light.idle()
+            self.counters.errors += 1
+            log.error("not recording: %s", exc)
+            self.events.emit(event("error", t=seconds(wake.at), code="indicator_failed",
+                                   message=f"{exc}; nothing was recorded"))
+            return
+        at = self.source.clock()
+        self.recorder.light_confirmed(at)
+        self.events.emit(event("indicator", t=seconds(at), state="recording"))
+        self._fed = 0
+        self.writer.begin()
+        self._feed_new(self.recorder.recording_frames)
+
+    def _on_stop(self, decision: Finished | Discarded) -> None:
+        if isinstance(decision, Finished):
+            self._feed_new(decision.utterance.frames)
+        self.light.idle()
+        at = decision.utterance.end if isinstance(decision, Finished) else decision.at
+        self.events.emit(event("indicator", t=seconds(at), state="idle"))
+        if isinstance(decision, Finished):
+            lag_s = (self.source.clock() - decision.utterance.start) / SAMPLE_RATE_HZ
+            self.writer.finish(decision.utterance, datetime.now(UTC) - timedelta(seconds=lag_s))
+        else:
+            self.writer.cancel()
+            self.counters.discarded += 1
+            self.events.emit(event("discarded", t=seconds(decision.at), reason=decision.reason))
+        self.recorder.finalised()
+
+    def _feed_new(self, frames: list[Frame]) -> None:
+        for frame in frames[self._fed:]:
+            self.writer.feed(frame)
+        self._fed = len(frames)
