@@ -70,7 +70,7 @@ def run_pipeline(
             Recorder(settings.recorder, settings.wake), indicator, writer, events, counters,
         )
         try:
-            return listener.run(stop)
+            listener.run(stop)
         finally:
             indicator.idle()
-    raise AssertionError("unreachable")
+    return counters
