@@ -11,6 +11,7 @@ from typing import Any
 
 from device.asr import NoTranscriber, Transcriber, VoskTranscriber
 from device.audio import AudioSource
+from device.commands import Controller, MuteState
 from device.config import Settings, resolve_models_dir
 from device.events import EventSink
 from device.indicator import Indicator
@@ -49,9 +50,10 @@ def run_pipeline(
     events: EventSink,
     pin_factory: Any,
     stop: threading.Event,
+    control_plane: bool = False,
 ) -> Counters:
     """Build every part (failing early with one clear error), then listen until `stop` or the
-    input ends."""
+    input ends. With `control_plane` and mqtt.host set, MQTT commands are served meanwhile."""
     with ExitStack() as stack:
         store = ClipStore(state_dir)
         stack.callback(store.close)
@@ -60,15 +62,26 @@ def run_pipeline(
         transcriber = make_transcriber(settings, models)
         indicator = Indicator(settings.indicator, pin_factory)
         stack.callback(indicator.close)
-        counters = Counters()
+        counters, mute = Counters(), MuteState()
         writer = ClipWriter(transcriber, store, events, counters)
         stack.callback(writer.close)
-        source = open_source()
-        stack.callback(source.close)
+        recorder = Recorder(settings.recorder, settings.wake)
         listener = Listener(
-            source, detector, SpeechDetector(settings.recorder.vad_aggressiveness),
-            Recorder(settings.recorder, settings.wake), indicator, writer, events, counters,
+            open_source, detector, SpeechDetector(settings.recorder.vad_aggressiveness),
+            recorder, indicator, writer, events, counters, mute,
         )
+        if control_plane and settings.mqtt.host:
+            from device.mqtt import MqttControl
+
+            def status() -> dict[str, Any]:
+                return {"state": recorder.state.value, "clips": store.count(),
+                        "consent": store.setting("consent", "off"),
+                        "muted": {"software": mute.software, "hardware": mute.hardware},
+                        "counters": vars(counters).copy()}
+
+            mqtt = MqttControl(settings.mqtt, store, Controller(store, mute), status, events)
+            mqtt.start()
+            stack.callback(mqtt.close)
         try:
             listener.run(stop)
         finally:

@@ -29,6 +29,34 @@ READ_BLOCK_S = 1.0
 """How much of a WAV file is read and resampled at a time."""
 QUEUE_POLL_S = 0.25
 """How often a waiting listener checks whether it was asked to stop."""
+ANY_OF_POLL_S = 0.02
+
+
+class StopFlag(Protocol):
+    """What sources poll to know they should stop: a threading.Event, or several combined."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class AnyOf:
+    """Set when any of the given events is set."""
+
+    def __init__(self, *events: StopFlag) -> None:
+        self._events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self._events)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = QUEUE_POLL_S if deadline is None else min(QUEUE_POLL_S, deadline - time.monotonic())
+            if left <= 0:
+                break
+            time.sleep(min(left, ANY_OF_POLL_S))
+        return self.is_set()
 
 
 class AudioSource(Protocol):
@@ -37,7 +65,7 @@ class AudioSource(Protocol):
         """Blocks lost because the listener fell behind (R1 says this stays 0 at real time)."""
         ...
 
-    def frames(self, stop: threading.Event) -> Iterator[Frame]: ...
+    def frames(self, stop: StopFlag) -> Iterator[Frame]: ...
 
     def clock(self) -> int:
         """Samples (16 kHz) captured so far, counting audio still in flight: a frame starting at or
@@ -107,7 +135,7 @@ class CaptureQueue:
             self.overflows += 1
         self.captured += len(block)
 
-    def frames(self, stop: threading.Event, alive: Callable[[], bool]) -> Iterator[Frame]:
+    def frames(self, stop: StopFlag, alive: Callable[[], bool]) -> Iterator[Frame]:
         """80 ms frames at 16 kHz whose times are capture times, even across dropped blocks.
         Ends when `alive()` turns false and everything handed over has been framed."""
         framer, expected = Framer(self.input_rate), 0
@@ -163,7 +191,7 @@ class WavSource:
     def overflows(self) -> int:
         return self._capture.overflows
 
-    def frames(self, stop: threading.Event) -> Iterator[Frame]:
+    def frames(self, stop: StopFlag) -> Iterator[Frame]:
         if self.realtime:
             yield from self._paced_frames(stop)
             return
@@ -180,14 +208,14 @@ class WavSource:
             if last:
                 return
 
-    def _paced_frames(self, stop: threading.Event) -> Iterator[Frame]:
+    def _paced_frames(self, stop: StopFlag) -> Iterator[Frame]:
         self._capturing = True
         thread = threading.Thread(target=self._capture_paced, args=(stop,), daemon=True)
         thread.start()
         yield from self._capture.frames(stop, lambda: self._capturing)
         thread.join()
 
-    def _capture_paced(self, stop: threading.Event) -> None:
+    def _capture_paced(self, stop: StopFlag) -> None:
         """Stands in for the PortAudio thread: one block per 80 ms of wall time."""
         started = time.monotonic()
         try:
@@ -217,7 +245,7 @@ class WavSource:
         self._file.close()
 
 
-def _sleep_until(deadline: float, stop: threading.Event) -> None:
+def _sleep_until(deadline: float, stop: StopFlag) -> None:
     delay = deadline - time.monotonic()
     if delay > 0:
         stop.wait(delay)
@@ -266,7 +294,7 @@ class MicSource:
             self._driver_overflows += 1
         self._capture.put(indata[:, 0].copy())
 
-    def frames(self, stop: threading.Event) -> Iterator[Frame]:
+    def frames(self, stop: StopFlag) -> Iterator[Frame]:
         yield from self._capture.frames(stop, lambda: bool(self._stream.active))
         if not stop.is_set():
             raise AudioError("the input stream stopped (was the microphone unplugged?)")

@@ -64,9 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = csub.add_parser("export", parents=[common], help="copy a clip's WAV out")
     export.add_argument("id")
     export.add_argument("dest", type=Path)
-    delete = csub.add_parser("delete", parents=[common], help="delete clips")
-    delete.add_argument("ids", nargs="*")
+    delete = csub.add_parser("delete", parents=[common],
+                             help="delete clips (the same forms as MQTT cmd/delete)")
+    delete.add_argument("ids", nargs="*", help="clip ids")
     delete.add_argument("--all", action="store_true", help="delete every clip")
+    delete.add_argument("--from", dest="since", metavar="ISO8601", help="recorded at or after")
+    delete.add_argument("--to", dest="until", metavar="ISO8601", help="recorded before")
+    delete.add_argument("--last", metavar="DURATION", help="recorded in the last 15m, 24h, 7d...")
+    delete.add_argument("--request-id", help="repeat a request safely (idempotent)")
 
     models = sub.add_parser("models", parents=[common], help="install and verify models")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -111,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         counters = run_pipeline(
             settings, state_dir, lambda: MicSource(a.device, a.sample_rate_hz, a.queue_s),
-            events, make_pin_factory(settings.indicator.pin_factory), stop,
+            events, make_pin_factory(settings.indicator.pin_factory), stop, control_plane=True,
         )
     finally:
         events.close()
@@ -184,14 +189,13 @@ def clips_export(store: Any, args: argparse.Namespace) -> int:
 
 
 def clips_delete(store: Any, args: argparse.Namespace) -> int:
-    from device.errors import ConfigError
+    from device.commands import Controller, MuteState, local_delete_payload, parse
 
-    if args.all == bool(args.ids):
-        raise ConfigError("give clip ids or --all (not both)")
-    ids = [c.id for c in store.all()] if args.all else args.ids
-    deleted, missing = store.delete(ids)
-    _print_json({"deleted": deleted, "not_found": missing})
-    return 0 if not missing else 1
+    raw = local_delete_payload(args.ids, args.all, args.since, args.until, args.last,
+                               args.request_id)
+    reply = Controller(store, MuteState()).execute(parse("delete", raw, None, store))
+    _print_json(reply)
+    return 0 if not reply["not_found"] else 1
 
 
 def cmd_models(args: argparse.Namespace) -> int:

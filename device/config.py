@@ -19,6 +19,8 @@ from device.errors import ConfigError
 APP_NAME = "edge-recorder"
 SYSTEMD_STATE_DIR = Path("/var/lib/edge-recorder")
 MAX_PREROLL_S = 2.0
+MAX_ECHO = 60
+"""Longest piece of a bad value repeated in an error message."""
 
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
 
@@ -96,6 +98,45 @@ class ModelSettings(_Section):
     """Where models live; None = EDGE_RECORDER_MODELS_DIR, else <state dir>/models."""
 
 
+class MqttTlsSettings(_Section):
+    enabled: bool = False
+    """Connect with TLS (port 8883 unless mqtt.port is set)."""
+    ca_file: str | None = None
+    """CA certificate(s) to trust; None = the system's."""
+    cert_file: str | None = None
+    """Client certificate, when the broker wants one."""
+    key_file: str | None = None
+    verify: bool = True
+    """Check the broker's certificate and host name. Turn off only to debug."""
+
+
+class MqttSigningSettings(_Section):
+    secret_file: str | None = None
+    """File holding the shared HMAC-SHA256 secret; when set, unsigned commands are refused."""
+    max_skew_s: float = Field(default=300.0, gt=0, le=86400)
+    """How far a command's `ts` may be from the device's clock."""
+
+
+class MqttSettings(_Section):
+    host: str | None = None
+    """Broker host name; None = no MQTT (the speaker works fully offline)."""
+    port: int | None = Field(default=None, gt=0, lt=65536)
+    """Broker port; None = 1883, or 8883 with TLS."""
+    prefix: str = Field(default="edge-recorder", pattern=r"^[^#+/][^#+]*$")
+    """Topic prefix; topics are <prefix>/<device id>/..."""
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    """Read the password from this file instead (keep it 0600)."""
+    keepalive_s: int = Field(default=60, ge=5, le=3600)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    publish_transcripts: bool = False
+    """Include transcripts in evt/clip. Off: only metadata leaves the device."""
+    tls: MqttTlsSettings = MqttTlsSettings()
+    signing: MqttSigningSettings = MqttSigningSettings()
+
+
 class Settings(_Section):
     audio: AudioSettings = AudioSettings()
     wake: WakeSettings = WakeSettings()
@@ -103,6 +144,7 @@ class Settings(_Section):
     asr: AsrSettings = AsrSettings()
     indicator: IndicatorSettings = IndicatorSettings()
     models: ModelSettings = ModelSettings()
+    mqtt: MqttSettings = MqttSettings()
 
 
 def load_settings(path: Path | None) -> Settings:
@@ -131,7 +173,8 @@ def describe_validation_error(exc: ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         message = "unknown key"
     if "input" in err and err["type"] not in ("missing", "extra_forbidden"):
-        message += f" (got {err['input']!r})"
+        got = repr(err["input"])
+        message += f" (got {got if len(got) <= MAX_ECHO else got[:MAX_ECHO] + '...'})"
     more = len(exc.errors()) - 1
     return f"{key}: {message}" + (f" (and {more} more problem(s))" if more else "")
 

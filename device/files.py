@@ -10,9 +10,9 @@ PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 
 
-def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> Path:
+def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE, suffix: str = ".tmp") -> Path:
     """Write via a temp file in the same directory, fsync, rename, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
         os.fchmod(fd, mode)
         os.write(fd, data)

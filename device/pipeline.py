@@ -13,13 +13,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
 from device import SAMPLE_RATE_HZ
 from device.asr import Transcriber, TranscriptStream
-from device.audio import AudioSource
+from device.audio import AnyOf, AudioSource
+from device.commands import MuteState
 from device.errors import EdgeRecorderError, IndicatorError
 from device.events import EventSink, event
 from device.frames import Frame, seconds
@@ -29,6 +31,8 @@ from device.vad import SpeechDetector
 from device.wake import WakeDetector
 
 log = logging.getLogger(__name__)
+
+MUTE_POLL_S = 0.1
 
 
 class Light(Protocol):
@@ -130,12 +134,16 @@ class ClipWriter:
 
 
 class Listener:
+    """Owns the input stream: opens it, closes it while muted (nothing is captured), reopens it."""
+
     def __init__(
-        self, source: AudioSource, detector: WakeDetector, speech: SpeechDetector,
-        recorder: Recorder, light: Light, writer: ClipWriter, events: EventSink,
-        counters: Counters,
+        self, open_source: Callable[[], AudioSource], detector: WakeDetector,
+        speech: SpeechDetector, recorder: Recorder, light: Light, writer: ClipWriter,
+        events: EventSink, counters: Counters, mute: MuteState | None = None,
     ) -> None:
-        self.source = source
+        self._open_source = open_source
+        self.source: AudioSource | None = None
+        self.mute = mute or MuteState()
         self.detector = detector
         self.speech = speech
         self.recorder = recorder
@@ -145,12 +153,41 @@ class Listener:
         self.counters = counters
         self._fed = 0
         self._last_end = 0
+        self._overflows_seen = 0
 
     def run(self, stop: threading.Event) -> Counters:
-        for frame in self.source.frames(stop):
-            self.step(frame)
-        self._act(self.recorder.end_of_stream(self._last_end))
+        while not stop.is_set():
+            if self.mute.muted:
+                self._sit_out_mute(stop)
+            elif not self._listen(stop):
+                break
         return self.counters
+
+    def _listen(self, stop: threading.Event) -> bool:
+        """Listen until the input ends (False), or stop or mute interrupts it (True)."""
+        source = self.source = self._open_source()
+        self._overflows_seen = 0
+        try:
+            for frame in source.frames(AnyOf(stop, self.mute.muted_event)):
+                self.step(frame)
+        finally:
+            source.close()
+        if self.mute.muted and not stop.is_set():
+            self._act(self.recorder.mute())  # an open recording is discarded, not kept
+            self.events.emit(event("indicator", t=seconds(self._last_end), state="muted"))
+            return True
+        self._act(self.recorder.end_of_stream(self._last_end))
+        return stop.is_set()
+
+    def _sit_out_mute(self, stop: threading.Event) -> None:
+        if self.recorder.state is not State.MUTED:
+            self._act(self.recorder.mute())
+            self.events.emit(event("indicator", t=seconds(self._last_end), state="muted"))
+        while self.mute.muted and not stop.wait(MUTE_POLL_S):
+            pass
+        if not self.mute.muted:
+            self.recorder.unmute()
+            self.events.emit(event("indicator", t=seconds(self._last_end), state="idle"))
 
     def step(self, frame: Frame) -> None:
         self.counters.frames += 1
@@ -161,7 +198,12 @@ class Listener:
         self._act(self.recorder.on_frame(frame, scores, speech))
         if self.recorder.state is State.RECORDING:
             self._feed_new(self.recorder.recording_frames)
-        self.counters.overflows = self.source.overflows
+        self.counters.overflows += self._overflow_delta()
+
+    def _overflow_delta(self) -> int:
+        seen = self.source.overflows if self.source else 0
+        delta, self._overflows_seen = seen - self._overflows_seen, seen
+        return max(delta, 0)
 
     def _act(self, decision: Wake | Finished | Discarded | None) -> None:
         if isinstance(decision, Wake):
@@ -183,7 +225,7 @@ class Listener:
             self.events.emit(event("error", t=seconds(wake.at), code="indicator_failed",
                                    message=f"{exc}; nothing was recorded"))
             return
-        at = self.source.clock()
+        at = self._clock()
         self.recorder.light_confirmed(at)
         self.events.emit(event("indicator", t=seconds(at), state="recording"))
         self._fed = 0
@@ -197,13 +239,16 @@ class Listener:
         at = decision.utterance.end if isinstance(decision, Finished) else decision.at
         self.events.emit(event("indicator", t=seconds(at), state="idle"))
         if isinstance(decision, Finished):
-            lag_s = (self.source.clock() - decision.utterance.start) / SAMPLE_RATE_HZ
+            lag_s = (self._clock() - decision.utterance.start) / SAMPLE_RATE_HZ
             self.writer.finish(decision.utterance, datetime.now(UTC) - timedelta(seconds=lag_s))
         else:
             self.writer.cancel()
             self.counters.discarded += 1
             self.events.emit(event("discarded", t=seconds(decision.at), reason=decision.reason))
         self.recorder.finalised()
+
+    def _clock(self) -> int:
+        return self.source.clock() if self.source else self._last_end
 
     def _feed_new(self, frames: list[Frame]) -> None:
         for frame in frames[self._fed:]:

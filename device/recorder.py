@@ -102,6 +102,11 @@ class WakeGate:
         self.hold_off(frame.end)
         return best
 
+    def reset(self) -> None:
+        """A new input stream starts: its sample clock starts at zero again."""
+        self._quiet_until = 0
+        self._streak.clear()
+
     def hold_off(self, at: int) -> None:
         """Start the refractory period at `at` (also used while recording)."""
         self._quiet_until = at + samples_for(self._settings.refractory_s)
@@ -245,7 +250,9 @@ class Recorder:
         return Discarded(at, "muted") if was_recording else None
 
     def unmute(self) -> None:
+        """Back to LISTENING on a new input stream (its clock starts again at zero)."""
         if self.state is State.MUTED:
             self._pending = None
+            self._gate.reset()
             self._set_state(State.LISTENING)
 

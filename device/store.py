@@ -1,7 +1,10 @@
 """The clip store: a state directory (0700) with an SQLite index and one WAV file per clip (0600).
 
 A clip is written as: audio to a temp file, fsync, rename, fsync the directory; then its index row
-in one transaction with synchronous=FULL. Nothing here is touched while the device only listens (P4).
+in one transaction with synchronous=FULL. A delete commits the removal of the rows (and the record of
+the request that asked for it) first, then removes the files and fsyncs the directory; a crash in
+between leaves only files without rows, which are removed at the next open. Nothing here is touched
+while the device only listens (P4). One lock serialises the listener's writer and the control plane.
 """
 
 from __future__ import annotations
@@ -9,9 +12,14 @@ from __future__ import annotations
 import io
 import logging
 import os
+import json
 import sqlite3
+import threading
+import time
 import uuid
 import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +47,16 @@ CREATE TABLE clips (
     audio_file TEXT NOT NULL
 );
 CREATE INDEX clips_recorded_at ON clips(recorded_at);
+CREATE TABLE requests (
+    request_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    result TEXT NOT NULL,
+    done_at TEXT NOT NULL
+);
+CREATE TABLE nonces (nonce TEXT PRIMARY KEY, seen_at REAL NOT NULL);
+CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+TEMP_SUFFIX = ".tmp"
 COLUMNS = ("id", "recorded_at", "start_s", "end_s", "wake_word", "wake_score", "transcript",
            "sample_rate", "audio_file")
 
@@ -70,10 +87,12 @@ class ClipStore:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.clips_dir = state_dir / "clips"
+        self._lock = threading.RLock()
         try:
             ensure_private_dir(state_dir)
             ensure_private_dir(self.clips_dir)
             self._db = self._open(state_dir / "index.sqlite")
+            self._sweep()
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(
                 f"state directory '{state_dir}' is not usable: {_reason(exc)}; pass --state-dir "
@@ -96,15 +115,14 @@ class ClipStore:
     ) -> Clip:
         clip = Clip(
             id=uuid.uuid4().hex,
-            recorded_at=(recorded_at or datetime.now(UTC)).isoformat(timespec="milliseconds"),
+            recorded_at=_iso(recorded_at or datetime.now(UTC)),
             start_s=start_s, end_s=end_s, wake_word=wake_word, wake_score=round(wake_score, 4),
             transcript=transcript, sample_rate=SAMPLE_RATE_HZ, audio_file="",
         )
         clip = Clip(**{**asdict(clip), "audio_file": f"{clip.id}.wav"})
         try:
-            atomic_write(self.clips_dir / clip.audio_file, wav_bytes(samples))
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
+            with self._lock, self._transaction():
+                atomic_write(self.clips_dir / clip.audio_file, wav_bytes(samples), suffix=TEMP_SUFFIX)
                 self._db.execute(
                     f"INSERT INTO clips ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                     [getattr(clip, c) for c in COLUMNS],
@@ -115,13 +133,15 @@ class ClipStore:
         return clip
 
     def all(self) -> list[Clip]:
-        rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM clips ORDER BY recorded_at")
-        return [Clip(*row) for row in rows]
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM clips ORDER BY recorded_at")
+            return [Clip(*row) for row in rows]
 
     def get(self, clip_id: str) -> Clip:
-        row = self._db.execute(
-            f"SELECT {', '.join(COLUMNS)} FROM clips WHERE id = ?", (clip_id,)
-        ).fetchone()
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM clips WHERE id = ?", (clip_id,)
+            ).fetchone()
         if row is None:
             raise StoreError(f"no clip with id {clip_id!r}; `edge-recorder clips list` shows them")
         return Clip(*row)
@@ -130,30 +150,133 @@ class ClipStore:
         return self.clips_dir / clip.audio_file
 
     def count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM clips").fetchone()[0])
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM clips").fetchone()[0])
 
-    def delete(self, ids: list[str]) -> tuple[list[str], list[str]]:
-        """Delete clips durably: index rows first (committed), then files. Returns (deleted,
-        not_found)."""
-        known = [c for c in (self._find(i) for i in ids) if c is not None]
-        missing = [i for i in ids if i not in {c.id for c in known}]
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("DELETE FROM clips WHERE id = ?", [(c.id,) for c in known])
-        for clip in known:
-            self.audio_path(clip).unlink(missing_ok=True)
-        if known:
+    # -- deleting -------------------------------------------------------------------------------
+    def delete(
+        self, ids: list[str] | None = None, since: datetime | None = None,
+        until: datetime | None = None, everything: bool = False, request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Delete the clips selected by ids, a recorded_at range [since, until), or everything.
+
+        Durable when it returns: rows and the request record are committed (fsynced), files are
+        removed and the directory fsynced. A request_id seen before returns its first result and
+        deletes nothing new. Returns {"ids": deleted, "not_found": [...], "replayed": bool}.
+        """
+        with self._lock:
+            with self._transaction():
+                if request_id and (done := self._request_result(request_id)) is not None:
+                    return {**done, "replayed": True}
+                found = self._select(ids, since, until, everything)
+                self._db.executemany("DELETE FROM clips WHERE id = ?", [(c.id,) for c in found])
+                result = {"ids": [c.id for c in found],
+                          "not_found": [i for i in ids or [] if i not in {c.id for c in found}]}
+                if request_id:
+                    self._record_request(request_id, "delete", result)
+            self._remove_files([self.clips_dir / c.audio_file for c in found])
+        return {**result, "replayed": False}
+
+    def _select(self, ids: list[str] | None, since: datetime | None, until: datetime | None,
+                everything: bool) -> list[Clip]:
+        cols = ", ".join(COLUMNS)
+        if everything:
+            rows = self._db.execute(f"SELECT {cols} FROM clips").fetchall()
+        elif ids is not None:
+            rows = [r for i in dict.fromkeys(ids) for r in
+                    self._db.execute(f"SELECT {cols} FROM clips WHERE id = ?", (i,))]
+        else:
+            lo = _iso(since) if since else ""
+            hi = _iso(until) if until else "9999"
+            rows = self._db.execute(
+                f"SELECT {cols} FROM clips WHERE recorded_at >= ? AND recorded_at < ?", (lo, hi)
+            ).fetchall()
+        return [Clip(*r) for r in rows]
+
+    def _remove_files(self, paths: list[Path]) -> None:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        if paths:
             fsync_dir(self.clips_dir)
-        return [c.id for c in known], missing
 
-    def _find(self, clip_id: str) -> Clip | None:
+    # -- requests, nonces, settings ---------------------------------------------------------------
+    def _request_result(self, request_id: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT result FROM requests WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def _record_request(self, request_id: str, kind: str, result: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO requests (request_id, kind, result, done_at) VALUES (?, ?, ?, ?)",
+            (request_id, kind, json.dumps(result), _iso(datetime.now(UTC))),
+        )
+
+    def request_result(self, request_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._request_result(request_id)
+
+    def remember_request(self, request_id: str, kind: str, result: dict[str, Any]) -> None:
+        with self._lock, self._transaction():
+            self._record_request(request_id, kind, result)
+
+    def use_nonce(self, nonce: str, window_s: float) -> bool:
+        """Record a nonce; False if it was already used within the window (a replay)."""
+        now = time.time()
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM nonces WHERE seen_at < ?", (now - 2 * window_s,))
+            try:
+                self._db.execute("INSERT INTO nonces (nonce, seen_at) VALUES (?, ?)", (nonce, now))
+            except sqlite3.IntegrityError:
+                return False
+        return True
+
+    def setting(self, name: str, default: str) -> str:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return default if row is None else str(row[0])
+
+    def set_setting(self, name: str, value: str) -> None:
+        with self._lock, self._transaction():
+            self._db.execute(
+                "INSERT INTO settings (name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value))
+
+    # -- housekeeping ---------------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT (fsynced: synchronous=FULL), or ROLLBACK on error."""
+        self._db.execute("BEGIN IMMEDIATE")
         try:
-            return self.get(clip_id)
-        except StoreError:
-            return None
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _sweep(self) -> None:
+        """Finish what a crash interrupted: files without rows (and temp files) are removed,
+        rows without files are dropped. Writes nothing when there is nothing to repair."""
+        known = {r[0] for r in self._db.execute("SELECT audio_file FROM clips")}
+        on_disk = {p.name for p in self.clips_dir.iterdir()}
+        strays = [self.clips_dir / n for n in on_disk - known]
+        if strays:
+            log.warning("removing %d clip file(s) left by an interrupted write or delete", len(strays))
+            self._remove_files(strays)
+        lost = known - on_disk
+        if lost:
+            log.warning("dropping %d index row(s) whose audio file is missing", len(lost))
+            with self._transaction():
+                self._db.executemany("DELETE FROM clips WHERE audio_file = ?", [(n,) for n in lost])
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
+
+
+def _iso(when: datetime) -> str:
+    """The one text form of a time in the index: UTC, milliseconds (so text order = time order)."""
+    return when.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 def wav_bytes(samples: np.ndarray) -> bytes:

@@ -84,7 +84,7 @@ def build_listener(settings: Settings, models: ModelStore, state: Path, source: 
     counters = Counters()
     writer = ClipWriter(transcriber, ClipStore(state), sink, counters)
     indicator = Indicator(settings.indicator, MockFactory())
-    listener = Listener(source, OpenWakeWordDetector(settings.wake, models),
+    listener = Listener(lambda: source, OpenWakeWordDetector(settings.wake, models),
                         SpeechDetector(settings.recorder.vad_aggressiveness),
                         Recorder(settings.recorder, settings.wake), indicator, writer, sink, counters)
     return listener, writer, events, indicator

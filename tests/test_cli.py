@@ -84,8 +84,10 @@ def test_clips_show_export_and_delete(
     assert run_cli("clips", "export", cid, str(out)).returncode == 0
     assert out.read_bytes() == (state_dir / "clips" / f"{cid}.wav").read_bytes()
 
-    gone = run_cli("clips", "delete", cid, "nope")
-    assert json.loads(gone.stdout) == {"deleted": [cid], "not_found": ["nope"]}
+    missing = "0" * 32
+    gone = run_cli("clips", "delete", cid, missing)
+    reply = json.loads(gone.stdout)
+    assert (reply["type"], reply["ids"], reply["not_found"]) == ("deleted", [cid], [missing])
     assert gone.returncode == 1
     assert not (state_dir / "clips" / f"{cid}.wav").exists()
     assert run_cli("clips", "list").stdout == ""

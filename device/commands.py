@@ -1,0 +1,237 @@
+"""Control commands, one code path for the CLI and MQTT: validate (schema), authenticate (optional
+HMAC), execute against the store, and build the reply event.
+
+Remote commands can only reduce (P5): delete, revoke consent, mute. Granting consent or lifting a
+hardware mute is refused whatever the payload says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator,
+)
+
+from device.config import describe_validation_error
+from device.errors import EdgeRecorderError
+from device.events import Event, event
+from device.store import ClipStore
+
+log = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_IDS = 10_000
+SIGNATURE_FIELDS = ("ts", "nonce", "sig")
+UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.:@-]+$")]
+ClipId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+Duration = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,5}[smhd]$")]
+
+
+class CommandError(EdgeRecorderError):
+    """A refused command: becomes an `error` event with the request id when one could be read."""
+
+    exit_code = 2
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+    def to_event(self) -> Event:
+        return event("error", t=None, code=self.code, request_id=self.request_id, message=str(self))
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    request_id: RequestId
+    ts: int | None = None
+    nonce: str | None = Field(default=None, min_length=8, max_length=128)
+    sig: str | None = Field(default=None, max_length=128)
+
+
+class DeleteCommand(_Command):
+    """Exactly one of: ids, from + to, last, all."""
+
+    ids: list[ClipId] | None = Field(default=None, min_length=1, max_length=MAX_IDS)
+    from_: AwareDatetime | None = Field(default=None, alias="from")
+    to: AwareDatetime | None = None
+    last: Duration | None = None
+    all: Literal[True] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> DeleteCommand:
+        forms = [self.ids is not None, self.from_ is not None or self.to is not None,
+                 self.last is not None, self.all is not None]
+        if sum(forms) != 1:
+            raise ValueError("give exactly one of: ids, from+to, last, all")
+        if forms[1] and (self.from_ is None or self.to is None or self.from_ >= self.to):
+            raise ValueError("a time range needs both 'from' and 'to', with from < to")
+        return self
+
+    def window(self, now: datetime) -> tuple[datetime | None, datetime | None]:
+        if self.last is not None:
+            return now - timedelta(seconds=int(self.last[:-1]) * UNITS_S[self.last[-1]]), None
+        return self.from_, self.to
+
+
+class ConsentCommand(_Command):
+    action: Literal["revoke"]
+
+
+class MuteCommand(_Command):
+    muted: bool
+
+
+SCHEMAS: dict[str, type[_Command]] = {
+    "delete": DeleteCommand, "consent": ConsentCommand, "mute": MuteCommand,
+}
+
+
+@dataclass(frozen=True)
+class Signing:
+    secret: bytes
+    max_skew_s: float
+
+
+def canonical(kind: str, payload: dict[str, Any]) -> bytes:
+    """What is signed: the command name and the payload without `sig`, as sorted compact JSON."""
+    body = {k: v for k, v in payload.items() if k != "sig"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return f"{kind}\n{text}".encode()
+
+
+def sign(kind: str, payload: dict[str, Any], secret: bytes) -> str:
+    return hmac.new(secret, canonical(kind, payload), hashlib.sha256).hexdigest()
+
+
+def local_delete_payload(ids: list[str], everything: bool, since: str | None, until: str | None,
+                         last: str | None, request_id: str | None) -> bytes:
+    """`clips delete` arguments as the same JSON an MQTT client would send."""
+    payload: dict[str, Any] = {"request_id": request_id or f"cli-{uuid.uuid4().hex}"}
+    if ids:
+        payload["ids"] = ids
+    if everything:
+        payload["all"] = True
+    if since is not None:
+        payload["from"] = since
+    if until is not None:
+        payload["to"] = until
+    if last is not None:
+        payload["last"] = last
+    return json.dumps(payload).encode()
+
+
+def parse(kind: str, raw: bytes, signing: Signing | None, store: ClipStore) -> _Command:
+    """Bytes from the network to a validated, authenticated command, or CommandError."""
+    if kind not in SCHEMAS:
+        raise CommandError("unknown_command", f"unknown command {kind!r}; use {', '.join(SCHEMAS)}")
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise CommandError("too_large", f"payload is {len(raw)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CommandError("bad_json", f"payload is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise CommandError("bad_request", "payload must be a JSON object")
+    rid = payload.get("request_id")
+    request_id = rid if isinstance(rid, str) and re.fullmatch(r"[\w.:@-]{1,128}", rid) else None
+    if kind == "consent" and payload.get("action") == "grant":
+        raise CommandError("refused", "consent can only be granted on the device", request_id)
+    if signing is not None:
+        verify(kind, payload, signing, store, request_id)
+    try:
+        return SCHEMAS[kind].model_validate(payload)
+    except ValidationError as exc:
+        raise CommandError("bad_request", describe_validation_error(exc), request_id) from None
+
+
+def verify(kind: str, payload: dict[str, Any], signing: Signing, store: ClipStore,
+           request_id: str | None) -> None:
+    sig, ts, nonce = (payload.get(f) for f in SIGNATURE_FIELDS)
+    if not isinstance(sig, str) or not isinstance(ts, int) or not isinstance(nonce, str):
+        raise CommandError("unsigned", "signed commands are required: add ts, nonce and sig",
+                           request_id)
+    if not hmac.compare_digest(sig, sign(kind, payload, signing.secret)):
+        raise CommandError("bad_signature", "the signature does not match", request_id)
+    if abs(time.time() - ts) > signing.max_skew_s:
+        raise CommandError("stale", f"ts is more than {signing.max_skew_s:.0f} s from the device's "
+                           "clock", request_id)
+    if not store.use_nonce(nonce, signing.max_skew_s):
+        raise CommandError("replayed", "this nonce was already used", request_id)
+
+
+class MuteState:
+    """Software mute (MQTT, CLI) and hardware mute (the button): muted while either is on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.software = False
+        self.hardware = False
+        self.muted_event = threading.Event()
+
+    @property
+    def muted(self) -> bool:
+        return self.muted_event.is_set()
+
+    def set(self, software: bool | None = None, hardware: bool | None = None) -> None:
+        with self._lock:
+            self.software = self.software if software is None else software
+            self.hardware = self.hardware if hardware is None else hardware
+            if self.software or self.hardware:
+                self.muted_event.set()
+            else:
+                self.muted_event.clear()
+
+
+class Controller:
+    """Executes validated commands. Each reply is the event to publish."""
+
+    def __init__(self, store: ClipStore, mute: MuteState) -> None:
+        self.store = store
+        self.mute = mute
+
+    def execute(self, command: _Command) -> Event:
+        if isinstance(command, DeleteCommand):
+            return self.delete(command)
+        if isinstance(command, ConsentCommand):
+            return self.revoke_consent(command.request_id)
+        if isinstance(command, MuteCommand):
+            return self.set_mute(command)
+        raise CommandError("unknown_command", type(command).__name__, command.request_id)
+
+    def delete(self, cmd: DeleteCommand) -> Event:
+        since, until = cmd.window(datetime.now(UTC))
+        result = self.store.delete(ids=cmd.ids, since=since, until=until,
+                                   everything=bool(cmd.all), request_id=cmd.request_id)
+        if result["replayed"]:
+            log.info("delete %s was already done; replying with its result", cmd.request_id)
+        log.info("delete %s: %d clip(s) deleted", cmd.request_id, len(result["ids"]))
+        return event("deleted", request_id=cmd.request_id, ids=result["ids"],
+                     not_found=result["not_found"], remote={"status": "none_uploaded"})
+
+    def revoke_consent(self, request_id: str) -> Event:
+        self.store.set_setting("consent", "off")
+        log.info("consent revoked (%s)", request_id)
+        return event("consent", request_id=request_id, state="off")
+
+    def set_mute(self, cmd: MuteCommand) -> Event:
+        if not cmd.muted and self.mute.hardware:
+            raise CommandError("refused", "a hardware mute can only be lifted by the mute button",
+                               cmd.request_id)
+        self.mute.set(software=cmd.muted)
+        log.info("software mute %s (%s)", "on" if cmd.muted else "off", cmd.request_id)
+        return event("mute", request_id=cmd.request_id, muted=self.mute.muted,
+                     software=self.mute.software, hardware=self.mute.hardware)

@@ -1,0 +1,186 @@
+"""All paho-mqtt use: the control plane's one adapter.
+
+Persistent session (clean_session=False, a client id made from the random device id) and QoS 1, so a
+command sent while the speaker is offline is delivered when it reconnects. Messages are acknowledged
+by hand, only after the command is executed and durable: a crash before the ack makes the broker
+deliver it again, and request-id idempotency keeps it from running twice. paho's callbacks run on its
+network thread and only hand messages over; one worker executes them in order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import secrets
+import ssl
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from device import __version__
+from device.commands import CommandError, Controller, Signing, parse
+from device.config import MqttSettings
+from device.errors import ConfigError
+from device.events import Event, EventSink, event
+from device.files import atomic_write
+from device.store import ClipStore
+
+log = logging.getLogger(__name__)
+
+QOS = 1
+DEVICE_ID_FILE = "device_id"
+CLIP_FIELDS = ("t", "id", "start", "end", "wake_word")
+"""What evt/clip carries: metadata only (plus the transcript when the owner turns it on)."""
+
+
+def device_id(state_dir: Path) -> str:
+    """Random, made on first use and kept; never derived from hardware."""
+    path = state_dir / DEVICE_ID_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = secrets.token_hex(6)
+        atomic_write(path, value.encode())
+        return value
+
+
+def read_secret(path: str | None, what: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).expanduser().read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file '{path}': {exc.strerror}") from None
+
+
+class MqttControl:
+    def __init__(self, settings: MqttSettings, store: ClipStore, controller: Controller,
+                 status: Callable[[], dict[str, Any]], events: EventSink) -> None:
+        assert settings.host, "MqttControl needs mqtt.host"
+        self.settings = settings
+        self.device_id = device_id(store.state_dir)
+        self.base = f"{settings.prefix}/{self.device_id}/"
+        self._store = store
+        self._controller = controller
+        self._status = status
+        secret = read_secret(settings.signing.secret_file, "mqtt.signing.secret")
+        self._signing = Signing(secret.encode(), settings.signing.max_skew_s) if secret else None
+        self._inbox: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
+        self._connected = False
+        self._reported_down = False
+        self._worker = threading.Thread(target=self._work, name="mqtt-commands", daemon=True)
+        self._client = self._make_client()
+        events.subscribe(self._on_event)
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-recorder-{self.device_id}",
+                             clean_session=False, manual_ack=True)
+        password = s.password or read_secret(s.password_file, "mqtt.password")
+        if s.username:
+            client.username_pw_set(s.username, password)
+        if s.tls.enabled:
+            try:
+                client.tls_set(ca_certs=s.tls.ca_file, certfile=s.tls.cert_file,
+                               keyfile=s.tls.key_file, cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"mqtt.tls: cannot load certificates: {exc}") from None
+            client.tls_insecure_set(not s.tls.verify)
+        client.will_set(self.topic("status"), json.dumps({"online": False}), qos=QOS, retain=True)
+        client.reconnect_delay_set(round(s.reconnect_min_s), round(s.reconnect_max_s))
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def topic(self, suffix: str) -> str:
+        return self.base + suffix
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        s = self.settings
+        port = s.port or (8883 if s.tls.enabled else 1883)
+        log.info("mqtt: connecting to %s:%d as %s", s.host, port, self.base)
+        self._worker.start()
+        self._client.connect_async(str(s.host), port, keepalive=s.keepalive_s)
+        self._client.loop_start()
+
+    def close(self) -> None:
+        if not self._worker.is_alive():
+            return
+        self._inbox.put(None)
+        self._worker.join()
+        if self._connected:
+            info = self._client.publish(self.topic("status"), self._status_payload(online=False),
+                                        qos=QOS, retain=True)
+            info.wait_for_publish(timeout=5)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- paho callbacks (network thread: hand over, log transitions, nothing else) ---------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                    properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("mqtt: broker refused the connection: %s", reason_code)
+            return
+        self._connected, self._reported_down = True, False
+        log.info("mqtt: connected (session present: %s)", flags.session_present)
+        client.subscribe(self.topic("cmd/#"), qos=QOS)
+        self.publish_status()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if not self._reported_down:  # once per transition, not once per retry
+            log.warning("mqtt: cannot reach %s; retrying with backoff", self.settings.host)
+            self._reported_down = True
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any) -> None:
+        if self._connected:
+            log.warning("mqtt: disconnected (%s); reconnecting with backoff", reason_code)
+        self._connected = False
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._inbox.put(message)
+
+    # -- the worker -------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while (message := self._inbox.get()) is not None:
+            reply = self.handle(message.topic, bytes(message.payload))
+            self.publish_event(reply)
+            self._client.ack(message.mid, message.qos)  # only now: the command is durable
+            self.publish_status()
+
+    def handle(self, topic: str, payload: bytes) -> Event:
+        kind = topic.removeprefix(self.topic("cmd/"))
+        try:
+            return self._controller.execute(parse(kind, payload, self._signing, self._store))
+        except CommandError as exc:
+            log.warning("mqtt: refused %s command: %s", kind, exc)
+            return exc.to_event()
+        except Exception as exc:  # the control plane must outlive any one command
+            log.exception("mqtt: %s command failed", kind)
+            return event("error", t=None, code="internal", request_id=None, message=str(exc))
+
+    # -- publishing -------------------------------------------------------------------------------
+    def publish_event(self, ev: Event) -> None:
+        self._client.publish(self.topic(f"evt/{ev['type']}"), json.dumps(ev, ensure_ascii=False),
+                             qos=QOS)
+
+    def _on_event(self, ev: Event) -> None:
+        if ev["type"] == "clip":
+            fields = CLIP_FIELDS + (("transcript",) if self.settings.publish_transcripts else ())
+            self.publish_event({"type": "clip", **{k: ev[k] for k in fields}})
+            self.publish_status()
+
+    def publish_status(self) -> None:
+        self._client.publish(self.topic("status"), self._status_payload(online=True), qos=QOS,
+                             retain=True)
+
+    def _status_payload(self, online: bool) -> str:
+        return json.dumps({"online": online, "version": __version__, **self._status()})
