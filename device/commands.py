@@ -20,7 +20,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
 )
 
 from device.config import describe_validation_error
@@ -55,7 +61,7 @@ class CommandError(EdgeRecorderError):
 
 
 class _Command(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
     request_id: RequestId
     ts: int | None = None
     nonce: str | None = Field(default=None, min_length=8, max_length=128)
@@ -153,14 +159,14 @@ def parse(kind: str, raw: bytes, signing: Signing | None, store: ClipStore) -> _
     if signing is not None:
         verify(kind, payload, signing, store, request_id)
     try:
-        return SCHEMAS[kind].model_validate(payload)
+        return SCHEMAS[kind].model_validate_json(raw)  # strict: "yes" is not a boolean
     except ValidationError as exc:
         raise CommandError("bad_request", describe_validation_error(exc), request_id) from None
 
 
 def verify(kind: str, payload: dict[str, Any], signing: Signing, store: ClipStore,
            request_id: str | None) -> None:
-    sig, ts, nonce = (payload.get(f) for f in SIGNATURE_FIELDS)
+    ts, nonce, sig = (payload.get(f) for f in SIGNATURE_FIELDS)
     if not isinstance(sig, str) or not isinstance(ts, int) or not isinstance(nonce, str):
         raise CommandError("unsigned", "signed commands are required: add ts, nonce and sig",
                            request_id)

@@ -13,6 +13,7 @@ import json
 import logging
 import queue
 import secrets
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -58,6 +59,13 @@ def read_secret(path: str | None, what: str) -> str | None:
         raise ConfigError(f"cannot read {what} file '{path}': {exc.strerror}") from None
 
 
+def set_nodelay(client: mqtt.Client) -> None:
+    """paho leaves Nagle's algorithm on: small replies would wait ~40 ms for a delayed ACK."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class MqttControl:
     def __init__(self, settings: MqttSettings, store: ClipStore, controller: Controller,
                  status: Callable[[], dict[str, Any]], events: EventSink) -> None:
@@ -73,6 +81,7 @@ class MqttControl:
         self._inbox: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
         self._connected = False
         self._reported_down = False
+        self._closing = False
         self._worker = threading.Thread(target=self._work, name="mqtt-commands", daemon=True)
         self._client = self._make_client()
         events.subscribe(self._on_event)
@@ -114,6 +123,7 @@ class MqttControl:
     def close(self) -> None:
         if not self._worker.is_alive():
             return
+        self._closing = True
         self._inbox.put(None)
         self._worker.join()
         if self._connected:
@@ -130,6 +140,7 @@ class MqttControl:
             log.error("mqtt: broker refused the connection: %s", reason_code)
             return
         self._connected, self._reported_down = True, False
+        set_nodelay(client)
         log.info("mqtt: connected (session present: %s)", flags.session_present)
         client.subscribe(self.topic("cmd/#"), qos=QOS)
         self.publish_status()
@@ -141,7 +152,9 @@ class MqttControl:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
-        if self._connected:
+        if self._closing:
+            log.info("mqtt: disconnected")
+        elif self._connected:
             log.warning("mqtt: disconnected (%s); reconnecting with backoff", reason_code)
         self._connected = False
 

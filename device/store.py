@@ -10,9 +10,9 @@ while the device only listens (P4). One lock serialises the listener's writer an
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
-import json
 import sqlite3
 import threading
 import time

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +109,103 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
                                    p.stat().st_mode)
         for p in sorted(root.rglob("*"))
     }
+
+
+# -- MQTT: a real mosquitto with TLS and a password file ------------------------------------------
+
+MQTT_USER, MQTT_PASSWORD = "speaker", "correct horse battery staple"
+
+
+@pytest.fixture(scope="session")
+def tls_material(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost, made with openssl."""
+    d = tmp_path_factory.mktemp("tls")
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+    ssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=edge-recorder test CA")
+    ssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    return {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key"}
+
+
+class Broker:
+    """mosquitto on a free loopback port, TLS only, passwords required, persistence on."""
+
+    def __init__(self, workdir: Path, tls: dict[str, Path]) -> None:
+        self.workdir = workdir
+        self.tls = tls
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        passwd = workdir / "passwd"
+        subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), MQTT_USER, MQTT_PASSWORD],
+                       check=True, capture_output=True, timeout=30)
+        (workdir / "data").mkdir()
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"user root\nlistener {self.port} 127.0.0.1\n"
+            f"cafile {tls['ca']}\ncertfile {tls['cert']}\nkeyfile {tls['key']}\n"
+            f"allow_anonymous false\npassword_file {passwd}\n"
+            f"persistence true\npersistence_location {workdir / 'data'}/\n"
+            "max_queued_messages 100000\n"
+            f"log_dest file {workdir / 'mosquitto.log'}\n"
+        )
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: port_open(self.port), 10, "mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def config_toml(self, extra: str = "") -> str:
+        return (f'[mqtt]\nhost = "127.0.0.1"\nport = {self.port}\nusername = "{MQTT_USER}"\n'
+                f'password = "{MQTT_PASSWORD}"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
+                f'{extra}\n[mqtt.tls]\nenabled = true\nca_file = "{self.tls["ca"]}"\n')
+
+    def client_args(self) -> list[str]:
+        """Arguments for mosquitto_pub / mosquitto_sub."""
+        return ["-h", "127.0.0.1", "-p", str(self.port), "--cafile", str(self.tls["ca"]),
+                "-u", MQTT_USER, "-P", MQTT_PASSWORD]
+
+
+@pytest.fixture
+def broker(tmp_path: Path, tls_material: dict[str, Path]) -> Iterator[Broker]:
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    b = Broker(workdir, tls_material)
+    b.start()
+    yield b
+    b.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float, message: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{message} (waited {timeout_s} s)")

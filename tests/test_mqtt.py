@@ -1,0 +1,213 @@
+"""The control plane through a real mosquitto (TLS, password file, persistence), with a paho
+client playing the owner's Home Assistant."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from device.commands import Controller, MuteState, sign
+from device.config import MqttSettings, Settings
+from device.events import EventSink, event
+from device.mqtt import MqttControl
+from device.store import ClipStore
+from tests.conftest import MQTT_PASSWORD, MQTT_USER, Broker, wait_until
+from tests.test_commands import add_clip, indexed, on_disk
+
+DEVICE = "a1b2c3d4e5f6"
+BASE = f"edge-recorder/{DEVICE}/"
+WAIT_S = 20
+
+
+class Owner:
+    """An outside MQTT client: publishes commands with QoS 1 and records what it receives."""
+
+    def __init__(self, broker: Broker, name: str = "owner") -> None:
+        self.messages: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{name}", clean_session=False)
+        c.username_pw_set(MQTT_USER, MQTT_PASSWORD)
+        c.tls_set(ca_certs=str(broker.tls["ca"]))
+        c.reconnect_delay_set(1, 1)
+        c.on_connect = lambda cl, *_: cl.subscribe(BASE + "#", qos=1)
+        c.on_message = self._on_message
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        self.client = c
+        wait_until(c.is_connected, WAIT_S, "owner could not connect")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            body: Any = json.loads(msg.payload)
+        except ValueError:
+            body = msg.payload
+        with self._lock:
+            self.messages.append((msg.topic.removeprefix(BASE), body))
+
+    def send(self, command: str, payload: dict[str, Any] | bytes) -> None:
+        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.client.publish(BASE + f"cmd/{command}", raw, qos=1)
+
+    def replies(self, topic: str, request_id: str | None = None) -> list[Any]:
+        with self._lock:
+            return [b for t, b in self.messages
+                    if t == topic and (request_id is None or b.get("request_id") == request_id)]
+
+    def reply(self, topic: str, request_id: str) -> Any:
+        wait_until(lambda: self.replies(topic, request_id), WAIT_S, f"no {topic} for {request_id}")
+        return self.replies(topic, request_id)[0]
+
+    def status(self) -> Any:
+        with self._lock:
+            return [b for t, b in self.messages if t == "status"][-1]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def settings_for(broker: Broker, extra: str = "") -> MqttSettings:
+    return Settings.model_validate(tomllib.loads(broker.config_toml(extra))).mqtt
+
+
+class Speaker:
+    """The control plane as the daemon wires it, without audio."""
+
+    def __init__(self, state_dir: Path, settings: MqttSettings) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (state_dir / "device_id").write_text(DEVICE)
+        self.store = ClipStore(state_dir)
+        self.mute = MuteState()
+        self.events = EventSink()
+        self.control = MqttControl(settings, self.store, Controller(self.store, self.mute),
+                                   lambda: {"clips": self.store.count()}, self.events)
+        self.control.start()
+
+    def close(self) -> None:
+        self.control.close()
+        self.store.close()
+
+
+@pytest.fixture
+def owner(broker: Broker) -> Iterator[Owner]:
+    o = Owner(broker)
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def speaker(broker: Broker, state_dir: Path) -> Iterator[Speaker]:
+    s = Speaker(state_dir, settings_for(broker))
+    yield s
+    s.close()
+
+
+def test_delete_is_acknowledged_after_it_is_done_and_status_follows(
+    speaker: Speaker, owner: Owner
+) -> None:
+    a, b = add_clip(speaker.store), add_clip(speaker.store)
+    wait_until(lambda: [t for t, _ in owner.messages if t == "status"], WAIT_S, "no status")
+    owner.send("delete", {"request_id": "r1", "ids": [a]})
+    reply = owner.reply("evt/deleted", "r1")
+    assert reply["ids"] == [a] and reply["remote"] == {"status": "none_uploaded"}
+    assert indexed(speaker.store) == on_disk(speaker.store) == {b}
+    wait_until(lambda: owner.status().get("clips") == 1, WAIT_S, "status did not follow")
+    assert owner.status()["online"] is True
+
+
+def test_remote_can_only_reduce(speaker: Speaker, owner: Owner) -> None:
+    owner.send("consent", {"request_id": "g1", "action": "grant"})
+    assert owner.reply("evt/error", "g1")["code"] == "refused"
+    speaker.mute.set(hardware=True)
+    owner.send("mute", {"request_id": "u1", "muted": False})
+    assert owner.reply("evt/error", "u1")["code"] == "refused"
+    assert speaker.mute.hardware and speaker.mute.muted
+    owner.send("consent", {"request_id": "r1", "action": "revoke"})
+    assert owner.reply("evt/consent", "r1")["state"] == "off"
+
+
+def test_bad_input_gets_an_error_reply_and_changes_nothing(speaker: Speaker, owner: Owner) -> None:
+    keep = add_clip(speaker.store)
+    owner.send("delete", b"{not json")
+    owner.send("delete", {"request_id": "big", "ids": ["a" * 70_000]})
+    owner.send("delete", {"request_id": "typo", "all": True, "everything": True})
+    owner.send("reboot", {"request_id": "rb"})
+    assert owner.reply("evt/error", "typo")["code"] == "bad_request"
+    wait_until(lambda: len(owner.replies("evt/error")) == 4, WAIT_S, "missing error replies")
+    codes = sorted(e["code"] for e in owner.replies("evt/error"))
+    assert codes == ["bad_json", "bad_request", "too_large", "unknown_command"]
+    assert indexed(speaker.store) == {keep}
+    owner.send("delete", {"request_id": "ok", "ids": [keep]})  # still serving
+    assert owner.reply("evt/deleted", "ok")["ids"] == [keep]
+
+
+def test_clip_announcements_carry_metadata_only(speaker: Speaker, owner: Owner) -> None:
+    speaker.events.emit(event("clip", t=3.9, id="c" * 32, start=1.9, end=3.9,
+                              wake_word="hey_jarvis", transcript="my bank pin is 1234"))
+    wait_until(lambda: owner.replies("evt/clip"), WAIT_S, "no evt/clip")
+    [clip] = owner.replies("evt/clip")
+    assert clip == {"type": "clip", "t": 3.9, "id": "c" * 32, "start": 1.9, "end": 3.9,
+                    "wake_word": "hey_jarvis"}
+
+
+def test_a_delete_sent_while_the_speaker_is_offline_runs_when_it_returns(
+    broker: Broker, owner: Owner, state_dir: Path
+) -> None:
+    first = Speaker(state_dir, settings_for(broker))  # establishes the persistent session
+    doomed = add_clip(first.store)
+    wait_until(lambda: owner.replies("status"), WAIT_S, "speaker never came online")
+    first.close()
+    wait_until(lambda: owner.status()["online"] is False, WAIT_S, "no offline status")
+    owner.send("delete", {"request_id": "while-away", "ids": [doomed]})
+
+    again = Speaker(state_dir, settings_for(broker))
+    try:
+        assert owner.reply("evt/deleted", "while-away")["ids"] == [doomed]
+        assert doomed not in on_disk(again.store) | indexed(again.store)
+    finally:
+        again.close()
+
+
+def test_broker_restart_mid_burst_loses_nothing_and_runs_nothing_twice(
+    broker: Broker, speaker: Speaker, owner: Owner
+) -> None:
+    clips = [add_clip(speaker.store) for _ in range(30)]
+    wait_until(lambda: owner.replies("status"), WAIT_S, "speaker never came online")
+    for i, clip in enumerate(clips):
+        owner.send("delete", {"request_id": f"burst-{i}", "ids": [clip]})
+        if i == 14:
+            broker.restart()
+    wait_until(lambda: not indexed(speaker.store), 60, "not every clip was deleted")
+    for i, clip in enumerate(clips):
+        replies = owner.replies("evt/deleted", f"burst-{i}")
+        if not replies:  # the reply itself may have been in flight during the restart
+            continue
+        assert all(r["ids"] == [clip] for r in replies)  # a redelivery replays, never re-runs
+    rows = speaker.store._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    assert rows == len(clips) and on_disk(speaker.store) == set()
+
+
+def test_signed_commands_over_mqtt(broker: Broker, owner: Owner, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-for-tests\n")
+    toml = broker.config_toml() + f'[mqtt.signing]\nsecret_file = "{secret}"\n'
+    speaker = Speaker(tmp_path / "signed", Settings.model_validate(tomllib.loads(toml)).mqtt)
+    try:
+        a = add_clip(speaker.store)
+        wait_until(lambda: owner.replies("status"), WAIT_S, "speaker never came online")
+        owner.send("delete", {"request_id": "nosig", "ids": [a]})
+        assert owner.reply("evt/error", "nosig")["code"] == "unsigned"
+        body = {"request_id": "withsig", "ids": [a], "ts": int(time.time()), "nonce": "abcdef012"}
+        owner.send("delete", {**body, "sig": sign("delete", body, b"s3cret-for-tests")})
+        assert owner.reply("evt/deleted", "withsig")["ids"] == [a]
+    finally:
+        speaker.close()
