@@ -9,6 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from device import consent
 from device.asr import NoTranscriber, Transcriber, VoskTranscriber
 from device.audio import AudioSource
 from device.commands import Controller, MuteState
@@ -53,7 +54,8 @@ def run_pipeline(
     control_plane: bool = False,
 ) -> Counters:
     """Build every part (failing early with one clear error), then listen until `stop` or the
-    input ends. With `control_plane` and mqtt.host set, MQTT commands are served meanwhile."""
+    input ends. With `control_plane`, MQTT commands are served (mqtt.host) and consented clips
+    uploaded (upload.url) meanwhile."""
     with ExitStack() as stack:
         store = ClipStore(state_dir)
         stack.callback(store.close)
@@ -63,19 +65,26 @@ def run_pipeline(
         indicator = Indicator(settings.indicator, pin_factory)
         stack.callback(indicator.close)
         counters, mute = Counters(), MuteState()
-        writer = ClipWriter(transcriber, store, events, counters)
+        writer = ClipWriter(transcriber, store, events, counters,
+                            eligible=lambda: consent.read(store).covers)
         stack.callback(writer.close)
         recorder = Recorder(settings.recorder, settings.wake)
         listener = Listener(
             open_source, detector, SpeechDetector(settings.recorder.vad_aggressiveness),
             recorder, indicator, writer, events, counters, mute,
         )
+        if control_plane and settings.upload.url:
+            from device.upload import Uploader
+
+            uploader = Uploader(settings.upload, store, events)
+            uploader.start()
+            stack.callback(uploader.close)
         if control_plane and settings.mqtt.host:
             from device.mqtt import MqttControl
 
             def status() -> dict[str, Any]:
                 return {"state": recorder.state.value, "clips": store.count(),
-                        "consent": store.setting("consent", "off"),
+                        "consent": consent.read(store).summary(),
                         "muted": {"software": mute.software, "hardware": mute.hardware},
                         "counters": vars(counters).copy()}
 

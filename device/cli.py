@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--last", metavar="DURATION", help="recorded in the last 15m, 24h, 7d...")
     delete.add_argument("--request-id", help="repeat a request safely (idempotent)")
 
+    con = sub.add_parser("consent", parents=[common], help="opt in or out of uploads (on the device)")
+    consub = con.add_subparsers(dest="consent_command", required=True)
+    grant = consub.add_parser("grant", parents=[common], help="allow uploads of clips recorded from now on")
+    grant.add_argument("--scope", default="audio", help="audio, or audio,transcript (default: audio)")
+    consub.add_parser("revoke", parents=[common], help="stop all uploads now; purge the upload queue")
+    consub.add_parser("status", parents=[common], help="the consent record")
+
     models = sub.add_parser("models", parents=[common], help="install and verify models")
     msub = models.add_subparsers(dest="models_command", required=True)
     fetch = msub.add_parser("fetch", parents=[common], help="install models (default: all)")
@@ -198,6 +205,28 @@ def clips_delete(store: Any, args: argparse.Namespace) -> int:
     return 0 if not reply["not_found"] else 1
 
 
+def cmd_consent(args: argparse.Namespace) -> int:
+    from device import consent
+    from device.store import ClipStore
+
+    _, state_dir = _settings(args)
+    store = ClipStore(state_dir)
+    try:
+        if args.consent_command == "grant":
+            record = consent.grant(store, consent.parse_scope(args.scope))
+            _print_json(record.summary())
+            print("uploads allowed for clips recorded from now on (not earlier ones); "
+                  "`edge-recorder consent revoke` stops them", file=sys.stderr)
+        elif args.consent_command == "revoke":
+            record, purged = consent.revoke(store)
+            _print_json({**record.summary(), "purged": len(purged)})
+        else:
+            _print_json(consent.read(store).summary())
+    finally:
+        store.close()
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     settings, state_dir = _settings(args)
     models = ModelStore(resolve_models_dir(settings, state_dir))
@@ -240,7 +269,7 @@ def _stop_on_signals() -> threading.Event:
 
 COMMANDS = {
     "run": cmd_run, "simulate": cmd_simulate, "devices": cmd_devices,
-    "clips": cmd_clips, "models": cmd_models,
+    "clips": cmd_clips, "models": cmd_models, "consent": cmd_consent,
 }
 CLIP_COMMANDS = {
     "list": clips_list, "show": clips_show, "export": clips_export, "delete": clips_delete,

@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from device import consent
 from device.config import describe_validation_error
 from device.errors import EdgeRecorderError
 from device.events import Event, event
@@ -225,13 +226,14 @@ class Controller:
         if result["replayed"]:
             log.info("delete %s was already done; replying with its result", cmd.request_id)
         log.info("delete %s: %d clip(s) deleted", cmd.request_id, len(result["ids"]))
+        pending = result.get("remote_pending", [])
+        remote = {"status": "pending", "pending": pending} if pending else {"status": "none_uploaded"}
         return event("deleted", request_id=cmd.request_id, ids=result["ids"],
-                     not_found=result["not_found"], remote={"status": "none_uploaded"})
+                     not_found=result["not_found"], remote=remote)
 
     def revoke_consent(self, request_id: str) -> Event:
-        self.store.set_setting("consent", "off")
-        log.info("consent revoked (%s)", request_id)
-        return event("consent", request_id=request_id, state="off")
+        _, purged = consent.revoke(self.store)
+        return event("consent", request_id=request_id, state="off", purged=len(purged))
 
     def set_mute(self, cmd: MuteCommand) -> Event:
         if not cmd.muted and self.mute.hardware:

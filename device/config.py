@@ -137,6 +137,28 @@ class MqttSettings(_Section):
     signing: MqttSigningSettings = MqttSigningSettings()
 
 
+class UploadSettings(_Section):
+    url: str | None = Field(default=None, pattern=r"^https://[^\s/]+(/\S*)?$")
+    """The owner's HTTPS endpoint. Unset: nothing is ever uploaded, consent or not."""
+    token: str | None = None
+    token_file: str | None = None
+    """Bearer token, or a file holding it (keep it 0600)."""
+    ca_file: str | None = None
+    """CA certificate(s) to trust for url; None = the system's."""
+    verify: bool = True
+    keep_local: bool = True
+    """Keep the local copy after a confirmed upload."""
+    redact: bool = True
+    """Replace digit runs of 4+ and e-mail addresses in transcripts before upload."""
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    backoff_initial_s: float = Field(default=2.0, gt=0)
+    backoff_max_s: float = Field(default=600.0, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_bytes_per_s: int = Field(default=0, ge=0)
+    """Upload bandwidth limit; 0 = unlimited."""
+    concurrency: int = Field(default=1, ge=1, le=8)
+
+
 class Settings(_Section):
     audio: AudioSettings = AudioSettings()
     wake: WakeSettings = WakeSettings()
@@ -145,6 +167,7 @@ class Settings(_Section):
     indicator: IndicatorSettings = IndicatorSettings()
     models: ModelSettings = ModelSettings()
     mqtt: MqttSettings = MqttSettings()
+    upload: UploadSettings = UploadSettings()
 
 
 def load_settings(path: Path | None) -> Settings:

@@ -40,3 +40,15 @@ def ensure_private_dir(path: Path) -> Path:
     if path.stat().st_mode & 0o777 != PRIVATE_DIR:
         os.chmod(path, PRIVATE_DIR)
     return path
+
+
+def read_secret(path: str | None, what: str) -> str | None:
+    """A password, token or key from its own file (kept out of the config), stripped."""
+    from device.errors import ConfigError
+
+    if path is None:
+        return None
+    try:
+        return Path(path).expanduser().read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file '{path}': {exc.strerror}") from None

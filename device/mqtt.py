@@ -28,13 +28,15 @@ from device.commands import CommandError, Controller, Signing, parse
 from device.config import MqttSettings
 from device.errors import ConfigError
 from device.events import Event, EventSink, event
-from device.files import atomic_write
+from device.files import atomic_write, read_secret
 from device.store import ClipStore
 
 log = logging.getLogger(__name__)
 
 QOS = 1
 DEVICE_ID_FILE = "device_id"
+FORWARDED = ("upload", "deleted")
+"""Events from inside the device published as they are: upload results, remote-delete follow-ups."""
 CLIP_FIELDS = ("t", "id", "start", "end", "wake_word")
 """What evt/clip carries: metadata only (plus the transcript when the owner turns it on)."""
 
@@ -48,15 +50,6 @@ def device_id(state_dir: Path) -> str:
         value = secrets.token_hex(6)
         atomic_write(path, value.encode())
         return value
-
-
-def read_secret(path: str | None, what: str) -> str | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).expanduser().read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} file '{path}': {exc.strerror}") from None
 
 
 def set_nodelay(client: mqtt.Client) -> None:
@@ -186,10 +179,13 @@ class MqttControl:
                              qos=QOS)
 
     def _on_event(self, ev: Event) -> None:
+        """From the listener and uploader threads: publishing only queues in paho."""
         if ev["type"] == "clip":
             fields = CLIP_FIELDS + (("transcript",) if self.settings.publish_transcripts else ())
             self.publish_event({"type": "clip", **{k: ev[k] for k in fields}})
             self.publish_status()
+        elif ev["type"] in FORWARDED:
+            self.publish_event(ev)
 
     def publish_status(self) -> None:
         self._client.publish(self.topic("status"), self._status_payload(online=True), qos=QOS,

@@ -62,9 +62,11 @@ class ClipWriter:
     """Feeds ASR while recording and stores finished clips, on its own thread."""
 
     def __init__(
-        self, transcriber: Transcriber, store: ClipStore, events: EventSink, counters: Counters
+        self, transcriber: Transcriber, store: ClipStore, events: EventSink, counters: Counters,
+        eligible: Callable[[], str | None] | None = None,
     ) -> None:
         self._transcriber = transcriber
+        self._eligible = eligible
         self._store = store
         self._events = events
         self._counters = counters
@@ -123,6 +125,7 @@ class ClipWriter:
         clip = self._store.add(
             np.concatenate([f.samples for f in u.frames]), seconds(u.start), seconds(u.end),
             u.wake.wake_word, u.wake.score, transcript, recorded_at=job.recorded_at,
+            eligible=self._eligible,
         )
         self.ready_latencies_s.append(time.perf_counter() - job.queued_at)
         self._counters.clips += 1

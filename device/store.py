@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -55,6 +55,20 @@ CREATE TABLE requests (
 );
 CREATE TABLE nonces (nonce TEXT PRIMARY KEY, seen_at REAL NOT NULL);
 CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE uploads (
+    clip_id TEXT PRIMARY KEY REFERENCES clips(id),
+    state TEXT NOT NULL,            -- queued | uploaded | failed
+    scope TEXT NOT NULL,            -- what consent covered when the clip was recorded
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE remote_deletes (
+    clip_id TEXT PRIMARY KEY,
+    request_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL DEFAULT 0
+);
 """
 TEMP_SUFFIX = ".tmp"
 COLUMNS = ("id", "recorded_at", "start_s", "end_s", "wake_word", "wake_score", "transcript",
@@ -112,7 +126,10 @@ class ClipStore:
     def add(
         self, samples: np.ndarray, start_s: float, end_s: float, wake_word: str,
         wake_score: float, transcript: str | None, recorded_at: datetime | None = None,
+        eligible: Callable[[], str | None] | None = None,
     ) -> Clip:
+        """Store a clip. `eligible` is asked inside the same transaction what consent covers right
+        now (e.g. "audio,transcript"); when it answers, the clip joins the upload queue."""
         clip = Clip(
             id=uuid.uuid4().hex,
             recorded_at=_iso(recorded_at or datetime.now(UTC)),
@@ -127,6 +144,9 @@ class ClipStore:
                     f"INSERT INTO clips ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                     [getattr(clip, c) for c in COLUMNS],
                 )
+                if eligible is not None and (scope := eligible()):
+                    self._db.execute("INSERT INTO uploads (clip_id, state, scope) VALUES (?, 'queued', ?)",
+                                     (clip.id, scope))
         except (OSError, sqlite3.Error) as exc:
             (self.clips_dir / clip.audio_file).unlink(missing_ok=True)
             raise StoreError(f"could not store clip in '{self.state_dir}': {_reason(exc)}") from None
@@ -169,13 +189,33 @@ class ClipStore:
                 if request_id and (done := self._request_result(request_id)) is not None:
                     return {**done, "replayed": True}
                 found = self._select(ids, since, until, everything)
+                uploaded = self._uploaded_among([c.id for c in found])
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO remote_deletes (clip_id, request_id) VALUES (?, ?)",
+                    [(cid, request_id) for cid in uploaded])
+                self._db.executemany("DELETE FROM uploads WHERE clip_id = ?", [(c.id,) for c in found])
                 self._db.executemany("DELETE FROM clips WHERE id = ?", [(c.id,) for c in found])
                 result = {"ids": [c.id for c in found],
-                          "not_found": [i for i in ids or [] if i not in {c.id for c in found}]}
+                          "not_found": [i for i in ids or [] if i not in {c.id for c in found}],
+                          "remote_pending": uploaded}
                 if request_id:
                     self._record_request(request_id, "delete", result)
-            self._remove_files([self.clips_dir / c.audio_file for c in found])
+            self._remove_files([self.clips_dir / c.audio_file for c in found if c.audio_file])
         return {**result, "replayed": False}
+
+    def forget_local_copy(self, clip_id: str) -> None:
+        """After a confirmed upload with keep_local off: drop the audio and transcript here, keep
+        the row (marked uploaded) so that a later delete can still reach the remote copy."""
+        with self._lock:
+            clip = self.get(clip_id)
+            with self._transaction():
+                self._db.execute("UPDATE clips SET audio_file = '', transcript = NULL WHERE id = ?",
+                                 (clip_id,))
+            self._remove_files([self.clips_dir / clip.audio_file])
+
+    def _uploaded_among(self, ids: list[str]) -> list[str]:
+        return [i for i in ids if self._db.execute(
+            "SELECT 1 FROM uploads WHERE clip_id = ? AND state = 'uploaded'", (i,)).fetchone()]
 
     def _select(self, ids: list[str] | None, since: datetime | None, until: datetime | None,
                 everything: bool) -> list[Clip]:
@@ -244,6 +284,12 @@ class ClipStore:
 
     # -- housekeeping ---------------------------------------------------------------------------
     @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """For the upload queue: the lock and one durable transaction on the index."""
+        with self._lock, self._transaction():
+            yield self._db
+
+    @contextmanager
     def _transaction(self) -> Iterator[None]:
         """BEGIN IMMEDIATE ... COMMIT (fsynced: synchronous=FULL), or ROLLBACK on error."""
         self._db.execute("BEGIN IMMEDIATE")
@@ -257,7 +303,7 @@ class ClipStore:
     def _sweep(self) -> None:
         """Finish what a crash interrupted: files without rows (and temp files) are removed,
         rows without files are dropped. Writes nothing when there is nothing to repair."""
-        known = {r[0] for r in self._db.execute("SELECT audio_file FROM clips")}
+        known = {r[0] for r in self._db.execute("SELECT audio_file FROM clips WHERE audio_file != ''")}
         on_disk = {p.name for p in self.clips_dir.iterdir()}
         strays = [self.clips_dir / n for n in on_disk - known]
         if strays:

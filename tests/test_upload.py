@@ -1,0 +1,257 @@
+"""Consent and upload against a real HTTPS server on loopback that records every byte (P1, P2, P3)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+from email.parser import BytesParser
+from email.policy import HTTP
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from device import consent
+from device.commands import Controller, DeleteCommand, MuteState
+from device.config import UploadSettings
+from device.events import Event, EventSink
+from device.store import ClipStore
+from device.upload import Uploader
+from tests.conftest import wait_until
+from tests.upload_server import UploadServer
+
+TOKEN = "owner-token-123"
+WAIT_S = 20
+
+
+@pytest.fixture
+def server(tls_material: dict[str, Path]) -> Iterator[UploadServer]:
+    srv = UploadServer(tls_material)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def store(state_dir: Path) -> ClipStore:
+    return ClipStore(state_dir)
+
+
+def settings(server: UploadServer, tls: dict[str, Path], **overrides: Any) -> UploadSettings:
+    base: dict[str, Any] = {"url": server.url, "token": TOKEN, "ca_file": str(tls["ca"]),
+                            "backoff_initial_s": 0.05, "backoff_max_s": 0.2, "timeout_s": 2.0}
+    return UploadSettings(**{**base, **overrides})
+
+
+class Running:
+    def __init__(self, store: ClipStore, s: UploadSettings) -> None:
+        self.events: list[Event] = []
+        sink = EventSink()
+        sink.subscribe(self.events.append)
+        self.uploader = Uploader(s, store, sink)
+        self.uploader.start()
+
+    def of(self, status: str) -> list[Event]:
+        return [e for e in self.events if e["type"] == "upload" and e["status"] == status]
+
+    def close(self) -> None:
+        self.uploader.close()
+
+
+@pytest.fixture
+def running(store: ClipStore, server: UploadServer, tls_material: dict[str, Path]) -> Iterator[Any]:
+    made: list[Running] = []
+
+    def start(**overrides: Any) -> Running:
+        r = Running(store, settings(server, tls_material, **overrides))
+        made.append(r)
+        return r
+
+    yield start
+    for r in made:
+        r.close()
+
+
+def record(store: ClipStore, transcript: str = "call me at 0123456789 or bob@example.com") -> str:
+    samples = (np.sin(np.arange(16000) / 7) * 3000).astype(np.int16)
+    return store.add(samples, 2.0, 3.0, "hey_jarvis", 0.97, transcript,
+                     eligible=lambda: consent.read(store).covers).id
+
+
+def parts(rec_body: bytes, content_type: str) -> dict[str, bytes]:
+    msg = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + rec_body)
+    return {p.get_param("name", header="content-disposition"): p.get_payload(decode=True)
+            for p in msg.iter_parts()}
+
+
+def test_nothing_is_uploaded_without_consent(store: ClipStore, server: UploadServer, running: Any) -> None:
+    record(store)
+    running()
+    time.sleep(1.5)
+    assert server.requests == []
+
+
+def test_consent_is_not_retroactive_and_the_upload_is_an_allow_list(
+    store: ClipStore, server: UploadServer, running: Any
+) -> None:
+    before = record(store)
+    consent.grant(store, ("audio", "transcript"))
+    after = record(store)
+    r = running()
+    wait_until(lambda: r.of("uploaded"), WAIT_S, "nothing uploaded")
+    time.sleep(0.5)
+    [post] = server.posts()
+    assert post.headers["Idempotency-Key"] == after and before not in server.everything_received().decode(
+        "latin-1")
+    assert post.headers["Authorization"] == f"Bearer {TOKEN}"
+    form = parts(post.body, post.headers["Content-Type"])
+    assert set(form) == {"metadata", "audio"}
+    meta = json.loads(form["metadata"])
+    assert set(meta) == {"clip_id", "recorded_hour", "duration_s", "sample_rate", "wake_word",
+                         "software_version", "transcript"}
+    assert meta["clip_id"] == after and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:00:00Z", meta["recorded_hour"])
+    assert meta["transcript"] == "call me at [number] or [email]"
+    assert form["audio"] == (store.clips_dir / f"{after}.wav").read_bytes()
+
+
+def test_transcript_only_with_its_scope(store: ClipStore, server: UploadServer, running: Any) -> None:
+    consent.grant(store, ("audio",))
+    record(store)
+    r = running()
+    wait_until(lambda: r.of("uploaded"), WAIT_S, "nothing uploaded")
+    [post] = server.posts()
+    assert "transcript" not in json.loads(parts(post.body, post.headers["Content-Type"])["metadata"])
+
+
+def test_revoking_while_a_request_is_being_retried_stops_it(
+    store: ClipStore, server: UploadServer, running: Any
+) -> None:
+    consent.grant(store, ("audio",))
+    server.script.extend(["503"] * 1000)
+    record(store)
+    running(backoff_initial_s=0.2, backoff_max_s=0.2, max_attempts=100)
+    wait_until(lambda: len(server.posts()) >= 2, WAIT_S, "no retries")
+    _, purged = consent.revoke(store)
+    seen = len(server.posts())
+    time.sleep(1.5)
+    assert len(server.posts()) <= seen + 1  # at most the one already on the wire
+    assert server.accepted == {}
+    assert len(purged) == 1
+
+
+def test_revoking_during_a_slow_upload_stops_the_body(
+    store: ClipStore, server: UploadServer, running: Any
+) -> None:
+    consent.grant(store, ("audio",))
+    record(store)
+    r = running(max_bytes_per_s=8000)  # ~32 KB of WAV: about 4 s on the wire
+    time.sleep(1.0)
+    consent.revoke(store)
+    wait_until(lambda: r.of("withheld"), WAIT_S, "upload not withdrawn")
+    time.sleep(0.5)
+    assert server.accepted == {}
+    assert all(len(p.body) < int(p.headers["Content-Length"]) for p in server.posts())
+
+
+@pytest.mark.parametrize(
+    ("faults", "min_gap_s"),
+    [(["500", "502", "503"], 0.0), (["429:1"], 1.0), (["reset", "reset"], 0.0),
+     (["sleep:3"], 0.0), (["sleep:1"], 0.0)],
+    ids=["5xx", "429-retry-after", "connection-reset", "timeout", "slow-but-in-time"],
+)
+def test_faults_never_lose_or_duplicate(
+    store: ClipStore, server: UploadServer, running: Any, faults: list[str], min_gap_s: float
+) -> None:
+    consent.grant(store, ("audio",))
+    server.script.extend(faults)
+    clip = record(store)
+    r = running()
+    wait_until(lambda: r.of("uploaded"), 30, f"not uploaded through {faults}")
+    time.sleep(0.3)
+    posts = server.posts()
+    assert len(server.accepted) == 1 and clip in server.accepted
+    assert all(p.headers["Idempotency-Key"] == clip for p in posts)
+    if min_gap_s:
+        assert posts[1].at - posts[0].at >= min_gap_s * 0.95
+    if faults == ["sleep:1"]:
+        assert len(posts) == 1  # slow but in time: sent once
+
+
+def test_bounded_retries_then_failed_with_a_reason(
+    store: ClipStore, server: UploadServer, running: Any
+) -> None:
+    consent.grant(store, ("audio",))
+    server.script.extend(["503"] * 10)
+    record(store)
+    r = running(max_attempts=3)
+    wait_until(lambda: r.of("failed"), WAIT_S, "never gave up")
+    assert len(server.posts()) == 3 and "HTTP 503" in r.of("failed")[0]["reason"]
+
+
+def test_a_server_that_is_not_trusted_is_a_tls_failure(
+    store: ClipStore, server: UploadServer, running: Any
+) -> None:
+    consent.grant(store, ("audio",))
+    record(store)
+    r = running(ca_file=None, max_attempts=2)  # the test CA is not in the system's trust store
+    wait_until(lambda: r.of("failed"), WAIT_S, "TLS error not reported")
+    assert "SSL" in r.of("failed")[0]["reason"]
+    assert server.accepted == {}
+
+
+def test_remote_delete_is_retried_until_confirmed(
+    store: ClipStore, server: UploadServer, running: Any
+) -> None:
+    consent.grant(store, ("audio",))
+    clip = record(store)
+    r = running()
+    wait_until(lambda: r.of("uploaded"), WAIT_S, "not uploaded")
+    server.script.extend(["500", "503", "404"])
+    reply = Controller(store, MuteState()).execute(DeleteCommand(request_id="forget", ids=[clip]))
+    assert reply["remote"] == {"status": "pending", "pending": [clip]}
+    wait_until(lambda: [e for e in r.events if e["type"] == "deleted"], WAIT_S, "not confirmed")
+    [follow_up] = [e for e in r.events if e["type"] == "deleted"]
+    assert follow_up["request_id"] == "forget" and follow_up["remote"]["confirmed"] == [clip]
+    deletes = [q for q in server.requests if q.method == "DELETE"]
+    assert [q.path for q in deletes] == [f"/clips/{clip}"] * 3
+    assert all(q.headers["Authorization"] == f"Bearer {TOKEN}" for q in deletes)
+
+
+def test_no_identifying_byte_ever_leaves(
+    store: ClipStore, server: UploadServer, running: Any, state_dir: Path
+) -> None:
+    (state_dir / "device_id").write_text("d3v1c31d0042")
+    consent.grant(store, ("audio", "transcript"))
+    for _ in range(2):
+        record(store, transcript="turn on the kitchen light")
+    r = running()
+    wait_until(lambda: len(r.of("uploaded")) == 2, WAIT_S, "not uploaded")
+    canaries = {socket.gethostname(), socket.getfqdn(), "d3v1c31d0042", "speaker-username"}
+    for iface in Path("/sys/class/net").glob("*/address"):
+        mac = iface.read_text().strip()
+        if mac and mac != "00:00:00:00:00:00":
+            canaries |= {mac, mac.replace(":", ""), mac.replace(":", "-")}
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    canaries |= set(re.findall(r"^Serial\s*:\s*(\S+)", cpuinfo, re.M))
+    sent = server.everything_received().lower()
+    assert len(server.posts()) == 2
+    for canary in canaries:
+        if len(canary) >= 6:
+            assert canary.lower().encode() not in sent, f"{canary!r} left the device"
+
+
+def test_keep_local_off_removes_the_copy_after_upload_but_remote_delete_still_works(
+    store: ClipStore, server: UploadServer, running: Any
+) -> None:
+    consent.grant(store, ("audio",))
+    clip = record(store)
+    r = running(keep_local=False)
+    wait_until(lambda: r.of("uploaded"), WAIT_S, "not uploaded")
+    assert not (store.clips_dir / f"{clip}.wav").exists()
+    assert store.get(clip).transcript is None
+    result = store.delete(everything=True, request_id="all")
+    assert result["remote_pending"] == [clip]
+    wait_until(lambda: server.deleted == [clip], WAIT_S, "remote copy not deleted")

@@ -1,0 +1,119 @@
+"""A real HTTPS server on loopback that records every byte it receives and can misbehave on cue."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+
+class Recorded:
+    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes, raw: bytes,
+                 answer: str) -> None:
+        self.method, self.path, self.headers, self.body, self.raw = method, path, headers, body, raw
+        self.answer = answer
+        self.at = time.monotonic()
+
+
+class UploadServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, tls: dict[str, Path]) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(tls["cert"], tls["key"])
+        self.socket = ctx.wrap_socket(self.socket, server_side=True)
+        self.script: deque[str] = deque()
+        """Answers for the next requests: "200", "503", "429:1", "reset", "sleep:S", "404"."""
+        self.requests: list[Recorded] = []
+        self.accepted: dict[str, int] = {}
+        """Idempotency-Key -> how many times a complete POST with it was answered 2xx."""
+        self.deleted: list[str] = []
+        self.lock = threading.Lock()
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.server_address[1]}/clips"
+
+    def next_answer(self) -> str:
+        with self.lock:
+            return self.script.popleft() if self.script else "200"
+
+    def everything_received(self) -> bytes:
+        with self.lock:
+            return b"".join(r.raw for r in self.requests)
+
+    def posts(self) -> list[Recorded]:
+        with self.lock:
+            return [r for r in self.requests if r.method == "POST"]
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: UploadServer
+    protocol_version = "HTTP/1.1"
+
+    def _handle(self) -> None:
+        answer = self.server.next_answer()
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self._read_body(length, slow=answer.startswith("slowread"))
+        head = f"{self.requestline}\r\n{self.headers}".encode()
+        complete = len(body) == length
+        rec = Recorded(self.command, self.path, dict(self.headers), body, head + body, answer)
+        with self.server.lock:
+            self.server.requests.append(rec)
+        if not complete:
+            return
+        if answer == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
+        if answer.startswith("sleep:"):
+            time.sleep(float(answer.split(":")[1]))
+            answer = "200"
+        if answer.startswith("slowread"):
+            answer = "200"
+        status, _, retry_after = answer.partition(":")
+        code = int(status)
+        if 200 <= code < 300 and self.command == "POST":
+            key = self.headers.get("Idempotency-Key", "")
+            with self.server.lock:
+                self.server.accepted[key] = self.server.accepted.get(key, 0) + 1
+        if 200 <= code < 300 and self.command == "DELETE":
+            with self.server.lock:
+                self.server.deleted.append(self.path.rsplit("/", 1)[-1])
+        self.send_response(code)
+        if retry_after:
+            self.send_header("Retry-After", retry_after)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _read_body(self, length: int, slow: bool) -> bytes:
+        chunks, got = [], 0
+        while got < length:
+            try:
+                chunk = self.rfile.read(min(4096 if slow else 65536, length - got))
+            except (ConnectionError, ssl.SSLError, OSError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    do_POST = _handle
+    do_DELETE = _handle
+
+    def log_message(self, *args: Any) -> None:
+        pass
