@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import signal
 import sys
 import threading
@@ -189,9 +188,8 @@ def clips_show(store: Any, args: argparse.Namespace) -> int:
 
 def clips_export(store: Any, args: argparse.Namespace) -> int:
     clip = store.get(args.id)
-    dest = args.dest / clip.audio_file if args.dest.is_dir() else args.dest
-    shutil.copyfile(store.audio_path(clip), dest)
-    print(dest)
+    dest = args.dest / f"{clip.id}.wav" if args.dest.is_dir() else args.dest
+    print(store.export(clip, dest))
     return 0
 
 

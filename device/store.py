@@ -1,10 +1,14 @@
-"""The clip store: a state directory (0700) with an SQLite index and one WAV file per clip (0600).
+"""The clip store: a state directory (0700) holding, all owner-only (0600):
+- clips/<id>.clip: the audio and metadata, AES-256-GCM encrypted with a key of the clip's own;
+- keys.sqlite: the per-clip keys (secure_delete: freed pages are zeroed);
+- index.sqlite: the index (secure_delete), with transcripts encrypted under the clip's key.
 
-A clip is written as: audio to a temp file, fsync, rename, fsync the directory; then its index row
-in one transaction with synchronous=FULL. A delete commits the removal of the rows (and the record of
-the request that asked for it) first, then removes the files and fsyncs the directory; a crash in
-between leaves only files without rows, which are removed at the next open. Nothing here is touched
-while the device only listens (P4). One lock serialises the listener's writer and the control plane.
+Adding: encrypted file (temp, fsync, rename, fsync dir), then its key, then its index row, each
+committed with synchronous=FULL. Deleting: index rows and the request record first, then the keys
+(crypto-erase: from here no copy of the file can be read), then the files. A crash between steps
+leaves only pieces without an index row, which the next open removes. A corrupt index is moved aside
+and rebuilt from the clip files and the key store. Nothing is touched while the device only listens
+(P4). One lock serialises the listener's writer, the control plane and the uploader.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from device import SAMPLE_RATE_HZ
+from device import SAMPLE_RATE_HZ, crypto
 from device.errors import StoreError
 from device.files import PRIVATE_FILE, atomic_write, ensure_private_dir, fsync_dir
 
@@ -42,7 +46,7 @@ CREATE TABLE clips (
     end_s REAL NOT NULL,
     wake_word TEXT NOT NULL,
     wake_score REAL NOT NULL,
-    transcript TEXT,
+    transcript BLOB,                -- encrypted with the clip's key
     sample_rate INTEGER NOT NULL,
     audio_file TEXT NOT NULL
 );
@@ -71,6 +75,11 @@ CREATE TABLE remote_deletes (
 );
 """
 TEMP_SUFFIX = ".tmp"
+CLIP_SUFFIX = ".clip"
+KEYS_SCHEMA = "CREATE TABLE IF NOT EXISTS keys (clip_id TEXT PRIMARY KEY, key BLOB NOT NULL);"
+META_FIELDS = ("id", "recorded_at", "start_s", "end_s", "wake_word", "wake_score", "transcript",
+               "sample_rate")
+"""What a clip file's authenticated header carries: enough to rebuild its index row."""
 COLUMNS = ("id", "recorded_at", "start_s", "end_s", "wake_word", "wake_score", "transcript",
            "sample_rate", "audio_file")
 
@@ -97,15 +106,44 @@ class Clip:
         return {**asdict(self), "duration_s": self.duration_s}
 
 
+class KeyStore:
+    """Per-clip keys in their own database: deleting a row is the crypto-erase of that clip."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = _connect(path)
+        if not _has_table(self.db, "keys"):
+            self.db.executescript(f"BEGIN;\n{KEYS_SCHEMA}\nCOMMIT;")
+
+    def put(self, clip_id: str, key: bytes) -> None:
+        with _transaction(self.db):
+            self.db.execute("INSERT INTO keys (clip_id, key) VALUES (?, ?)", (clip_id, key))
+
+    def get(self, clip_id: str) -> bytes | None:
+        row = self.db.execute("SELECT key FROM keys WHERE clip_id = ?", (clip_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def ids(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT clip_id FROM keys")}
+
+    def destroy(self, ids: list[str]) -> None:
+        if ids:
+            with _transaction(self.db):
+                self.db.executemany("DELETE FROM keys WHERE clip_id = ?", [(i,) for i in ids])
+
+
 class ClipStore:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.clips_dir = state_dir / "clips"
+        self.quarantine_dir = state_dir / "quarantine"
+        self.recovered: tuple[Path, int] | None = None
+        """(where the corrupt index was moved, clips re-indexed) when the index had to be rebuilt."""
         self._lock = threading.RLock()
         try:
             ensure_private_dir(state_dir)
             ensure_private_dir(self.clips_dir)
-            self._db = self._open(state_dir / "index.sqlite")
+            self.keys = KeyStore(state_dir / "keys.sqlite")
+            self._db = self._open_index(state_dir / "index.sqlite")
             self._sweep()
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(
@@ -113,16 +151,45 @@ class ClipStore:
                 "or set EDGE_RECORDER_STATE_DIR to a writable directory"
             ) from None
 
-    @staticmethod
-    def _open(path: Path) -> sqlite3.Connection:
-        if not path.exists():
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE))
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA synchronous=FULL")
-        if db.execute("PRAGMA user_version").fetchone()[0] == 0:
-            db.executescript(f"BEGIN;\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
+    def _open_index(self, path: Path) -> sqlite3.Connection:
+        try:
+            db = _connect(path)
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+            if db.execute("PRAGMA user_version").fetchone()[0] == 0:
+                db.executescript(f"BEGIN;\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
+            return db
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            return self._rebuild_index(path, exc)
+
+    def _rebuild_index(self, path: Path, exc: Exception) -> sqlite3.Connection:
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        os.replace(path, aside)
+        Path(f"{path}-journal").unlink(missing_ok=True)
+        log.error("the index %s is corrupt (%s): moved it to %s and rebuilt it from the clip files",
+                  path, exc, aside.name)
+        db = _connect(path)
+        db.executescript(f"BEGIN;\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
+        self._db = db
+        rebuilt = 0
+        for f in sorted(self.clips_dir.glob(f"*{CLIP_SUFFIX}")):
+            key = self.keys.get(f.stem)
+            if key is None:
+                continue
+            try:
+                meta, _ = crypto.unseal(key, f.stem, f.read_bytes())
+            except crypto.TamperedError:
+                self._quarantine(f.stem, f.name)
+                continue
+            with _transaction(db):
+                self._insert_row(Clip(**meta, audio_file=f.name), key)
+            rebuilt += 1
+        self.recovered = (aside, rebuilt)
         return db
 
+    # -- adding -----------------------------------------------------------------------------------
     def add(
         self, samples: np.ndarray, start_s: float, end_s: float, wake_word: str,
         wake_score: float, transcript: str | None, recorded_at: datetime | None = None,
@@ -130,66 +197,118 @@ class ClipStore:
     ) -> Clip:
         """Store a clip. `eligible` is asked inside the same transaction what consent covers right
         now (e.g. "audio,transcript"); when it answers, the clip joins the upload queue."""
-        clip = Clip(
-            id=uuid.uuid4().hex,
-            recorded_at=_iso(recorded_at or datetime.now(UTC)),
-            start_s=start_s, end_s=end_s, wake_word=wake_word, wake_score=round(wake_score, 4),
-            transcript=transcript, sample_rate=SAMPLE_RATE_HZ, audio_file="",
-        )
-        clip = Clip(**{**asdict(clip), "audio_file": f"{clip.id}.wav"})
+        cid = uuid.uuid4().hex
+        clip = Clip(id=cid, recorded_at=_iso(recorded_at or datetime.now(UTC)), start_s=start_s,
+                    end_s=end_s, wake_word=wake_word, wake_score=round(wake_score, 4),
+                    transcript=transcript, sample_rate=SAMPLE_RATE_HZ, audio_file=cid + CLIP_SUFFIX)
+        key = crypto.new_key()
+        meta = {f: getattr(clip, f) for f in META_FIELDS}
         try:
-            with self._lock, self._transaction():
-                atomic_write(self.clips_dir / clip.audio_file, wav_bytes(samples), suffix=TEMP_SUFFIX)
-                self._db.execute(
-                    f"INSERT INTO clips ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                    [getattr(clip, c) for c in COLUMNS],
-                )
-                if eligible is not None and (scope := eligible()):
-                    self._db.execute("INSERT INTO uploads (clip_id, state, scope) VALUES (?, 'queued', ?)",
-                                     (clip.id, scope))
+            with self._lock:
+                atomic_write(self.clips_dir / clip.audio_file,
+                             crypto.seal(key, cid, meta, wav_bytes(samples)), suffix=TEMP_SUFFIX)
+                self.keys.put(cid, key)
+                with self._transaction():
+                    self._insert_row(clip, key)
+                    if eligible is not None and (scope := eligible()):
+                        self._db.execute(
+                            "INSERT INTO uploads (clip_id, state, scope) VALUES (?, 'queued', ?)",
+                            (cid, scope))
         except (OSError, sqlite3.Error) as exc:
             (self.clips_dir / clip.audio_file).unlink(missing_ok=True)
             raise StoreError(f"could not store clip in '{self.state_dir}': {_reason(exc)}") from None
         return clip
 
+    def _insert_row(self, clip: Clip, key: bytes) -> None:
+        values = {**asdict(clip), "transcript": crypto.seal_text(key, clip.id, clip.transcript)}
+        self._db.execute(
+            f"INSERT INTO clips ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+            [values[c] for c in COLUMNS])
+
+    # -- reading ----------------------------------------------------------------------------------
     def all(self) -> list[Clip]:
         with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM clips ORDER BY recorded_at")
-            return [Clip(*row) for row in rows]
+            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM clips ORDER BY recorded_at").fetchall()
+            return [self._clip(row) for row in rows]
 
     def get(self, clip_id: str) -> Clip:
         with self._lock:
             row = self._db.execute(
                 f"SELECT {', '.join(COLUMNS)} FROM clips WHERE id = ?", (clip_id,)
             ).fetchone()
-        if row is None:
-            raise StoreError(f"no clip with id {clip_id!r}; `edge-recorder clips list` shows them")
-        return Clip(*row)
+            if row is None:
+                raise StoreError(f"no clip with id {clip_id!r}; `edge-recorder clips list` shows them")
+            return self._clip(row)
 
-    def audio_path(self, clip: Clip) -> Path:
-        return self.clips_dir / clip.audio_file
+    def _clip(self, row: tuple[Any, ...]) -> Clip:
+        values = dict(zip(COLUMNS, row, strict=True))
+        key = self.keys.get(values["id"])
+        try:
+            text = crypto.unseal_text(key, values["id"], values["transcript"]) if key else None
+        except crypto.TamperedError:
+            text = None
+        return Clip(**{**values, "transcript": text})
+
+    def read_audio(self, clip: Clip) -> bytes:
+        """The clip's WAV, decrypted and authenticated. A clip that fails is quarantined."""
+        with self._lock:
+            key = self.keys.get(clip.id)
+            path = self.clips_dir / clip.audio_file
+            try:
+                if key is None or not clip.audio_file:
+                    raise crypto.TamperedError(f"clip {clip.id} has no key or no local audio")
+                _, audio = crypto.unseal(key, clip.id, path.read_bytes())
+                return audio
+            except (crypto.TamperedError, FileNotFoundError) as exc:
+                self._quarantine(clip.id, clip.audio_file)
+                raise StoreError(f"clip {clip.id} cannot be read and was quarantined: {exc}") from None
+
+    def _quarantine(self, clip_id: str, filename: str) -> None:
+        """Keep the bad file aside for inspection; its key and index row are destroyed."""
+        ensure_private_dir(self.quarantine_dir)
+        src = self.clips_dir / filename
+        if filename and src.exists():
+            os.replace(src, self.quarantine_dir / filename)
+            fsync_dir(self.clips_dir)
+        with self._transaction():
+            self._db.execute("DELETE FROM uploads WHERE clip_id = ?", (clip_id,))
+            self._db.execute("DELETE FROM clips WHERE id = ?", (clip_id,))
+        self.keys.destroy([clip_id])
+        log.error("clip %s failed authentication and was quarantined", clip_id)
+
+    def export(self, clip: Clip, dest: Path) -> Path:
+        atomic_write(dest, self.read_audio(clip))
+        return dest
 
     def count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM clips").fetchone()[0])
 
+    def bytes_used(self) -> list[tuple[str, str, int]]:
+        """(id, recorded_at, size of its file) for every clip, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, recorded_at, audio_file FROM clips ORDER BY recorded_at")
+            return [(cid, at, _size(self.clips_dir / f) if f else 0) for cid, at, f in rows]
+
     # -- deleting -------------------------------------------------------------------------------
     def delete(
         self, ids: list[str] | None = None, since: datetime | None = None,
         until: datetime | None = None, everything: bool = False, request_id: str | None = None,
+        remote: bool = True,
     ) -> dict[str, Any]:
         """Delete the clips selected by ids, a recorded_at range [since, until), or everything.
 
-        Durable when it returns: rows and the request record are committed (fsynced), files are
-        removed and the directory fsynced. A request_id seen before returns its first result and
-        deletes nothing new. Returns {"ids": deleted, "not_found": [...], "replayed": bool}.
+        Durable when it returns: rows and the request record committed, then the keys destroyed
+        (crypto-erase), then the files removed and the directory fsynced. A request_id seen before
+        returns its first result and deletes nothing new. With `remote`, uploaded copies are queued
+        for remote deletion. Returns {"ids", "not_found", "remote_pending", "replayed"}.
         """
         with self._lock:
             with self._transaction():
                 if request_id and (done := self._request_result(request_id)) is not None:
                     return {**done, "replayed": True}
                 found = self._select(ids, since, until, everything)
-                uploaded = self._uploaded_among([c.id for c in found])
+                uploaded = self._uploaded_among([c.id for c in found]) if remote else []
                 self._db.executemany(
                     "INSERT OR IGNORE INTO remote_deletes (clip_id, request_id) VALUES (?, ?)",
                     [(cid, request_id) for cid in uploaded])
@@ -200,6 +319,7 @@ class ClipStore:
                           "remote_pending": uploaded}
                 if request_id:
                     self._record_request(request_id, "delete", result)
+            self.keys.destroy([c.id for c in found])
             self._remove_files([self.clips_dir / c.audio_file for c in found if c.audio_file])
         return {**result, "replayed": False}
 
@@ -239,6 +359,21 @@ class ClipStore:
         if paths:
             fsync_dir(self.clips_dir)
 
+    def wipe(self) -> int:
+        """Destroy every key, then every clip, the index and the quarantine. Returns clips wiped."""
+        with self._lock:
+            n = self.count()
+            self.keys.destroy(list(self.keys.ids()))
+            with self._transaction():
+                for table in ("clips", "uploads", "remote_deletes", "requests", "nonces", "settings"):
+                    self._db.execute(f"DELETE FROM {table}")
+            for folder in (self.clips_dir, self.quarantine_dir):
+                if folder.exists():
+                    self._remove_files(list(folder.iterdir()))
+            self._db.execute("VACUUM")
+            self.keys.db.execute("VACUUM")
+        return n
+
     # -- requests, nonces, settings ---------------------------------------------------------------
     def _request_result(self, request_id: str) -> dict[str, Any] | None:
         row = self._db.execute(
@@ -251,14 +386,6 @@ class ClipStore:
             "INSERT INTO requests (request_id, kind, result, done_at) VALUES (?, ?, ?, ?)",
             (request_id, kind, json.dumps(result), _iso(datetime.now(UTC))),
         )
-
-    def request_result(self, request_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            return self._request_result(request_id)
-
-    def remember_request(self, request_id: str, kind: str, result: dict[str, Any]) -> None:
-        with self._lock, self._transaction():
-            self._record_request(request_id, kind, result)
 
     def use_nonce(self, nonce: str, window_s: float) -> bool:
         """Record a nonce; False if it was already used within the window (a replay)."""
@@ -289,35 +416,68 @@ class ClipStore:
         with self._lock, self._transaction():
             yield self._db
 
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT (fsynced: synchronous=FULL), or ROLLBACK on error."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> Any:
+        return _transaction(self._db)
 
     def _sweep(self) -> None:
-        """Finish what a crash interrupted: files without rows (and temp files) are removed,
-        rows without files are dropped. Writes nothing when there is nothing to repair."""
-        known = {r[0] for r in self._db.execute("SELECT audio_file FROM clips WHERE audio_file != ''")}
-        on_disk = {p.name for p in self.clips_dir.iterdir()}
-        strays = [self.clips_dir / n for n in on_disk - known]
+        """Finish what a crash interrupted: pieces without an index row (files, keys, temp files)
+        are removed; rows without their file or key are dropped. Writes nothing when all is well."""
+        rows = {r[0]: r[1] for r in self._db.execute("SELECT id, audio_file FROM clips")}
+        known_files = {f for f in rows.values() if f}
+        strays = [self.clips_dir / n for n in {p.name for p in self.clips_dir.iterdir()} - known_files]
         if strays:
             log.warning("removing %d clip file(s) left by an interrupted write or delete", len(strays))
+            self.keys.destroy([p.stem for p in strays if p.suffix == CLIP_SUFFIX])
             self._remove_files(strays)
-        lost = known - on_disk
+        self.keys.destroy(list(self.keys.ids() - set(rows)))
+        keys = self.keys.ids()
+        lost = [cid for cid, f in rows.items()
+                if cid not in keys or (f and not (self.clips_dir / f).exists())]
         if lost:
-            log.warning("dropping %d index row(s) whose audio file is missing", len(lost))
+            log.warning("dropping %d index row(s) whose audio or key is missing", len(lost))
             with self._transaction():
-                self._db.executemany("DELETE FROM clips WHERE audio_file = ?", [(n,) for n in lost])
+                self._db.executemany("DELETE FROM uploads WHERE clip_id = ?", [(i,) for i in lost])
+                self._db.executemany("DELETE FROM clips WHERE id = ?", [(i,) for i in lost])
+            self.keys.destroy(lost)
+            self._remove_files([self.clips_dir / rows[i] for i in lost if rows[i]])
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self.keys.db.close()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE))
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA secure_delete=ON")
+    return db
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    row = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone()
+    return row is not None
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT (fsynced: synchronous=FULL), or ROLLBACK on error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _iso(when: datetime) -> str:

@@ -27,6 +27,7 @@ from urllib3.filepost import encode_multipart_formdata
 
 from device import __version__, consent
 from device.config import UploadSettings
+from device.errors import StoreError
 from device.events import EventSink, event
 from device.files import read_secret
 from device.store import Clip, ClipStore
@@ -221,6 +222,11 @@ class Uploader:
             self._finish(clip_id, "withheld", "consent does not cover this clip now")
             return
         clip = self._store.get(clip_id)
+        try:
+            audio = self._store.read_audio(clip)  # authenticated; a tampered clip is never sent
+        except StoreError as exc:
+            self._finish(clip_id, "failed", str(exc))
+            return
         body, content_type = encode_multipart_formdata(
             {
                 "metadata": (
@@ -228,7 +234,7 @@ class Uploader:
                     json.dumps(metadata(clip, scope, self.settings.redact)),
                     "application/json",
                 ),
-                "audio": (f"{clip.id}.wav", self._store.audio_path(clip).read_bytes(), "audio/wav"),
+                "audio": (f"{clip.id}.wav", audio, "audio/wav"),
             }
         )
         gated = GatedBody(

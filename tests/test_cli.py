@@ -82,14 +82,17 @@ def test_clips_show_export_and_delete(
     assert shown["id"] == cid and shown["duration_s"] > 0
     out = tmp_path / "out.wav"
     assert run_cli("clips", "export", cid, str(out)).returncode == 0
-    assert out.read_bytes() == (state_dir / "clips" / f"{cid}.wav").read_bytes()
+    audio, rate = read_wav(out)  # decrypted: a plain WAV of the clip's length, owner-only
+    assert rate == 16000 and len(audio) / 16000 == pytest.approx(shown["duration_s"], abs=0.001)
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert b"RIFF" not in (state_dir / "clips" / f"{cid}.clip").read_bytes()[:64]
 
     missing = "0" * 32
     gone = run_cli("clips", "delete", cid, missing)
     reply = json.loads(gone.stdout)
     assert (reply["type"], reply["ids"], reply["not_found"]) == ("deleted", [cid], [missing])
     assert gone.returncode == 1
-    assert not (state_dir / "clips" / f"{cid}.wav").exists()
+    assert not (state_dir / "clips" / f"{cid}.clip").exists()
     assert run_cli("clips", "list").stdout == ""
     assert_one_line_error(run_cli("clips", "show", cid), "no clip with id")
 

@@ -38,7 +38,7 @@ def add_clip(store: ClipStore, age: timedelta = timedelta(0)) -> str:
 
 
 def on_disk(store: ClipStore) -> set[str]:
-    return {p.stem for p in store.clips_dir.glob("*.wav")}
+    return {p.stem for p in store.clips_dir.glob("*.clip")}
 
 
 def indexed(store: ClipStore) -> set[str]:

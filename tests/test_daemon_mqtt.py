@@ -80,7 +80,7 @@ def test_delete_over_mqtt_is_durable_across_kill_9(
     assert code == -signal.SIGKILL
     assert ack["request_id"] == "e2e-1" and ack["ids"] == [doomed]
 
-    assert not (state_dir / "clips" / f"{doomed}.wav").exists()
+    assert not (state_dir / "clips" / f"{doomed}.clip").exists()
     rows = sqlite3.connect(state_dir / "index.sqlite").execute("SELECT id FROM clips").fetchall()
     assert rows == [(kept,)]
     wait_until(lambda: retained_status(broker).get("online") is False, 30, "no last will")

@@ -18,6 +18,7 @@ from device.config import Settings
 from device.events import Event, EventSink
 from device.frames import Frame
 from device.pipeline import Counters
+from device.store import ClipStore
 from tests.conftest import PLAIN_SENTENCE, WAKE_SENTENCE, read_wav
 
 PIN = "GPIO17"
@@ -65,7 +66,7 @@ def of_type(events: list[Event], kind: str) -> list[Event]:
 
 
 def test_wake_sentence_gives_one_wake_one_light_pair_and_one_lit_clip(
-    with_models: Path, speech: Callable[..., Path], state_dir: Path
+    with_models: Path, speech: Callable[..., Path], state_dir: Path, tmp_path: Path
 ) -> None:
     factory = MockFactory()
     events, source, counters = simulate(speech(WAKE_SENTENCE), state_dir, factory)
@@ -87,10 +88,12 @@ def test_wake_sentence_gives_one_wake_one_light_pair_and_one_lit_clip(
     assert not any(source.lit_at_capture[s] for s in source.lit_at_capture if s < start)
 
     # The file on disk holds exactly those frames' audio, owner-only.
-    audio, rate = read_wav(state_dir / "clips" / f"{clip['id']}.wav")
+    store = ClipStore(state_dir)
+    wav = tmp_path / "clip.wav"
+    audio, rate = read_wav(store.export(store.get(clip["id"]), wav))
     assert rate == 16000
     assert np.array_equal(audio, np.concatenate([source.audio[s] for s in kept]))
-    assert (state_dir / "clips" / f"{clip['id']}.wav").stat().st_mode & 0o777 == 0o600
+    assert (state_dir / "clips" / f"{clip['id']}.clip").stat().st_mode & 0o777 == 0o600
     assert state_dir.stat().st_mode & 0o777 == 0o700
     assert (state_dir / "index.sqlite").stat().st_mode & 0o777 == 0o600
 

@@ -114,7 +114,7 @@ def test_consent_is_not_retroactive_and_the_upload_is_an_allow_list(
                          "software_version", "transcript"}
     assert meta["clip_id"] == after and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:00:00Z", meta["recorded_hour"])
     assert meta["transcript"] == "call me at [number] or [email]"
-    assert form["audio"] == (store.clips_dir / f"{after}.wav").read_bytes()
+    assert form["audio"] == store.read_audio(store.get(after))
 
 
 def test_transcript_only_with_its_scope(store: ClipStore, server: UploadServer, running: Any) -> None:
@@ -250,7 +250,7 @@ def test_keep_local_off_removes_the_copy_after_upload_but_remote_delete_still_wo
     clip = record(store)
     r = running(keep_local=False)
     wait_until(lambda: r.of("uploaded"), WAIT_S, "not uploaded")
-    assert not (store.clips_dir / f"{clip}.wav").exists()
+    assert not (store.clips_dir / f"{clip}.clip").exists()
     assert store.get(clip).transcript is None
     result = store.delete(everything=True, request_id="all")
     assert result["remote_pending"] == [clip]
