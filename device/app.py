@@ -19,6 +19,7 @@ from device.indicator import Indicator
 from device.models import ModelStore
 from device.pipeline import ClipWriter, Counters, Listener
 from device.recorder import Recorder
+from device.retention import Sweeper
 from device.store import ClipStore
 from device.vad import SpeechDetector
 from device.wake import OpenWakeWordDetector
@@ -72,7 +73,11 @@ def run_pipeline(
         listener = Listener(
             open_source, detector, SpeechDetector(settings.recorder.vad_aggressiveness),
             recorder, indicator, writer, events, counters, mute,
+            can_record=lambda: store.space_problem(settings.retention.min_free_bytes),
         )
+        sweeper = Sweeper(store, settings.retention, events)
+        sweeper.start()
+        stack.callback(sweeper.close)
         if control_plane and settings.upload.url:
             from device.upload import Uploader
 

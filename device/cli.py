@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--last", metavar="DURATION", help="recorded in the last 15m, 24h, 7d...")
     delete.add_argument("--request-id", help="repeat a request safely (idempotent)")
 
+    wipe = sub.add_parser("wipe", parents=[common], help="destroy every clip, key and record")
+    wipe.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
+
     con = sub.add_parser("consent", parents=[common], help="opt in or out of uploads (on the device)")
     consub = con.add_subparsers(dest="consent_command", required=True)
     grant = consub.add_parser("grant", parents=[common], help="allow uploads of clips recorded from now on")
@@ -142,7 +145,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     events = EventSink(args.events)
     try:
         counters = run_pipeline(
-            settings, state_dir, lambda: source, events, MockFactory(), _stop_on_signals()
+            settings, state_dir, lambda: source, events, MockFactory(), _stop_on_signals(),
+            control_plane=True,  # the identical pipeline: MQTT and uploads too, when configured
         )
     finally:
         events.close()
@@ -201,6 +205,25 @@ def clips_delete(store: Any, args: argparse.Namespace) -> int:
     reply = Controller(store, MuteState()).execute(parse("delete", raw, None, store))
     _print_json(reply)
     return 0 if not reply["not_found"] else 1
+
+
+def cmd_wipe(args: argparse.Namespace) -> int:
+    from device.errors import ConfigError
+    from device.store import ClipStore
+
+    _, state_dir = _settings(args)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("wipe destroys every clip for good; pass --yes to confirm")
+        if input(f"destroy every clip, key and record in {state_dir}? [y/N] ").strip().lower() != "y":
+            return 1
+    store = ClipStore(state_dir)
+    try:
+        n = store.wipe()
+    finally:
+        store.close()
+    print(f"wiped {n} clip(s): keys destroyed first, then files and records, in {state_dir}")
+    return 0
 
 
 def cmd_consent(args: argparse.Namespace) -> int:
@@ -268,6 +291,7 @@ def _stop_on_signals() -> threading.Event:
 COMMANDS = {
     "run": cmd_run, "simulate": cmd_simulate, "devices": cmd_devices,
     "clips": cmd_clips, "models": cmd_models, "consent": cmd_consent,
+    "wipe": cmd_wipe,
 }
 CLIP_COMMANDS = {
     "list": clips_list, "show": clips_show, "export": clips_export, "delete": clips_delete,

@@ -159,6 +159,20 @@ class UploadSettings(_Section):
     concurrency: int = Field(default=1, ge=1, le=8)
 
 
+class RetentionSettings(_Section):
+    max_age: str = Field(default="7d", pattern=r"^[1-9][0-9]{0,5}[smhd]$")
+    """Clips older than this are deleted (s, m, h, d), including clips still awaiting upload."""
+    max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    """Beyond this many bytes of clips, the oldest are deleted."""
+    sweep_interval_s: float = Field(default=600.0, gt=0)
+    """How often the sweeper runs (it also runs at start)."""
+    min_free_bytes: int = Field(default=16 << 20, ge=0)
+    """Recording is refused while the state directory's file system has less free space."""
+
+    def max_age_s(self) -> float:
+        return float(self.max_age[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[self.max_age[-1]]
+
+
 class Settings(_Section):
     audio: AudioSettings = AudioSettings()
     wake: WakeSettings = WakeSettings()
@@ -168,6 +182,7 @@ class Settings(_Section):
     models: ModelSettings = ModelSettings()
     mqtt: MqttSettings = MqttSettings()
     upload: UploadSettings = UploadSettings()
+    retention: RetentionSettings = RetentionSettings()
 
 
 def load_settings(path: Path | None) -> Settings:

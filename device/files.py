@@ -14,13 +14,17 @@ def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE, suffix: str 
     """Write via a temp file in the same directory, fsync, rename, fsync the directory."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-        os.close(fd)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:  # a nearly full disk writes short: loop until all is written, or fail
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
     return path

@@ -49,6 +49,8 @@ class Counters:
     discarded: int = 0
     errors: int = 0
     overflows: int = 0
+    store_ok: bool = True
+    """False while the last attempt to record was refused or failed for lack of space."""
 
 
 @dataclass
@@ -105,6 +107,7 @@ class ClipWriter:
                 self._stream = None
                 self._counters.errors += 1
                 code = "store_failed" if isinstance(exc, EdgeRecorderError) else "writer_failed"
+                self._counters.store_ok = False
                 log.error("%s: %s", code, exc)
                 self._events.emit(event("error", t=None, code=code, message=str(exc)))
 
@@ -143,8 +146,10 @@ class Listener:
         self, open_source: Callable[[], AudioSource], detector: WakeDetector,
         speech: SpeechDetector, recorder: Recorder, light: Light, writer: ClipWriter,
         events: EventSink, counters: Counters, mute: MuteState | None = None,
+        can_record: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._open_source = open_source
+        self._can_record = can_record
         self.source: AudioSource | None = None
         self.mute = mute or MuteState()
         self.detector = detector
@@ -218,6 +223,15 @@ class Listener:
         self.counters.wakes += 1
         self.events.emit(event("wake", t=seconds(wake.at), wake_word=wake.wake_word,
                                score=round(wake.score, 4)))
+        if problem := self._can_record():
+            self.recorder.light_failed()  # nothing is kept: the light stays off
+            self.counters.errors += 1
+            self.counters.store_ok = False
+            log.error("not recording: %s", problem)
+            self.events.emit(event("error", t=seconds(wake.at), code="store_unavailable",
+                                   message=f"{problem}; nothing was recorded"))
+            return
+        self.counters.store_ok = True
         try:
             self.light.recording()
         except IndicatorError as exc:

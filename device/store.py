@@ -280,6 +280,17 @@ class ClipStore:
         atomic_write(dest, self.read_audio(clip))
         return dest
 
+    def space_problem(self, min_free_bytes: int) -> str | None:
+        """Why a new clip could not be written now (read-only or nearly full), or None."""
+        st = os.statvfs(self.clips_dir)
+        if st.f_flag & os.ST_RDONLY:
+            return f"the state directory '{self.state_dir}' is on a read-only file system"
+        free = st.f_bavail * st.f_frsize
+        if free < min_free_bytes:
+            return (f"the state directory '{self.state_dir}' has {free // 1024} KiB free, "
+                    f"less than retention.min_free_bytes ({min_free_bytes // 1024} KiB)")
+        return None
+
     def count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM clips").fetchone()[0])
