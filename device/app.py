@@ -15,11 +15,12 @@ from device.audio import AudioSource
 from device.commands import Controller, MuteState
 from device.config import Settings, resolve_models_dir
 from device.events import EventSink
-from device.indicator import Indicator
+from device.indicator import Indicator, MuteControls
 from device.models import ModelStore
 from device.pipeline import ClipWriter, Counters, Listener
 from device.recorder import Recorder
 from device.retention import Sweeper
+from device.service import Notifier, Watchdog
 from device.store import ClipStore
 from device.vad import SpeechDetector
 from device.wake import OpenWakeWordDetector
@@ -53,6 +54,8 @@ def run_pipeline(
     pin_factory: Any,
     stop: threading.Event,
     control_plane: bool = False,
+    retry_source: bool = False,
+    mute: MuteState | None = None,
 ) -> Counters:
     """Build every part (failing early with one clear error), then listen until `stop` or the
     input ends. With `control_plane`, MQTT commands are served (mqtt.host) and consented clips
@@ -65,7 +68,11 @@ def run_pipeline(
         transcriber = make_transcriber(settings, models)
         indicator = Indicator(settings.indicator, pin_factory)
         stack.callback(indicator.close)
-        counters, mute = Counters(), MuteState()
+        counters, mute = Counters(), mute or MuteState()
+        buttons = MuteControls(settings.mute.button_pin, settings.mute.led_pin,
+                               lambda: mute.set(hardware=not mute.hardware), pin_factory)
+        stack.callback(buttons.close)
+        notifier = Notifier()
         writer = ClipWriter(transcriber, store, events, counters,
                             eligible=lambda: consent.read(store).covers)
         stack.callback(writer.close)
@@ -74,7 +81,14 @@ def run_pipeline(
             open_source, detector, SpeechDetector(settings.recorder.vad_aggressiveness),
             recorder, indicator, writer, events, counters, mute,
             can_record=lambda: store.space_problem(settings.retention.min_free_bytes),
+            retry=(settings.audio.retry_initial_s, settings.audio.retry_max_s) if retry_source else None,
+            on_ready=lambda: notifier.send("READY=1\nSTATUS=listening"),
+            show_muted=buttons.show,
         )
+        watchdog = Watchdog(notifier, lambda: listener.alive_at)
+        watchdog.start()
+        stack.callback(watchdog.close)
+        stack.callback(notifier.send, "STOPPING=1")
         sweeper = Sweeper(store, settings.retention, events)
         sweeper.start()
         stack.callback(sweeper.close)

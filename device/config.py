@@ -36,6 +36,9 @@ class AudioSettings(_Section):
     """Capture rate; None = the device's default. Audio is resampled to 16 kHz."""
     queue_s: float = Field(default=2.0, gt=0.0, le=120.0)
     """Audio buffered between the capture callback and the listener before frames are dropped."""
+    retry_initial_s: float = Field(default=1.0, gt=0.0)
+    retry_max_s: float = Field(default=30.0, gt=0.0)
+    """Backoff while a microphone that was working is gone (unplugged), until it is back."""
 
 
 class WakeSettings(_Section):
@@ -91,6 +94,14 @@ class IndicatorSettings(_Section):
     """False when the LED is wired between the pin and 3.3 V."""
     pin_factory: str | None = None
     """None = gpiozero's default (lgpio on a Pi); "mock" = simulated pins (no Pi)."""
+
+
+class MuteSettings(_Section):
+    button_pin: str | int | None = None
+    """A push button (to ground) that toggles the hardware mute; None = no button."""
+    led_pin: str | int | None = None
+    """A second LED, lit while muted; None = no mute LED. (The recording LED never lights for this:
+    it means one thing only, that audio is being kept.)"""
 
 
 class ModelSettings(_Section):
@@ -179,6 +190,7 @@ class Settings(_Section):
     recorder: RecorderSettings = RecorderSettings()
     asr: AsrSettings = AsrSettings()
     indicator: IndicatorSettings = IndicatorSettings()
+    mute: MuteSettings = MuteSettings()
     models: ModelSettings = ModelSettings()
     mqtt: MqttSettings = MqttSettings()
     upload: UploadSettings = UploadSettings()

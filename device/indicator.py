@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from device.config import IndicatorSettings
 from device.errors import IndicatorError
 
 log = logging.getLogger(__name__)
+
+BOUNCE_S = 0.05
 
 
 def make_pin_factory(name: str | None) -> Any:
@@ -66,3 +69,33 @@ class Indicator:
         self._closed = True
         self.idle()
         self._led.close()
+
+
+class MuteControls:
+    """The hardware mute button and the mute LED. The button's callback (gpiozero's thread) only
+    flips the flag; the listener closes or reopens the stream."""
+
+    def __init__(self, button_pin: str | int | None, led_pin: str | int | None,
+                 toggle: Callable[[], None], pin_factory: Any = None) -> None:
+        from gpiozero import LED, Button
+        from gpiozero.exc import GPIOZeroError
+
+        self._button = self._led = None
+        try:
+            if button_pin is not None:
+                self._button = Button(button_pin, pull_up=True, bounce_time=BOUNCE_S,
+                                      pin_factory=pin_factory)
+                self._button.when_pressed = lambda: toggle()
+            if led_pin is not None:
+                self._led = LED(led_pin, initial_value=False, pin_factory=pin_factory)
+        except (GPIOZeroError, ValueError, OSError) as exc:
+            raise IndicatorError(f"cannot use mute pins ({button_pin!r}, {led_pin!r}): {exc}") from None
+
+    def show(self, muted: bool) -> None:
+        if self._led is not None:
+            self._led.value = muted
+
+    def close(self) -> None:
+        for device in (self._button, self._led):
+            if device is not None:
+                device.close()

@@ -22,7 +22,7 @@ from device import SAMPLE_RATE_HZ
 from device.asr import Transcriber, TranscriptStream
 from device.audio import AnyOf, AudioSource
 from device.commands import MuteState
-from device.errors import EdgeRecorderError, IndicatorError
+from device.errors import AudioError, EdgeRecorderError, IndicatorError
 from device.events import EventSink, event
 from device.frames import Frame, seconds
 from device.recorder import Discarded, Finished, Recorder, State, Utterance, Wake
@@ -147,9 +147,22 @@ class Listener:
         speech: SpeechDetector, recorder: Recorder, light: Light, writer: ClipWriter,
         events: EventSink, counters: Counters, mute: MuteState | None = None,
         can_record: Callable[[], str | None] = lambda: None,
+        retry: tuple[float, float] | None = None,
+        on_ready: Callable[[], None] = lambda: None,
+        show_muted: Callable[[bool], None] = lambda muted: None,
     ) -> None:
+        """`retry` = (initial, max) backoff seconds to wait out a lost microphone; None = an input
+        error ends the run (a file). `show_muted` drives a mute LED."""
         self._open_source = open_source
         self._can_record = can_record
+        self._retry = retry
+        self._on_ready = on_ready
+        self._show_muted = show_muted
+        self._opened_once = False
+        self._lost_since: float | None = None
+        self._backoff_s = retry[0] if retry else 0.0
+        self.alive_at = time.monotonic()
+        """When the audio loop last showed it is alive (a frame, or a wait it chose to do)."""
         self.source: AudioSource | None = None
         self.mute = mute or MuteState()
         self.detector = detector
@@ -172,12 +185,26 @@ class Listener:
         return self.counters
 
     def _listen(self, stop: threading.Event) -> bool:
-        """Listen until the input ends (False), or stop or mute interrupts it (True)."""
-        source = self.source = self._open_source()
+        """Listen until the input ends (False), or stop, mute or a lost microphone interrupts it
+        (True: go round again)."""
+        try:
+            source = self.source = self._open_source()
+        except AudioError as exc:
+            if self._retry is None or not self._opened_once:
+                raise  # a device that never worked is a configuration error: say so and exit
+            self._mic_lost(exc, stop)
+            return True
+        self._mic_back()
         self._overflows_seen = 0
         try:
             for frame in source.frames(AnyOf(stop, self.mute.muted_event)):
                 self.step(frame)
+        except AudioError as exc:
+            if self._retry is None:
+                raise
+            self._act(self.recorder.end_of_stream(self._last_end))
+            self._mic_lost(exc, stop)
+            return True
         finally:
             source.close()
         if self.mute.muted and not stop.is_set():
@@ -191,13 +218,40 @@ class Listener:
         if self.recorder.state is not State.MUTED:
             self._act(self.recorder.mute())
             self.events.emit(event("indicator", t=seconds(self._last_end), state="muted"))
+        self._show_muted(True)
         while self.mute.muted and not stop.wait(MUTE_POLL_S):
-            pass
+            self.alive_at = time.monotonic()
         if not self.mute.muted:
+            self._show_muted(False)
             self.recorder.unmute()
             self.events.emit(event("indicator", t=seconds(self._last_end), state="idle"))
 
+    def _mic_lost(self, exc: AudioError, stop: threading.Event) -> None:
+        assert self._retry is not None
+        if self._lost_since is None:
+            self._lost_since = time.monotonic()
+            log.error("microphone lost: %s; retrying with backoff", exc)
+            self.events.emit(event("error", t=seconds(self._last_end), code="mic_lost", message=str(exc)))
+        deadline = time.monotonic() + self._backoff_s
+        while not stop.wait(min(MUTE_POLL_S, max(0.0, deadline - time.monotonic()))):
+            self.alive_at = time.monotonic()
+            if time.monotonic() >= deadline:
+                break
+        self._backoff_s = min(self._retry[1], self._backoff_s * 2)
+
+    def _mic_back(self) -> None:
+        if not self._opened_once:
+            self._opened_once = True
+            self._on_ready()
+        if self._lost_since is not None:
+            away = time.monotonic() - self._lost_since
+            log.warning("microphone back after %.0f s", away)
+            self.events.emit(event("audio", t=0.0, state="mic_back", away_s=round(away, 1)))
+            self._lost_since = None
+        self._backoff_s = self._retry[0] if self._retry else 0.0
+
     def step(self, frame: Frame) -> None:
+        self.alive_at = time.monotonic()
         self.counters.frames += 1
         self._last_end = frame.end
         scores = self.detector.scores(frame.samples)

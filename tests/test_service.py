@@ -1,0 +1,240 @@
+"""On a Pi: systemd readiness and watchdog, a microphone that is unplugged and comes back, the
+hardware mute button (gpiozero MockFactory), and the unit file's verification and security score."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from device.app import run_pipeline
+from device.commands import Controller, MuteCommand, MuteState
+from device.config import Settings
+from device.errors import AudioError
+from device.events import Event, EventSink
+from device.frames import Frame
+from device.service import Notifier, Watchdog
+from device.store import ClipStore
+from tests.conftest import ENTRY_POINT, PLAIN_SENTENCE, wait_until
+from tests.test_capture import file_mic
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "systemd" / "edge-recorder.service"
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.1)
+    received: list[str] = []
+    done = threading.Event()
+
+    def listen() -> None:
+        while not done.is_set():
+            try:
+                received.append(sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    yield received
+    done.set()
+    t.join()
+    sock.close()
+
+
+def test_the_watchdog_is_fed_only_while_the_loop_is_alive(
+    notify_socket: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    alive = {"at": time.monotonic()}
+    dog = Watchdog(Notifier(), lambda: alive["at"])
+    dog.start()
+    try:
+        for _ in range(10):  # a live loop
+            alive["at"] = time.monotonic()
+            time.sleep(0.05)
+        fed_while_alive = notify_socket.count("WATCHDOG=1")
+        time.sleep(0.5)  # the loop stalls
+        before = notify_socket.count("WATCHDOG=1")
+        time.sleep(0.6)
+        assert fed_while_alive >= 2
+        assert notify_socket.count("WATCHDOG=1") == before  # systemd would now restart it
+    finally:
+        dog.close()
+
+
+def test_the_daemon_reports_ready_feeds_the_watchdog_and_says_stopping(
+    with_models: Path, speech: Callable[..., Path], tmp_path: Path, notify_socket: list[str]
+) -> None:
+    env = {**file_mic(tmp_path, speech(PLAIN_SENTENCE), 16000), "WATCHDOG_USEC": "1000000"}
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[audio]\ndevice = "filemic"\nsample_rate_hz = 16000\nqueue_s = 0.5\n'
+                   '[indicator]\npin_factory = "mock"\n')
+    daemon = subprocess.Popen([str(ENTRY_POINT), "run", "--config", str(cfg)], env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: "WATCHDOG=1" in notify_socket, 60, "no watchdog ping")
+        assert any(m.startswith("READY=1") for m in notify_socket)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=60)
+    assert daemon.returncode == 0
+    wait_until(lambda: "STOPPING=1" in notify_socket, 5, "no STOPPING=1")
+
+
+class ScriptedMic:
+    """Sources from a script: ("frames", n) yields n silent frames then the stream dies;
+    ("missing",) fails to open, like an unplugged USB microphone; ("end", n) yields n then ends."""
+
+    def __init__(self, script: list[tuple[str, int]]) -> None:
+        self.script = script
+        self.opens = 0
+
+    def __call__(self) -> object:
+        kind, n = self.script[min(self.opens, len(self.script) - 1)]
+        self.opens += 1
+        if kind == "missing":
+            raise AudioError("no input device matches 'USB'")
+        return _Source(n, dies=kind == "frames")
+
+
+class _Source:
+    overflows = 0
+
+    def __init__(self, n: int, dies: bool) -> None:
+        self.n, self.dies, self.at, self.closed = n, dies, 0, False
+
+    def frames(self, stop: object) -> Iterator[Frame]:
+        for i in range(self.n):
+            self.at = (i + 1) * 1280
+            yield Frame(i * 1280, np.zeros(1280, dtype=np.int16))
+        if self.dies:
+            raise AudioError("the input stream stopped (was the microphone unplugged?)")
+
+    def clock(self) -> int:
+        return self.at
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def run_listener(state_dir: Path, open_source: Callable[[], object], settings: Settings,
+                 factory: MockFactory, stop: threading.Event, mute: MuteState | None = None
+                 ) -> tuple[list[Event], threading.Thread]:
+    events: list[Event] = []
+    sink = EventSink()
+    sink.subscribe(events.append)
+    t = threading.Thread(target=run_pipeline, args=(settings, state_dir, open_source, sink, factory,
+                                                    stop), kwargs={"retry_source": True, "mute": mute})
+    t.start()
+    return events, t
+
+
+def test_an_unplugged_microphone_is_reported_retried_and_resumed(
+    with_models: Path, state_dir: Path
+) -> None:
+    mic = ScriptedMic([("frames", 20), ("missing", 0), ("missing", 0), ("end", 30)])
+    settings = Settings.model_validate({"audio": {"retry_initial_s": 0.05, "retry_max_s": 0.1}})
+    stop = threading.Event()
+    events, t = run_listener(state_dir, mic, settings, MockFactory(), stop)
+    t.join(timeout=60)
+    assert not t.is_alive()
+    lost = [e for e in events if e.get("code") == "mic_lost"]
+    back = [e for e in events if e.get("state") == "mic_back"]
+    assert len(lost) == 1 and "unplugged" in lost[0]["message"]  # once per transition
+    assert len(back) == 1 and mic.opens == 4
+
+
+def test_a_microphone_that_never_worked_is_an_error_not_a_restart_loop(
+    with_models: Path, state_dir: Path
+) -> None:
+    with pytest.raises(AudioError):
+        run_pipeline(Settings(), state_dir, ScriptedMic([("missing", 0)]), EventSink(), MockFactory(),
+                     threading.Event(), retry_source=True)
+
+
+def test_the_mute_button_closes_the_stream_and_only_the_button_lifts_it(
+    with_models: Path, state_dir: Path
+) -> None:
+    factory = MockFactory()
+    button, led = factory.pin("GPIO27"), factory.pin("GPIO22")
+    sources: list[_Endless] = []
+
+    def open_source() -> _Endless:
+        sources.append(_Endless())
+        return sources[-1]
+
+    settings = Settings.model_validate({"mute": {"button_pin": "GPIO27", "led_pin": "GPIO22"}})
+    stop, mute = threading.Event(), MuteState()
+    events, t = run_listener(state_dir, open_source, settings, factory, stop, mute)
+    try:
+        wait_until(lambda: sources and sources[0].frames_given > 5, 30, "not listening")
+        button.drive_low()  # press
+        button.drive_high()
+        wait_until(lambda: sources[0].closed, 10, "the stream was not closed")
+        wait_until(lambda: led.state, 10, "the mute LED is not lit")
+        assert [e["state"] for e in events if e["type"] == "indicator"] == ["muted"]
+        assert not factory.pin("GPIO17").state  # the recording light stays off
+
+        assert mute.hardware and mute.muted
+        store = ClipStore(state_dir)
+        with pytest.raises(Exception, match="only be lifted by the mute button"):
+            Controller(store, mute).execute(MuteCommand(request_id="u", muted=False))
+        time.sleep(0.3)
+        assert len(sources) == 1  # still muted, stream still closed
+
+        button.drive_low()
+        button.drive_high()
+        wait_until(lambda: len(sources) == 2 and sources[1].frames_given > 5, 10, "not reopened")
+        assert not led.state
+    finally:
+        stop.set()
+        t.join(timeout=30)
+
+
+class _Endless(_Source):
+    def __init__(self) -> None:
+        super().__init__(0, dies=False)
+        self.frames_given = 0
+
+    def frames(self, stop: object) -> Iterator[Frame]:
+        while not stop.is_set():  # type: ignore[attr-defined]
+            self.at += 1280
+            self.frames_given += 1
+            time.sleep(0.005)
+            yield Frame(self.at - 1280, np.zeros(1280, dtype=np.int16))
+
+
+def test_the_unit_verifies_and_its_security_exposure_is_at_most_2(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    root = tmp_path / "root"
+    binary = root / "opt/edge-recorder/venv/bin/edge-recorder"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    shutil.copy(UNIT, root / "etc/systemd/system")
+    verify = subprocess.run(["systemd-analyze", "verify", f"--root={root}", UNIT.name],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(UNIT)],
+                              capture_output=True, text=True, timeout=60)
+    score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", security.stdout).group(1))
+    assert score <= 2.0, security.stdout[-2000:]
