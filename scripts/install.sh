@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Install edge-recorder as a system service on Raspberry Pi OS (Bookworm / Trixie, 64-bit) or Debian.
+#
+#   sudo scripts/install.sh [--dry-run]
+#
+# Installs Debian packages, creates the system user `edge-recorder` (groups audio, gpio), a venv in
+# /opt/edge-recorder, fetches and verifies the models, writes /etc/edge-recorder/config.toml from
+# config/default.toml (never overwriting yours), and installs and enables the systemd unit.
+# Idempotent: a second run changes nothing. --dry-run prints every step and changes nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SRC=$(pwd)
+
+PREFIX=/opt/edge-recorder
+ETC=/etc/edge-recorder
+STATE=/var/lib/edge-recorder
+USER_NAME=edge-recorder
+UNIT=/etc/systemd/system/edge-recorder.service
+APT_PACKAGES=(python3-venv python3-dev libportaudio2 alsa-utils)
+DRY_RUN=0
+
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY_RUN=1 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+step() { printf '==> %s\n' "$*"; }
+run() {
+  printf '    + %s\n' "$*"
+  if [ "$DRY_RUN" -eq 0 ]; then "$@"; fi
+}
+done_already() { printf '    ok: %s\n' "$*"; }
+
+if [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
+  echo "install.sh: run as root (sudo scripts/install.sh), or try --dry-run" >&2
+  exit 1
+fi
+
+step "Debian packages: ${APT_PACKAGES[*]}"
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})) || [ "$DRY_RUN" -eq 1 ]; then
+  run apt-get update -qq
+  run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]:-${APT_PACKAGES[@]}}"
+else
+  done_already "all installed"
+fi
+
+step "System user $USER_NAME in groups audio and gpio"
+if id "$USER_NAME" >/dev/null 2>&1; then
+  done_already "user exists"
+else
+  run useradd --system --user-group --home-dir "$STATE" --no-create-home --shell /usr/sbin/nologin "$USER_NAME"
+fi
+for group in audio gpio; do
+  if getent group "$group" >/dev/null; then
+    if id -nG "$USER_NAME" 2>/dev/null | tr ' ' '\n' | grep -qx "$group"; then
+      done_already "in group $group"
+    else
+      run usermod -aG "$group" "$USER_NAME"
+    fi
+  else
+    printf '    note: no group %s on this system (not a Raspberry Pi?); skipped\n' "$group"
+  fi
+done
+
+step "Python environment in $PREFIX/venv"
+if [ -x "$PREFIX/venv/bin/python" ]; then
+  done_already "venv exists"
+else
+  run python3 -m venv "$PREFIX/venv"
+fi
+# openwakeword's metadata requires tflite-runtime (broken beside NumPy 2): install it without deps.
+run "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check --no-deps "openwakeword==0.6.0"
+run "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check "${SRC}[pi]"
+
+step "State directory $STATE (0700, owned by $USER_NAME)"
+run install -d -m 0700 -o "$USER_NAME" -g "$USER_NAME" "$STATE"
+
+step "Models (SHA-256 verified)"
+as_service() { run runuser -u "$USER_NAME" -- env "EDGE_RECORDER_STATE_DIR=$STATE" "$@"; }
+as_service "$PREFIX/venv/bin/edge-recorder" models fetch --wake
+if ! as_service "$PREFIX/venv/bin/edge-recorder" models fetch --vosk; then
+  echo "    warning: the English Vosk model could not be fetched; clips will have no transcript" \
+       "until you run: edge-recorder models fetch --vosk (or --vosk-zip FILE)"
+fi
+
+step "Configuration $ETC/config.toml"
+if [ -e "$ETC/config.toml" ]; then
+  done_already "kept your existing $ETC/config.toml"
+else
+  run install -d -m 0750 -o root -g "$USER_NAME" "$ETC"
+  run install -m 0640 -o root -g "$USER_NAME" "$SRC/config/default.toml" "$ETC/config.toml"
+fi
+
+step "systemd unit $UNIT"
+if [ -e "$UNIT" ] && cmp -s "$SRC/systemd/edge-recorder.service" "$UNIT"; then
+  done_already "unit up to date"
+else
+  run install -m 0644 "$SRC/systemd/edge-recorder.service" "$UNIT"
+  run systemctl daemon-reload
+fi
+if [ "$DRY_RUN" -eq 0 ] && systemctl is-enabled --quiet edge-recorder 2>/dev/null; then
+  done_already "enabled"
+else
+  run systemctl enable --now edge-recorder
+fi
+
+step "Done. Check it with: $PREFIX/venv/bin/edge-recorder doctor --config $ETC/config.toml"
+echo "    logs: journalctl -u edge-recorder -f    recordings: $STATE (owner-only, encrypted)"

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Remove the edge-recorder service installed by scripts/install.sh.
+#
+#   sudo scripts/uninstall.sh [--dry-run] [--wipe]
+#
+# Stops and removes the unit, the venv in /opt/edge-recorder, /etc/edge-recorder and the system
+# user. Recordings in /var/lib/edge-recorder are kept unless --wipe is given, in which case every
+# key is destroyed first (`edge-recorder wipe`) and then the directory is removed.
+set -euo pipefail
+
+PREFIX=/opt/edge-recorder
+ETC=/etc/edge-recorder
+STATE=/var/lib/edge-recorder
+USER_NAME=edge-recorder
+UNIT=/etc/systemd/system/edge-recorder.service
+DRY_RUN=0
+WIPE=0
+
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY_RUN=1 ;;
+    --wipe) WIPE=1 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "uninstall.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+step() { printf '==> %s\n' "$*"; }
+run() {
+  printf '    + %s\n' "$*"
+  if [ "$DRY_RUN" -eq 0 ]; then "$@"; fi
+}
+
+if [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
+  echo "uninstall.sh: run as root (sudo scripts/uninstall.sh), or try --dry-run" >&2
+  exit 1
+fi
+
+step "Service"
+run systemctl disable --now edge-recorder || true
+run rm -f "$UNIT"
+run systemctl daemon-reload
+
+if [ "$WIPE" -eq 1 ]; then
+  step "Recordings: destroying every key, then the files ($STATE)"
+  run runuser -u "$USER_NAME" -- env "EDGE_RECORDER_STATE_DIR=$STATE" "$PREFIX/venv/bin/edge-recorder" wipe --yes
+  run rm -rf "$STATE"
+fi
+
+step "Program and configuration"
+run rm -rf "$PREFIX" "$ETC"
+run userdel "$USER_NAME" || true
+
+if [ "$WIPE" -eq 0 ]; then
+  step "Your recordings were NOT removed: they are in $STATE (encrypted, owner-only)."
+  echo "    To destroy them for good, run this before uninstalling:"
+  echo "      sudo runuser -u $USER_NAME -- env EDGE_RECORDER_STATE_DIR=$STATE $PREFIX/venv/bin/edge-recorder wipe --yes"
+  echo "    or uninstall with --wipe; or delete $STATE yourself."
+fi

@@ -1,0 +1,53 @@
+"""The Pi install and uninstall scripts: lint-clean, and --dry-run shows every step, changes nothing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = [ROOT / "scripts" / n for n in ("install.sh", "uninstall.sh", "setup", "test", "demo",
+                                          "bench", "bench-mqtt", "soak-crash", "make-test-audio")]
+SCRIPTS.append(ROOT / ".ci" / "run")
+TOUCHED = [Path("/opt/edge-recorder"), Path("/etc/edge-recorder"), Path("/var/lib/edge-recorder"),
+           Path("/etc/systemd/system/edge-recorder.service")]
+
+
+def test_every_shell_script_passes_shellcheck() -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (scripts/setup installs it)")
+    proc = subprocess.run(["shellcheck", *map(str, SCRIPTS)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_install_dry_run_prints_every_step_and_changes_nothing() -> None:
+    before = {p: p.exists() for p in TOUCHED}
+    proc = subprocess.run([str(ROOT / "scripts" / "install.sh"), "--dry-run"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for expected in ("apt-get install", "useradd --system", "venv", "--no-deps openwakeword==0.6.0",
+                     "[pi]", "install -d -m 0700 -o edge-recorder", "models fetch --wake",
+                     "/etc/edge-recorder/config.toml", "edge-recorder.service",
+                     "systemctl enable --now edge-recorder"):
+        assert expected in proc.stdout, expected
+    assert {p: p.exists() for p in TOUCHED} == before
+
+
+def test_uninstall_dry_run_says_where_the_recordings_are_and_offers_wipe() -> None:
+    proc = subprocess.run([str(ROOT / "scripts" / "uninstall.sh"), "--dry-run"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "systemctl disable --now edge-recorder" in proc.stdout
+    assert "NOT removed: they are in /var/lib/edge-recorder" in proc.stdout and "wipe --yes" in proc.stdout
+    wiping = subprocess.run([str(ROOT / "scripts" / "uninstall.sh"), "--dry-run", "--wipe"],
+                            capture_output=True, text=True, timeout=60)
+    assert "edge-recorder wipe --yes" in wiping.stdout and "rm -rf /var/lib/edge-recorder" in wiping.stdout
+
+
+def test_bad_options_are_refused() -> None:
+    proc = subprocess.run([str(ROOT / "scripts" / "install.sh"), "--frobnicate"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown option --frobnicate" in proc.stderr
