@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--realtime", action="store_true", help="pace the file at real time")
 
     sub.add_parser("devices", parents=[common], help="list audio input devices")
+    sub.add_parser("doctor", parents=[common],
+                   help="check microphone, models, GPIO, broker, upload endpoint and storage")
 
     clips = sub.add_parser("clips", parents=[common], help="read the clip store")
     csub = clips.add_subparsers(dest="clips_command", required=True)
@@ -158,6 +160,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from device.doctor import run_checks
+    from device.indicator import make_pin_factory
+
+    settings, state_dir = _settings(args)
+    checks = run_checks(settings, state_dir, make_pin_factory(settings.indicator.pin_factory))
+    for check in checks:
+        print(check.line())
+    failed = [c.name for c in checks if not c.ok]
+    print(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
+          + (f"; fix: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -290,7 +306,7 @@ def _stop_on_signals() -> threading.Event:
 
 
 COMMANDS = {
-    "run": cmd_run, "simulate": cmd_simulate, "devices": cmd_devices,
+    "run": cmd_run, "simulate": cmd_simulate, "devices": cmd_devices, "doctor": cmd_doctor,
     "clips": cmd_clips, "models": cmd_models, "consent": cmd_consent,
     "wipe": cmd_wipe,
 }

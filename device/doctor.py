@@ -1,0 +1,195 @@
+"""`edge-recorder doctor`: check what a running speaker needs, and say how to fix what fails."""
+
+from __future__ import annotations
+
+import math
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device import consent
+from device.config import Settings, resolve_models_dir
+from device.errors import EdgeRecorderError
+
+MIC_SECONDS = 0.5
+NETWORK_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else "FAIL"
+        fix = f"\n        fix: {self.fix}" if not self.ok and self.fix else ""
+        return f"[{mark}] {self.name}: {self.detail}{fix}"
+
+
+def run_checks(settings: Settings, state_dir: Path, pin_factory: Any) -> list[Check]:
+    checks: list[Callable[[], Check]] = [
+        lambda: check_microphone(settings), lambda: check_models(settings, state_dir),
+        lambda: check_gpio(settings, pin_factory), lambda: check_broker(settings),
+        lambda: check_upload(settings), lambda: check_store(settings, state_dir),
+    ]
+    return [guarded(c) for c in checks]
+
+
+def guarded(check: Callable[[], Check]) -> Check:
+    try:
+        return check()
+    except Exception as exc:  # a check that crashes is a failed check, never a traceback
+        return Check("check", False, f"{type(exc).__name__}: {exc}", "please report this")
+
+
+def check_microphone(settings: Settings) -> Check:
+    from device.audio import MicSource
+
+    a = settings.audio
+    fix = ("list inputs with `edge-recorder devices`, set audio.device (and audio.sample_rate_hz "
+           "if the device needs 44100/48000); the user must be in the `audio` group")
+    try:
+        mic = MicSource(a.device, a.sample_rate_hz, a.queue_s)
+    except EdgeRecorderError as exc:
+        return Check("microphone", False, str(exc), fix)
+    try:
+        samples = _capture(mic)
+    finally:
+        mic.close()
+    if samples.size == 0:
+        return Check("microphone", False, f"'{mic.device_info['name']}' opened but delivered no audio", fix)
+    rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) / 32768.0
+    level = 20 * math.log10(rms) if rms > 0 else -120.0
+    silent = level < -85
+    return Check("microphone", not silent,
+                 f"'{mic.device_info['name']}' at {mic.sample_rate} Hz, input level {level:.0f} dBFS",
+                 "the input is silent: check the mic is not muted in `alsamixer` and its gain")
+
+
+def _capture(mic: Any) -> np.ndarray:
+    stop = threading.Event()
+    got: list[np.ndarray] = []
+    deadline = time.monotonic() + MIC_SECONDS + 2
+    for frame in mic.frames(stop):
+        got.append(frame.samples)
+        if len(got) * 0.08 >= MIC_SECONDS or time.monotonic() > deadline:
+            break
+    return np.concatenate(got) if got else np.zeros(0, dtype=np.int16)
+
+
+def check_models(settings: Settings, state_dir: Path) -> Check:
+    from device.models import ModelStore
+
+    store = ModelStore(resolve_models_dir(settings, state_dir))
+    rows = store.status()
+    needed = {"melspectrogram", "embedding", *settings.wake.models}
+    bad = [r for r in rows if r.name in needed and not r.ok]
+    if bad:
+        return Check("models", False, "; ".join(f"{r.name}: {r.detail}" for r in bad),
+                     "run `edge-recorder models fetch --wake` (offline: `--wheel FILE`)")
+    vosk = next(r for r in rows if r.kind == "asr")
+    asr = "ASR model verified" if vosk.ok else f"no ASR model ({vosk.detail}): clips get no transcript"
+    return Check("models", True, f"wake words {', '.join(settings.wake.models)} verified; {asr}")
+
+
+def check_gpio(settings: Settings, pin_factory: Any) -> Check:
+    from device.indicator import Indicator
+
+    try:
+        led = Indicator(settings.indicator, pin_factory)
+    except EdgeRecorderError as exc:
+        return Check("gpio", False, str(exc),
+                     "check indicator.pin; add the user to the `gpio` group; on a Pi 5 install lgpio "
+                     "(`pip install '.[pi]'`)")
+    try:
+        led.recording()
+        led.idle()
+        return Check("gpio", True, f"recording LED on {settings.indicator.pin} switches and reads back")
+    except EdgeRecorderError as exc:
+        return Check("gpio", False, str(exc), "check the LED's wiring and indicator.active_high")
+    finally:
+        led.close()
+
+
+def check_broker(settings: Settings) -> Check:
+    m = settings.mqtt
+    if not m.host:
+        return Check("mqtt", True, "not configured (nothing is sent anywhere)")
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from device.files import read_secret
+
+    result: dict[str, Any] = {}
+    done = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", clean_session=True)
+    if m.username:
+        client.username_pw_set(m.username, m.password or read_secret(m.password_file, "mqtt.password"))
+    if m.tls.enabled:
+        client.tls_set(ca_certs=m.tls.ca_file, certfile=m.tls.cert_file, keyfile=m.tls.key_file)
+        client.tls_insecure_set(not m.tls.verify)
+
+    def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
+        result["reason"] = reason
+        done.set()
+
+    client.on_connect = on_connect
+    port = m.port or (8883 if m.tls.enabled else 1883)
+    try:
+        client.connect(m.host, port, keepalive=10)
+    except (OSError, ssl.SSLError) as exc:
+        return Check("mqtt", False, f"cannot reach {m.host}:{port}: {exc}",
+                     "check mqtt.host/port, that the broker runs, and mqtt.tls.ca_file for TLS")
+    client.loop_start()
+    done.wait(NETWORK_TIMEOUT_S)
+    client.disconnect()
+    client.loop_stop()
+    reason = result.get("reason")
+    if reason is None or reason.is_failure:
+        return Check("mqtt", False, f"{m.host}:{port} refused the login: {reason}",
+                     "check mqtt.username and the password (file)")
+    return Check("mqtt", True, f"connected to {m.host}:{port} and logged in")
+
+
+def check_upload(settings: Settings) -> Check:
+    u = settings.upload
+    if not u.url:
+        return Check("upload", True, "not configured (nothing is uploaded, whatever consent says)")
+    import requests
+
+    verify: bool | str = (u.ca_file or True) if u.verify else False
+    try:
+        resp = requests.options(u.url, timeout=NETWORK_TIMEOUT_S, verify=verify)
+    except requests.RequestException as exc:
+        return Check("upload", False, f"cannot reach {u.url}: {type(exc).__name__}",
+                     "check upload.url, the network, and upload.ca_file for a private CA")
+    return Check("upload", True, f"{u.url} answers over HTTPS (HTTP {resp.status_code}); nothing was sent")
+
+
+def check_store(settings: Settings, state_dir: Path) -> Check:
+    from device.store import ClipStore
+
+    try:
+        store = ClipStore(state_dir)
+    except EdgeRecorderError as exc:
+        return Check("storage", False, str(exc), "fix the state directory's permissions, or --state-dir")
+    try:
+        problem = store.space_problem(settings.retention.min_free_bytes)
+        c = consent.read(store).summary()
+        detail = f"{store.count()} clip(s) in {state_dir}; uploads consent: {c['state']}"
+    finally:
+        store.close()
+    if problem:
+        return Check("storage", False, problem,
+                     "free some space (`edge-recorder clips delete --last 7d`), lower retention.max_bytes, "
+                     "or lower retention.min_free_bytes")
+    return Check("storage", True, detail)
+
