@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--events", default="-", help="JSON lines to PATH, or - (default)")
     sim.add_argument("--realtime", action="store_true", help="pace the file at real time")
 
+    listen = sub.add_parser("listen", parents=[common],
+                            help="show input level, voice activity and wake scores (keeps nothing)")
+    listen.add_argument("--meter", action="store_true", required=True, help="the live meter")
+    listen.add_argument("--seconds", type=float, help="stop after this much audio")
+    listen.add_argument("--file", type=Path, help="meter an audio file (paced in real time)")
+
     sub.add_parser("devices", parents=[common], help="list audio input devices")
     sub.add_parser("doctor", parents=[common],
                    help="check microphone, models, GPIO, broker, upload endpoint and storage")
@@ -174,6 +180,24 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
           + (f"; fix: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from device.audio import AudioSource, MicSource, WavSource
+    from device.meter import run_meter
+    from device.models import ModelStore
+    from device.wake import OpenWakeWordDetector
+
+    settings, state_dir = _settings(args)
+    detector = OpenWakeWordDetector(settings.wake, ModelStore(resolve_models_dir(settings, state_dir)))
+    a = settings.audio
+    source: AudioSource = (WavSource(args.file, realtime=True) if args.file
+                           else MicSource(a.device, a.sample_rate_hz, a.queue_s))
+    try:
+        run_meter(settings, source, detector, sys.stdout, _stop_on_signals(), args.seconds)
+    finally:
+        source.close()
+    return 0
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -307,6 +331,7 @@ def _stop_on_signals() -> threading.Event:
 
 COMMANDS = {
     "run": cmd_run, "simulate": cmd_simulate, "devices": cmd_devices, "doctor": cmd_doctor,
+    "listen": cmd_listen,
     "clips": cmd_clips, "models": cmd_models, "consent": cmd_consent,
     "wipe": cmd_wipe,
 }
