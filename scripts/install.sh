@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install edge-recorder as a system service on Raspberry Pi OS (Bookworm / Trixie, 64-bit) or Debian.
 #
-#   sudo scripts/install.sh [--dry-run]
+#   sudo scripts/install.sh [--dry-run] [--no-start]
 #
 # Installs Debian packages, creates the system user `edge-recorder` (groups audio, gpio), a venv in
 # /opt/edge-recorder, fetches and verifies the models, writes /etc/edge-recorder/config.toml from
 # config/default.toml (never overwriting yours), and installs and enables the systemd unit.
 # Idempotent: a second run changes nothing. --dry-run prints every step and changes nothing.
+# --no-start enables the unit without starting it (in a chroot or when preparing an SD card image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=$(pwd)
@@ -18,11 +19,13 @@ USER_NAME=edge-recorder
 UNIT=/etc/systemd/system/edge-recorder.service
 APT_PACKAGES=(python3-venv python3-dev libportaudio2 alsa-utils)
 DRY_RUN=0
+START=--now
 
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --no-start) START= ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -75,17 +78,36 @@ if [ -x "$PREFIX/venv/bin/python" ]; then
 else
   run python3 -m venv "$PREFIX/venv"
 fi
-# openwakeword's metadata requires tflite-runtime (broken beside NumPy 2): install it without deps.
-run "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check --no-deps "openwakeword==0.6.0"
-run "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check "${SRC}[pi]"
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$SRC/pyproject.toml")
+if [ "$("$PREFIX/venv/bin/edge-recorder" --version 2>/dev/null)" = "edge-recorder $VERSION" ]; then
+  done_already "edge-recorder $VERSION installed"
+else
+  # openwakeword's metadata requires tflite-runtime (broken beside NumPy 2): install it without deps.
+  run "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check --no-deps "openwakeword==0.6.0"
+  run "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check "${SRC}[pi]"
+fi
 
 step "State directory $STATE (0700, owned by $USER_NAME)"
-run install -d -m 0700 -o "$USER_NAME" -g "$USER_NAME" "$STATE"
+if [ -d "$STATE" ] && [ "$(stat -c '%a %U' "$STATE")" = "700 $USER_NAME" ]; then
+  done_already "exists"
+else
+  run install -d -m 0700 -o "$USER_NAME" -g "$USER_NAME" "$STATE"
+fi
 
 step "Models (SHA-256 verified)"
 as_service() { run runuser -u "$USER_NAME" -- env "EDGE_RECORDER_STATE_DIR=$STATE" "$@"; }
-as_service "$PREFIX/venv/bin/edge-recorder" models fetch --wake
-if ! as_service "$PREFIX/venv/bin/edge-recorder" models fetch --vosk; then
+models_ok() {
+  runuser -u "$USER_NAME" -- env "EDGE_RECORDER_STATE_DIR=$STATE" "$PREFIX/venv/bin/edge-recorder" \
+    models list 2>/dev/null | grep -c '"ok": true' || true
+}
+if [ "$DRY_RUN" -eq 0 ] && [ "$(models_ok)" -ge 7 ]; then
+  done_already "wake-word models installed and verified"
+else
+  as_service "$PREFIX/venv/bin/edge-recorder" models fetch --wake
+fi
+if [ "$DRY_RUN" -eq 0 ] && [ "$(models_ok)" -ge 8 ]; then
+  done_already "Vosk model installed and verified"
+elif ! as_service "$PREFIX/venv/bin/edge-recorder" models fetch --vosk; then
   echo "    warning: the English Vosk model could not be fetched; clips will have no transcript" \
        "until you run: edge-recorder models fetch --vosk (or --vosk-zip FILE)"
 fi
@@ -103,12 +125,18 @@ if [ -e "$UNIT" ] && cmp -s "$SRC/systemd/edge-recorder.service" "$UNIT"; then
   done_already "unit up to date"
 else
   run install -m 0644 "$SRC/systemd/edge-recorder.service" "$UNIT"
-  run systemctl daemon-reload
+  if [ -d /run/systemd/system ] || [ "$DRY_RUN" -eq 1 ]; then
+    run systemctl daemon-reload
+  fi
+fi
+if [ ! -d /run/systemd/system ] && [ "$DRY_RUN" -eq 0 ]; then
+  START=  # systemd is not running here (a chroot, an image being prepared): enable only
 fi
 if [ "$DRY_RUN" -eq 0 ] && systemctl is-enabled --quiet edge-recorder 2>/dev/null; then
   done_already "enabled"
 else
-  run systemctl enable --now edge-recorder
+  # shellcheck disable=SC2086  # $START is empty or --now
+  run systemctl enable $START edge-recorder
 fi
 
 step "Done. Check it with: $PREFIX/venv/bin/edge-recorder doctor --config $ETC/config.toml"

@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = [ROOT / "scripts" / n for n in ("install.sh", "uninstall.sh", "setup", "test", "demo",
-                                          "bench", "bench-mqtt", "soak-crash", "make-test-audio")]
+                                          "bench", "bench-mqtt", "soak-crash", "make-test-audio",
+                                          "test-install-chroot")]
 SCRIPTS.append(ROOT / ".ci" / "run")
 TOUCHED = [Path("/opt/edge-recorder"), Path("/etc/edge-recorder"), Path("/var/lib/edge-recorder"),
            Path("/etc/systemd/system/edge-recorder.service")]
