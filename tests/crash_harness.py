@@ -31,6 +31,11 @@ from device.store import ClipStore  # noqa: E402
 from tests.upload_server import UploadServer  # noqa: E402
 
 ENTRY_POINT = Path(sys.executable).parent / "edge-recorder"
+STARTUP_TIMEOUT_S = 120
+
+
+def _has_events(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 0
 
 
 @dataclass
@@ -75,18 +80,23 @@ def run_cycles(n: int, workdir: Path, wav: Path, tls: dict[str, Path], seed: int
 
 def one_cycle(cycle: int, rng: random.Random, cfg: Path, env: dict[str, str], wav: Path,
               state: Path, acked: dict[str, float], report: Report) -> None:
+    events = state.parent / f"events{cycle}.jsonl"
     sim = subprocess.Popen([str(ENTRY_POINT), "simulate", str(wav), "--config", str(cfg),
-                            "--events", str(state.parent / f"events{cycle}.jsonl")],
+                            "--events", str(events)],
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stop = threading.Event()
     deleter = threading.Thread(target=delete_while_running, args=(env, stop, acked, cycle, rng))
     deleter.start()
-    time.sleep(rng.uniform(0.8, 5.0))
+    # Kill at a random point once the pipeline is running (models loaded, events flowing), so
+    # every cycle lands among writes, deletes, sweeps and uploads however slow the machine is.
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while sim.poll() is None and time.monotonic() < deadline and not _has_events(events):
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 3.0))
     sim.send_signal(signal.SIGKILL)
     sim.wait()
     stop.set()
     deleter.join()
-    events = state.parent / f"events{cycle}.jsonl"
     if events.exists():
         report.clips_seen += sum('"type": "clip"' in line for line in events.read_text().splitlines())
 
