@@ -152,10 +152,6 @@ class Uploader:
                 t.join()
         self._session.close()
 
-    def nudge(self) -> None:
-        """Something new is queued: do not wait for the next poll."""
-        self._wake.set()
-
     # -- scheduling -------------------------------------------------------------------------------
     def _work(self) -> None:
         while not self._stop.is_set():
