@@ -13,6 +13,8 @@ and rebuilt from the clip files and the key store. Nothing is touched while the 
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
 import json
 import logging
@@ -75,6 +77,7 @@ CREATE TABLE remote_deletes (
 );
 """
 TEMP_SUFFIX = ".tmp"
+LOCK_FILE = ".lock"
 CLIP_SUFFIX = ".clip"
 KEYS_SCHEMA = "CREATE TABLE IF NOT EXISTS keys (clip_id TEXT PRIMARY KEY, key BLOB NOT NULL);"
 META_FIELDS = ("id", "recorded_at", "start_s", "end_s", "wake_word", "wake_score", "transcript",
@@ -142,9 +145,16 @@ class ClipStore:
         try:
             ensure_private_dir(state_dir)
             ensure_private_dir(self.clips_dir)
+            # Every process using the store holds a shared lock; only one that has it alone (no
+            # daemon running) may repair: otherwise a clip being written by another process
+            # would look like a crash leftover.
+            self._lockfile = _open_lock(state_dir / LOCK_FILE)
+            self.alone = _try_flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.keys = KeyStore(state_dir / "keys.sqlite")
             self._db = self._open_index(state_dir / "index.sqlite")
-            self._sweep()
+            if self.alone:
+                self._sweep()
+            fcntl.flock(self._lockfile, fcntl.LOCK_SH)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(
                 f"state directory '{state_dir}' is not usable: {_reason(exc)}; pass --state-dir "
@@ -162,6 +172,9 @@ class ClipStore:
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise
+            if not self.alone:
+                raise StoreError(f"the index {path} is corrupt ({exc}); stop the daemon and run "
+                                 "any edge-recorder command to rebuild it") from None
             return self._rebuild_index(path, exc)
 
     def _rebuild_index(self, path: Path, exc: Exception) -> sqlite3.Connection:
@@ -456,6 +469,25 @@ class ClipStore:
         with self._lock:
             self._db.close()
             self.keys.db.close()
+            os.close(self._lockfile)
+
+
+def _open_lock(path: Path) -> int:
+    """The lock file, created on first use; read-only on a read-only file system (flock works)."""
+    try:
+        return os.open(path, os.O_CREAT | os.O_RDWR, PRIVATE_FILE)
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+        return os.open(path, os.O_RDONLY)
+
+
+def _try_flock(fd: int, operation: int) -> bool:
+    try:
+        fcntl.flock(fd, operation)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -6,7 +6,9 @@ random moment. Then the store is opened again (as a restart would) and the invar
 - every clip file has its index row and key, and every row its file and key (nothing half-written);
 - no acknowledged delete has come back (not in the index, not on disk, no key);
 - every remaining clip authenticates;
-- no clip reached the upload server after its delete was acknowledged.
+- no clip reached the upload server after its delete was acknowledged;
+- every clip announced by a `clip` event still exists, unless an acknowledged delete or a retention
+  sweep removed it (nothing is lost silently).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ ENTRY_POINT = Path(sys.executable).parent / "edge-recorder"
 STARTUP_TIMEOUT_S = 120
 
 
-def _has_events(path: Path) -> bool:
-    return path.exists() and path.stat().st_size > 0
+def _has_clip(path: Path) -> bool:
+    return path.exists() and '"type": "clip"' in path.read_text()
 
 
 @dataclass
@@ -69,7 +71,8 @@ def run_cycles(n: int, workdir: Path, wav: Path, tls: dict[str, Path], seed: int
     try:
         for cycle in range(n):
             one_cycle(cycle, rng, cfg, env, wav, state, acked, report)
-            check(state, server, acked, report, cycle)
+            announced, swept = _clips_in(state.parent / f"events{cycle}.jsonl")
+            check(state, server, acked, report, cycle, announced - swept)
             report.cycles += 1
     finally:
         server.close()
@@ -87,10 +90,10 @@ def one_cycle(cycle: int, rng: random.Random, cfg: Path, env: dict[str, str], wa
     stop = threading.Event()
     deleter = threading.Thread(target=delete_while_running, args=(env, stop, acked, cycle, rng))
     deleter.start()
-    # Kill at a random point once the pipeline is running (models loaded, events flowing), so
+    # Kill at a random point once clips are being written (models loaded, first clip stored), so
     # every cycle lands among writes, deletes, sweeps and uploads however slow the machine is.
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while sim.poll() is None and time.monotonic() < deadline and not _has_events(events):
+    while sim.poll() is None and time.monotonic() < deadline and not _has_clip(events):
         time.sleep(0.05)
     time.sleep(rng.uniform(0.0, 3.0))
     sim.send_signal(signal.SIGKILL)
@@ -115,8 +118,24 @@ def delete_while_running(env: dict[str, str], stop: threading.Event, acked: dict
                 acked.setdefault(cid, done)
 
 
+def _clips_in(events: Path) -> tuple[set[str], set[str]]:
+    """(clips announced, clips deleted by retention) in one cycle's event stream."""
+    announced: set[str] = set()
+    swept: set[str] = set()
+    for line in events.read_text().splitlines() if events.exists() else []:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue  # the last line may be cut by the kill
+        if e["type"] == "clip":
+            announced.add(e["id"])
+        elif e["type"] == "deleted" and e.get("reason") == "retention":
+            swept |= set(e["ids"])
+    return announced, swept
+
+
 def check(state: Path, server: UploadServer, acked: dict[str, float], report: Report,
-          cycle: int) -> None:
+          cycle: int, announced: set[str]) -> None:
     store = ClipStore(state)  # a restart: the sweep finishes what the crash interrupted
     try:
         files = {p.stem for p in store.clips_dir.iterdir()}
@@ -127,6 +146,8 @@ def check(state: Path, server: UploadServer, acked: dict[str, float], report: Re
             bad.append(f"files/rows/keys differ: {len(files)}/{len(rows)}/{len(keys)}")
         if back := (files | rows | keys) & set(acked):
             bad.append(f"acknowledged deletes came back: {sorted(back)[:3]}")
+        if lost := announced - set(acked) - rows:
+            bad.append(f"announced clips lost: {sorted(lost)[:3]}")
         for cid in rows:
             try:
                 store.read_audio(store.get(cid))

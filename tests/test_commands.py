@@ -106,6 +106,7 @@ def test_an_acknowledged_delete_survives_a_crash_before_the_files_were_removed(
         store.delete(ids=[doomed], request_id="r1")
     assert doomed in on_disk(store)  # the file outlived the commit ...
     monkeypatch.undo()
+    store.close()  # the process is gone: its lock with it
     store = ClipStore(tmp_path / "s")  # ... and is gone at the next start
     assert on_disk(store) == indexed(store) == {kept}
     assert store.delete(ids=[doomed], request_id="r1")["ids"] == [doomed]  # recorded as done
