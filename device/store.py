@@ -13,6 +13,7 @@ and rebuilt from the clip files and the key store. Nothing is touched while the 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import io
@@ -229,6 +230,8 @@ class ClipStore:
                             (cid, scope))
         except (OSError, sqlite3.Error) as exc:
             (self.clips_dir / clip.audio_file).unlink(missing_ok=True)
+            with contextlib.suppress(sqlite3.Error):  # best effort: the next sweep also removes it
+                self.keys.destroy([cid])
             raise StoreError(f"could not store clip in '{self.state_dir}': {_reason(exc)}") from None
         return clip
 
