@@ -195,6 +195,7 @@ class Listener:
             self._mic_lost(exc, stop)
             return True
         self._mic_back()
+        self.recorder.new_stream()
         self._overflows_seen = 0
         try:
             for frame in source.frames(AnyOf(stop, self.mute.muted_event)):

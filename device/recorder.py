@@ -250,9 +250,14 @@ class Recorder:
         return Discarded(at, "muted") if was_recording else None
 
     def unmute(self) -> None:
-        """Back to LISTENING on a new input stream (its clock starts again at zero)."""
+        """Back to LISTENING; the input stream will be reopened (see new_stream)."""
         if self.state is State.MUTED:
             self._pending = None
-            self._gate.reset()
             self._set_state(State.LISTENING)
+
+    def new_stream(self) -> None:
+        """A new input stream starts (after a mute or a lost microphone): its sample clock starts
+        at zero again, so the refractory period of the old stream must not carry over."""
+        self._gate.reset()
+        self._preroll.clear()
 

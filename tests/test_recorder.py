@@ -144,6 +144,15 @@ def test_every_state_can_reach_muted_and_the_table_is_closed() -> None:
         assert targets <= set(State)
 
 
+def test_a_new_stream_does_not_inherit_the_old_streams_refractory_period() -> None:
+    rec, _ = recorder()
+    late = Frame(10_000 * N, SILENT)  # the old stream had run for 800 s
+    assert isinstance(rec.on_frame(late, {"w": 0.9}, None), Wake)
+    rec.light_failed()
+    rec.new_stream()  # e.g. the USB microphone was unplugged and plugged back in
+    assert isinstance(rec.on_frame(frame(30), {"w": 0.9}, None), Wake)
+
+
 class TestWakeGate:
     def test_threshold_is_strict_and_per_model(self) -> None:
         gate = WakeGate(WakeSettings(models=["a", "b"], threshold=0.5, thresholds={"b": 0.9}))
