@@ -436,6 +436,11 @@ class ClipStore:
                 "INSERT INTO settings (name, value) VALUES (?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value))
 
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """For the upload queue: a read under the lock, without taking SQLite's write lock."""
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
     # -- housekeeping ---------------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

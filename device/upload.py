@@ -175,7 +175,7 @@ class Uploader:
 
     def _claim(self) -> tuple[str, str] | None:
         now = time.time()
-        with self._lock, self._store.transaction() as db:
+        with self._lock:  # the in-flight set and the pick are one step; the index is only read
             busy = list(self._inflight) or [""]
             marks = ",".join("?" * len(busy))
             for kind, sql in (
@@ -190,10 +190,10 @@ class Uploader:
                     f"AND clip_id NOT IN ({marks}) ORDER BY next_at LIMIT 1",
                 ),
             ):
-                row = db.execute(sql, (now, *busy)).fetchone()
-                if row:
-                    self._inflight.add(row[0])
-                    return kind, row[0]
+                rows = self._store.read(sql, (now, *busy))
+                if rows:
+                    self._inflight.add(rows[0][0])
+                    return kind, rows[0][0]
         return None
 
     def _backoff_s(self, attempts: int) -> float:
@@ -260,13 +260,12 @@ class Uploader:
     def _effective_scope(self, clip_id: str) -> set[str] | None:
         """What may be sent now: the clip's recorded scope, narrowed by consent as it is now."""
         now = consent.read(self._store).covers
-        with self._store.transaction() as db:
-            row = db.execute(
-                "SELECT scope FROM uploads WHERE clip_id = ? AND state = 'queued'", (clip_id,)
-            ).fetchone()
-        if row is None or now is None:
+        rows = self._store.read(
+            "SELECT scope FROM uploads WHERE clip_id = ? AND state = 'queued'", (clip_id,)
+        )
+        if not rows or now is None:
             return None
-        return set(row[0].split(",")) & set(now.split(","))
+        return set(rows[0][0].split(",")) & set(now.split(","))
 
     def _uploaded(self, clip: Clip) -> None:
         with self._store.transaction() as db:
@@ -294,7 +293,9 @@ class Uploader:
     def _remote_delete(self, clip_id: str) -> None:
         try:
             resp = self._session.delete(
-                f"{self.url}/{clip_id}", headers=self._auth(), timeout=self.settings.timeout_s,
+                f"{self.url}/{clip_id}",
+                headers=self._auth(),
+                timeout=self.settings.timeout_s,
                 verify=self._verify,
             )
             confirmed = 200 <= resp.status_code < 300 or resp.status_code == 404
