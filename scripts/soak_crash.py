@@ -23,19 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.crash_harness import run_cycles  # noqa: E402
-
-
-def make_tls(d: Path) -> dict[str, Path]:
-    def ssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    ssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=soak CA")
-    ssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
-    return {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key"}
+from tests.upload_server import make_test_tls  # noqa: E402
 
 
 def long_input(d: Path) -> Path:
@@ -58,7 +46,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         started = time.monotonic()
-        report = run_cycles(args.cycles, d, long_input(d), make_tls(d), seed=args.seed)
+        report = run_cycles(args.cycles, d, long_input(d), make_test_tls(d), seed=args.seed)
         elapsed = time.monotonic() - started
     s = {**report.summary(), "seed": args.seed, "elapsed_s": round(elapsed, 1)}
     for name in ("cycles", "clips_seen", "deletes_acked", "uploads_received", "violations", "elapsed_s"):

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import soundfile
 
+from tests.upload_server import UploadServer, make_test_tls
+
 ROOT = Path(__file__).resolve().parent.parent
 MAKE_AUDIO = ROOT / "scripts" / "make-test-audio"
 WAKE_SENTENCE = "hey jarvis, turn on the kitchen light"
@@ -118,20 +120,15 @@ MQTT_USER, MQTT_PASSWORD = "speaker", "correct horse battery staple"
 
 @pytest.fixture(scope="session")
 def tls_material(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1/localhost, made with openssl."""
-    d = tmp_path_factory.mktemp("tls")
+    return make_test_tls(tmp_path_factory.mktemp("tls"))
 
-    def ssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
 
-    ssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=edge-recorder test CA")
-    ssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
-    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
-    return {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key"}
+@pytest.fixture
+def https_server(tls_material: dict[str, Path]) -> Iterator[UploadServer]:
+    """The owner's upload endpoint: a real HTTPS server on loopback that records every byte."""
+    srv = UploadServer(tls_material)
+    yield srv
+    srv.close()
 
 
 class Broker:

@@ -6,21 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import ENTRY_POINT, PLAIN_SENTENCE, WAKE_SENTENCE, run_cli, wait_until
 from tests.test_capture import file_mic
 from tests.upload_server import UploadServer
-
-
-@pytest.fixture
-def server(tls_material: dict[str, Path]) -> Iterator[UploadServer]:
-    srv = UploadServer(tls_material)
-    yield srv
-    srv.close()
 
 
 def clip_ids(proc: subprocess.CompletedProcess[str]) -> list[str]:
@@ -40,7 +31,7 @@ def test_consent_cli_is_opt_in_and_not_retroactive(with_models: Path, speech: Ca
 
 
 def test_kill_9_during_upload_then_restart_sends_each_eligible_clip_exactly_once(
-    with_models: Path, speech: Callable[..., Path], tmp_path: Path, server: UploadServer,
+    with_models: Path, speech: Callable[..., Path], tmp_path: Path, https_server: UploadServer,
     tls_material: dict[str, Path],
 ) -> None:
     wav = str(speech(WAKE_SENTENCE))
@@ -52,9 +43,10 @@ def test_kill_9_during_upload_then_restart_sends_each_eligible_clip_exactly_once
     cfg = tmp_path / "upload.toml"
     cfg.write_text('[audio]\ndevice = "filemic"\nsample_rate_hz = 16000\nqueue_s = 0.5\n'
                    '[indicator]\npin_factory = "mock"\n'
-                   f'[upload]\nurl = "{server.url}"\ntoken = "t0k3n"\nca_file = "{tls_material["ca"]}"\n'
+                   f'[upload]\nurl = "{https_server.url}"\ntoken = "t0k3n"\n'
+                   f'ca_file = "{tls_material["ca"]}"\n'
                    'backoff_initial_s = 0.1\nbackoff_max_s = 0.5\ntimeout_s = 10\n')
-    server.script.extend(["sleep:5"])  # the first upload is received, then the answer is slow
+    https_server.script.extend(["sleep:5"])  # the first upload is received, then the answer is slow
 
     def start() -> subprocess.Popen[str]:
         return subprocess.Popen([str(ENTRY_POINT), "run", "--config", str(cfg)], env=env,
@@ -63,15 +55,15 @@ def test_kill_9_during_upload_then_restart_sends_each_eligible_clip_exactly_once
 
     daemon = start()
     try:
-        wait_until(lambda: server.posts(), 60, "no upload started")
+        wait_until(lambda: https_server.posts(), 60, "no upload started")
         daemon.send_signal(signal.SIGKILL)  # power cut while the request is in flight
         daemon.wait(timeout=30)
         daemon = start()
-        wait_until(lambda: set(server.accepted) == set(eligible), 60, "not every clip arrived")
+        wait_until(lambda: set(https_server.accepted) == set(eligible), 60, "not every clip arrived")
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=60)
     assert daemon.returncode == 0, err
-    keys = {p.headers["Idempotency-Key"] for p in server.posts()}
+    keys = {p.headers["Idempotency-Key"] for p in https_server.posts()}
     assert keys == set(eligible)  # nothing else was ever sent: not the clip from before consent
     assert not keys & set(before_consent)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,15 +13,8 @@ from tests.upload_server import UploadServer
 
 
 @pytest.fixture
-def server(tls_material: dict[str, Path]) -> Iterator[UploadServer]:
-    srv = UploadServer(tls_material)
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
 def healthy(with_models: Path, speech: Callable[..., Path], tmp_path: Path, broker: Broker,
-            server: UploadServer, tls_material: dict[str, Path],
+            https_server: UploadServer, tls_material: dict[str, Path],
             monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Config sections for a speaker where everything works."""
     for k, v in file_mic(tmp_path, speech(PLAIN_SENTENCE, lead_s=0.0), 16000).items():
@@ -30,7 +23,7 @@ def healthy(with_models: Path, speech: Callable[..., Path], tmp_path: Path, brok
         "audio": 'device = "filemic"\nsample_rate_hz = 16000',
         "indicator": 'pin_factory = "mock"',
         "mqtt": broker.config_toml().split("\n", 1)[1],
-        "upload": f'url = "{server.url}"\nca_file = "{tls_material["ca"]}"',
+        "upload": f'url = "{https_server.url}"\nca_file = "{tls_material["ca"]}"',
     }
 
 

@@ -1,4 +1,4 @@
-"""Consent and upload against a real HTTPS server on loopback that records every byte (P1, P2, P3)."""
+"""Consent and upload against a real HTTPS https_server on loopback that records every byte (P1, P2, P3)."""
 
 from __future__ import annotations
 
@@ -28,11 +28,6 @@ TOKEN = "owner-token-123"
 WAIT_S = 20
 
 
-@pytest.fixture
-def server(tls_material: dict[str, Path]) -> Iterator[UploadServer]:
-    srv = UploadServer(tls_material)
-    yield srv
-    srv.close()
 
 
 @pytest.fixture
@@ -40,8 +35,8 @@ def store(state_dir: Path) -> ClipStore:
     return ClipStore(state_dir)
 
 
-def settings(server: UploadServer, tls: dict[str, Path], **overrides: Any) -> UploadSettings:
-    base: dict[str, Any] = {"url": server.url, "token": TOKEN, "ca_file": str(tls["ca"]),
+def settings(https_server: UploadServer, tls: dict[str, Path], **overrides: Any) -> UploadSettings:
+    base: dict[str, Any] = {"url": https_server.url, "token": TOKEN, "ca_file": str(tls["ca"]),
                             "backoff_initial_s": 0.05, "backoff_max_s": 0.2, "timeout_s": 2.0}
     return UploadSettings(**{**base, **overrides})
 
@@ -62,11 +57,11 @@ class Running:
 
 
 @pytest.fixture
-def running(store: ClipStore, server: UploadServer, tls_material: dict[str, Path]) -> Iterator[Any]:
+def running(store: ClipStore, https_server: UploadServer, tls_material: dict[str, Path]) -> Iterator[Any]:
     made: list[Running] = []
 
     def start(**overrides: Any) -> Running:
-        r = Running(store, settings(server, tls_material, **overrides))
+        r = Running(store, settings(https_server, tls_material, **overrides))
         made.append(r)
         return r
 
@@ -87,15 +82,17 @@ def parts(rec_body: bytes, content_type: str) -> dict[str, bytes]:
             for p in msg.iter_parts()}
 
 
-def test_nothing_is_uploaded_without_consent(store: ClipStore, server: UploadServer, running: Any) -> None:
+def test_nothing_is_uploaded_without_consent(
+    store: ClipStore, https_server: UploadServer, running: Any
+) -> None:
     record(store)
     running()
     time.sleep(1.5)
-    assert server.requests == []
+    assert https_server.requests == []
 
 
 def test_consent_is_not_retroactive_and_the_upload_is_an_allow_list(
-    store: ClipStore, server: UploadServer, running: Any
+    store: ClipStore, https_server: UploadServer, running: Any
 ) -> None:
     before = record(store)
     consent.grant(store, ("audio", "transcript"))
@@ -103,9 +100,9 @@ def test_consent_is_not_retroactive_and_the_upload_is_an_allow_list(
     r = running()
     wait_until(lambda: r.of("uploaded"), WAIT_S, "nothing uploaded")
     time.sleep(0.5)
-    [post] = server.posts()
-    assert post.headers["Idempotency-Key"] == after and before not in server.everything_received().decode(
-        "latin-1")
+    [post] = https_server.posts()
+    sent = https_server.everything_received().decode("latin-1")
+    assert post.headers["Idempotency-Key"] == after and before not in sent
     assert post.headers["Authorization"] == f"Bearer {TOKEN}"
     form = parts(post.body, post.headers["Content-Type"])
     assert set(form) == {"metadata", "audio"}
@@ -117,33 +114,33 @@ def test_consent_is_not_retroactive_and_the_upload_is_an_allow_list(
     assert form["audio"] == store.read_audio(store.get(after))
 
 
-def test_transcript_only_with_its_scope(store: ClipStore, server: UploadServer, running: Any) -> None:
+def test_transcript_only_with_its_scope(store: ClipStore, https_server: UploadServer, running: Any) -> None:
     consent.grant(store, ("audio",))
     record(store)
     r = running()
     wait_until(lambda: r.of("uploaded"), WAIT_S, "nothing uploaded")
-    [post] = server.posts()
+    [post] = https_server.posts()
     assert "transcript" not in json.loads(parts(post.body, post.headers["Content-Type"])["metadata"])
 
 
 def test_revoking_while_a_request_is_being_retried_stops_it(
-    store: ClipStore, server: UploadServer, running: Any
+    store: ClipStore, https_server: UploadServer, running: Any
 ) -> None:
     consent.grant(store, ("audio",))
-    server.script.extend(["503"] * 1000)
+    https_server.script.extend(["503"] * 1000)
     record(store)
     running(backoff_initial_s=0.2, backoff_max_s=0.2, max_attempts=100)
-    wait_until(lambda: len(server.posts()) >= 2, WAIT_S, "no retries")
+    wait_until(lambda: len(https_server.posts()) >= 2, WAIT_S, "no retries")
     _, purged = consent.revoke(store)
-    seen = len(server.posts())
+    seen = len(https_server.posts())
     time.sleep(1.5)
-    assert len(server.posts()) <= seen + 1  # at most the one already on the wire
-    assert server.accepted == {}
+    assert len(https_server.posts()) <= seen + 1  # at most the one already on the wire
+    assert https_server.accepted == {}
     assert len(purged) == 1
 
 
 def test_revoking_during_a_slow_upload_stops_the_body(
-    store: ClipStore, server: UploadServer, running: Any
+    store: ClipStore, https_server: UploadServer, running: Any
 ) -> None:
     consent.grant(store, ("audio",))
     record(store)
@@ -152,8 +149,8 @@ def test_revoking_during_a_slow_upload_stops_the_body(
     consent.revoke(store)
     wait_until(lambda: r.of("withheld"), WAIT_S, "upload not withdrawn")
     time.sleep(0.5)
-    assert server.accepted == {}
-    assert all(len(p.body) < int(p.headers["Content-Length"]) for p in server.posts())
+    assert https_server.accepted == {}
+    assert all(len(p.body) < int(p.headers["Content-Length"]) for p in https_server.posts())
 
 
 @pytest.mark.parametrize(
@@ -163,16 +160,16 @@ def test_revoking_during_a_slow_upload_stops_the_body(
     ids=["5xx", "429-retry-after", "connection-reset", "timeout", "slow-but-in-time"],
 )
 def test_faults_never_lose_or_duplicate(
-    store: ClipStore, server: UploadServer, running: Any, faults: list[str], min_gap_s: float
+    store: ClipStore, https_server: UploadServer, running: Any, faults: list[str], min_gap_s: float
 ) -> None:
     consent.grant(store, ("audio",))
-    server.script.extend(faults)
+    https_server.script.extend(faults)
     clip = record(store)
     r = running()
     wait_until(lambda: r.of("uploaded"), 30, f"not uploaded through {faults}")
     time.sleep(0.3)
-    posts = server.posts()
-    assert len(server.accepted) == 1 and clip in server.accepted
+    posts = https_server.posts()
+    assert len(https_server.accepted) == 1 and clip in https_server.accepted
     assert all(p.headers["Idempotency-Key"] == clip for p in posts)
     if min_gap_s:
         assert posts[1].at - posts[0].at >= min_gap_s * 0.95
@@ -181,47 +178,47 @@ def test_faults_never_lose_or_duplicate(
 
 
 def test_bounded_retries_then_failed_with_a_reason(
-    store: ClipStore, server: UploadServer, running: Any
+    store: ClipStore, https_server: UploadServer, running: Any
 ) -> None:
     consent.grant(store, ("audio",))
-    server.script.extend(["503"] * 10)
+    https_server.script.extend(["503"] * 10)
     record(store)
     r = running(max_attempts=3)
     wait_until(lambda: r.of("failed"), WAIT_S, "never gave up")
-    assert len(server.posts()) == 3 and "HTTP 503" in r.of("failed")[0]["reason"]
+    assert len(https_server.posts()) == 3 and "HTTP 503" in r.of("failed")[0]["reason"]
 
 
 def test_a_server_that_is_not_trusted_is_a_tls_failure(
-    store: ClipStore, server: UploadServer, running: Any
+    store: ClipStore, https_server: UploadServer, running: Any
 ) -> None:
     consent.grant(store, ("audio",))
     record(store)
     r = running(ca_file=None, max_attempts=2)  # the test CA is not in the system's trust store
     wait_until(lambda: r.of("failed"), WAIT_S, "TLS error not reported")
     assert "SSL" in r.of("failed")[0]["reason"]
-    assert server.accepted == {}
+    assert https_server.accepted == {}
 
 
 def test_remote_delete_is_retried_until_confirmed(
-    store: ClipStore, server: UploadServer, running: Any
+    store: ClipStore, https_server: UploadServer, running: Any
 ) -> None:
     consent.grant(store, ("audio",))
     clip = record(store)
     r = running()
     wait_until(lambda: r.of("uploaded"), WAIT_S, "not uploaded")
-    server.script.extend(["500", "503", "404"])
+    https_server.script.extend(["500", "503", "404"])
     reply = Controller(store, MuteState()).execute(DeleteCommand(request_id="forget", ids=[clip]))
     assert reply["remote"] == {"status": "pending", "pending": [clip]}
     wait_until(lambda: [e for e in r.events if e["type"] == "deleted"], WAIT_S, "not confirmed")
     [follow_up] = [e for e in r.events if e["type"] == "deleted"]
     assert follow_up["request_id"] == "forget" and follow_up["remote"]["confirmed"] == [clip]
-    deletes = [q for q in server.requests if q.method == "DELETE"]
+    deletes = [q for q in https_server.requests if q.method == "DELETE"]
     assert [q.path for q in deletes] == [f"/clips/{clip}"] * 3
     assert all(q.headers["Authorization"] == f"Bearer {TOKEN}" for q in deletes)
 
 
 def test_no_identifying_byte_ever_leaves(
-    store: ClipStore, server: UploadServer, running: Any, state_dir: Path
+    store: ClipStore, https_server: UploadServer, running: Any, state_dir: Path
 ) -> None:
     (state_dir / "device_id").write_text("d3v1c31d0042")
     consent.grant(store, ("audio", "transcript"))
@@ -236,15 +233,15 @@ def test_no_identifying_byte_ever_leaves(
             canaries |= {mac, mac.replace(":", ""), mac.replace(":", "-")}
     cpuinfo = Path("/proc/cpuinfo").read_text()
     canaries |= set(re.findall(r"^Serial\s*:\s*(\S+)", cpuinfo, re.M))
-    sent = server.everything_received().lower()
-    assert len(server.posts()) == 2
+    sent = https_server.everything_received().lower()
+    assert len(https_server.posts()) == 2
     for canary in canaries:
         if len(canary) >= 6:
             assert canary.lower().encode() not in sent, f"{canary!r} left the device"
 
 
 def test_keep_local_off_removes_the_copy_after_upload_but_remote_delete_still_works(
-    store: ClipStore, server: UploadServer, running: Any
+    store: ClipStore, https_server: UploadServer, running: Any
 ) -> None:
     consent.grant(store, ("audio",))
     clip = record(store)
@@ -254,4 +251,4 @@ def test_keep_local_off_removes_the_copy_after_upload_but_remote_delete_still_wo
     assert store.get(clip).transcript is None
     result = store.delete(everything=True, request_id="all")
     assert result["remote_pending"] == [clip]
-    wait_until(lambda: server.deleted == [clip], WAIT_S, "remote copy not deleted")
+    wait_until(lambda: https_server.deleted == [clip], WAIT_S, "remote copy not deleted")
