@@ -9,14 +9,11 @@
 # Idempotent: a second run changes nothing. --dry-run prints every step and changes nothing.
 # --no-start enables the unit without starting it (in a chroot or when preparing an SD card image).
 set -euo pipefail
+# shellcheck source=scripts/install-common.sh
+source "$(dirname "$0")/install-common.sh"
 cd "$(dirname "$0")/.."
 SRC=$(pwd)
 
-PREFIX=/opt/edge-recorder
-ETC=/etc/edge-recorder
-STATE=/var/lib/edge-recorder
-USER_NAME=edge-recorder
-UNIT=/etc/systemd/system/edge-recorder.service
 APT_PACKAGES=(python3-venv python3-dev libportaudio2 alsa-utils)
 DRY_RUN=0
 START=--now
@@ -30,17 +27,8 @@ for arg in "$@"; do
   esac
 done
 
-step() { printf '==> %s\n' "$*"; }
-run() {
-  printf '    + %s\n' "$*"
-  if [ "$DRY_RUN" -eq 0 ]; then "$@"; fi
-}
-done_already() { printf '    ok: %s\n' "$*"; }
 
-if [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
-  echo "install.sh: run as root (sudo scripts/install.sh), or try --dry-run" >&2
-  exit 1
-fi
+require_root
 
 step "Debian packages: ${APT_PACKAGES[*]}"
 missing=()

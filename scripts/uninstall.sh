@@ -7,12 +7,9 @@
 # user. Recordings in /var/lib/edge-recorder are kept unless --wipe is given, in which case every
 # key is destroyed first (`edge-recorder wipe`) and then the directory is removed.
 set -euo pipefail
+# shellcheck source=scripts/install-common.sh
+source "$(dirname "$0")/install-common.sh"
 
-PREFIX=/opt/edge-recorder
-ETC=/etc/edge-recorder
-STATE=/var/lib/edge-recorder
-USER_NAME=edge-recorder
-UNIT=/etc/systemd/system/edge-recorder.service
 DRY_RUN=0
 WIPE=0
 
@@ -25,16 +22,8 @@ for arg in "$@"; do
   esac
 done
 
-step() { printf '==> %s\n' "$*"; }
-run() {
-  printf '    + %s\n' "$*"
-  if [ "$DRY_RUN" -eq 0 ]; then "$@"; fi
-}
 
-if [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
-  echo "uninstall.sh: run as root (sudo scripts/uninstall.sh), or try --dry-run" >&2
-  exit 1
-fi
+require_root
 
 step "Service"
 run systemctl disable --now edge-recorder || true

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = [ROOT / "scripts" / n for n in ("install.sh", "uninstall.sh", "setup", "test", "demo",
-                                          "bench", "bench-mqtt", "soak-crash", "make-test-audio",
-                                          "test-install-chroot")]
+SCRIPTS = [ROOT / "scripts" / n for n in (
+    "install.sh", "uninstall.sh", "install-common.sh", "setup", "test", "demo", "bench", "bench-mqtt",
+    "soak-crash", "make-test-audio", "test-install-chroot")]
 SCRIPTS.append(ROOT / ".ci" / "run")
 TOUCHED = [Path("/opt/edge-recorder"), Path("/etc/edge-recorder"), Path("/var/lib/edge-recorder"),
            Path("/etc/systemd/system/edge-recorder.service")]
@@ -20,7 +20,8 @@ TOUCHED = [Path("/opt/edge-recorder"), Path("/etc/edge-recorder"), Path("/var/li
 def test_every_shell_script_passes_shellcheck() -> None:
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (scripts/setup installs it)")
-    proc = subprocess.run(["shellcheck", *map(str, SCRIPTS)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(["shellcheck", "-x", *map(str, SCRIPTS)], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout
 
 

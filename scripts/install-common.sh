@@ -1,0 +1,26 @@
+# Shared by scripts/install.sh and scripts/uninstall.sh (sourced, not run): where things go, and
+# what --dry-run means. The caller sets DRY_RUN (0 or 1) before calling run().
+# shellcheck shell=bash
+
+# shellcheck disable=SC2034  # used by the scripts that source this file
+{
+  PREFIX=/opt/edge-recorder
+  ETC=/etc/edge-recorder
+  STATE=/var/lib/edge-recorder
+  USER_NAME=edge-recorder
+  UNIT=/etc/systemd/system/edge-recorder.service
+}
+
+step() { printf '==> %s\n' "$*"; }
+run() {
+  printf '    + %s\n' "$*"
+  if [ "$DRY_RUN" -eq 0 ]; then "$@"; fi
+}
+done_already() { printf '    ok: %s\n' "$*"; }
+
+require_root() {
+  if [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
+    echo "$(basename "$0"): run as root (sudo $0), or try --dry-run" >&2
+    exit 1
+  fi
+}
