@@ -12,11 +12,12 @@ from typing import Any
 from device import consent
 from device.asr import NoTranscriber, Transcriber, VoskTranscriber
 from device.audio import AudioSource
-from device.commands import Controller, MuteState
+from device.commands import Controller
 from device.config import Settings, resolve_models_dir
 from device.events import EventSink
 from device.indicator import Indicator, MuteControls
 from device.models import ModelStore
+from device.mute import MuteState
 from device.pipeline import ClipWriter, Counters, Listener
 from device.recorder import Recorder
 from device.retention import Sweeper
@@ -70,7 +71,7 @@ def run_pipeline(
         stack.callback(indicator.close)
         counters, mute = Counters(), mute or MuteState()
         buttons = MuteControls(settings.mute.button_pin, settings.mute.led_pin,
-                               lambda: mute.set(hardware=not mute.hardware), pin_factory)
+                               mute.toggle_hardware, pin_factory)
         stack.callback(buttons.close)
         notifier = Notifier()
         writer = ClipWriter(transcriber, store, events, counters,
@@ -105,13 +106,18 @@ def run_pipeline(
                 return {"state": recorder.state.value, "clips": store.count(),
                         "consent": consent.read(store).summary(),
                         "muted": {"software": mute.software, "hardware": mute.hardware},
+                        "waiting_uploads": store.uploads.waiting(),
                         "counters": vars(counters).copy()}
 
             mqtt = MqttControl(settings.mqtt, store, Controller(store, mute), status, events)
+            mute.on_change(mqtt.publish_status)
             mqtt.start()
             stack.callback(mqtt.close)
         try:
             listener.run(stop)
         finally:
             indicator.idle()
+            writer.close()  # the last clip is stored and announced while MQTT is still up
+            events.flush()
+    events.flush()
     return counters

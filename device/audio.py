@@ -19,7 +19,7 @@ import numpy as np
 import soxr
 
 from device import FRAME_SAMPLES, SAMPLE_RATE_HZ
-from device.errors import AudioError
+from device.errors import AudioError, describe
 from device.frames import Frame
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class WavSource:
         try:
             self._file = soundfile.SoundFile(str(path))
         except (soundfile.LibsndfileError, OSError, RuntimeError) as exc:
-            raise AudioError(f"cannot read audio file '{path}': {_reason(exc)}") from None
+            raise AudioError(f"cannot read audio file '{path}': {describe(exc)}") from None
         if self._file.frames == 0:
             self._file.close()
             raise AudioError(f"audio file '{path}' contains no audio")
@@ -234,7 +234,7 @@ class WavSource:
         try:
             return self._file.read(block, dtype="float32", always_2d=True)
         except (soundfile.LibsndfileError, RuntimeError) as exc:
-            raise AudioError(f"cannot read audio file '{self.path}': {_reason(exc)}") from None
+            raise AudioError(f"cannot read audio file '{self.path}': {describe(exc)}") from None
 
     def clock(self) -> int:
         if self.realtime:
@@ -249,11 +249,6 @@ def _sleep_until(deadline: float, stop: StopFlag) -> None:
     delay = deadline - time.monotonic()
     if delay > 0:
         stop.wait(delay)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
 
 
 class MicSource:
@@ -319,7 +314,7 @@ def find_input_device(device: str | int | None) -> dict[str, Any]:
     except (ValueError, sd.PortAudioError) as exc:
         which = "the default input device" if device is None else f"input device {device!r}"
         raise AudioError(
-            f"{which} is not available ({_reason(exc)}); run `edge-recorder devices` to list inputs"
+            f"{which} is not available ({describe(exc)}); run `edge-recorder devices` to list inputs"
         ) from None
     return dict(info)
 

@@ -8,6 +8,8 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from device import __version__
 from device.config import Settings, load_settings, resolve_models_dir, resolve_state_dir
 from device.errors import EdgeRecorderError
 from device.events import EventSink
-from device.models import VOSK_EN, ModelStore, describe
+from device.models import VOSK_EN, ModelStore, describe_status
 
 log = logging.getLogger("device")
 
@@ -106,14 +108,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(getattr(args, "verbose", 0), 2)]
-    logging.basicConfig(level=level, format="edge-recorder: %(levelname)s: %(message)s")
+    with _logging_to_stderr(level):
+        try:
+            return COMMANDS[args.command](args)
+        except EdgeRecorderError as exc:
+            print(f"edge-recorder: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+
+
+@contextmanager
+def _logging_to_stderr(level: int) -> Iterator[None]:
+    """edge-recorder's own log lines on stderr for the command's duration (logs never carry
+    transcripts or audio). Other libraries keep Python's default: warnings and worse."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("edge-recorder: %(levelname)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
     try:
-        return COMMANDS[args.command](args)
-    except EdgeRecorderError as exc:
-        print(f"edge-recorder: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
 
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, Path]:
@@ -128,14 +146,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings, state_dir = _settings(args)
     a = settings.audio
-    stop = _stop_on_signals()
     events = EventSink(args.events)
     try:
-        counters = run_pipeline(
-            settings, state_dir, lambda: MicSource(a.device, a.sample_rate_hz, a.queue_s),
-            events, make_pin_factory(settings.indicator.pin_factory), stop, control_plane=True,
-            retry_source=True,
-        )
+        with _stop_on_signals() as stop:
+            counters = run_pipeline(
+                settings, state_dir, lambda: MicSource(a.device, a.sample_rate_hz, a.queue_s),
+                events, make_pin_factory(settings.indicator.pin_factory), stop, control_plane=True,
+                retry_source=True,
+            )
     finally:
         events.close()
     log.info("stopped: %s", counters)
@@ -153,10 +171,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     source = WavSource(path, args.realtime, settings.audio.queue_s)  # fail fast on a bad file
     events = EventSink(args.events)
     try:
-        counters = run_pipeline(
-            settings, state_dir, lambda: source, events, MockFactory(), _stop_on_signals(),
-            control_plane=True,  # the identical pipeline: MQTT and uploads too, when configured
-        )
+        with _stop_on_signals() as stop:
+            counters = run_pipeline(
+                settings, state_dir, lambda: source, events, MockFactory(), stop,
+                control_plane=True,  # the identical pipeline: MQTT and uploads too, when configured
+            )
     finally:
         events.close()
     print(
@@ -194,7 +213,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
     source: AudioSource = (WavSource(args.file, realtime=True) if args.file
                            else MicSource(a.device, a.sample_rate_hz, a.queue_s))
     try:
-        run_meter(settings, source, detector, sys.stdout, _stop_on_signals(), args.seconds)
+        with _stop_on_signals() as stop:
+            run_meter(settings, source, detector, sys.stdout, stop, args.seconds)
     finally:
         source.close()
     return 0
@@ -239,13 +259,14 @@ def clips_export(store: Any, args: argparse.Namespace) -> int:
 
 
 def clips_delete(store: Any, args: argparse.Namespace) -> int:
-    from device.commands import Controller, MuteState, local_delete_payload, parse
+    from device.commands import Controller, local_delete_payload, parse_delete
+    from device.mute import MuteState
 
     raw = local_delete_payload(args.ids, args.all, args.since, args.until, args.last,
                                args.request_id)
-    reply = Controller(store, MuteState()).execute(parse("delete", raw, None, store))
-    _print_json(reply)
-    return 0 if not reply["not_found"] else 1
+    reply = Controller(store, MuteState()).delete(parse_delete(raw, store))
+    _print_json(reply.to_dict())
+    return 0 if not reply.not_found else 1
 
 
 def cmd_wipe(args: argparse.Namespace) -> int:
@@ -295,7 +316,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.models_command == "list":
         rows = models.status()
         for row in rows:
-            _print_json(describe(row))
+            _print_json(describe_status(row))
         return 0 if all(r.ok for r in rows if r.kind != "asr") else 1
     return models_fetch(models, args)
 
@@ -322,11 +343,19 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, ensure_ascii=False))
 
 
-def _stop_on_signals() -> threading.Event:
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT while the command runs; the old handlers come back after."""
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signals reach only the main thread (e.g. a command run from a test's thread)
+        return
+    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 COMMANDS = {

@@ -12,7 +12,6 @@ import hmac
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,10 +28,10 @@ from pydantic import (
     model_validator,
 )
 
-from device import consent
-from device.config import describe_validation_error
-from device.errors import EdgeRecorderError
-from device.events import Event, event
+from device import consent, events
+from device.config import DURATION_PATTERN, describe_validation_error, duration_s
+from device.errors import CommandError
+from device.mute import MuteState
 from device.store import ClipStore
 
 log = logging.getLogger(__name__)
@@ -40,25 +39,14 @@ log = logging.getLogger(__name__)
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_IDS = 10_000
 SIGNATURE_FIELDS = ("ts", "nonce", "sig")
-UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.:@-]+$")]
 ClipId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
-Duration = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,5}[smhd]$")]
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
 
 
-class CommandError(EdgeRecorderError):
-    """A refused command: becomes an `error` event with the request id when one could be read."""
-
-    exit_code = 2
-
-    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.request_id = request_id
-
-    def to_event(self) -> Event:
-        return event("error", t=None, code=self.code, request_id=self.request_id, message=str(self))
+def error_event(exc: CommandError) -> events.Error:
+    return events.Error(t=None, code=exc.code, request_id=exc.request_id, message=str(exc))
 
 
 class _Command(BaseModel):
@@ -90,7 +78,7 @@ class DeleteCommand(_Command):
 
     def window(self, now: datetime) -> tuple[datetime | None, datetime | None]:
         if self.last is not None:
-            return now - timedelta(seconds=int(self.last[:-1]) * UNITS_S[self.last[-1]]), None
+            return now - timedelta(seconds=duration_s(self.last)), None
         return self.from_, self.to
 
 
@@ -165,6 +153,13 @@ def parse(kind: str, raw: bytes, signing: Signing | None, store: ClipStore) -> _
         raise CommandError("bad_request", describe_validation_error(exc), request_id) from None
 
 
+def parse_delete(raw: bytes, store: ClipStore) -> DeleteCommand:
+    """`clips delete` on the device: the same validation as cmd/delete, without signing."""
+    command = parse("delete", raw, None, store)
+    assert isinstance(command, DeleteCommand)
+    return command
+
+
 def verify(kind: str, payload: dict[str, Any], signing: Signing, store: ClipStore,
            request_id: str | None) -> None:
     ts, nonce, sig = (payload.get(f) for f in SIGNATURE_FIELDS)
@@ -180,29 +175,6 @@ def verify(kind: str, payload: dict[str, Any], signing: Signing, store: ClipStor
         raise CommandError("replayed", "this nonce was already used", request_id)
 
 
-class MuteState:
-    """Software mute (MQTT, CLI) and hardware mute (the button): muted while either is on."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.software = False
-        self.hardware = False
-        self.muted_event = threading.Event()
-
-    @property
-    def muted(self) -> bool:
-        return self.muted_event.is_set()
-
-    def set(self, software: bool | None = None, hardware: bool | None = None) -> None:
-        with self._lock:
-            self.software = self.software if software is None else software
-            self.hardware = self.hardware if hardware is None else hardware
-            if self.software or self.hardware:
-                self.muted_event.set()
-            else:
-                self.muted_event.clear()
-
-
 class Controller:
     """Executes validated commands. Each reply is the event to publish."""
 
@@ -210,7 +182,7 @@ class Controller:
         self.store = store
         self.mute = mute
 
-    def execute(self, command: _Command) -> Event:
+    def execute(self, command: _Command) -> events.Event:
         if isinstance(command, DeleteCommand):
             return self.delete(command)
         if isinstance(command, ConsentCommand):
@@ -219,27 +191,28 @@ class Controller:
             return self.set_mute(command)
         raise CommandError("unknown_command", type(command).__name__, command.request_id)
 
-    def delete(self, cmd: DeleteCommand) -> Event:
+    def delete(self, cmd: DeleteCommand) -> events.Deleted:
         since, until = cmd.window(datetime.now(UTC))
         result = self.store.delete(ids=cmd.ids, since=since, until=until,
                                    everything=bool(cmd.all), request_id=cmd.request_id)
         if result["replayed"]:
             log.info("delete %s was already done; replying with its result", cmd.request_id)
         log.info("delete %s: %d clip(s) deleted", cmd.request_id, len(result["ids"]))
-        pending = result.get("remote_pending", [])
-        remote = {"status": "pending", "pending": pending} if pending else {"status": "none_uploaded"}
-        return event("deleted", request_id=cmd.request_id, ids=result["ids"],
-                     not_found=result["not_found"], remote=remote)
+        return events.Deleted(
+            request_id=cmd.request_id, ids=tuple(result["ids"]), not_found=tuple(result["not_found"]),
+            reason="command", remote=events.Remote.for_pending(result.get("remote_pending", [])),
+            replayed=result["replayed"],
+        )
 
-    def revoke_consent(self, request_id: str) -> Event:
+    def revoke_consent(self, request_id: str) -> events.Consent:
         _, purged = consent.revoke(self.store)
-        return event("consent", request_id=request_id, state="off", purged=len(purged))
+        return events.Consent(request_id=request_id, state="off", purged=len(purged))
 
-    def set_mute(self, cmd: MuteCommand) -> Event:
+    def set_mute(self, cmd: MuteCommand) -> events.Mute:
         if not cmd.muted and self.mute.hardware:
             raise CommandError("refused", "a hardware mute can only be lifted by the mute button",
                                cmd.request_id)
         self.mute.set(software=cmd.muted)
         log.info("software mute %s (%s)", "on" if cmd.muted else "off", cmd.request_id)
-        return event("mute", request_id=cmd.request_id, muted=self.mute.muted,
-                     software=self.mute.software, hardware=self.mute.hardware)
+        return events.Mute(request_id=cmd.request_id, muted=self.mute.muted,
+                           software=self.mute.software, hardware=self.mute.hardware)

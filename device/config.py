@@ -23,6 +23,14 @@ MAX_ECHO = 60
 """Longest piece of a bad value repeated in an error message."""
 
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
+DURATION_PATTERN = r"^[1-9][0-9]{0,5}[smhd]$"
+"""A duration as users write it: a number and s, m, h or d (e.g. 15m, 7d)."""
+DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_s(text: str) -> float:
+    """Seconds in a duration matching DURATION_PATTERN."""
+    return float(text[:-1]) * DURATION_UNITS_S[text[-1]]
 
 
 class _Section(BaseModel):
@@ -171,7 +179,7 @@ class UploadSettings(_Section):
 
 
 class RetentionSettings(_Section):
-    max_age: str = Field(default="7d", pattern=r"^[1-9][0-9]{0,5}[smhd]$")
+    max_age: str = Field(default="7d", pattern=DURATION_PATTERN)
     """Clips older than this are deleted (s, m, h, d), including clips still awaiting upload."""
     max_bytes: int = Field(default=1 << 30, ge=1 << 20)
     """Beyond this many bytes of clips, the oldest are deleted."""
@@ -181,7 +189,7 @@ class RetentionSettings(_Section):
     """Recording is refused while the state directory's file system has less free space."""
 
     def max_age_s(self) -> float:
-        return float(self.max_age[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[self.max_age[-1]]
+        return duration_s(self.max_age)
 
 
 class Settings(_Section):

@@ -1,6 +1,6 @@
 """Consent: off by default, granted only on the device, never retroactive (P1).
 
-The record (state, scope, time, policy version) lives in the index. A clip joins the upload queue
+The record (state, scope, time, policy version) is a store setting. A clip joins the upload queue
 only if consent covered it when it was stored; revoking purges the queue in the same transaction,
 and the uploader re-reads consent before every request and while sending its body.
 """
@@ -66,15 +66,15 @@ def grant(store: ClipStore, scope: tuple[str, ...]) -> Consent:
 
 
 def revoke(store: ClipStore) -> tuple[Consent, list[str]]:
-    """Consent off and every queued upload purged, in one transaction. Returns the purged ids."""
+    """Consent off and every waiting upload purged, in one transaction; a clip on the wire gets a
+    remote delete. Returns the purged ids (those waiting and those on the wire)."""
     consent = Consent(False, (), _now())
-    with store.transaction() as db:
-        purged = [r[0] for r in db.execute("SELECT clip_id FROM uploads WHERE state = 'queued'")]
-        db.execute("DELETE FROM uploads WHERE state = 'queued'")
-        db.execute("INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
-                   "SET value = excluded.value", (KEY, json.dumps(asdict(consent))))
-    log.info("consent revoked; %d queued upload(s) purged", len(purged))
-    return consent, purged
+    with store.atomically():
+        queued, sending = store.uploads.withdraw()
+        store.set_setting(KEY, json.dumps(asdict(consent)))
+    log.info("consent revoked; %d queued upload(s) purged, %d on the wire get a remote delete",
+             len(queued), len(sending))
+    return consent, queued + sending
 
 
 def _now() -> str:

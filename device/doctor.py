@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from device import consent
+from device import FRAME_SAMPLES, consent
 from device.config import Settings, resolve_models_dir
 from device.errors import EdgeRecorderError
 
@@ -86,7 +85,10 @@ def _capture(mic: Any) -> np.ndarray:
 
 
 def check_models(settings: Settings, state_dir: Path) -> Check:
+    """The files against their pinned digests, then the wake-word runtime itself: the models are
+    loaded and score a frame, as the daemon would."""
     from device.models import ModelStore
+    from device.wake import OpenWakeWordDetector
 
     store = ModelStore(resolve_models_dir(settings, state_dir))
     rows = store.status()
@@ -95,9 +97,15 @@ def check_models(settings: Settings, state_dir: Path) -> Check:
     if bad:
         return Check("models", False, "; ".join(f"{r.name}: {r.detail}" for r in bad),
                      "run `edge-recorder models fetch --wake` (offline: `--wheel FILE`)")
+    try:
+        OpenWakeWordDetector(settings.wake, store).scores(np.zeros(FRAME_SAMPLES, dtype=np.int16))
+    except EdgeRecorderError as exc:
+        return Check("models", False, f"the wake-word runtime does not load: {exc}",
+                     str(exc).rpartition("; ")[2] or "run scripts/setup")
     vosk = next(r for r in rows if r.kind == "asr")
     asr = "ASR model verified" if vosk.ok else f"no ASR model ({vosk.detail}): clips get no transcript"
-    return Check("models", True, f"wake words {', '.join(settings.wake.models)} verified; {asr}")
+    return Check("models", True, f"wake words {', '.join(settings.wake.models)} verified and "
+                                 f"loaded (openWakeWord on ai-edge-litert); {asr}")
 
 
 def check_gpio(settings: Settings, pin_factory: Any) -> Check:
@@ -120,58 +128,23 @@ def check_gpio(settings: Settings, pin_factory: Any) -> Check:
 
 
 def check_broker(settings: Settings) -> Check:
-    m = settings.mqtt
-    if not m.host:
+    if not settings.mqtt.host:
         return Check("mqtt", True, "not configured (nothing is sent anywhere)")
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+    from device import mqtt
 
-    from device.files import read_secret
-
-    result: dict[str, Any] = {}
-    done = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", clean_session=True)
-    if m.username:
-        client.username_pw_set(m.username, m.password or read_secret(m.password_file, "mqtt.password"))
-    if m.tls.enabled:
-        client.tls_set(ca_certs=m.tls.ca_file, certfile=m.tls.cert_file, keyfile=m.tls.key_file)
-        client.tls_insecure_set(not m.tls.verify)
-
-    def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
-        result["reason"] = reason
-        done.set()
-
-    client.on_connect = on_connect
-    port = m.port or (8883 if m.tls.enabled else 1883)
-    try:
-        client.connect(m.host, port, keepalive=10)
-    except (OSError, ssl.SSLError) as exc:
-        return Check("mqtt", False, f"cannot reach {m.host}:{port}: {exc}",
-                     "check mqtt.host/port, that the broker runs, and mqtt.tls.ca_file for TLS")
-    client.loop_start()
-    done.wait(NETWORK_TIMEOUT_S)
-    client.disconnect()
-    client.loop_stop()
-    reason = result.get("reason")
-    if reason is None or reason.is_failure:
-        return Check("mqtt", False, f"{m.host}:{port} refused the login: {reason}",
-                     "check mqtt.username and the password (file)")
-    return Check("mqtt", True, f"connected to {m.host}:{port} and logged in")
+    ok, detail = mqtt.probe(settings.mqtt, NETWORK_TIMEOUT_S)
+    fix = ("check mqtt.username and the password (file)" if "refused the login" in detail else
+           "check mqtt.host/port, that the broker runs, and mqtt.tls.ca_file for TLS")
+    return Check("mqtt", ok, detail, fix)
 
 
 def check_upload(settings: Settings) -> Check:
-    u = settings.upload
-    if not u.url:
+    if not settings.upload.url:
         return Check("upload", True, "not configured (nothing is uploaded, whatever consent says)")
-    import requests
+    from device import upload
 
-    verify: bool | str = (u.ca_file or True) if u.verify else False
-    try:
-        resp = requests.options(u.url, timeout=NETWORK_TIMEOUT_S, verify=verify)
-    except requests.RequestException as exc:
-        return Check("upload", False, f"cannot reach {u.url}: {type(exc).__name__}",
-                     "check upload.url, the network, and upload.ca_file for a private CA")
-    return Check("upload", True, f"{u.url} answers over HTTPS (HTTP {resp.status_code}); nothing was sent")
+    ok, detail = upload.probe(settings.upload, NETWORK_TIMEOUT_S)
+    return Check("upload", ok, detail, "check upload.url, the network, and upload.ca_file for a private CA")
 
 
 def check_store(settings: Settings, state_dir: Path) -> Check:

@@ -31,3 +31,29 @@ class IndicatorError(EdgeRecorderError, RuntimeError):
 
 class StoreError(EdgeRecorderError, IOError):
     """The clip store cannot be opened, written or read."""
+
+
+class CommandError(EdgeRecorderError):
+    """A refused command: becomes an `error` event with the request id when one could be read."""
+
+    exit_code = 2
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+MAX_REASON = 200
+
+
+def describe(exc: BaseException, with_type: bool = False) -> str:
+    """A library error as one short line: an OSError's strerror (and file), else the first line of
+    its text (or its class name). `with_type` prefixes the class name (e.g. `SSLError: ...`)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    else:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        text = lines[0] if lines else type(exc).__name__
+    text = text[:MAX_REASON]
+    return f"{type(exc).__name__}: {text}" if with_type else text

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device.errors import DownloadError, ModelError
+from device.errors import DownloadError, ModelError, describe
 from device.files import atomic_write, ensure_private_dir
 
 log = logging.getLogger(__name__)
@@ -275,18 +275,13 @@ def download(url: str, part: Path, archive: Archive) -> None:
                     bar.update(len(chunk))
     except requests.RequestException as exc:
         raise DownloadError(
-            f"cannot download {url}: {_short(exc)}. If this machine is offline, download "
+            f"cannot download {url}: {describe(exc)}. If this machine is offline, download "
             f"{archive.name}.zip elsewhere and run `edge-recorder models fetch --vosk-zip FILE`, "
             f"or register a model you have with `--vosk-model DIR`; a partial download resumes"
         ) from None
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return type(exc).__name__ if not text else text.splitlines()[0][:200]
-
-
-def describe(status: ModelStatus) -> dict[str, Any]:
+def describe_status(status: ModelStatus) -> dict[str, Any]:
     return {"kind": status.kind, "name": status.name, "ok": status.ok,
             "path": str(status.path) if status.path else None, "detail": status.detail}
 

@@ -17,17 +17,18 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device import __version__
-from device.commands import CommandError, Controller, Signing, parse
+from device import __version__, events
+from device.commands import CommandError, Controller, Signing, error_event, parse
 from device.config import MqttSettings
 from device.errors import ConfigError
-from device.events import Event, EventSink, event
+from device.events import Event, EventSink
 from device.files import atomic_write, read_secret
 from device.store import ClipStore
 
@@ -35,10 +36,8 @@ log = logging.getLogger(__name__)
 
 QOS = 1
 DEVICE_ID_FILE = "device_id"
-FORWARDED = ("upload", "deleted")
-"""Events from inside the device published as they are: upload results, remote-delete follow-ups."""
-CLIP_FIELDS = ("t", "id", "start", "end", "wake_word")
-"""What evt/clip carries: metadata only (plus the transcript when the owner turns it on)."""
+FORWARDED = (events.Upload, events.Deleted)
+"""Events from inside the device published as they are: upload results, deletes and follow-ups."""
 
 
 def device_id(state_dir: Path) -> str:
@@ -80,21 +79,8 @@ class MqttControl:
         events.subscribe(self._on_event)
 
     def _make_client(self) -> mqtt.Client:
-        s = self.settings
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-recorder-{self.device_id}",
-                             clean_session=False, manual_ack=True)
-        password = s.password or read_secret(s.password_file, "mqtt.password")
-        if s.username:
-            client.username_pw_set(s.username, password)
-        if s.tls.enabled:
-            try:
-                client.tls_set(ca_certs=s.tls.ca_file, certfile=s.tls.cert_file,
-                               keyfile=s.tls.key_file, cert_reqs=ssl.CERT_REQUIRED)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"mqtt.tls: cannot load certificates: {exc}") from None
-            client.tls_insecure_set(not s.tls.verify)
+        client = make_client(self.settings, f"edge-recorder-{self.device_id}", persistent=True)
         client.will_set(self.topic("status"), json.dumps({"online": False}), qos=QOS, retain=True)
-        client.reconnect_delay_set(round(s.reconnect_min_s), round(s.reconnect_max_s))
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -107,7 +93,7 @@ class MqttControl:
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
-        port = s.port or (8883 if s.tls.enabled else 1883)
+        port = port_of(s)
         log.info("mqtt: connecting to %s:%d as %s", s.host, port, self.base)
         self._worker.start()
         self._client.connect_async(str(s.host), port, keepalive=s.keepalive_s)
@@ -168,24 +154,23 @@ class MqttControl:
             return self._controller.execute(parse(kind, payload, self._signing, self._store))
         except CommandError as exc:
             log.warning("mqtt: refused %s command: %s", kind, exc)
-            return exc.to_event()
+            return error_event(exc)
         except Exception as exc:  # the control plane must outlive any one command
             log.exception("mqtt: %s command failed", kind)
-            return event("error", t=None, code="internal", request_id=None, message=str(exc))
+            return events.Error(t=None, code="internal", request_id=None, message=str(exc))
 
     # -- publishing -------------------------------------------------------------------------------
     def publish_event(self, ev: Event) -> None:
-        self._client.publish(self.topic(f"evt/{ev['type']}"), json.dumps(ev, ensure_ascii=False),
-                             qos=QOS)
+        self._client.publish(self.topic(f"evt/{ev.type}"), ev.to_json(), qos=QOS)
 
     def _on_event(self, ev: Event) -> None:
-        """From the listener and uploader threads: publishing only queues in paho."""
-        if ev["type"] == "clip":
-            fields = CLIP_FIELDS + (("transcript",) if self.settings.publish_transcripts else ())
-            self.publish_event({"type": "clip", **{k: ev[k] for k in fields}})
+        """On the event sink's thread: publishing only queues in paho."""
+        if isinstance(ev, events.Clip):
+            self.publish_event(ev if self.settings.publish_transcripts else replace(ev, transcript=None))
             self.publish_status()
-        elif ev["type"] in FORWARDED:
+        elif isinstance(ev, FORWARDED):
             self.publish_event(ev)
+            self.publish_status()  # clip count, waiting uploads: retention sweeps change them too
 
     def publish_status(self) -> None:
         self._client.publish(self.topic("status"), self._status_payload(online=True), qos=QOS,
@@ -193,3 +178,52 @@ class MqttControl:
 
     def _status_payload(self, online: bool) -> str:
         return json.dumps({"online": online, "version": __version__, **self._status()})
+
+
+def make_client(settings: MqttSettings, client_id: str, persistent: bool) -> mqtt.Client:
+    """A paho client with the owner's login, TLS and reconnect settings (daemon and doctor)."""
+    s = settings
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         clean_session=not persistent, manual_ack=persistent)
+    password = s.password or read_secret(s.password_file, "mqtt.password")
+    if s.username:
+        client.username_pw_set(s.username, password)
+    if s.tls.enabled:
+        try:
+            client.tls_set(ca_certs=s.tls.ca_file, certfile=s.tls.cert_file,
+                           keyfile=s.tls.key_file, cert_reqs=ssl.CERT_REQUIRED)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"mqtt.tls: cannot load certificates: {exc}") from None
+        client.tls_insecure_set(not s.tls.verify)
+    client.reconnect_delay_set(round(s.reconnect_min_s), round(s.reconnect_max_s))
+    return client
+
+
+def port_of(settings: MqttSettings) -> int:
+    return settings.port or (8883 if settings.tls.enabled else 1883)
+
+
+def probe(settings: MqttSettings, timeout_s: float) -> tuple[bool, str]:
+    """For `doctor`: connect and log in with a throwaway session; publish and subscribe nothing."""
+    result: dict[str, Any] = {}
+    done = threading.Event()
+    client = make_client(settings, client_id="", persistent=False)
+
+    def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
+        result["reason"] = reason
+        done.set()
+
+    client.on_connect = on_connect
+    host, port = str(settings.host), port_of(settings)
+    try:
+        client.connect(host, port, keepalive=10)
+    except (OSError, ssl.SSLError) as exc:
+        return False, f"cannot reach {host}:{port}: {exc}"
+    client.loop_start()
+    done.wait(timeout_s)
+    client.disconnect()
+    client.loop_stop()
+    reason = result.get("reason")
+    if reason is None or reason.is_failure:
+        return False, f"{host}:{port} refused the login: {reason}"
+    return True, f"connected to {host}:{port} and logged in"

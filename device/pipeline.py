@@ -1,8 +1,8 @@
 """The listening loop: source → wake detector → recorder → light → VAD/ASR → clip store.
 
 The listener runs on one thread and never does I/O itself beyond the GPIO pin: ASR, WAV encoding,
-fsync and SQLite all run on the ClipWriter's thread, so a slow disk or a slow model never holds up
-the frames behind it.
+fsync and SQLite run on the ClipWriter's thread, and events are written and published on the event
+sink's thread, so a slow disk, model, stdout or broker never holds up the frames behind it.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from device import SAMPLE_RATE_HZ
+from device import SAMPLE_RATE_HZ, events
 from device.asr import Transcriber, TranscriptStream
 from device.audio import AnyOf, AudioSource
-from device.commands import MuteState
 from device.errors import AudioError, EdgeRecorderError, IndicatorError
-from device.events import EventSink, event
+from device.events import EventSink
 from device.frames import Frame, seconds
+from device.mute import MuteState
 from device.recorder import Discarded, Finished, Recorder, State, Utterance, Wake
 from device.store import ClipStore
 from device.vad import SpeechDetector
@@ -109,7 +109,7 @@ class ClipWriter:
                 code = "store_failed" if isinstance(exc, EdgeRecorderError) else "writer_failed"
                 self._counters.store_ok = False
                 log.error("%s: %s", code, exc)
-                self._events.emit(event("error", t=None, code=code, message=str(exc)))
+                self._events.emit(events.Error(t=None, code=code, request_id=None, message=str(exc)))
 
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "begin":
@@ -133,8 +133,8 @@ class ClipWriter:
         self.ready_latencies_s.append(time.perf_counter() - job.queued_at)
         self._counters.clips += 1
         log.info("clip %s stored (%.2f s, %s)", clip.id, clip.duration_s, u.reason)
-        self._events.emit(event(
-            "clip", t=seconds(u.end), id=clip.id, start=clip.start_s, end=clip.end_s,
+        self._events.emit(events.Clip(
+            t=seconds(u.end), id=clip.id, start=clip.start_s, end=clip.end_s,
             wake_word=clip.wake_word, transcript=clip.transcript,
         ))
 
@@ -172,7 +172,6 @@ class Listener:
         self.writer = writer
         self.events = events
         self.counters = counters
-        self._fed = 0
         self._last_end = 0
         self._overflows_seen = 0
 
@@ -210,7 +209,7 @@ class Listener:
             source.close()
         if self.mute.muted and not stop.is_set():
             self._act(self.recorder.mute())  # an open recording is discarded, not kept
-            self.events.emit(event("indicator", t=seconds(self._last_end), state="muted"))
+            self.events.emit(events.Indicator(t=seconds(self._last_end), state="muted"))
             return True
         self._act(self.recorder.end_of_stream(self._last_end))
         return stop.is_set()
@@ -218,21 +217,22 @@ class Listener:
     def _sit_out_mute(self, stop: threading.Event) -> None:
         if self.recorder.state is not State.MUTED:
             self._act(self.recorder.mute())
-            self.events.emit(event("indicator", t=seconds(self._last_end), state="muted"))
+            self.events.emit(events.Indicator(t=seconds(self._last_end), state="muted"))
         self._show_muted(True)
         while self.mute.muted and not stop.wait(MUTE_POLL_S):
             self.alive_at = time.monotonic()
         if not self.mute.muted:
             self._show_muted(False)
             self.recorder.unmute()
-            self.events.emit(event("indicator", t=seconds(self._last_end), state="idle"))
+            self.events.emit(events.Indicator(t=seconds(self._last_end), state="idle"))
 
     def _mic_lost(self, exc: AudioError, stop: threading.Event) -> None:
         assert self._retry is not None
         if self._lost_since is None:
             self._lost_since = time.monotonic()
             log.error("microphone lost: %s; retrying with backoff", exc)
-            self.events.emit(event("error", t=seconds(self._last_end), code="mic_lost", message=str(exc)))
+            self.events.emit(events.Error(t=seconds(self._last_end), code="mic_lost", request_id=None,
+                                          message=str(exc)))
         deadline = time.monotonic() + self._backoff_s
         while not stop.wait(min(MUTE_POLL_S, max(0.0, deadline - time.monotonic()))):
             self.alive_at = time.monotonic()
@@ -247,7 +247,7 @@ class Listener:
         if self._lost_since is not None:
             away = time.monotonic() - self._lost_since
             log.warning("microphone back after %.0f s", away)
-            self.events.emit(event("audio", t=0.0, state="mic_back", away_s=round(away, 1)))
+            self.events.emit(events.Audio(t=0.0, state="mic_back", away_s=round(away, 1)))
             self._lost_since = None
         self._backoff_s = self._retry[0] if self._retry else 0.0
 
@@ -258,9 +258,9 @@ class Listener:
         scores = self.detector.scores(frame.samples)
         recording = self.recorder.state is State.RECORDING
         speech = self.speech.is_speech(frame.samples) if recording else None
-        self._act(self.recorder.on_frame(frame, scores, speech))
-        if self.recorder.state is State.RECORDING:
-            self._feed_new(self.recorder.recording_frames)
+        decision = self.recorder.on_frame(frame, scores, speech)
+        self._feed_kept()
+        self._act(decision)
         self.counters.overflows += self._overflow_delta()
 
     def _overflow_delta(self) -> int:
@@ -276,15 +276,12 @@ class Listener:
 
     def _on_wake(self, wake: Wake) -> None:
         self.counters.wakes += 1
-        self.events.emit(event("wake", t=seconds(wake.at), wake_word=wake.wake_word,
-                               score=round(wake.score, 4)))
+        self.events.emit(events.Wake(t=seconds(wake.at), wake_word=wake.wake_word,
+                                     score=round(wake.score, 4)))
         if problem := self._can_record():
             self.recorder.light_failed()  # nothing is kept: the light stays off
-            self.counters.errors += 1
+            self._refuse(wake, "store_unavailable", problem)
             self.counters.store_ok = False
-            log.error("not recording: %s", problem)
-            self.events.emit(event("error", t=seconds(wake.at), code="store_unavailable",
-                                   message=f"{problem}; nothing was recorded"))
             return
         self.counters.store_ok = True
         try:
@@ -292,37 +289,37 @@ class Listener:
         except IndicatorError as exc:
             self.recorder.light_failed()
             self.light.idle()
-            self.counters.errors += 1
-            log.error("not recording: %s", exc)
-            self.events.emit(event("error", t=seconds(wake.at), code="indicator_failed",
-                                   message=f"{exc}; nothing was recorded"))
+            self._refuse(wake, "indicator_failed", str(exc))
             return
         at = self._clock()
         self.recorder.light_confirmed(at)
-        self.events.emit(event("indicator", t=seconds(at), state="recording"))
-        self._fed = 0
+        self.events.emit(events.Indicator(t=seconds(at), state="recording"))
         self.writer.begin()
-        self._feed_new(self.recorder.recording_frames)
+        self._feed_kept()
+
+    def _refuse(self, wake: Wake, code: str, problem: str) -> None:
+        self.counters.errors += 1
+        log.error("not recording: %s", problem)
+        self.events.emit(events.Error(t=seconds(wake.at), code=code, request_id=None,
+                                      message=f"{problem}; nothing was recorded"))
 
     def _on_stop(self, decision: Finished | Discarded) -> None:
-        if isinstance(decision, Finished):
-            self._feed_new(decision.utterance.frames)
         self.light.idle()
         at = decision.utterance.end if isinstance(decision, Finished) else decision.at
-        self.events.emit(event("indicator", t=seconds(at), state="idle"))
+        self.events.emit(events.Indicator(t=seconds(at), state="idle"))
         if isinstance(decision, Finished):
             lag_s = (self._clock() - decision.utterance.start) / SAMPLE_RATE_HZ
             self.writer.finish(decision.utterance, datetime.now(UTC) - timedelta(seconds=lag_s))
         else:
             self.writer.cancel()
             self.counters.discarded += 1
-            self.events.emit(event("discarded", t=seconds(decision.at), reason=decision.reason))
+            self.events.emit(events.Discarded(t=seconds(decision.at), reason=decision.reason))
         self.recorder.finalised()
 
     def _clock(self) -> int:
         return self.source.clock() if self.source else self._last_end
 
-    def _feed_new(self, frames: list[Frame]) -> None:
-        for frame in frames[self._fed:]:
+    def _feed_kept(self) -> None:
+        """Hand the frames the recorder just kept to the transcriber (on the writer's thread)."""
+        for frame in self.recorder.take_kept():
             self.writer.feed(frame)
-        self._fed = len(frames)

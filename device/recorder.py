@@ -55,7 +55,6 @@ class Utterance:
     wake: Wake
     light_on_at: int
     frames: list[Frame] = field(repr=False)
-    speech_samples: int
     reason: str
 
     @property
@@ -129,6 +128,7 @@ class Recorder:
         preroll = frames_for(recorder.preroll_s) if recorder.keep_wake_word_audio else 0
         self._preroll: deque[Frame] = deque(maxlen=preroll)
         self._pending: Wake | None = None
+        self._kept_new: list[Frame] = []
         self._reset_recording()
 
     def _reset_recording(self) -> None:
@@ -169,7 +169,7 @@ class Recorder:
     def _record(self, frame: Frame, is_speech: bool) -> Decision:
         if frame.start < self._retain_from:
             return None  # captured before the light was confirmed on: never kept (I1)
-        self._frames.append(frame)
+        self._keep(frame)
         if is_speech:
             self._speech_samples += len(frame.samples)
             self._silence_samples = 0
@@ -196,16 +196,18 @@ class Recorder:
         if wake is None or not self._frames or not enough:
             self._reset_recording()
             return Discarded(at, "no_speech")
-        utterance = Utterance(
-            wake, self._light_on_at, self._frames, self._speech_samples, reason
-        )
+        utterance = Utterance(wake, self._light_on_at, self._frames, reason)
         self._reset_recording()
         return Finished(utterance)
 
-    @property
-    def recording_frames(self) -> list[Frame]:
-        """Frames kept so far in the open recording (read-only use)."""
-        return self._frames
+    def _keep(self, frame: Frame) -> None:
+        self._frames.append(frame)
+        self._kept_new.append(frame)
+
+    def take_kept(self) -> list[Frame]:
+        """The frames kept since the last call, in order (for the transcriber, as they come)."""
+        kept, self._kept_new = self._kept_new, []
+        return kept
 
     # -- answers from the listener ----------------------------------------------------------------
     def light_confirmed(self, at: int) -> None:
@@ -213,8 +215,10 @@ class Recorder:
         if self._pending is None:
             raise TransitionError("light confirmed without a wake")
         self._reset_recording()
+        self._kept_new = []
         self._light_on_at = self._retain_from = at
-        self._frames = list(self._preroll)
+        for frame in self._preroll:
+            self._keep(frame)
         self._preroll.clear()
         self._set_state(State.RECORDING)
 

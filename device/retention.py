@@ -8,8 +8,9 @@ import logging
 import threading
 from datetime import UTC, datetime, timedelta
 
+from device import events as ev
 from device.config import RetentionSettings
-from device.events import EventSink, event
+from device.events import EventSink
 from device.store import ClipStore
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ def sweep(store: ClipStore, settings: RetentionSettings, events: EventSink) -> l
         return []
     result = store.delete(ids=ids, remote=False)
     log.info("retention: deleted %d clip(s)", len(result["ids"]))
-    events.emit(event("deleted", request_id=None, ids=result["ids"], not_found=[],
-                      reason="retention", remote={"status": "not_requested"}))
+    events.emit(ev.Deleted(request_id=None, ids=tuple(result["ids"]), not_found=(),
+                           reason="retention", remote=ev.Remote("not_requested")))
     return list(result["ids"])
 
 

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
 import uuid
 import wave
@@ -34,9 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from device import SAMPLE_RATE_HZ, crypto
-from device.errors import StoreError
+from device import SAMPLE_RATE_HZ, crypto, upload_queue
+from device.db import Database, connect, has_table
+from device.errors import StoreError, describe
 from device.files import PRIVATE_FILE, atomic_write, ensure_private_dir, fsync_dir
+from device.upload_queue import UploadQueue
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +63,8 @@ CREATE TABLE requests (
 );
 CREATE TABLE nonces (nonce TEXT PRIMARY KEY, seen_at REAL NOT NULL);
 CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE uploads (
-    clip_id TEXT PRIMARY KEY REFERENCES clips(id),
-    state TEXT NOT NULL,            -- queued | uploaded | failed
-    scope TEXT NOT NULL,            -- what consent covered when the clip was recorded
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL DEFAULT 0,
-    last_error TEXT
-);
-CREATE TABLE remote_deletes (
-    clip_id TEXT PRIMARY KEY,
-    request_id TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL DEFAULT 0
-);
 """
+SCHEMA += upload_queue.SCHEMA
 TEMP_SUFFIX = ".tmp"
 LOCK_FILE = ".lock"
 CLIP_SUFFIX = ".clip"
@@ -114,35 +102,42 @@ class KeyStore:
     """Per-clip keys in their own database: deleting a row is the crypto-erase of that clip."""
 
     def __init__(self, path: Path) -> None:
-        self.db = _connect(path)
-        if not _has_table(self.db, "keys"):
-            self.db.executescript(f"BEGIN;\n{KEYS_SCHEMA}\nCOMMIT;")
+        self.db = Database(connect(path))
+        if not has_table(self.db.conn, "keys"):
+            with self.db.transaction() as tx:
+                tx.execute(KEYS_SCHEMA)
 
     def put(self, clip_id: str, key: bytes) -> None:
-        with _transaction(self.db):
-            self.db.execute("INSERT INTO keys (clip_id, key) VALUES (?, ?)", (clip_id, key))
+        with self.db.transaction() as tx:
+            tx.execute("INSERT INTO keys (clip_id, key) VALUES (?, ?)", (clip_id, key))
 
     def get(self, clip_id: str) -> bytes | None:
-        row = self.db.execute("SELECT key FROM keys WHERE clip_id = ?", (clip_id,)).fetchone()
+        row = self.db.one("SELECT key FROM keys WHERE clip_id = ?", (clip_id,))
         return None if row is None else bytes(row[0])
 
     def ids(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT clip_id FROM keys")}
+        return {r[0] for r in self.db.read("SELECT clip_id FROM keys")}
 
     def destroy(self, ids: list[str]) -> None:
         if ids:
-            with _transaction(self.db):
-                self.db.executemany("DELETE FROM keys WHERE clip_id = ?", [(i,) for i in ids])
+            with self.db.transaction() as tx:
+                tx.executemany("DELETE FROM keys WHERE clip_id = ?", [(i,) for i in ids])
+
+    def vacuum(self) -> None:
+        self.db.conn.execute("VACUUM")
+
+    def close(self) -> None:
+        self.db.close()
 
 
 class ClipStore:
+    """The one owner of clips, their keys, request records, nonces and settings. The upload queue
+    (`self.uploads`) owns its tables in the same index, so deletes and uploads meet in one commit."""
+
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.clips_dir = state_dir / "clips"
         self.quarantine_dir = state_dir / "quarantine"
-        self.recovered: tuple[Path, int] | None = None
-        """(where the corrupt index was moved, clips re-indexed) when the index had to be rebuilt."""
-        self._lock = threading.RLock()
         try:
             ensure_private_dir(state_dir)
             ensure_private_dir(self.clips_dir)
@@ -152,19 +147,20 @@ class ClipStore:
             self._lockfile = _open_lock(state_dir / LOCK_FILE)
             self.alone = _try_flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.keys = KeyStore(state_dir / "keys.sqlite")
-            self._db = self._open_index(state_dir / "index.sqlite")
+            self._index = Database(self._open_index(state_dir / "index.sqlite"))
+            self.uploads = UploadQueue(self._index)
             if self.alone:
                 self._sweep()
             fcntl.flock(self._lockfile, fcntl.LOCK_SH)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(
-                f"state directory '{state_dir}' is not usable: {_reason(exc)}; pass --state-dir "
+                f"state directory '{state_dir}' is not usable: {describe(exc)}; pass --state-dir "
                 "or set EDGE_RECORDER_STATE_DIR to a writable directory"
             ) from None
 
     def _open_index(self, path: Path) -> sqlite3.Connection:
         try:
-            db = _connect(path)
+            db = connect(path)
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("quick_check failed")
             if db.execute("PRAGMA user_version").fetchone()[0] == 0:
@@ -184,10 +180,9 @@ class ClipStore:
         Path(f"{path}-journal").unlink(missing_ok=True)
         log.error("the index %s is corrupt (%s): moved it to %s and rebuilt it from the clip files",
                   path, exc, aside.name)
-        db = _connect(path)
+        db = connect(path)
         db.executescript(f"BEGIN;\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
-        self._db = db
-        rebuilt = 0
+        rebuilding = Database(db)
         for f in sorted(self.clips_dir.glob(f"*{CLIP_SUFFIX}")):
             key = self.keys.get(f.stem)
             if key is None:
@@ -195,12 +190,10 @@ class ClipStore:
             try:
                 meta, _ = crypto.unseal(key, f.stem, f.read_bytes())
             except crypto.TamperedError:
-                self._quarantine(f.stem, f.name)
+                self._quarantine_file(f.stem, f.name)
                 continue
-            with _transaction(db):
-                self._insert_row(Clip(**meta, audio_file=f.name), key)
-            rebuilt += 1
-        self.recovered = (aside, rebuilt)
+            with rebuilding.transaction() as tx:
+                _insert_row(tx, Clip(**meta, audio_file=f.name), key)
         return db
 
     # -- adding -----------------------------------------------------------------------------------
@@ -218,43 +211,31 @@ class ClipStore:
         key = crypto.new_key()
         meta = {f: getattr(clip, f) for f in META_FIELDS}
         try:
-            with self._lock:
+            with self._index.lock:
                 atomic_write(self.clips_dir / clip.audio_file,
                              crypto.seal(key, cid, meta, wav_bytes(samples)), suffix=TEMP_SUFFIX)
                 self.keys.put(cid, key)
-                with self._transaction():
-                    self._insert_row(clip, key)
+                with self._index.transaction() as tx:
+                    _insert_row(tx, clip, key)
                     if eligible is not None and (scope := eligible()):
-                        self._db.execute(
-                            "INSERT INTO uploads (clip_id, state, scope) VALUES (?, 'queued', ?)",
-                            (cid, scope))
+                        self.uploads.enqueue(cid, scope)
         except (OSError, sqlite3.Error) as exc:
             (self.clips_dir / clip.audio_file).unlink(missing_ok=True)
             with contextlib.suppress(sqlite3.Error):  # best effort: the next sweep also removes it
                 self.keys.destroy([cid])
-            raise StoreError(f"could not store clip in '{self.state_dir}': {_reason(exc)}") from None
+            raise StoreError(f"could not store clip in '{self.state_dir}': {describe(exc)}") from None
         return clip
-
-    def _insert_row(self, clip: Clip, key: bytes) -> None:
-        values = {**asdict(clip), "transcript": crypto.seal_text(key, clip.id, clip.transcript)}
-        self._db.execute(
-            f"INSERT INTO clips ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-            [values[c] for c in COLUMNS])
 
     # -- reading ----------------------------------------------------------------------------------
     def all(self) -> list[Clip]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM clips ORDER BY recorded_at").fetchall()
-            return [self._clip(row) for row in rows]
+        rows = self._index.read(f"SELECT {', '.join(COLUMNS)} FROM clips ORDER BY recorded_at")
+        return [self._clip(row) for row in rows]
 
     def get(self, clip_id: str) -> Clip:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM clips WHERE id = ?", (clip_id,)
-            ).fetchone()
-            if row is None:
-                raise StoreError(f"no clip with id {clip_id!r}; `edge-recorder clips list` shows them")
-            return self._clip(row)
+        row = self._index.one(f"SELECT {', '.join(COLUMNS)} FROM clips WHERE id = ?", (clip_id,))
+        if row is None:
+            raise StoreError(f"no clip with id {clip_id!r}; `edge-recorder clips list` shows them")
+        return self._clip(row)
 
     def _clip(self, row: tuple[Any, ...]) -> Clip:
         values = dict(zip(COLUMNS, row, strict=True))
@@ -267,7 +248,7 @@ class ClipStore:
 
     def read_audio(self, clip: Clip) -> bytes:
         """The clip's WAV, decrypted and authenticated. A clip that fails is quarantined."""
-        with self._lock:
+        with self._index.lock:
             key = self.keys.get(clip.id)
             path = self.clips_dir / clip.audio_file
             try:
@@ -281,16 +262,20 @@ class ClipStore:
 
     def _quarantine(self, clip_id: str, filename: str) -> None:
         """Keep the bad file aside for inspection; its key and index row are destroyed."""
+        self._quarantine_file(clip_id, filename)
+        with self._index.transaction() as tx:
+            self.uploads.forget([clip_id], None, remote=False)
+            tx.execute("DELETE FROM clips WHERE id = ?", (clip_id,))
+        self.keys.destroy([clip_id])
+        log.error("clip %s failed authentication and was quarantined", clip_id)
+
+    def _quarantine_file(self, clip_id: str, filename: str) -> None:
         ensure_private_dir(self.quarantine_dir)
         src = self.clips_dir / filename
         if filename and src.exists():
             os.replace(src, self.quarantine_dir / filename)
             fsync_dir(self.clips_dir)
-        with self._transaction():
-            self._db.execute("DELETE FROM uploads WHERE clip_id = ?", (clip_id,))
-            self._db.execute("DELETE FROM clips WHERE id = ?", (clip_id,))
         self.keys.destroy([clip_id])
-        log.error("clip %s failed authentication and was quarantined", clip_id)
 
     def export(self, clip: Clip, dest: Path) -> Path:
         atomic_write(dest, self.read_audio(clip))
@@ -308,14 +293,13 @@ class ClipStore:
         return None
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM clips").fetchone()[0])
+        row = self._index.one("SELECT COUNT(*) FROM clips")
+        return int(row[0]) if row else 0
 
     def bytes_used(self) -> list[tuple[str, str, int]]:
         """(id, recorded_at, size of its file) for every clip, oldest first."""
-        with self._lock:
-            rows = self._db.execute("SELECT id, recorded_at, audio_file FROM clips ORDER BY recorded_at")
-            return [(cid, at, _size(self.clips_dir / f) if f else 0) for cid, at, f in rows]
+        rows = self._index.read("SELECT id, recorded_at, audio_file FROM clips ORDER BY recorded_at")
+        return [(cid, at, _size(self.clips_dir / f) if f else 0) for cid, at, f in rows]
 
     # -- deleting -------------------------------------------------------------------------------
     def delete(
@@ -327,55 +311,49 @@ class ClipStore:
 
         Durable when it returns: rows and the request record committed, then the keys destroyed
         (crypto-erase), then the files removed and the directory fsynced. A request_id seen before
-        returns its first result and deletes nothing new. With `remote`, uploaded copies are queued
-        for remote deletion. Returns {"ids", "not_found", "remote_pending", "replayed"}.
+        returns its first result and deletes nothing new. With `remote`, copies on the upload
+        server are queued for remote deletion. Returns {"ids", "not_found", "remote_pending",
+        "replayed"}.
         """
-        with self._lock:
-            with self._transaction():
-                if request_id and (done := self._request_result(request_id)) is not None:
-                    return {**done, "replayed": True}
-                found = self._select(ids, since, until, everything)
-                uploaded = self._uploaded_among([c.id for c in found]) if remote else []
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO remote_deletes (clip_id, request_id) VALUES (?, ?)",
-                    [(cid, request_id) for cid in uploaded])
-                self._db.executemany("DELETE FROM uploads WHERE clip_id = ?", [(c.id,) for c in found])
-                self._db.executemany("DELETE FROM clips WHERE id = ?", [(c.id,) for c in found])
-                result = {"ids": [c.id for c in found],
-                          "not_found": [i for i in ids or [] if i not in {c.id for c in found}],
-                          "remote_pending": uploaded}
-                if request_id:
-                    self._record_request(request_id, "delete", result)
-            self.keys.destroy([c.id for c in found])
-            self._remove_files([self.clips_dir / c.audio_file for c in found if c.audio_file])
+        with self._index.transaction() as tx:
+            if request_id and (done := self._request_result(request_id)) is not None:
+                return {**done, "replayed": True}
+            found = self._select(tx, ids, since, until, everything)
+            found_ids = [c.id for c in found]
+            pending = self.uploads.forget(found_ids, request_id, remote=remote)
+            tx.executemany("DELETE FROM clips WHERE id = ?", [(c,) for c in found_ids])
+            result = {"ids": found_ids,
+                      "not_found": [i for i in ids or [] if i not in set(found_ids)],
+                      "remote_pending": pending}
+            if request_id:
+                self._record_request(tx, request_id, "delete", result)
+        self.keys.destroy(found_ids)
+        self._remove_files([self.clips_dir / c.audio_file for c in found if c.audio_file])
         return {**result, "replayed": False}
 
     def forget_local_copy(self, clip_id: str) -> None:
         """After a confirmed upload with keep_local off: drop the audio and transcript here, keep
         the row (marked uploaded) so that a later delete can still reach the remote copy."""
-        with self._lock:
+        with self._index.lock:
             clip = self.get(clip_id)
-            with self._transaction():
-                self._db.execute("UPDATE clips SET audio_file = '', transcript = NULL WHERE id = ?",
-                                 (clip_id,))
+            with self._index.transaction() as tx:
+                tx.execute("UPDATE clips SET audio_file = '', transcript = NULL WHERE id = ?",
+                           (clip_id,))
             self._remove_files([self.clips_dir / clip.audio_file])
 
-    def _uploaded_among(self, ids: list[str]) -> list[str]:
-        return [i for i in ids if self._db.execute(
-            "SELECT 1 FROM uploads WHERE clip_id = ? AND state = 'uploaded'", (i,)).fetchone()]
-
-    def _select(self, ids: list[str] | None, since: datetime | None, until: datetime | None,
-                everything: bool) -> list[Clip]:
+    @staticmethod
+    def _select(tx: sqlite3.Connection, ids: list[str] | None, since: datetime | None,
+                until: datetime | None, everything: bool) -> list[Clip]:
         cols = ", ".join(COLUMNS)
         if everything:
-            rows = self._db.execute(f"SELECT {cols} FROM clips").fetchall()
+            rows = tx.execute(f"SELECT {cols} FROM clips").fetchall()
         elif ids is not None:
             rows = [r for i in dict.fromkeys(ids) for r in
-                    self._db.execute(f"SELECT {cols} FROM clips WHERE id = ?", (i,))]
+                    tx.execute(f"SELECT {cols} FROM clips WHERE id = ?", (i,))]
         else:
             lo = _iso(since) if since else ""
             hi = _iso(until) if until else "9999"
-            rows = self._db.execute(
+            rows = tx.execute(
                 f"SELECT {cols} FROM clips WHERE recorded_at >= ? AND recorded_at < ?", (lo, hi)
             ).fetchall()
         return [Clip(*r) for r in rows]
@@ -387,29 +365,31 @@ class ClipStore:
             fsync_dir(self.clips_dir)
 
     def wipe(self) -> int:
-        """Destroy every key, then every clip, the index and the quarantine. Returns clips wiped."""
-        with self._lock:
+        """Destroy every key, then every clip, the index and the quarantine. Remote deletes the
+        owner was told are pending are kept: they hold no audio. Returns clips wiped."""
+        with self._index.lock:
             n = self.count()
             self.keys.destroy(list(self.keys.ids()))
-            with self._transaction():
-                for table in ("clips", "uploads", "remote_deletes", "requests", "nonces", "settings"):
-                    self._db.execute(f"DELETE FROM {table}")
+            with self._index.transaction() as tx:
+                self.uploads.clear(keep_remote_deletes=True)
+                for table in ("clips", "requests", "nonces", "settings"):
+                    tx.execute(f"DELETE FROM {table}")
             for folder in (self.clips_dir, self.quarantine_dir):
                 if folder.exists():
                     self._remove_files(list(folder.iterdir()))
-            self._db.execute("VACUUM")
-            self.keys.db.execute("VACUUM")
+            self._index.conn.execute("VACUUM")
+            self.keys.vacuum()
         return n
 
     # -- requests, nonces, settings ---------------------------------------------------------------
     def _request_result(self, request_id: str) -> dict[str, Any] | None:
-        row = self._db.execute(
-            "SELECT result FROM requests WHERE request_id = ?", (request_id,)
-        ).fetchone()
+        row = self._index.one("SELECT result FROM requests WHERE request_id = ?", (request_id,))
         return None if row is None else dict(json.loads(row[0]))
 
-    def _record_request(self, request_id: str, kind: str, result: dict[str, Any]) -> None:
-        self._db.execute(
+    @staticmethod
+    def _record_request(tx: sqlite3.Connection, request_id: str, kind: str,
+                        result: dict[str, Any]) -> None:
+        tx.execute(
             "INSERT INTO requests (request_id, kind, result, done_at) VALUES (?, ?, ?, ?)",
             (request_id, kind, json.dumps(result), _iso(datetime.now(UTC))),
         )
@@ -417,44 +397,35 @@ class ClipStore:
     def use_nonce(self, nonce: str, window_s: float) -> bool:
         """Record a nonce; False if it was already used within the window (a replay)."""
         now = time.time()
-        with self._lock, self._transaction():
-            self._db.execute("DELETE FROM nonces WHERE seen_at < ?", (now - 2 * window_s,))
+        with self._index.transaction() as tx:
+            tx.execute("DELETE FROM nonces WHERE seen_at < ?", (now - 2 * window_s,))
             try:
-                self._db.execute("INSERT INTO nonces (nonce, seen_at) VALUES (?, ?)", (nonce, now))
+                tx.execute("INSERT INTO nonces (nonce, seen_at) VALUES (?, ?)", (nonce, now))
             except sqlite3.IntegrityError:
                 return False
         return True
 
     def setting(self, name: str, default: str) -> str:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        row = self._index.one("SELECT value FROM settings WHERE name = ?", (name,))
         return default if row is None else str(row[0])
 
     def set_setting(self, name: str, value: str) -> None:
-        with self._lock, self._transaction():
-            self._db.execute(
-                "INSERT INTO settings (name, value) VALUES (?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value))
+        with self._index.transaction() as tx:
+            tx.execute("INSERT INTO settings (name, value) VALUES (?, ?) "
+                       "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value))
 
-    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """For the upload queue: a read under the lock, without taking SQLite's write lock."""
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+    @contextmanager
+    def atomically(self) -> Iterator[None]:
+        """Everything the store and the upload queue change inside commits together, or not at all."""
+        with self._index.transaction():
+            yield
 
     # -- housekeeping ---------------------------------------------------------------------------
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """For the upload queue: the lock and one durable transaction on the index."""
-        with self._lock, self._transaction():
-            yield self._db
-
-    def _transaction(self) -> Any:
-        return _transaction(self._db)
-
     def _sweep(self) -> None:
         """Finish what a crash interrupted: pieces without an index row (files, keys, temp files)
         are removed; rows without their file or key are dropped. Writes nothing when all is well."""
-        rows = {r[0]: r[1] for r in self._db.execute("SELECT id, audio_file FROM clips")}
+        self.uploads.recover()
+        rows = {r[0]: r[1] for r in self._index.read("SELECT id, audio_file FROM clips")}
         known_files = {f for f in rows.values() if f}
         strays = [self.clips_dir / n for n in {p.name for p in self.clips_dir.iterdir()} - known_files]
         if strays:
@@ -467,17 +438,23 @@ class ClipStore:
                 if cid not in keys or (f and not (self.clips_dir / f).exists())]
         if lost:
             log.warning("dropping %d index row(s) whose audio or key is missing", len(lost))
-            with self._transaction():
-                self._db.executemany("DELETE FROM uploads WHERE clip_id = ?", [(i,) for i in lost])
-                self._db.executemany("DELETE FROM clips WHERE id = ?", [(i,) for i in lost])
+            with self._index.transaction() as tx:
+                self.uploads.forget(lost, None, remote=False)
+                tx.executemany("DELETE FROM clips WHERE id = ?", [(i,) for i in lost])
             self.keys.destroy(lost)
             self._remove_files([self.clips_dir / rows[i] for i in lost if rows[i]])
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-            self.keys.db.close()
+        with self._index.lock:
+            self._index.close()
+            self.keys.close()
             os.close(self._lockfile)
+
+
+def _insert_row(tx: sqlite3.Connection, clip: Clip, key: bytes) -> None:
+    values = {**asdict(clip), "transcript": crypto.seal_text(key, clip.id, clip.transcript)}
+    tx.execute(f"INSERT INTO clips ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+               [values[c] for c in COLUMNS])
 
 
 def _open_lock(path: Path) -> int:
@@ -496,32 +473,6 @@ def _try_flock(fd: int, operation: int) -> bool:
         return True
     except BlockingIOError:
         return False
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    if not path.exists():
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE))
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("PRAGMA secure_delete=ON")
-    return db
-
-
-def _has_table(db: sqlite3.Connection, name: str) -> bool:
-    row = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone()
-    return row is not None
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT (fsynced: synchronous=FULL), or ROLLBACK on error."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def _size(path: Path) -> int:
@@ -545,8 +496,3 @@ def wav_bytes(samples: np.ndarray) -> bytes:
         w.writeframes(samples.astype("<i2").tobytes())
     return buf.getvalue()
 
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
-    return str(exc)

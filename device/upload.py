@@ -25,18 +25,21 @@ from typing import Any
 import requests
 from urllib3.filepost import encode_multipart_formdata
 
-from device import __version__, consent
+from device import __version__, consent, events
 from device.config import UploadSettings
-from device.errors import StoreError
-from device.events import EventSink, event
+from device.errors import StoreError, describe
+from device.events import EventSink
 from device.files import read_secret
 from device.store import Clip, ClipStore
+from device.upload_queue import REMOTE_DELETE, UPLOAD
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
 CHUNK = 16 * 1024
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+MAX_RETRY_AFTER_S = 3600.0
+"""A server asking to wait longer than this (e.g. 1,157 days) is asked again after an hour."""
 DIGIT_RUN = re.compile(r"\d{4,}")
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
 
@@ -101,21 +104,26 @@ class Outcome:
 def classify(resp: requests.Response) -> Outcome:
     if 200 <= resp.status_code < 300:
         return Outcome(True)
+    if 300 <= resp.status_code < 400:
+        where = resp.headers.get("Location", "nowhere")
+        return Outcome(False, f"permanent: HTTP {resp.status_code}: the endpoint redirects to {where}; "
+                              "redirects are never followed, set upload.url to the final address")
     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
     permanent = resp.status_code not in RETRYABLE_STATUS
     return Outcome(False, f"{'permanent: ' if permanent else ''}HTTP {resp.status_code}", retry_after)
 
 
 def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait, from either form of the header, capped at MAX_RETRY_AFTER_S."""
     if not value:
         return None
     if value.strip().isdigit():
-        return float(value)
+        return min(float(value), MAX_RETRY_AFTER_S)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return min(MAX_RETRY_AFTER_S, max(0.0, (when - datetime.now(UTC)).total_seconds()))
 
 
 class Uploader:
@@ -124,16 +132,14 @@ class Uploader:
         self.settings = settings
         self.url = settings.url.rstrip("/")
         self._store = store
+        self._queue = store.uploads
         self._events = events
         self._token = settings.token or read_secret(settings.token_file, "upload.token")
         self._stop = threading.Event()
-        self._wake = threading.Event()
         self._lock = threading.Lock()
         self._inflight: set[str] = set()
         self._session = requests.Session()
-        # Passed on every request: requests lets REQUESTS_CA_BUNDLE override Session.verify, which
-        # would silently ignore the owner's upload.ca_file.
-        self._verify: bool | str = (settings.ca_file or True) if settings.verify else False
+        self._verify = verify_setting(settings)
         self._threads = [
             threading.Thread(target=self._work, name=f"uploader-{i}", daemon=True)
             for i in range(settings.concurrency)
@@ -146,7 +152,7 @@ class Uploader:
 
     def close(self) -> None:
         self._stop.set()
-        self._wake.set()
+        self._queue.wake()
         for t in self._threads:
             if t.is_alive():
                 t.join()
@@ -155,61 +161,31 @@ class Uploader:
     # -- scheduling -------------------------------------------------------------------------------
     def _work(self) -> None:
         while not self._stop.is_set():
-            job = self._claim()
+            with self._lock:  # the in-flight set and the pick are one step
+                job = self._queue.claim(self._inflight)
+                if job is not None:
+                    self._inflight.add(job[1])
             if job is None:
-                self._wake.wait(POLL_S)
-                self._wake.clear()
+                self._queue.wait(POLL_S)
                 continue
             kind, clip_id = job
             try:
-                if kind == "upload":
+                if kind == UPLOAD:
                     self._upload(clip_id)
                 else:
                     self._remote_delete(clip_id)
             except Exception:  # a worker must outlive any one job
                 log.exception("uploads: %s of %s failed unexpectedly", kind, clip_id)
-                self._reschedule("uploads" if kind == "upload" else "remote_deletes", clip_id, None)
+                self._queue.retry_later(kind, clip_id, self._backoff_s)
             finally:
                 with self._lock:
                     self._inflight.discard(clip_id)
-
-    def _claim(self) -> tuple[str, str] | None:
-        now = time.time()
-        with self._lock:  # the in-flight set and the pick are one step; the index is only read
-            busy = list(self._inflight) or [""]
-            marks = ",".join("?" * len(busy))
-            for kind, sql in (
-                (
-                    "delete",
-                    f"SELECT clip_id FROM remote_deletes WHERE next_at <= ? "
-                    f"AND clip_id NOT IN ({marks}) ORDER BY next_at LIMIT 1",
-                ),
-                (
-                    "upload",
-                    f"SELECT clip_id FROM uploads WHERE state = 'queued' AND next_at <= ? "
-                    f"AND clip_id NOT IN ({marks}) ORDER BY next_at LIMIT 1",
-                ),
-            ):
-                rows = self._store.read(sql, (now, *busy))
-                if rows:
-                    self._inflight.add(rows[0][0])
-                    return kind, rows[0][0]
-        return None
 
     def _backoff_s(self, attempts: int) -> float:
         s = self.settings
         return min(s.backoff_max_s, s.backoff_initial_s * 2 ** max(0, attempts - 1)) * random.uniform(
             0.5, 1.0
         )
-
-    def _reschedule(self, table: str, clip_id: str, retry_after_s: float | None) -> int:
-        with self._store.transaction() as db:
-            db.execute(f"UPDATE {table} SET attempts = attempts + 1 WHERE clip_id = ?", (clip_id,))
-            row = db.execute(f"SELECT attempts FROM {table} WHERE clip_id = ?", (clip_id,)).fetchone()
-            attempts = row[0] if row else 0
-            delay = retry_after_s if retry_after_s is not None else self._backoff_s(attempts)
-            db.execute(f"UPDATE {table} SET next_at = ? WHERE clip_id = ?", (time.time() + delay, clip_id))
-        return int(attempts)
 
     # -- uploads ----------------------------------------------------------------------------------
     def _upload(self, clip_id: str) -> None:
@@ -238,92 +214,92 @@ class Uploader:
         )
         headers = {"Content-Type": content_type, "Idempotency-Key": clip.id, **self._auth()}
         try:
-            resp = self._session.post(
-                self.url, data=gated, headers=headers, timeout=self.settings.timeout_s, verify=self._verify
-            )
+            resp = self._session.post(self.url, data=gated, headers=headers, **self._request_options())
             outcome = classify(resp)
         except (requests.RequestException, Withdrawn) as exc:
             if gated.withdrawn:
                 self._finish(clip_id, "withheld", "consent was revoked during the upload")
                 return
-            outcome = Outcome(False, _short(exc))
+            outcome = Outcome(False, describe(exc, with_type=True))
         if outcome.done:
             self._uploaded(clip)
-        elif (
-            outcome.reason.startswith("permanent")
-            or self._reschedule("uploads", clip_id, outcome.retry_after_s) >= self.settings.max_attempts
-        ):
+        elif outcome.reason.startswith("permanent") or self._queue.retry_later(
+            UPLOAD, clip_id, self._delay(outcome.retry_after_s)
+        ) >= self.settings.max_attempts:
             self._finish(clip_id, "failed", outcome.reason)
         else:
             log.info("uploads: %s will be retried (%s)", clip_id, outcome.reason)
 
+    def _delay(self, retry_after_s: float | None) -> Callable[[int], float]:
+        if retry_after_s is not None:
+            return lambda attempts: retry_after_s
+        return self._backoff_s
+
     def _effective_scope(self, clip_id: str) -> set[str] | None:
         """What may be sent now: the clip's recorded scope, narrowed by consent as it is now."""
         now = consent.read(self._store).covers
-        rows = self._store.read(
-            "SELECT scope FROM uploads WHERE clip_id = ? AND state = 'queued'", (clip_id,)
-        )
-        if not rows or now is None:
+        recorded = self._queue.scope(clip_id)
+        if recorded is None or now is None:
             return None
-        return set(rows[0][0].split(",")) & set(now.split(","))
+        return recorded & set(now.split(","))
 
     def _uploaded(self, clip: Clip) -> None:
-        with self._store.transaction() as db:
-            db.execute(
-                "UPDATE uploads SET state = 'uploaded', last_error = NULL WHERE clip_id = ?", (clip.id,)
-            )
+        if not self._queue.uploaded(clip.id):
+            log.warning("uploads: %s was deleted while it was being sent; its remote delete is "
+                        "queued", clip.id)
+            return
         if not self.settings.keep_local:
             self._store.forget_local_copy(clip.id)
         log.info("uploads: %s uploaded", clip.id)
-        self._events.emit(event("upload", id=clip.id, status="uploaded"))
+        self._events.emit(events.Upload(id=clip.id, status="uploaded"))
 
     def _finish(self, clip_id: str, status: str, reason: str) -> None:
-        with self._store.transaction() as db:
-            if status == "withheld":
-                db.execute("DELETE FROM uploads WHERE clip_id = ?", (clip_id,))
-            else:
-                db.execute(
-                    "UPDATE uploads SET state = ?, last_error = ? WHERE clip_id = ?",
-                    (status, reason, clip_id),
-                )
+        if status == "withheld":
+            self._queue.withhold(clip_id)
+        else:
+            self._queue.failed(clip_id, reason)
         log.warning("uploads: %s %s: %s", clip_id, status, reason)
-        self._events.emit(event("upload", id=clip_id, status=status, reason=reason))
+        self._events.emit(events.Upload(id=clip_id, status=status, reason=reason))
 
     # -- remote deletes ---------------------------------------------------------------------------
     def _remote_delete(self, clip_id: str) -> None:
         try:
-            resp = self._session.delete(
-                f"{self.url}/{clip_id}",
-                headers=self._auth(),
-                timeout=self.settings.timeout_s,
-                verify=self._verify,
-            )
+            resp = self._session.delete(f"{self.url}/{clip_id}", headers=self._auth(),
+                                        **self._request_options())
             confirmed = 200 <= resp.status_code < 300 or resp.status_code == 404
-            reason = f"HTTP {resp.status_code}"
+            reason = classify(resp).reason
         except requests.RequestException as exc:
-            confirmed, reason = False, _short(exc)
+            confirmed, reason = False, describe(exc, with_type=True)
         if not confirmed:
             log.info("uploads: remote delete of %s will be retried (%s)", clip_id, reason)
-            self._reschedule("remote_deletes", clip_id, None)
+            self._queue.retry_later(REMOTE_DELETE, clip_id, self._backoff_s)
             return
-        with self._store.transaction() as db:
-            row = db.execute("SELECT request_id FROM remote_deletes WHERE clip_id = ?", (clip_id,)).fetchone()
-            db.execute("DELETE FROM remote_deletes WHERE clip_id = ?", (clip_id,))
+        _, request_id = self._queue.remote_deleted(clip_id)
         log.info("uploads: remote copy of %s deleted", clip_id)
-        self._events.emit(
-            event(
-                "deleted",
-                request_id=row[0] if row else None,
-                ids=[],
-                not_found=[],
-                remote={"status": "confirmed", "confirmed": [clip_id]},
-            )
-        )
+        self._events.emit(events.Deleted(
+            request_id=request_id, ids=(), not_found=(), reason="command",
+            remote=events.Remote("confirmed", confirmed=(clip_id,)),
+        ))
+
+    def _request_options(self) -> dict[str, Any]:
+        # verify is passed on every request: requests lets REQUESTS_CA_BUNDLE override
+        # Session.verify, which would silently ignore the owner's upload.ca_file. Redirects are
+        # never followed: a 3xx could send the clip (or its id) somewhere the owner did not choose.
+        return {"timeout": self.settings.timeout_s, "verify": self._verify, "allow_redirects": False}
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text.splitlines()[0][:160]}"
+def verify_setting(settings: UploadSettings) -> bool | str:
+    return (settings.ca_file or True) if settings.verify else False
+
+
+def probe(settings: UploadSettings, timeout_s: float) -> tuple[bool, str]:
+    """For `doctor`: reach the endpoint over HTTPS with an OPTIONS request; nothing is sent."""
+    try:
+        resp = requests.options(str(settings.url), timeout=timeout_s, verify=verify_setting(settings),
+                                allow_redirects=False)
+    except requests.RequestException as exc:
+        return False, f"cannot reach {settings.url}: {type(exc).__name__}"
+    return True, f"{settings.url} answers over HTTPS (HTTP {resp.status_code}); nothing was sent"

@@ -1,12 +1,15 @@
 """Wake-word detection with openWakeWord on the ai-edge-litert TFLite runtime.
 
-Two imports of openwakeword are redirected before it loads:
+Three imports of openwakeword are redirected before it loads:
 - `tflite_runtime.interpreter`: tflite-runtime cannot import beside NumPy 2 and has no wheels for
   Python 3.12+. ai-edge-litert is its successor with the same Interpreter API.
 - `onnxruntime`: openwakeword imports it at package import for its optional Silero VAD and ONNX
   models, which edge-recorder never uses. onnxruntime (1.2x+) queues telemetry on import, with a
   hashed device id, OS and CPU, in ~/.cache/Microsoft. It is not a dependency, and an inert stand-in
   satisfies the import so that it never loads even where it happens to be installed.
+- `openwakeword.custom_verifier_model`: imported by the package for training custom verifiers; it
+  pulls in scikit-learn and SciPy (about 110 MB and 1.6 s of every start). A stand-in loads the real
+  module only when a verifier is actually trained.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from device import OPENWAKEWORD_REQUIREMENT
 from device.config import WakeSettings
 from device.errors import ModelError
 from device.models import FEATURE_FILES, ModelStore
@@ -41,7 +45,8 @@ def use_litert_as_tflite_runtime() -> None:
     try:
         from ai_edge_litert import interpreter
     except ImportError as exc:
-        raise ModelError(f"ai-edge-litert is not installed ({exc}); run scripts/setup") from None
+        raise ModelError(f"ai-edge-litert is not installed ({exc}); run: {sys.executable} -m pip "
+                         "install ai-edge-litert") from None
     package = types.ModuleType("tflite_runtime")
     package.interpreter = interpreter  # type: ignore[attr-defined]
     sys.modules["tflite_runtime"] = package
@@ -63,17 +68,55 @@ def keep_onnxruntime_out() -> None:
     sys.modules.setdefault("onnxruntime", _NoOnnxRuntime("onnxruntime"))
 
 
+VERIFIER_MODULE = "openwakeword.custom_verifier_model"
+
+
+def _real_verifier_module() -> Any:
+    import importlib
+
+    sys.modules.pop(VERIFIER_MODULE, None)
+    return importlib.import_module(VERIFIER_MODULE)
+
+
+class _LazyVerifierModule(types.ModuleType):
+    """Stands in for openwakeword's verifier-training module until it is really used. The package
+    imports `train_custom_verifier` from it at import time: that name is a wrapper here."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+
+        def train_custom_verifier(*args: Any, **kwargs: Any) -> Any:
+            return _real_verifier_module().train_custom_verifier(*args, **kwargs)
+
+        self.train_custom_verifier = train_custom_verifier
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(_real_verifier_module(), name)
+
+
+def defer_verifier_imports() -> None:
+    """Keep scikit-learn and SciPy out of every start: openwakeword imports them only to train."""
+    sys.modules.setdefault(VERIFIER_MODULE, _LazyVerifierModule(VERIFIER_MODULE))
+
+
+def install_hint() -> str:
+    """The exact command that installs openwakeword into the Python running now."""
+    return (f"{sys.executable} -m pip install --no-deps '{OPENWAKEWORD_REQUIREMENT}' (its metadata "
+            "requires tflite-runtime, which edge-recorder replaces with ai-edge-litert)")
+
+
 def load_openwakeword_model(wake_paths: list[str], store: ModelStore) -> Any:
     """An `openwakeword.model.Model` over verified files, on ai-edge-litert."""
     use_litert_as_tflite_runtime()
     keep_onnxruntime_out()
+    defer_verifier_imports()
     try:
         from openwakeword.model import Model
-    except ImportError as exc:
-        raise ModelError(
-            f"openwakeword is not installed ({exc}); run scripts/setup, which installs "
-            "openwakeword==0.6.0 without its tflite-runtime requirement"
-        ) from None
+    except ImportError:
+        raise ModelError(f"openwakeword is not installed in this environment; run: {install_hint()}"
+                         ) from None
     melspec = store.verified_file(FEATURE_FILES["melspectrogram"])
     embedding = store.verified_file(FEATURE_FILES["embedding"])
     try:

@@ -33,6 +33,7 @@ import soundfile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from device import events as ev  # noqa: E402
 from device.asr import NoTranscriber, Transcriber, VoskTranscriber  # noqa: E402
 from device.audio import WavSource  # noqa: E402
 from device.config import Settings  # noqa: E402
@@ -128,7 +129,8 @@ def bench_listening(frames: list[Frame], models: ModelStore, rounds: int, tmp: P
         piped.append(cpu_of(lambda lst=listener: [lst.step(f) for f in frames]))
         writer.close()
         indicator.close()
-        assert not [e for e in events if e["type"] == "wake"], "listening audio woke the pipeline"
+        listener.events.flush()
+        assert not [e for e in events if e.type == "wake"], "listening audio woke the pipeline"
     audio_s = len(frames) * FRAME / 16000
     b, p = statistics.median(bare), statistics.median(piped)
     return {"listen_audio_s": round(audio_s, 1), "bare_oww_cpu_s": round(b, 3),
@@ -150,7 +152,8 @@ def bench_light_latency(models: ModelStore, tmp: Path) -> dict[str, Any]:
     listener.run(threading.Event())
     writer.close()
     indicator.close()
-    on = next(e["t"] for e in events if e.get("state") == "recording")
+    listener.events.flush()
+    on = next(e.t for e in events if isinstance(e, ev.Indicator) and e.state == "recording")
     frame_s = FRAME / 16000
     return {"wake_end_s": round(wake_end_s, 3), "bare_oww_detect_s": round(bare_hit, 3),
             "light_on_s": on, "wake_to_light_frames": round((on - wake_end_s) / frame_s, 2),

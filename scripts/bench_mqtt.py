@@ -30,10 +30,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from device.commands import Controller, MuteState  # noqa: E402
+from device.commands import Controller  # noqa: E402
 from device.config import MqttSettings  # noqa: E402
 from device.events import EventSink  # noqa: E402
 from device.mqtt import MqttControl, set_nodelay  # noqa: E402
+from device.mute import MuteState  # noqa: E402
 from device.store import COLUMNS, ClipStore, wav_bytes  # noqa: E402
 
 TIMEOUT_S = 60
@@ -122,8 +123,8 @@ def fill(store: ClipStore, n: int) -> None:
         (store.clips_dir / f"{cid}.wav").write_bytes(audio)
         rows.append((cid, f"2026-01-01T00:00:{i % 60:02d}.000+00:00", 0.0, 0.08, "hey_jarvis", 0.9,
                      None, 16000, f"{cid}.wav"))
-    with store._lock, store._transaction():
-        store._db.executemany(
+    with store._index.transaction() as tx:
+        tx.executemany(
             f"INSERT INTO clips ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
             rows)
 

@@ -70,9 +70,9 @@ VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$SRC/pyproject.toml")
 if [ "$("$PREFIX/venv/bin/edge-recorder" --version 2>/dev/null)" = "edge-recorder $VERSION" ]; then
   done_already "edge-recorder $VERSION installed"
 else
-  # openwakeword's metadata requires tflite-runtime (broken beside NumPy 2): install it without deps.
-  run "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check --no-deps "openwakeword==0.6.0"
   run "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check "${SRC}[pi]"
+  # openwakeword's metadata requires tflite-runtime (broken beside NumPy 2): pinned, without deps.
+  run "$SRC/scripts/openwakeword-install" "$PREFIX/venv/bin/python"
 fi
 
 step "State directory $STATE (0700, owned by $USER_NAME)"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from device import cli, wake
 from tests.upload_server import UploadServer, make_test_tls
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +39,30 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr
     return root
+
+
+REAL_LOAD_OPENWAKEWORD = wake.load_openwakeword_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _models_loaded_once() -> Iterator[None]:
+    """The real openWakeWord models are loaded once per session and reset before each reuse (as
+    wyoming-openwakeword's tests do): a reset model is in the state of a freshly loaded one."""
+    cache: dict[tuple[str, ...], object] = {}
+    load = REAL_LOAD_OPENWAKEWORD
+
+    def cached(wake_paths: list[str], store: object) -> object:
+        key = (*wake_paths, str(getattr(store, "root", "")))
+        if key not in cache:
+            cache[key] = load(wake_paths, store)  # type: ignore[arg-type]
+        model = cache[key]
+        model.reset()  # type: ignore[attr-defined]
+        return model
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(wake, "load_openwakeword_model", cached)
+    yield
+    patch.undo()
 
 
 @pytest.fixture(autouse=True)
@@ -94,12 +122,32 @@ def concat_wavs(out: Path, *parts: Path, gap_s: float = 0.0) -> Path:
     return out
 
 
-def run_cli(*args: str, timeout: float = 180, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    """The real console entry point in a subprocess, with the test's environment."""
+def spawn_cli(*args: str, timeout: float = 180, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """The real console script in a subprocess, with the test's environment: for what only a
+    process shows (exit codes of a fresh start, signals, resource limits, stdin)."""
     return subprocess.run(
         [str(ENTRY_POINT), *args],
         capture_output=True, text=True, timeout=timeout, env=dict(os.environ), **kwargs,  # type: ignore[call-overload]
     )
+
+
+def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """The CLI's `main()` in this process (same argument parsing, output and exit code as the
+    console script, without a cold start), bounded by `timeout` like a subprocess would be."""
+    out, err = io.StringIO(), io.StringIO()
+    result: dict[str, int] = {}
+
+    def call() -> None:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            result["code"] = cli.main(list(args))
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise AssertionError(f"edge-recorder {' '.join(args)} did not finish in {timeout} s")
+    return subprocess.CompletedProcess(["edge-recorder", *args], result.get("code", 1),
+                                       out.getvalue(), err.getvalue())
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:

@@ -28,8 +28,20 @@ def jamo_overlap(spoken: str, heard: str) -> float:
     return sum(min(a.count(c), b.count(c)) for c in set(a)) / len(a)
 
 
+@pytest.fixture
+def own_models(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The session's wake-word files in a models directory of this test's own, so the Vosk model
+    it registers stays out of every other test."""
+    root = tmp_path / "models"
+    root.mkdir()
+    for f in models_dir.iterdir():
+        (root / f.name).symlink_to(f)
+    monkeypatch.setenv("EDGE_RECORDER_MODELS_DIR", str(root))
+    return root
+
+
 def test_register_a_vosk_model_and_transcribe_korean_after_the_wake_word(
-    with_models: Path, speech: Callable[..., Path], tmp_path: Path
+    own_models: Path, speech: Callable[..., Path], tmp_path: Path
 ) -> None:
     reg = run_cli("models", "fetch", "--vosk-model", str(korean_model_dir()))
     assert reg.returncode == 0, reg.stderr

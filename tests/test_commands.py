@@ -20,11 +20,12 @@ from device.commands import (
     CommandError,
     Controller,
     DeleteCommand,
-    MuteState,
     Signing,
+    error_event,
     parse,
     sign,
 )
+from device.mute import MuteState
 from device.store import ClipStore
 
 NOW = datetime.now(UTC)
@@ -49,9 +50,10 @@ def run(store: ClipStore, payload: Any, kind: str = "delete", mute: MuteState | 
         signing: Signing | None = None) -> dict[str, Any]:
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     try:
-        return Controller(store, mute or MuteState()).execute(parse(kind, raw, signing, store))
+        reply = Controller(store, mute or MuteState()).execute(parse(kind, raw, signing, store))
     except CommandError as exc:
-        return exc.to_event()
+        reply = error_event(exc)
+    return reply.to_dict()
 
 
 @pytest.fixture
@@ -64,7 +66,9 @@ def test_delete_by_ids(store: ClipStore) -> None:
     missing = "f" * 32
     reply = run(store, {"request_id": "r1", "ids": [a, c, missing]})
     assert reply == {"type": "deleted", "request_id": "r1", "ids": [a, c], "not_found": [missing],
-                     "remote": {"status": "none_uploaded"}}
+                     "reason": "command",
+                     "remote": {"status": "none_uploaded", "pending": [], "confirmed": []},
+                     "replayed": False}
     assert on_disk(store) == indexed(store) == {b}
 
 
@@ -88,7 +92,8 @@ def test_same_request_id_returns_the_same_result_and_deletes_nothing_new(store: 
     first = add_clip(store)
     reply = run(store, {"request_id": "again", "all": True})
     later = add_clip(store)
-    assert run(store, {"request_id": "again", "all": True}) == reply
+    again = run(store, {"request_id": "again", "all": True})
+    assert again["replayed"] is True and {**again, "replayed": False} == reply
     assert reply["ids"] == [first] and indexed(store) == {later}
 
 
@@ -231,10 +236,11 @@ def test_fuzzed_payloads_never_crash_or_delete_without_a_valid_command(tmp_path:
             assert exc.code and str(exc)
             assert indexed(store) == on_disk(store) == before
             return
-        reply = Controller(store, mute).execute(command)
+        reply = Controller(store, mute).execute(command).to_dict()
         deleted = before - indexed(store)
         if isinstance(command, DeleteCommand) and command.request_id in first_replies:
-            assert reply == first_replies[command.request_id] and deleted == set()  # a replay
+            assert {**reply, "replayed": False} == first_replies[command.request_id]  # a replay
+            assert reply["replayed"] is True and deleted == set()
         elif isinstance(command, DeleteCommand):
             seen["valid_deletes"] += 1
             first_replies[command.request_id] = reply

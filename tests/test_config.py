@@ -57,3 +57,13 @@ def test_state_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.delenv("INVOCATION_ID")
     monkeypatch.delenv("STATE_DIRECTORY")
     assert resolve_state_dir(None) == tmp_path / "home" / "data" / "edge-recorder"
+
+
+@pytest.mark.parametrize("name", ["example-broker-tls.toml", "example-uploads.toml"])
+def test_example_configs_load_and_set_what_they_show(name: str) -> None:
+    settings = load_settings(ROOT / "config" / name)
+    assert settings != Settings()
+    if "broker" in name:
+        assert settings.mqtt.tls.enabled and settings.mqtt.host and settings.mqtt.password_file
+    else:
+        assert settings.upload.url and settings.upload.url.startswith("https://")

@@ -1,4 +1,6 @@
-"""SIGKILL at random points while clips are written, deleted, swept and uploaded (issue 5)."""
+"""SIGKILL at random points while clips are written, deleted, swept and uploaded (issue 5).
+
+The suite runs a few cycles of the harness; `scripts/soak-crash` runs the same harness for 500."""
 
 from __future__ import annotations
 
@@ -8,10 +10,10 @@ from pathlib import Path
 from tests.conftest import WAKE_SENTENCE, concat_wavs
 from tests.crash_harness import run_cycles
 
-CYCLES = 20
+CYCLES = 6
 
 
-def test_no_invariant_breaks_across_20_random_kills(
+def test_no_invariant_breaks_across_random_kills(
     with_models: Path, speech: Callable[..., Path], tmp_path: Path, tls_material: dict[str, Path]
 ) -> None:
     one = speech(WAKE_SENTENCE)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PLAIN_SENTENCE, Broker, run_cli
+from tests.conftest import PLAIN_SENTENCE, Broker, spawn_cli
 from tests.test_capture import file_mic
 from tests.upload_server import UploadServer
 
@@ -30,7 +30,8 @@ def healthy(with_models: Path, speech: Callable[..., Path], tmp_path: Path, brok
 def doctor(tmp_path: Path, sections: dict[str, str]) -> tuple[int, str]:
     cfg = tmp_path / "doctor.toml"
     cfg.write_text("\n".join(f"[{name}]\n{body}" for name, body in sections.items()) + "\n")
-    proc = run_cli("doctor", "--config", str(cfg), timeout=120)
+    proc = spawn_cli("doctor", "--config", str(cfg), timeout=120)  # PortAudio reads the test's ALSA
+    # configuration when it starts: a fresh process
     assert "Traceback" not in proc.stdout + proc.stderr
     return proc.returncode, proc.stdout
 

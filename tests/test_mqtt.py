@@ -4,6 +4,7 @@ client playing the owner's Home Assistant."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 import tomllib
@@ -15,10 +16,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device.commands import Controller, MuteState, sign
+from device import events
+from device.commands import Controller, sign
 from device.config import MqttSettings, Settings
-from device.events import EventSink, event
+from device.events import EventSink
 from device.mqtt import MqttControl
+from device.mute import MuteState
 from device.store import ClipStore
 from tests.conftest import MQTT_PASSWORD, MQTT_USER, Broker, wait_until
 from tests.test_commands import add_clip, indexed, on_disk
@@ -118,7 +121,7 @@ def test_delete_is_acknowledged_after_it_is_done_and_status_follows(
     wait_until(lambda: [t for t, _ in owner.messages if t == "status"], WAIT_S, "no status")
     owner.send("delete", {"request_id": "r1", "ids": [a]})
     reply = owner.reply("evt/deleted", "r1")
-    assert reply["ids"] == [a] and reply["remote"] == {"status": "none_uploaded"}
+    assert reply["ids"] == [a] and reply["remote"]["status"] == "none_uploaded"
     assert indexed(speaker.store) == on_disk(speaker.store) == {b}
     wait_until(lambda: owner.status().get("clips") == 1, WAIT_S, "status did not follow")
     assert owner.status()["online"] is True
@@ -151,12 +154,12 @@ def test_bad_input_gets_an_error_reply_and_changes_nothing(speaker: Speaker, own
 
 
 def test_clip_announcements_carry_metadata_only(speaker: Speaker, owner: Owner) -> None:
-    speaker.events.emit(event("clip", t=3.9, id="c" * 32, start=1.9, end=3.9,
-                              wake_word="hey_jarvis", transcript="my bank pin is 1234"))
+    speaker.events.emit(events.Clip(t=3.9, id="c" * 32, start=1.9, end=3.9,
+                                    wake_word="hey_jarvis", transcript="my bank pin is 1234"))
     wait_until(lambda: owner.replies("evt/clip"), WAIT_S, "no evt/clip")
     [clip] = owner.replies("evt/clip")
     assert clip == {"type": "clip", "t": 3.9, "id": "c" * 32, "start": 1.9, "end": 3.9,
-                    "wake_word": "hey_jarvis"}
+                    "wake_word": "hey_jarvis", "transcript": None}  # one shape; no transcript
 
 
 def test_a_delete_sent_while_the_speaker_is_offline_runs_when_it_returns(
@@ -192,7 +195,8 @@ def test_broker_restart_mid_burst_loses_nothing_and_runs_nothing_twice(
         if not replies:  # the reply itself may have been in flight during the restart
             continue
         assert all(r["ids"] == [clip] for r in replies)  # a redelivery replays, never re-runs
-    rows = speaker.store._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    index = sqlite3.connect(speaker.store.state_dir / "index.sqlite")  # the evidence on disk
+    rows = index.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
     assert rows == len(clips) and on_disk(speaker.store) == set()
 
 

@@ -15,11 +15,13 @@ from gpiozero.pins.mock import MockFactory, MockPin
 from device.app import run_pipeline
 from device.audio import WavSource
 from device.config import Settings
-from device.events import Event, EventSink
+from device.events import EventSink
 from device.frames import Frame
 from device.pipeline import Counters
 from device.store import ClipStore
 from tests.conftest import PLAIN_SENTENCE, WAKE_SENTENCE, read_wav
+
+Event = dict[str, Any]  # events as their JSON objects
 
 PIN = "GPIO17"
 
@@ -54,7 +56,7 @@ def simulate(path: Path, state_dir: Path, factory: MockFactory,
              settings: Settings | None = None) -> tuple[list[Event], WatchedSource, Counters]:
     events: list[Event] = []
     sink = EventSink()
-    sink.subscribe(events.append)
+    sink.subscribe(lambda e: events.append(e.to_dict()))
     source = WatchedSource(path, factory)
     counters = run_pipeline(settings or Settings(), state_dir, lambda: source, sink, factory,
                             threading.Event())

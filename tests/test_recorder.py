@@ -72,7 +72,7 @@ def test_frames_captured_before_the_light_was_confirmed_are_never_kept() -> None
     for i in (4, 5):
         assert rec.on_frame(frame(i), {"w": 0.0}, True) is None
     rec.on_frame(frame(6), {"w": 0.0}, True)
-    assert [f.start for f in rec.recording_frames] == [frame(6).start]
+    assert [f.start for f in rec.take_kept()] == [frame(6).start]
 
 
 def test_a_wake_without_speech_is_discarded_after_the_speech_timeout() -> None:

@@ -18,11 +18,12 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from device.app import run_pipeline
-from device.commands import Controller, MuteCommand, MuteState
+from device.commands import Controller, MuteCommand
 from device.config import Settings
 from device.errors import AudioError
 from device.events import Event, EventSink
 from device.frames import Frame
+from device.mute import MuteState
 from device.service import Notifier, Watchdog
 from device.store import ClipStore
 from tests.conftest import ENTRY_POINT, PLAIN_SENTENCE, wait_until
@@ -138,7 +139,7 @@ def run_listener(state_dir: Path, open_source: Callable[[], object], settings: S
                  ) -> tuple[list[Event], threading.Thread]:
     events: list[Event] = []
     sink = EventSink()
-    sink.subscribe(events.append)
+    sink.subscribe(lambda e: events.append(e.to_dict()))
     t = threading.Thread(target=run_pipeline, args=(settings, state_dir, open_source, sink, factory,
                                                     stop), kwargs={"retry_source": True, "mute": mute})
     t.start()

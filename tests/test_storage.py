@@ -9,16 +9,19 @@ import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from device import crypto
 from device.config import RetentionSettings
-from device.events import Event, EventSink
+from device.events import EventSink
 from device.retention import sweep
 from device.store import ClipStore
-from tests.conftest import WAKE_SENTENCE, concat_wavs, run_cli
+from tests.conftest import WAKE_SENTENCE, concat_wavs, run_cli, spawn_cli
 from tests.test_commands import add_clip, indexed, on_disk
+
+Event = dict[str, Any]  # events as their JSON objects
 
 
 def db_bytes(state_dir: Path) -> bytes:
@@ -112,7 +115,7 @@ def test_retention_by_age_and_by_bytes_oldest_first(state_dir: Path) -> None:
     size = max(s for _, _, s in store.bytes_used())
     events: list[Event] = []
     sink = EventSink()
-    sink.subscribe(events.append)
+    sink.subscribe(lambda e: events.append(e.to_dict()))
     deleted = sweep(store, RetentionSettings(max_age="7d", max_bytes=max(1 << 20, 2 * size)), sink)
     assert deleted == [old]
     tight = RetentionSettings(max_age="7d", max_bytes=1 << 20)
@@ -139,7 +142,7 @@ def test_wipe(state_dir: Path) -> None:
     ids = {add_clip(store) for _ in range(3)}
     keys = [store.keys.get(i) for i in ids]
     store.close()
-    no_tty = run_cli("wipe", stdin=subprocess.DEVNULL)
+    no_tty = spawn_cli("wipe", stdin=subprocess.DEVNULL)
     assert no_tty.returncode == 2 and "--yes" in no_tty.stderr
     proc = run_cli("wipe", "--yes")
     assert proc.returncode == 0 and "wiped 3 clip(s)" in proc.stdout
@@ -233,7 +236,7 @@ def test_full_disk_fails_at_the_os_level(
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
-    proc = run_cli("simulate", str(speech(WAKE_SENTENCE)), preexec_fn=limit)
+    proc = spawn_cli("simulate", str(speech(WAKE_SENTENCE)), preexec_fn=limit)
     assert proc.returncode == 0, proc.stderr
     [err] = errors_of(proc)
     assert err["code"] == "store_failed" and "File too large" in str(err["message"])

@@ -16,13 +16,16 @@ import numpy as np
 import pytest
 
 from device import consent
-from device.commands import Controller, DeleteCommand, MuteState
+from device.commands import Controller, DeleteCommand
 from device.config import UploadSettings
-from device.events import Event, EventSink
+from device.events import EventSink
+from device.mute import MuteState
 from device.store import ClipStore
 from device.upload import Uploader
 from tests.conftest import wait_until
 from tests.upload_server import UploadServer
+
+Event = dict[str, Any]  # events as their JSON objects
 
 TOKEN = "owner-token-123"
 WAIT_S = 20
@@ -45,7 +48,7 @@ class Running:
     def __init__(self, store: ClipStore, s: UploadSettings) -> None:
         self.events: list[Event] = []
         sink = EventSink()
-        sink.subscribe(self.events.append)
+        sink.subscribe(lambda e: self.events.append(e.to_dict()))
         self.uploader = Uploader(s, store, sink)
         self.uploader.start()
 
@@ -208,7 +211,7 @@ def test_remote_delete_is_retried_until_confirmed(
     wait_until(lambda: r.of("uploaded"), WAIT_S, "not uploaded")
     https_server.script.extend(["500", "503", "404"])
     reply = Controller(store, MuteState()).execute(DeleteCommand(request_id="forget", ids=[clip]))
-    assert reply["remote"] == {"status": "pending", "pending": [clip]}
+    assert reply.to_dict()["remote"] == {"status": "pending", "pending": [clip], "confirmed": []}
     wait_until(lambda: [e for e in r.events if e["type"] == "deleted"], WAIT_S, "not confirmed")
     [follow_up] = [e for e in r.events if e["type"] == "deleted"]
     assert follow_up["request_id"] == "forget" and follow_up["remote"]["confirmed"] == [clip]
