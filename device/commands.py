@@ -23,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     model_validator,
@@ -30,7 +31,7 @@ from pydantic import (
 
 from device import consent, events
 from device.config import DURATION_PATTERN, describe_validation_error, duration_s
-from device.errors import CommandError
+from device.errors import CommandError, describe
 from device.mute import MuteState
 from device.store import ClipStore
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_IDS = 10_000
+MIN_YEAR, MAX_YEAR = 1970, 9998
 SIGNATURE_FIELDS = ("ts", "nonce", "sig")
 
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.:@-]+$")]
@@ -55,6 +57,20 @@ class _Command(BaseModel):
     ts: int | None = None
     nonce: str | None = Field(default=None, min_length=8, max_length=128)
     sig: str | None = Field(default=None, max_length=128)
+    _body_hash: str = PrivateAttr(default="")
+    _signed_nonce: str | None = PrivateAttr(default=None)
+
+    @property
+    def body_hash(self) -> str:
+        """What the request id names: the command without its signature fields. The same id with
+        another body is refused (a stored result is never handed out for a different command)."""
+        return self._body_hash or body_hash(self.model_dump(mode="json", by_alias=True,
+                                                            exclude_none=True))
+
+    @property
+    def signed_nonce(self) -> str | None:
+        """The nonce of a verified signed command: recorded in the same commit as its effect."""
+        return self._signed_nonce
 
 
 class DeleteCommand(_Command):
@@ -74,6 +90,13 @@ class DeleteCommand(_Command):
             raise ValueError("give exactly one of: ids, from+to, last, all")
         if forms[1] and (self.from_ is None or self.to is None or self.from_ >= self.to):
             raise ValueError("a time range needs both 'from' and 'to', with from < to")
+        for when in (self.from_, self.to):
+            try:
+                utc = when.astimezone(UTC) if when else None
+            except OverflowError:
+                utc = None
+            if when is not None and (utc is None or not MIN_YEAR <= utc.year <= MAX_YEAR):
+                raise ValueError(f"times must lie between the years {MIN_YEAR} and {MAX_YEAR}")
         return self
 
     def window(self, now: datetime) -> tuple[datetime | None, datetime | None]:
@@ -99,6 +122,12 @@ SCHEMAS: dict[str, type[_Command]] = {
 class Signing:
     secret: bytes
     max_skew_s: float
+
+
+def body_hash(payload: dict[str, Any]) -> str:
+    body = {k: v for k, v in payload.items() if k not in SIGNATURE_FIELDS}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=False).encode()).hexdigest()
 
 
 def canonical(kind: str, payload: dict[str, Any]) -> bytes:
@@ -132,25 +161,44 @@ def local_delete_payload(ids: list[str], everything: bool, since: str | None, un
 def parse(kind: str, raw: bytes, signing: Signing | None, store: ClipStore) -> _Command:
     """Bytes from the network to a validated, authenticated command, or CommandError."""
     if kind not in SCHEMAS:
-        raise CommandError("unknown_command", f"unknown command {kind!r}; use {', '.join(SCHEMAS)}")
+        raise CommandError("unknown_command", f"unknown command {kind!r}; use {', '.join(SCHEMAS)}",
+                           request_id_in(raw))
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise CommandError("too_large", f"payload is {len(raw)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
     try:
         payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CommandError("bad_json", f"payload is not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CommandError("bad_json", f"payload is not JSON: {describe(exc)}") from None
     if not isinstance(payload, dict):
         raise CommandError("bad_request", "payload must be a JSON object")
-    rid = payload.get("request_id")
-    request_id = rid if isinstance(rid, str) and re.fullmatch(r"[\w.:@-]{1,128}", rid) else None
+    request_id = _request_id(payload)
     if kind == "consent" and payload.get("action") == "grant":
         raise CommandError("refused", "consent can only be granted on the device", request_id)
-    if signing is not None:
-        verify(kind, payload, signing, store, request_id)
+    digest = body_hash(payload)
+    nonce = verify(kind, payload, signing, store, request_id, digest) if signing else None
     try:
-        return SCHEMAS[kind].model_validate_json(raw)  # strict: "yes" is not a boolean
-    except ValidationError as exc:
-        raise CommandError("bad_request", describe_validation_error(exc), request_id) from None
+        command = SCHEMAS[kind].model_validate_json(raw)  # strict: "yes" is not a boolean
+    except (ValidationError, RecursionError) as exc:
+        reason = describe_validation_error(exc) if isinstance(exc, ValidationError) else "too deep"
+        raise CommandError("bad_request", reason, request_id) from None
+    command._body_hash, command._signed_nonce = digest, nonce
+    return command
+
+
+def request_id_in(raw: bytes) -> str | None:
+    """The request id of a payload, when one can be read (for error replies), else None."""
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return _request_id(payload) if isinstance(payload, dict) else None
+
+
+def _request_id(payload: dict[str, Any]) -> str | None:
+    rid = payload.get("request_id")
+    return rid if isinstance(rid, str) and re.fullmatch(r"[\w.:@-]{1,128}", rid) else None
 
 
 def parse_delete(raw: bytes, store: ClipStore) -> DeleteCommand:
@@ -161,7 +209,9 @@ def parse_delete(raw: bytes, store: ClipStore) -> DeleteCommand:
 
 
 def verify(kind: str, payload: dict[str, Any], signing: Signing, store: ClipStore,
-           request_id: str | None) -> None:
+           request_id: str | None, digest: str) -> str:
+    """Check the signature and its time; return the nonce, which the command's own commit records
+    (so a crash before the effect leaves it unused, and the broker's redelivery still runs)."""
     ts, nonce, sig = (payload.get(f) for f in SIGNATURE_FIELDS)
     if not isinstance(sig, str) or not isinstance(ts, int) or not isinstance(nonce, str):
         raise CommandError("unsigned", "signed commands are required: add ts, nonce and sig",
@@ -171,8 +221,9 @@ def verify(kind: str, payload: dict[str, Any], signing: Signing, store: ClipStor
     if abs(time.time() - ts) > signing.max_skew_s:
         raise CommandError("stale", f"ts is more than {signing.max_skew_s:.0f} s from the device's "
                            "clock", request_id)
-    if not store.use_nonce(nonce, signing.max_skew_s):
+    if store.nonce_used(nonce) and not (request_id and store.request_known(request_id, digest)):
         raise CommandError("replayed", "this nonce was already used", request_id)
+    return nonce
 
 
 class Controller:
@@ -186,7 +237,7 @@ class Controller:
         if isinstance(command, DeleteCommand):
             return self.delete(command)
         if isinstance(command, ConsentCommand):
-            return self.revoke_consent(command.request_id)
+            return self.revoke_consent(command.request_id, command.signed_nonce)
         if isinstance(command, MuteCommand):
             return self.set_mute(command)
         raise CommandError("unknown_command", type(command).__name__, command.request_id)
@@ -194,7 +245,8 @@ class Controller:
     def delete(self, cmd: DeleteCommand) -> events.Deleted:
         since, until = cmd.window(datetime.now(UTC))
         result = self.store.delete(ids=cmd.ids, since=since, until=until,
-                                   everything=bool(cmd.all), request_id=cmd.request_id)
+                                   everything=bool(cmd.all), request_id=cmd.request_id,
+                                   body_hash=cmd.body_hash, nonce=cmd.signed_nonce)
         if result["replayed"]:
             log.info("delete %s was already done; replying with its result", cmd.request_id)
         log.info("delete %s: %d clip(s) deleted", cmd.request_id, len(result["ids"]))
@@ -204,15 +256,17 @@ class Controller:
             replayed=result["replayed"],
         )
 
-    def revoke_consent(self, request_id: str) -> events.Consent:
-        _, purged = consent.revoke(self.store)
+    def revoke_consent(self, request_id: str, nonce: str | None = None) -> events.Consent:
+        _, purged = consent.revoke(self.store, nonce)
         return events.Consent(request_id=request_id, state="off", purged=len(purged))
 
     def set_mute(self, cmd: MuteCommand) -> events.Mute:
         if not cmd.muted and self.mute.hardware:
             raise CommandError("refused", "a hardware mute can only be lifted by the mute button",
                                cmd.request_id)
-        self.mute.set(software=cmd.muted)
+        self.mute.set(software=cmd.muted)  # idempotent: a redelivery sets the same state
+        if cmd.signed_nonce:
+            self.store.record_nonce(cmd.signed_nonce)
         log.info("software mute %s (%s)", "on" if cmd.muted else "off", cmd.request_id)
         return events.Mute(request_id=cmd.request_id, muted=self.mute.muted,
                            software=self.mute.software, hardware=self.mute.hardware)

@@ -65,13 +65,15 @@ def grant(store: ClipStore, scope: tuple[str, ...]) -> Consent:
     return consent
 
 
-def revoke(store: ClipStore) -> tuple[Consent, list[str]]:
+def revoke(store: ClipStore, nonce: str | None = None) -> tuple[Consent, list[str]]:
     """Consent off and every waiting upload purged, in one transaction; a clip on the wire gets a
     remote delete. Returns the purged ids (those waiting and those on the wire)."""
     consent = Consent(False, (), _now())
     with store.atomically():
         queued, sending = store.uploads.withdraw()
         store.set_setting(KEY, json.dumps(asdict(consent)))
+        if nonce is not None:
+            store.record_nonce(nonce)
     log.info("consent revoked; %d queued upload(s) purged, %d on the wire get a remote delete",
              len(queued), len(sending))
     return consent, queued + sending

@@ -14,8 +14,10 @@ import logging
 import queue
 import secrets
 import socket
+import sqlite3
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -25,9 +27,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device import __version__, events
-from device.commands import CommandError, Controller, Signing, error_event, parse
+from device.commands import CommandError, Controller, Signing, error_event, parse, request_id_in
 from device.config import MqttSettings
-from device.errors import ConfigError
+from device.errors import ConfigError, StoreError
 from device.events import Event, EventSink
 from device.files import atomic_write, read_secret
 from device.store import ClipStore
@@ -35,6 +37,29 @@ from device.store import ClipStore
 log = logging.getLogger(__name__)
 
 QOS = 1
+RETRY_INITIAL_S, RETRY_MAX_S = 0.2, 10.0
+"""Backoff while a command cannot complete yet (it stays unacknowledged meanwhile)."""
+RATE_PER_S, BURST = 20.0, 100
+"""Commands beyond this rate are refused with `rate_limited` (a flood never stalls the speaker)."""
+
+
+class TransientError(Exception):
+    """A command could not take effect now (e.g. the store is locked or the disk is full)."""
+
+
+class TokenBucket:
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self._rate, self._burst = rate_per_s, float(burst)
+        self._tokens, self._at = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 DEVICE_ID_FILE = "device_id"
 FORWARDED = (events.Upload, events.Deleted)
 """Events from inside the device published as they are: upload results, deletes and follow-ups."""
@@ -68,9 +93,10 @@ class MqttControl:
         self._store = store
         self._controller = controller
         self._status = status
-        secret = read_secret(settings.signing.secret_file, "mqtt.signing.secret")
-        self._signing = Signing(secret.encode(), settings.signing.max_skew_s) if secret else None
+        self._signing = signing_of(settings)
         self._inbox: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._bucket = TokenBucket(RATE_PER_S, BURST)
         self._connected = False
         self._reported_down = False
         self._closing = False
@@ -103,6 +129,7 @@ class MqttControl:
         if not self._worker.is_alive():
             return
         self._closing = True
+        self._stopping.set()
         self._inbox.put(None)
         self._worker.join()
         if self._connected:
@@ -143,21 +170,46 @@ class MqttControl:
     # -- the worker -------------------------------------------------------------------------------
     def _work(self) -> None:
         while (message := self._inbox.get()) is not None:
-            reply = self.handle(message.topic, bytes(message.payload))
+            reply = self._until_done(message)
+            if reply is None:
+                return  # closing: the message stays unacknowledged; the broker delivers it again
             self.publish_event(reply)
             self._client.ack(message.mid, message.qos)  # only now: the command is durable
             self.publish_status()
 
+    def _until_done(self, message: mqtt.MQTTMessage) -> Event | None:
+        """Run a command; while the store cannot complete it (a lock held by another process, a
+        full disk), retry in-process with backoff and do not acknowledge. None if closing."""
+        delay_s, reported = RETRY_INITIAL_S, False
+        while True:
+            try:
+                return self.handle(message.topic, bytes(message.payload))
+            except TransientError as exc:
+                if not reported:
+                    log.error("mqtt: %s; retrying before acknowledging", exc)
+                    reported = True
+                if self._stopping.wait(delay_s):
+                    return None
+                delay_s = min(RETRY_MAX_S, delay_s * 2)
+
     def handle(self, topic: str, payload: bytes) -> Event:
+        """One command to its reply event. Raises TransientError when it could not take effect
+        now but may later (then it must not be acknowledged)."""
         kind = topic.removeprefix(self.topic("cmd/"))
+        if not self._bucket.take():
+            return events.Error(t=None, code="rate_limited", request_id=request_id_in(payload),
+                                message=f"more than {RATE_PER_S:.0f} commands a second; try again")
         try:
             return self._controller.execute(parse(kind, payload, self._signing, self._store))
         except CommandError as exc:
             log.warning("mqtt: refused %s command: %s", kind, exc)
             return error_event(exc)
+        except (StoreError, sqlite3.OperationalError) as exc:
+            raise TransientError(f"{kind} command could not complete: {exc}") from exc
         except Exception as exc:  # the control plane must outlive any one command
             log.exception("mqtt: %s command failed", kind)
-            return events.Error(t=None, code="internal", request_id=None, message=str(exc))
+            return events.Error(t=None, code="internal", request_id=request_id_in(payload),
+                                message=str(exc))
 
     # -- publishing -------------------------------------------------------------------------------
     def publish_event(self, ev: Event) -> None:
@@ -178,6 +230,22 @@ class MqttControl:
 
     def _status_payload(self, online: bool) -> str:
         return json.dumps({"online": online, "version": __version__, **self._status()})
+
+
+MIN_SECRET_BYTES = 16
+
+
+def signing_of(settings: MqttSettings) -> Signing | None:
+    """The signing secret, when configured. An empty or short one is a configuration error: it
+    must never quietly turn signing off."""
+    path = settings.signing.secret_file
+    if path is None:
+        return None
+    secret = (read_secret(path, "mqtt.signing.secret") or "").encode()
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(f"mqtt.signing.secret_file '{path}' holds {len(secret)} bytes; a signing "
+                          f"secret needs at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)")
+    return Signing(secret, settings.signing.max_skew_s)
 
 
 def make_client(settings: MqttSettings, client_id: str, persistent: bool) -> mqtt.Client:

@@ -27,21 +27,37 @@ import wave
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from device import SAMPLE_RATE_HZ, crypto, upload_queue
-from device.db import Database, connect, has_table
-from device.errors import StoreError, describe
+from device.db import Database, connect
+from device.errors import CommandError, StoreError, describe
 from device.files import PRIVATE_FILE, atomic_write, ensure_private_dir, fsync_dir
+from device.keystore import KeyStore
 from device.upload_queue import UploadQueue
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MIGRATIONS = {
+    2: "ALTER TABLE requests ADD COLUMN body_hash TEXT NOT NULL DEFAULT '';\n"
+       "ALTER TABLE requests ADD COLUMN state TEXT NOT NULL DEFAULT 'done';",
+}
+"""From version N-1 to N: run by the first process that opens an older index."""
+MAX_STORED_IDS = 200
+"""A request record keeps at most this many ids of its result: it is proof of what was done, bounded."""
+MAX_REQUESTS = 2000
+REQUEST_MAX_AGE_S = 30 * 86400
+"""Request records older than this, or beyond the newest MAX_REQUESTS, are pruned."""
+NONCE_KEEP_S = 86400.0
+"""Nonces are remembered at least this long (twice the signing window, whichever is longer)."""
+RESERVE_FILE = ".reserve"
+RESERVE_BYTES = 1 << 20
+"""Space held back so that a delete (SQLite journals, key rotation) still works on a full disk."""
 SCHEMA = """
 CREATE TABLE clips (
     id TEXT PRIMARY KEY,
@@ -59,7 +75,9 @@ CREATE TABLE requests (
     request_id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
     result TEXT NOT NULL,
-    done_at TEXT NOT NULL
+    done_at TEXT NOT NULL,
+    body_hash TEXT NOT NULL DEFAULT '',   -- the command it names: another body is refused
+    state TEXT NOT NULL DEFAULT 'done'    -- erasing (rows gone, keys/files not yet) | done
 );
 CREATE TABLE nonces (nonce TEXT PRIMARY KEY, seen_at REAL NOT NULL);
 CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,7 +86,6 @@ SCHEMA += upload_queue.SCHEMA
 TEMP_SUFFIX = ".tmp"
 LOCK_FILE = ".lock"
 CLIP_SUFFIX = ".clip"
-KEYS_SCHEMA = "CREATE TABLE IF NOT EXISTS keys (clip_id TEXT PRIMARY KEY, key BLOB NOT NULL);"
 META_FIELDS = ("id", "recorded_at", "start_s", "end_s", "wake_word", "wake_score", "transcript",
                "sample_rate")
 """What a clip file's authenticated header carries: enough to rebuild its index row."""
@@ -98,38 +115,6 @@ class Clip:
         return {**asdict(self), "duration_s": self.duration_s}
 
 
-class KeyStore:
-    """Per-clip keys in their own database: deleting a row is the crypto-erase of that clip."""
-
-    def __init__(self, path: Path) -> None:
-        self.db = Database(connect(path))
-        if not has_table(self.db.conn, "keys"):
-            with self.db.transaction() as tx:
-                tx.execute(KEYS_SCHEMA)
-
-    def put(self, clip_id: str, key: bytes) -> None:
-        with self.db.transaction() as tx:
-            tx.execute("INSERT INTO keys (clip_id, key) VALUES (?, ?)", (clip_id, key))
-
-    def get(self, clip_id: str) -> bytes | None:
-        row = self.db.one("SELECT key FROM keys WHERE clip_id = ?", (clip_id,))
-        return None if row is None else bytes(row[0])
-
-    def ids(self) -> set[str]:
-        return {r[0] for r in self.db.read("SELECT clip_id FROM keys")}
-
-    def destroy(self, ids: list[str]) -> None:
-        if ids:
-            with self.db.transaction() as tx:
-                tx.executemany("DELETE FROM keys WHERE clip_id = ?", [(i,) for i in ids])
-
-    def vacuum(self) -> None:
-        self.db.conn.execute("VACUUM")
-
-    def close(self) -> None:
-        self.db.close()
-
-
 class ClipStore:
     """The one owner of clips, their keys, request records, nonces and settings. The upload queue
     (`self.uploads`) owns its tables in the same index, so deletes and uploads meet in one commit."""
@@ -146,9 +131,11 @@ class ClipStore:
             # would look like a crash leftover.
             self._lockfile = _open_lock(state_dir / LOCK_FILE)
             self.alone = _try_flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self.keys = KeyStore(state_dir / "keys.sqlite")
+            self.keys = KeyStore(state_dir)
             self._index = Database(self._open_index(state_dir / "index.sqlite"))
             self.uploads = UploadQueue(self._index)
+            self._unerased: set[str] = set()
+            """Ids whose rows are deleted but whose keys or files could not be erased yet."""
             if self.alone:
                 self._sweep()
             fcntl.flock(self._lockfile, fcntl.LOCK_SH)
@@ -160,11 +147,16 @@ class ClipStore:
 
     def _open_index(self, path: Path) -> sqlite3.Connection:
         try:
+            if self._index_lost(path):
+                raise sqlite3.DatabaseError("it is missing or empty, but clip files are present")
             db = connect(path)
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("quick_check failed")
-            if db.execute("PRAGMA user_version").fetchone()[0] == 0:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
                 db.executescript(f"BEGIN;\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
+            for target in range(version + 1, SCHEMA_VERSION + 1) if version else ():
+                db.executescript(f"BEGIN;\n{MIGRATIONS[target]}\nPRAGMA user_version={target};\nCOMMIT;")
             return db
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
@@ -174,12 +166,18 @@ class ClipStore:
                                  "any edge-recorder command to rebuild it") from None
             return self._rebuild_index(path, exc)
 
+    def _index_lost(self, path: Path) -> bool:
+        """No index (or a zero-length one) beside clip files: rebuild it, never erase the clips."""
+        empty = not path.exists() or path.stat().st_size == 0
+        return empty and any(self.clips_dir.glob(f"*{CLIP_SUFFIX}"))
+
     def _rebuild_index(self, path: Path, exc: Exception) -> sqlite3.Connection:
         aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-        os.replace(path, aside)
+        if path.exists():
+            os.replace(path, aside)
         Path(f"{path}-journal").unlink(missing_ok=True)
-        log.error("the index %s is corrupt (%s): moved it to %s and rebuilt it from the clip files",
-                  path, exc, aside.name)
+        log.error("the index %s is unusable (%s): rebuilt it from the clip files%s", path, exc,
+                  f" (the old one is {aside.name})" if aside.exists() else "")
         db = connect(path)
         db.executescript(f"BEGIN;\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
         rebuilding = Database(db)
@@ -194,6 +192,7 @@ class ClipStore:
                 continue
             with rebuilding.transaction() as tx:
                 _insert_row(tx, Clip(**meta, audio_file=f.name), key)
+        UploadQueue(rebuilding).salvage_remote_deletes(aside)
         return db
 
     # -- adding -----------------------------------------------------------------------------------
@@ -305,31 +304,77 @@ class ClipStore:
     def delete(
         self, ids: list[str] | None = None, since: datetime | None = None,
         until: datetime | None = None, everything: bool = False, request_id: str | None = None,
-        remote: bool = True,
+        remote: bool = True, body_hash: str = "", nonce: str | None = None,
     ) -> dict[str, Any]:
         """Delete the clips selected by ids, a recorded_at range [since, until), or everything.
 
-        Durable when it returns: rows and the request record committed, then the keys destroyed
-        (crypto-erase), then the files removed and the directory fsynced. A request_id seen before
-        returns its first result and deletes nothing new. With `remote`, copies on the upload
-        server are queued for remote deletion. Returns {"ids", "not_found", "remote_pending",
-        "replayed"}.
+        Durable and complete when it returns: the rows, the remote deletes to queue and the
+        request record (state `erasing`) commit together; then the keys are destroyed
+        (crypto-erase) and the files removed; then the record says `done`. If the erase fails
+        (a lock held too long, a full disk), StoreError is raised and the same request, run
+        again, finishes the erase before it answers. A request id seen before with the same
+        `body_hash` returns its result marked replayed; with another body it is refused. A
+        signed command's `nonce` is recorded in the same commit as its effect.
+        Returns {"ids", "not_found", "remote_pending", "replayed"}.
         """
+        self._finish_erasures()
+        outcome: dict[str, Any] = {}
+        self._with_reserve(lambda: outcome.update(self._delete_rows(
+            ids, since, until, everything, request_id, remote, body_hash, nonce)))
+        result, state = outcome["result"], outcome["state"]
+        if state == "erasing":
+            self._erase(result["ids"], request_id)
+        return {**result, "replayed": outcome["replayed"]}
+
+    def _delete_rows(self, ids: list[str] | None, since: datetime | None, until: datetime | None,
+                     everything: bool, request_id: str | None, remote: bool, body_hash: str,
+                     nonce: str | None) -> dict[str, Any]:
         with self._index.transaction() as tx:
-            if request_id and (done := self._request_result(request_id)) is not None:
-                return {**done, "replayed": True}
-            found = self._select(tx, ids, since, until, everything)
-            found_ids = [c.id for c in found]
-            pending = self.uploads.forget(found_ids, request_id, remote=remote)
-            tx.executemany("DELETE FROM clips WHERE id = ?", [(c,) for c in found_ids])
-            result = {"ids": found_ids,
-                      "not_found": [i for i in ids or [] if i not in set(found_ids)],
+            if request_id and (done := self._request_result(tx, request_id, body_hash)):
+                return {"result": done[0], "state": done[1], "replayed": True}
+            if nonce is not None:
+                self._use_nonce(tx, nonce)
+            found = [c.id for c in self._select(tx, ids, since, until, everything)]
+            pending = self.uploads.forget(found, request_id, remote=remote)
+            tx.executemany("DELETE FROM clips WHERE id = ?", [(c,) for c in found])
+            result = {"ids": found, "not_found": [i for i in ids or [] if i not in set(found)],
                       "remote_pending": pending}
             if request_id:
-                self._record_request(tx, request_id, "delete", result)
-        self.keys.destroy(found_ids)
-        self._remove_files([self.clips_dir / c.audio_file for c in found if c.audio_file])
-        return {**result, "replayed": False}
+                self._record_request(tx, request_id, "delete", result, body_hash)
+        return {"result": result, "state": "erasing", "replayed": False}
+
+    def _erase(self, ids: list[str], request_id: str | None) -> None:
+        """Keys, then files; then the request is done. On failure the ids are remembered and
+        retried before the next delete (and a restart sweeps whatever a crash left)."""
+        try:
+            self._with_reserve(lambda: self.keys.destroy(ids))
+            self._remove_files([self.clips_dir / f"{cid}{CLIP_SUFFIX}" for cid in ids])
+            if request_id:
+                with self._index.transaction() as tx:
+                    tx.execute("UPDATE requests SET state = 'done' WHERE request_id = ?",
+                               (request_id,))
+        except (OSError, sqlite3.Error) as exc:
+            self._unerased.update(ids)
+            raise StoreError(f"the delete is recorded but its keys could not be destroyed yet "
+                             f"({describe(exc)}); it is retried") from None
+        self._unerased.difference_update(ids)
+
+    def _finish_erasures(self) -> None:
+        if self._unerased:
+            self._erase(sorted(self._unerased), None)
+
+    def _with_reserve(self, action: Callable[[], None]) -> None:
+        """Run `action`; on a full disk, release the reserved space and try once more."""
+        try:
+            action()
+        except (OSError, sqlite3.OperationalError) as exc:
+            full = getattr(exc, "errno", None) == errno.ENOSPC or "full" in str(exc)
+            reserve = self.state_dir / RESERVE_FILE
+            if not full or not reserve.exists():
+                raise
+            log.warning("the disk is full: releasing the reserved %d KiB to delete", RESERVE_BYTES >> 10)
+            reserve.unlink()
+            action()
 
     def forget_local_copy(self, clip_id: str) -> None:
         """After a confirmed upload with keep_local off: drop the audio and transcript here, keep
@@ -382,28 +427,52 @@ class ClipStore:
         return n
 
     # -- requests, nonces, settings ---------------------------------------------------------------
-    def _request_result(self, request_id: str) -> dict[str, Any] | None:
-        row = self._index.one("SELECT result FROM requests WHERE request_id = ?", (request_id,))
-        return None if row is None else dict(json.loads(row[0]))
+    def _request_result(self, tx: sqlite3.Connection, request_id: str,
+                        body_hash: str) -> tuple[dict[str, Any], str] | None:
+        row = tx.execute("SELECT result, body_hash, state FROM requests WHERE request_id = ?",
+                         (request_id,)).fetchone()
+        if row is None:
+            return None
+        if row[1] and body_hash and row[1] != body_hash:
+            raise CommandError("request_id_reused", f"request id {request_id!r} was used for "
+                               "another command; use a new request id for each command", request_id)
+        return dict(json.loads(row[0])), str(row[2])
 
     @staticmethod
     def _record_request(tx: sqlite3.Connection, request_id: str, kind: str,
-                        result: dict[str, Any]) -> None:
+                        result: dict[str, Any], body_hash: str) -> None:
+        now = datetime.now(UTC)
+        tx.execute("DELETE FROM requests WHERE done_at < ? OR request_id NOT IN (SELECT "
+                   "request_id FROM requests ORDER BY done_at DESC LIMIT ?)",
+                   (_iso(now - timedelta(seconds=REQUEST_MAX_AGE_S)), MAX_REQUESTS - 1))
+        bounded = {k: v[:MAX_STORED_IDS] if isinstance(v, list) else v for k, v in result.items()}
         tx.execute(
-            "INSERT INTO requests (request_id, kind, result, done_at) VALUES (?, ?, ?, ?)",
-            (request_id, kind, json.dumps(result), _iso(datetime.now(UTC))),
+            "INSERT INTO requests (request_id, kind, result, done_at, body_hash, state) "
+            "VALUES (?, ?, ?, ?, ?, 'erasing')",
+            (request_id, kind, json.dumps(bounded), _iso(now), body_hash),
         )
 
-    def use_nonce(self, nonce: str, window_s: float) -> bool:
-        """Record a nonce; False if it was already used within the window (a replay)."""
-        now = time.time()
+    def record_nonce(self, nonce: str) -> None:
+        """Record a signed command's nonce (joining the caller's transaction, if any); a nonce
+        recorded before raises CommandError("replayed")."""
         with self._index.transaction() as tx:
-            tx.execute("DELETE FROM nonces WHERE seen_at < ?", (now - 2 * window_s,))
-            try:
-                tx.execute("INSERT INTO nonces (nonce, seen_at) VALUES (?, ?)", (nonce, now))
-            except sqlite3.IntegrityError:
-                return False
-        return True
+            self._use_nonce(tx, nonce)
+
+    def request_known(self, request_id: str, body_hash: str) -> bool:
+        """Whether this exact command (id and body) was already carried out."""
+        row = self._index.one("SELECT body_hash FROM requests WHERE request_id = ?", (request_id,))
+        return row is not None and row[0] in (body_hash, "")
+
+    def nonce_used(self, nonce: str) -> bool:
+        return self._index.one("SELECT 1 FROM nonces WHERE nonce = ?", (nonce,)) is not None
+
+    def _use_nonce(self, tx: sqlite3.Connection, nonce: str, window_s: float = NONCE_KEEP_S) -> None:
+        now = time.time()
+        tx.execute("DELETE FROM nonces WHERE seen_at < ?", (now - 2 * window_s,))
+        try:
+            tx.execute("INSERT INTO nonces (nonce, seen_at) VALUES (?, ?)", (nonce, now))
+        except sqlite3.IntegrityError:
+            raise CommandError("replayed", "this nonce was already used") from None
 
     def setting(self, name: str, default: str) -> str:
         row = self._index.one("SELECT value FROM settings WHERE name = ?", (name,))
@@ -442,7 +511,13 @@ class ClipStore:
                 self.uploads.forget(lost, None, remote=False)
                 tx.executemany("DELETE FROM clips WHERE id = ?", [(i,) for i in lost])
             self.keys.destroy(lost)
-            self._remove_files([self.clips_dir / rows[i] for i in lost if rows[i]])
+            files = [self.clips_dir / rows[i] for i in lost if rows[i]]
+            if self.keys.problem:  # the key store was unreadable: keep what cannot be read aside
+                for f in files:
+                    if f.exists():
+                        self._quarantine_file(f.stem, f.name)
+            else:
+                self._remove_files(files)
 
     def close(self) -> None:
         with self._index.lock:

@@ -10,11 +10,16 @@ answers the DELETE with 404, which also confirms it.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from device.db import Database
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE uploads (
@@ -84,6 +89,23 @@ class UploadQueue:
             tx.execute("DELETE FROM uploads")
             if not keep_remote_deletes:
                 tx.execute("DELETE FROM remote_deletes")
+
+    def salvage_remote_deletes(self, old_index: Path) -> int:
+        """After a rebuild: carry over the remote deletes the owner was told are pending, from
+        the old index if it can still be read (they hold no audio). Returns how many."""
+        if not old_index.exists():
+            return 0
+        try:
+            old = sqlite3.connect(f"file:{old_index}?mode=ro", uri=True)
+            rows = old.execute("SELECT clip_id, request_id FROM remote_deletes").fetchall()
+            old.close()
+        except sqlite3.DatabaseError:
+            log.error("pending remote deletes could not be carried over from the old index")
+            return 0
+        with self._db.transaction() as tx:
+            tx.executemany("INSERT OR IGNORE INTO remote_deletes (clip_id, request_id) VALUES (?, ?)",
+                           rows)
+        return len(rows)
 
     # -- the uploader's side ------------------------------------------------------------------------
     def recover(self) -> None:

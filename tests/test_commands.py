@@ -152,12 +152,14 @@ def test_signed_commands(tmp_path: Path) -> None:
                           "ids": [b, "a" * 32]},
         "stale": signed("delete", {"request_id": "s4", "ids": [b]}, ts=time.time() - 3600,
                         nonce="n-000004"),
-        "replayed": ok,
+        "replayed": signed("delete", {"request_id": "s6", "ids": [b]}),  # ok's nonce, reused
     }
     reopened = ClipStore(tmp_path / "s")  # nonces are durable: a restart does not reopen replays
     for code, payload in cases.items():
         reply = run(reopened, payload, signing=signing)
         assert (reply["type"], reply["code"]) == ("error", code), reply
+    again = run(reopened, ok, signing=signing)  # the broker's redelivery of a command that ran
+    assert again["type"] == "deleted" and again["replayed"] is True and again["ids"] == [a]
     other_topic = signed("mute", {"request_id": "s5", "muted": True}, nonce="n-000005")
     assert run(reopened, {**other_topic, "ids": [b]}, signing=signing)["code"] == "bad_signature"
     assert indexed(reopened) == {b}
@@ -180,7 +182,7 @@ def test_signed_commands(tmp_path: Path) -> None:
         ("delete", b'{"request_id": "x"}', "bad_request", "x", "exactly one of"),
         ("consent", b'{"request_id": "x", "action": "sell"}', "bad_request", "x", "action"),
         ("mute", b'{"request_id": "x", "muted": "yes"}', "bad_request", "x", "muted"),
-        ("format", b'{"request_id": "x"}', "unknown_command", None, "unknown command"),
+        ("format", b'{"request_id": "x"}', "unknown_command", "x", "unknown command"),
         ("delete", b'{"request_id": "x", "ids": ["' + b"a" * MAX_PAYLOAD_BYTES + b'"]}',
          "too_large", None, "limit"),
     ],
@@ -236,7 +238,12 @@ def test_fuzzed_payloads_never_crash_or_delete_without_a_valid_command(tmp_path:
             assert exc.code and str(exc)
             assert indexed(store) == on_disk(store) == before
             return
-        reply = Controller(store, mute).execute(command).to_dict()
+        try:
+            reply = Controller(store, mute).execute(command).to_dict()
+        except CommandError as exc:  # the same request id with another body: refused
+            assert exc.code == "request_id_reused" and command.request_id in first_replies
+            assert indexed(store) == on_disk(store) == before
+            return
         deleted = before - indexed(store)
         if isinstance(command, DeleteCommand) and command.request_id in first_replies:
             assert {**reply, "replayed": False} == first_replies[command.request_id]  # a replay

@@ -189,7 +189,8 @@ def test_broker_restart_mid_burst_loses_nothing_and_runs_nothing_twice(
         owner.send("delete", {"request_id": f"burst-{i}", "ids": [clip]})
         if i == 14:
             broker.restart()
-    wait_until(lambda: not indexed(speaker.store), 60, "not every clip was deleted")
+    wait_until(lambda: not indexed(speaker.store) and not on_disk(speaker.store), 60,
+               "not every clip was deleted")
     for i, clip in enumerate(clips):
         replies = owner.replies("evt/deleted", f"burst-{i}")
         if not replies:  # the reply itself may have been in flight during the restart

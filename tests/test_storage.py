@@ -28,13 +28,17 @@ def db_bytes(state_dir: Path) -> bytes:
     return b"".join(p.read_bytes() for p in state_dir.glob("*.sqlite*"))
 
 
+def all_bytes(state_dir: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in state_dir.rglob("*") if p.is_file())
+
+
 def test_delete_destroys_the_key_so_no_earlier_copy_of_the_file_can_be_read(
     state_dir: Path, tmp_path: Path
 ) -> None:
     store = ClipStore(state_dir)
     cid = add_clip(store)
     key = store.keys.get(cid)
-    assert key is not None and key in db_bytes(state_dir)
+    assert key is not None and key not in all_bytes(state_dir)  # never written in plaintext
     copy = tmp_path / "stolen.clip"
     shutil.copy(store.clips_dir / f"{cid}.clip", copy)  # what a thief copied before the delete
     store.delete(ids=[cid])
