@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -45,6 +47,27 @@ def make_transcriber(settings: Settings, models: ModelStore) -> Transcriber:
         log.warning(NO_VOSK_WARNING)
         return NoTranscriber()
     return VoskTranscriber(registered)
+
+
+CONTROL_LOCK = ".control.lock"
+
+
+def _serve_alone(stack: ExitStack, state_dir: Path, settings: Settings) -> bool:
+    """One process per state directory serves MQTT and uploads (the broker would otherwise see
+    two clients with one id take turns): a second one, e.g. `simulate` beside the service, only
+    listens. The lock goes with the process."""
+    if not (settings.mqtt.host or settings.upload.url):
+        return False
+    fd = os.open(state_dir / CONTROL_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        log.warning("another edge-recorder process serves MQTT and uploads for %s; this one "
+                    "does not (it listens and records only)", state_dir)
+        return False
+    stack.callback(os.close, fd)
+    return True
 
 
 def run_pipeline(
@@ -93,6 +116,7 @@ def run_pipeline(
         sweeper = Sweeper(store, settings.retention, events)
         sweeper.start()
         stack.callback(sweeper.close)
+        control_plane = control_plane and _serve_alone(stack, state_dir, settings)
         if control_plane and settings.upload.url:
             from device.upload import Uploader
 

@@ -108,7 +108,9 @@ class Framer:
 
 
 def float_to_int16(audio: np.ndarray) -> np.ndarray:
-    return (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype(np.int16)
+    """NaN (a broken float file) becomes silence, infinities full scale: never undefined values."""
+    clean = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
+    return (np.clip(clean, -1.0, 1.0) * 32767.0).round().astype(np.int16)
 
 
 def to_mono(block: np.ndarray) -> np.ndarray:

@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--last", metavar="DURATION", help="recorded in the last 15m, 24h, 7d...")
     delete.add_argument("--request-id", help="repeat a request safely (idempotent)")
 
+    uploads = sub.add_parser("uploads", parents=[common], help="the upload queue")
+    usub = uploads.add_subparsers(dest="uploads_command", required=True)
+    usub.add_parser("list", parents=[common], help="waiting, sent, failed uploads and remote deletes")
+    requeue = usub.add_parser("requeue", parents=[common], help="try failed uploads again")
+    requeue.add_argument("ids", nargs="*", help="clip ids (default: every failed upload)")
+
     wipe = sub.add_parser("wipe", parents=[common], help="destroy every clip, key and record")
     wipe.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
 
@@ -269,6 +275,27 @@ def clips_delete(store: Any, args: argparse.Namespace) -> int:
     return 0 if not reply.not_found else 1
 
 
+def cmd_uploads(args: argparse.Namespace) -> int:
+    from device.store import ClipStore
+
+    _, state_dir = _settings(args)
+    store = ClipStore(state_dir)
+    try:
+        if args.uploads_command == "list":
+            for row in store.uploads.summary():
+                _print_json(row)
+        else:
+            again = store.uploads.requeue(args.ids or None)
+            _print_json({"requeued": again})
+            missing = sorted(set(args.ids) - set(again))
+            if missing:
+                print(f"edge-recorder: not a failed upload: {', '.join(missing)}", file=sys.stderr)
+                return 1
+    finally:
+        store.close()
+    return 0
+
+
 def cmd_wipe(args: argparse.Namespace) -> int:
     from device.errors import ConfigError
     from device.store import ClipStore
@@ -362,7 +389,7 @@ COMMANDS = {
     "run": cmd_run, "simulate": cmd_simulate, "devices": cmd_devices, "doctor": cmd_doctor,
     "listen": cmd_listen,
     "clips": cmd_clips, "models": cmd_models, "consent": cmd_consent,
-    "wipe": cmd_wipe,
+    "wipe": cmd_wipe, "uploads": cmd_uploads,
 }
 CLIP_COMMANDS = {
     "list": clips_list, "show": clips_show, "export": clips_export, "delete": clips_delete,

@@ -37,6 +37,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _check_order(low: float, high: float, low_name: str, high_name: str) -> None:
+    if low > high:
+        raise ValueError(f"{low_name} ({low}) must not be greater than {high_name} ({high})")
+
+
 class AudioSettings(_Section):
     device: str | int | None = None
     """sounddevice input device: name (substring) or index; None = the system default."""
@@ -47,6 +52,11 @@ class AudioSettings(_Section):
     retry_initial_s: float = Field(default=1.0, gt=0.0)
     retry_max_s: float = Field(default=30.0, gt=0.0)
     """Backoff while a microphone that was working is gone (unplugged), until it is back."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AudioSettings:
+        _check_order(self.retry_initial_s, self.retry_max_s, "retry_initial_s", "retry_max_s")
+        return self
 
 
 class WakeSettings(_Section):
@@ -155,6 +165,11 @@ class MqttSettings(_Section):
     tls: MqttTlsSettings = MqttTlsSettings()
     signing: MqttSigningSettings = MqttSigningSettings()
 
+    @model_validator(mode="after")
+    def _ordered(self) -> MqttSettings:
+        _check_order(self.reconnect_min_s, self.reconnect_max_s, "reconnect_min_s", "reconnect_max_s")
+        return self
+
 
 class UploadSettings(_Section):
     url: str | None = Field(default=None, pattern=r"^https://[^\s/]+(/\S*)?$")
@@ -176,6 +191,11 @@ class UploadSettings(_Section):
     max_bytes_per_s: int = Field(default=0, ge=0)
     """Upload bandwidth limit; 0 = unlimited."""
     concurrency: int = Field(default=1, ge=1, le=8)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UploadSettings:
+        _check_order(self.backoff_initial_s, self.backoff_max_s, "backoff_initial_s", "backoff_max_s")
+        return self
 
 
 class RetentionSettings(_Section):

@@ -56,7 +56,7 @@ REQUEST_MAX_AGE_S = 30 * 86400
 NONCE_KEEP_S = 86400.0
 """Nonces are remembered at least this long (twice the signing window, whichever is longer)."""
 RESERVE_FILE = ".reserve"
-RESERVE_BYTES = 1 << 20
+RESERVE_BYTES = 512 << 10
 """Space held back so that a delete (SQLite journals, key rotation) still works on a full disk."""
 SCHEMA = """
 CREATE TABLE clips (
@@ -124,6 +124,7 @@ class ClipStore:
         self.clips_dir = state_dir / "clips"
         self.quarantine_dir = state_dir / "quarantine"
         try:
+            refuse_foreign_dir(state_dir)
             ensure_private_dir(state_dir)
             ensure_private_dir(self.clips_dir)
             # Every process using the store holds a shared lock; only one that has it alone (no
@@ -138,6 +139,7 @@ class ClipStore:
             """Ids whose rows are deleted but whose keys or files could not be erased yet."""
             if self.alone:
                 self._sweep()
+                self._keep_reserve()
             fcntl.flock(self._lockfile, fcntl.LOCK_SH)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(
@@ -213,17 +215,20 @@ class ClipStore:
             with self._index.lock:
                 atomic_write(self.clips_dir / clip.audio_file,
                              crypto.seal(key, cid, meta, wav_bytes(samples)), suffix=TEMP_SUFFIX)
-                self.keys.put(cid, key)
-                with self._index.transaction() as tx:
-                    _insert_row(tx, clip, key)
-                    if eligible is not None and (scope := eligible()):
-                        self.uploads.enqueue(cid, scope)
+                retry_busy(lambda: self.keys.put(cid, key))
+                retry_busy(lambda: self._insert(clip, key, eligible))
         except (OSError, sqlite3.Error) as exc:
             (self.clips_dir / clip.audio_file).unlink(missing_ok=True)
             with contextlib.suppress(sqlite3.Error):  # best effort: the next sweep also removes it
                 self.keys.destroy([cid])
             raise StoreError(f"could not store clip in '{self.state_dir}': {describe(exc)}") from None
         return clip
+
+    def _insert(self, clip: Clip, key: bytes, eligible: Callable[[], str | None] | None) -> None:
+        with self._index.transaction() as tx:
+            _insert_row(tx, clip, key)
+            if eligible is not None and (scope := eligible()):
+                self.uploads.enqueue(clip.id, scope)
 
     # -- reading ----------------------------------------------------------------------------------
     def all(self) -> list[Clip]:
@@ -247,11 +252,14 @@ class ClipStore:
 
     def read_audio(self, clip: Clip) -> bytes:
         """The clip's WAV, decrypted and authenticated. A clip that fails is quarantined."""
+        if not clip.audio_file:
+            raise StoreError(f"clip {clip.id} was uploaded and its local copy removed "
+                             "(upload.keep_local = false): there is no audio here to read")
         with self._index.lock:
             key = self.keys.get(clip.id)
             path = self.clips_dir / clip.audio_file
             try:
-                if key is None or not clip.audio_file:
+                if key is None:
                     raise crypto.TamperedError(f"clip {clip.id} has no key or no local audio")
                 _, audio = crypto.unseal(key, clip.id, path.read_bytes())
                 return audio
@@ -319,8 +327,14 @@ class ClipStore:
         """
         self._finish_erasures()
         outcome: dict[str, Any] = {}
-        self._with_reserve(lambda: outcome.update(self._delete_rows(
-            ids, since, until, everything, request_id, remote, body_hash, nonce)))
+        try:
+            self._with_reserve(lambda: outcome.update(self._delete_rows(
+                ids, since, until, everything, request_id, remote, body_hash, nonce)),
+                doomed=lambda: [c.id for c in self._select(self._index.conn, ids, since, until,
+                                                           everything)])
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"could not delete in '{self.state_dir}' ({describe(exc)}); "
+                             "nothing was deleted, try again") from None
         result, state = outcome["result"], outcome["state"]
         if state == "erasing":
             self._erase(result["ids"], request_id)
@@ -331,7 +345,8 @@ class ClipStore:
                      nonce: str | None) -> dict[str, Any]:
         with self._index.transaction() as tx:
             if request_id and (done := self._request_result(tx, request_id, body_hash)):
-                return {"result": done[0], "state": done[1], "replayed": True}
+                # a request whose erase was interrupted is answered for the first time now
+                return {"result": done[0], "state": done[1], "replayed": done[1] == "done"}
             if nonce is not None:
                 self._use_nonce(tx, nonce)
             found = [c.id for c in self._select(tx, ids, since, until, everything)]
@@ -363,18 +378,50 @@ class ClipStore:
         if self._unerased:
             self._erase(sorted(self._unerased), None)
 
-    def _with_reserve(self, action: Callable[[], None]) -> None:
-        """Run `action`; on a full disk, release the reserved space and try once more."""
+    def _keep_reserve(self) -> None:
+        """Hold RESERVE_BYTES on the state directory's file system (made once; remade at a start
+        after a full disk used it, if there is room again)."""
+        reserve = self.state_dir / RESERVE_FILE
+        if reserve.exists():
+            return
         try:
-            action()
-        except (OSError, sqlite3.OperationalError) as exc:
-            full = getattr(exc, "errno", None) == errno.ENOSPC or "full" in str(exc)
-            reserve = self.state_dir / RESERVE_FILE
-            if not full or not reserve.exists():
-                raise
-            log.warning("the disk is full: releasing the reserved %d KiB to delete", RESERVE_BYTES >> 10)
-            reserve.unlink()
-            action()
+            st = os.statvfs(self.state_dir)
+            if st.f_bavail * st.f_frsize < 2 * RESERVE_BYTES:
+                return
+            fd = os.open(reserve, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:  # a read-only or full file system: nothing to hold back
+            reserve.unlink(missing_ok=True)
+            log.debug("no space reserve: %s", exc)
+
+    def _with_reserve(self, action: Callable[[], None],
+                      doomed: Callable[[], list[str]] = list) -> None:
+        """Run `action`. On a full disk, release the reserved space and try again; if that is not
+        enough, remove the files of the clips being deleted first (`doomed()`: ciphertext whose
+        keys go in this very delete) and try once more."""
+        for attempt in range(3):
+            try:
+                action()
+                return
+            except (OSError, sqlite3.OperationalError) as exc:
+                full = getattr(exc, "errno", None) == errno.ENOSPC or "full" in str(exc)
+                reserve = self.state_dir / RESERVE_FILE
+                if not full or attempt == 2:
+                    raise
+                if reserve.exists():
+                    log.warning("the disk is full: releasing the reserved %d KiB to delete",
+                                RESERVE_BYTES >> 10)
+                    reserve.unlink()
+                elif ids := doomed():
+                    log.warning("the disk is full: removing the %d clip file(s) being deleted first",
+                                len(ids))
+                    self._remove_files([self.clips_dir / f"{cid}{CLIP_SUFFIX}" for cid in ids])
+                else:
+                    raise
 
     def forget_local_copy(self, clip_id: str) -> None:
         """After a confirmed upload with keep_local off: drop the audio and transcript here, keep
@@ -412,19 +459,29 @@ class ClipStore:
     def wipe(self) -> int:
         """Destroy every key, then every clip, the index and the quarantine. Remote deletes the
         owner was told are pending are kept: they hold no audio. Returns clips wiped."""
-        with self._index.lock:
-            n = self.count()
-            self.keys.destroy(list(self.keys.ids()))
-            with self._index.transaction() as tx:
-                self.uploads.clear(keep_remote_deletes=True)
-                for table in ("clips", "requests", "nonces", "settings"):
-                    tx.execute(f"DELETE FROM {table}")
-            for folder in (self.clips_dir, self.quarantine_dir):
-                if folder.exists():
-                    self._remove_files(list(folder.iterdir()))
-            self._index.conn.execute("VACUUM")
-            self.keys.vacuum()
+        try:
+            with self._index.lock:
+                n = self.count()
+                self._with_reserve(lambda: self.keys.destroy(list(self.keys.ids())),
+                                   doomed=lambda: [c.id for c in self.all()])
+                self._with_reserve(self._clear_index)
+                for folder in (self.clips_dir, self.quarantine_dir):
+                    if folder.exists():
+                        self._remove_files(list(folder.iterdir()))
+                try:  # compacting needs room: on a full disk it waits for another day
+                    self._index.conn.execute("VACUUM")
+                    self.keys.vacuum()
+                except sqlite3.OperationalError as exc:
+                    log.warning("wiped, but could not compact the databases: %s", exc)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"could not wipe '{self.state_dir}': {describe(exc)}") from None
         return n
+
+    def _clear_index(self) -> None:
+        with self._index.transaction() as tx:
+            self.uploads.clear(keep_remote_deletes=True)
+            for table in ("clips", "requests", "nonces", "settings"):
+                tx.execute(f"DELETE FROM {table}")
 
     # -- requests, nonces, settings ---------------------------------------------------------------
     def _request_result(self, tx: sqlite3.Connection, request_id: str,
@@ -526,10 +583,54 @@ class ClipStore:
             os.close(self._lockfile)
 
 
+BUSY_RETRY_S = 60.0
+"""How long storing a clip keeps trying while another process holds a lock (the audio waits in RAM)."""
+
+
+def retry_busy(action: Callable[[], None], within_s: float = BUSY_RETRY_S) -> None:
+    """Run `action`, trying again with backoff while SQLite says the database is locked or busy."""
+    deadline, delay, reported = time.monotonic() + within_s, 0.05, False
+    while True:
+        try:
+            action()
+            return
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() + delay > deadline:
+                raise
+            if not reported:
+                log.warning("the store is locked by another process; waiting (%s)", exc)
+                reported = True
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+
 def _insert_row(tx: sqlite3.Connection, clip: Clip, key: bytes) -> None:
     values = {**asdict(clip), "transcript": crypto.seal_text(key, clip.id, clip.transcript)}
     tx.execute(f"INSERT INTO clips ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                [values[c] for c in COLUMNS])
+
+
+STORE_NAMES = {"clips", "quarantine", "index.sqlite", "keys.sqlite", "keys.kek", LOCK_FILE,
+               RESERVE_FILE, "device_id", "models", "index.sqlite-journal", "keys.sqlite-journal"}
+"""What a state directory holds; `models` may come first (`models fetch` before any clip)."""
+
+
+def refuse_foreign_dir(state_dir: Path) -> None:
+    """Never take over (and chmod 0700) a directory that holds other things, e.g. a shared one."""
+    try:
+        names = {p.name for p in state_dir.iterdir()}
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise
+    strangers = sorted(n for n in names if n not in STORE_NAMES and not n.startswith(
+        ("index.sqlite.", "keys.sqlite.", "keys.kek.", ".")))
+    if strangers:
+        raise StoreError(
+            f"'{state_dir}' is not an edge-recorder state directory (it holds "
+            f"{', '.join(strangers[:3])}{', ...' if len(strangers) > 3 else ''}); pass --state-dir "
+            "with a new or empty directory")
 
 
 def _open_lock(path: Path) -> int:

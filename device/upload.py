@@ -10,24 +10,31 @@ server confirms with 2xx or 404.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
 import random
 import re
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import requests
+import requests.adapters
+import urllib3
+import urllib3.connection
 from urllib3.filepost import encode_multipart_formdata
 
 from device import __version__, consent, events
 from device.config import UploadSettings
-from device.errors import StoreError, describe
+from device.errors import ConfigError, StoreError, describe
 from device.events import EventSink
 from device.files import read_secret
 from device.store import Clip, ClipStore
@@ -37,7 +44,9 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5
 CHUNK = 16 * 1024
-RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+PERMANENT_STATUS = {400, 404, 405, 410, 411, 413, 414, 415, 422}
+"""The request itself is wrong: sending it again cannot help. Anything else (401 and 5xx included:
+a token can be fixed, a server can come back) is retried while the clip is kept."""
 MAX_RETRY_AFTER_S = 3600.0
 """A server asking to wait longer than this (e.g. 1,157 days) is asked again after an hour."""
 DIGIT_RUN = re.compile(r"\d{4,}")
@@ -109,7 +118,7 @@ def classify(resp: requests.Response) -> Outcome:
         return Outcome(False, f"permanent: HTTP {resp.status_code}: the endpoint redirects to {where}; "
                               "redirects are never followed, set upload.url to the final address")
     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-    permanent = resp.status_code not in RETRYABLE_STATUS
+    permanent = resp.status_code in PERMANENT_STATUS
     return Outcome(False, f"{'permanent: ' if permanent else ''}HTTP {resp.status_code}", retry_after)
 
 
@@ -126,9 +135,65 @@ def parse_retry_after(value: str | None) -> float | None:
     return min(MAX_RETRY_AFTER_S, max(0.0, (when - datetime.now(UTC)).total_seconds()))
 
 
+class _Deadline(threading.local):
+    """The sockets the current thread's request uses, so a timer can cut it off."""
+
+    sockets: list[socket.socket]
+
+    def __init__(self) -> None:
+        self.sockets = []
+
+
+_deadline = _Deadline()
+
+
+class _TrackedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        if isinstance(self.sock, socket.socket):
+            _deadline.sockets.append(self.sock)
+        super().request(*args, **kwargs)
+
+
+class DeadlineAdapter(requests.adapters.HTTPAdapter):
+    """Every request gets a total deadline, not only a per-read timeout: a server that answers one
+    byte a second would otherwise hold an upload worker (and every job behind it) for ever."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            **self.poolmanager.pool_classes_by_scheme,
+            "https": type("TrackedHTTPSConnectionPool", (urllib3.HTTPSConnectionPool,),
+                          {"ConnectionCls": _TrackedHTTPSConnection}),
+        }
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Shut down the sockets of the request made inside, if it is still running after `seconds`."""
+    _deadline.sockets = []
+    sockets = _deadline.sockets
+
+    def cut() -> None:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        _deadline.sockets = []
+
+
 class Uploader:
     def __init__(self, settings: UploadSettings, store: ClipStore, events: EventSink) -> None:
         assert settings.url, "Uploader needs upload.url"
+        if settings.ca_file and not Path(settings.ca_file).expanduser().is_file():
+            raise ConfigError(f"upload.ca_file '{settings.ca_file}' does not exist; set it to the "
+                              "CA certificate of your upload server, or remove it to use the system's")
         self.settings = settings
         self.url = settings.url.rstrip("/")
         self._store = store
@@ -139,6 +204,7 @@ class Uploader:
         self._lock = threading.Lock()
         self._inflight: set[str] = set()
         self._session = requests.Session()
+        self._session.mount("https://", DeadlineAdapter())
         self._verify = verify_setting(settings)
         self._threads = [
             threading.Thread(target=self._work, name=f"uploader-{i}", daemon=True)
@@ -214,7 +280,9 @@ class Uploader:
         )
         headers = {"Content-Type": content_type, "Idempotency-Key": clip.id, **self._auth()}
         try:
-            resp = self._session.post(self.url, data=gated, headers=headers, **self._request_options())
+            with deadline(self._deadline_s(len(body))):
+                resp = self._session.post(self.url, data=gated, headers=headers,
+                                          **self._request_options())
             outcome = classify(resp)
         except (requests.RequestException, Withdrawn) as exc:
             if gated.withdrawn:
@@ -223,10 +291,14 @@ class Uploader:
             outcome = Outcome(False, describe(exc, with_type=True))
         if outcome.done:
             self._uploaded(clip)
-        elif outcome.reason.startswith("permanent") or self._queue.retry_later(
-            UPLOAD, clip_id, self._delay(outcome.retry_after_s)
-        ) >= self.settings.max_attempts:
+        elif outcome.reason.startswith("permanent"):
             self._finish(clip_id, "failed", outcome.reason)
+        elif (n := self._queue.retry_later(UPLOAD, clip_id, self._delay(outcome.retry_after_s))
+              ) == self.settings.max_attempts:
+            reason = (f"{outcome.reason}; still failing after {n} attempts: retrying every "
+                      f"{self.settings.backoff_max_s:.0f} s while the clip is kept")
+            log.warning("uploads: %s %s", clip_id, reason)
+            self._events.emit(events.Upload(id=clip_id, status="retrying", reason=reason))
         else:
             log.info("uploads: %s will be retried (%s)", clip_id, outcome.reason)
 
@@ -264,8 +336,9 @@ class Uploader:
     # -- remote deletes ---------------------------------------------------------------------------
     def _remote_delete(self, clip_id: str) -> None:
         try:
-            resp = self._session.delete(f"{self.url}/{clip_id}", headers=self._auth(),
-                                        **self._request_options())
+            with deadline(self._deadline_s(0)):
+                resp = self._session.delete(f"{self.url}/{clip_id}", headers=self._auth(),
+                                            **self._request_options())
             confirmed = 200 <= resp.status_code < 300 or resp.status_code == 404
             reason = classify(resp).reason
         except requests.RequestException as exc:
@@ -280,6 +353,11 @@ class Uploader:
             request_id=request_id, ids=(), not_found=(), reason="command",
             remote=events.Remote("confirmed", confirmed=(clip_id,)),
         ))
+
+    def _deadline_s(self, body_bytes: int) -> float:
+        """The whole request: timeout_s, plus the time the bandwidth limit needs for the body."""
+        rate = self.settings.max_bytes_per_s
+        return self.settings.timeout_s + (body_bytes / rate if rate else 0.0)
 
     def _request_options(self) -> dict[str, Any]:
         # verify is passed on every request: requests lets REQUESTS_CA_BUNDLE override

@@ -191,6 +191,27 @@ class UploadQueue:
             tx.execute("DELETE FROM remote_deletes WHERE clip_id = ?", (clip_id,))
         return row is not None, (row[0] if row else None)
 
+    def requeue(self, clip_ids: list[str] | None = None) -> list[str]:
+        """Failed uploads (all, or those named) are tried again from the start."""
+        with self._db.transaction() as tx:
+            failed = [r[0] for r in tx.execute("SELECT clip_id FROM uploads WHERE state = 'failed'")
+                      if clip_ids is None or r[0] in clip_ids]
+            tx.executemany("UPDATE uploads SET state = 'queued', attempts = 0, next_at = 0, "
+                           "last_error = NULL WHERE clip_id = ?", [(c,) for c in failed])
+        if failed:
+            self._changed.set()
+        return failed
+
+    def summary(self) -> list[dict[str, object]]:
+        """Every upload and remote delete, for `edge-recorder uploads list`."""
+        rows = self._db.read("SELECT clip_id, state, attempts, next_at, last_error FROM uploads "
+                             "ORDER BY clip_id")
+        remote = self._db.read("SELECT clip_id, attempts, next_at FROM remote_deletes ORDER BY clip_id")
+        return ([{"id": c, "state": st, "attempts": a, "next_at": n, "last_error": e}
+                 for c, st, a, n, e in rows]
+                + [{"id": c, "state": "remote_delete_pending", "attempts": a, "next_at": n,
+                    "last_error": None} for c, a, n in remote])
+
     # -- status -------------------------------------------------------------------------------------
     def waiting(self) -> int:
         row = self._db.one("SELECT COUNT(*) FROM uploads WHERE state IN ('queued', 'sending')")

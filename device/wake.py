@@ -24,7 +24,7 @@ import numpy as np
 
 from device import OPENWAKEWORD_REQUIREMENT
 from device.config import WakeSettings
-from device.errors import ModelError
+from device.errors import ModelError, describe
 from device.models import FEATURE_FILES, ModelStore
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,8 @@ def load_openwakeword_model(wake_paths: list[str], store: ModelStore) -> Any:
             embedding_model_path=str(embedding),
         )
     except (ValueError, RuntimeError) as exc:
-        raise ModelError(f"cannot load wake-word model(s) {wake_paths}: {exc}") from None
+        raise ModelError(f"cannot load wake-word model(s) {', '.join(wake_paths)}: not an "
+                         f"openWakeWord wake-word model? ({describe(exc)})") from None
 
 
 class OpenWakeWordDetector:

@@ -180,15 +180,17 @@ def test_faults_never_lose_or_duplicate(
         assert len(posts) == 1  # slow but in time: sent once
 
 
-def test_bounded_retries_then_failed_with_a_reason(
+def test_after_max_attempts_it_says_so_and_keeps_trying_at_the_longest_backoff(
     store: ClipStore, https_server: UploadServer, running: Any
 ) -> None:
     consent.grant(store, ("audio",))
-    https_server.script.extend(["503"] * 10)
+    https_server.script.extend(["503"] * 5)
     record(store)
     r = running(max_attempts=3)
-    wait_until(lambda: r.of("failed"), WAIT_S, "never gave up")
-    assert len(https_server.posts()) == 3 and "HTTP 503" in r.of("failed")[0]["reason"]
+    wait_until(lambda: r.of("retrying"), WAIT_S, "no notice after max_attempts")
+    assert len(https_server.posts()) == 3 and "HTTP 503" in r.of("retrying")[0]["reason"]
+    wait_until(lambda: r.of("uploaded"), WAIT_S, "gave up while the clip is still kept")
+    assert len(https_server.posts()) == 6 and not r.of("failed")
 
 
 def test_a_server_that_is_not_trusted_is_a_tls_failure(
@@ -197,8 +199,8 @@ def test_a_server_that_is_not_trusted_is_a_tls_failure(
     consent.grant(store, ("audio",))
     record(store)
     r = running(ca_file=None, max_attempts=2)  # the test CA is not in the system's trust store
-    wait_until(lambda: r.of("failed"), WAIT_S, "TLS error not reported")
-    assert "SSL" in r.of("failed")[0]["reason"]
+    wait_until(lambda: r.of("retrying"), WAIT_S, "TLS error not reported")
+    assert "SSL" in r.of("retrying")[0]["reason"]
     assert https_server.accepted == {}
 
 

@@ -47,7 +47,8 @@ class UploadServer(ThreadingHTTPServer):
         ctx.load_cert_chain(tls["cert"], tls["key"])
         self.socket = ctx.wrap_socket(self.socket, server_side=True)
         self.script: deque[str] = deque()
-        """Answers for the next requests: "200", "503", "429:1", "reset", "sleep:S", "404"."""
+        """Answers for the next requests: "200", "503", "429:1", "reset", "sleep:S", "404",
+        "trickle" (the answer one byte at a time), "redirect:CODE:LOCATION"."""
         self.requests: list[Recorded] = []
         self.accepted: dict[str, int] = {}
         """Idempotency-Key -> how many times a complete POST with it was answered 2xx."""
@@ -99,6 +100,23 @@ class Handler(BaseHTTPRequestHandler):
         if answer.startswith("sleep:"):
             time.sleep(float(answer.split(":")[1]))
             answer = "200"
+        if answer == "trickle":  # a status line at one byte every half second, for a minute
+            for byte in b"HTTP/1.1 200 OK\r\n" * 8:
+                try:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                except OSError:
+                    break
+                time.sleep(0.5)
+            self.close_connection = True
+            return
+        if answer.startswith("redirect:"):  # redirect:302:http://... (the Location)
+            _, redirect_code, location = answer.split(":", 2)
+            self.send_response(int(redirect_code))
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if answer.startswith("slowread"):
             answer = "200"
         status, _, retry_after = answer.partition(":")
