@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -12,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from device import consent
+from device import events as ev
 from device.asr import NoTranscriber, Transcriber, VoskTranscriber
 from device.audio import AudioSource
 from device.commands import Controller
 from device.config import Settings, resolve_models_dir
+from device.errors import StoreError
 from device.events import EventSink
 from device.indicator import Indicator, MuteControls
 from device.models import ModelStore
@@ -23,6 +26,7 @@ from device.mute import MuteState
 from device.pipeline import ClipWriter, Counters, Listener
 from device.recorder import Recorder
 from device.retention import Sweeper
+from device.sensitivity import SensitivityState
 from device.service import Notifier, Watchdog
 from device.store import ClipStore
 from device.vad import SpeechDetector
@@ -70,6 +74,23 @@ def _serve_alone(stack: ExitStack, state_dir: Path, settings: Settings) -> bool:
     return True
 
 
+class StatsCounter:
+    """Counts what the owner sees with `edge-recorder stats` (on the event sink's thread)."""
+
+    def __init__(self, store: ClipStore) -> None:
+        self._store = store
+
+    def __call__(self, event: ev.Event) -> None:
+        name = {ev.Wake: "wakes", ev.Clip: "kept"}.get(type(event))
+        if isinstance(event, ev.Discarded):
+            name = f"discarded_{event.reason}"
+        if name:
+            try:
+                self._store.add_stats({name: 1})
+            except (OSError, StoreError, sqlite3.Error) as exc:  # a count is never worth a crash
+                log.warning("could not count a %s: %s", event.type, exc)
+
+
 def run_pipeline(
     settings: Settings,
     state_dir: Path,
@@ -100,7 +121,11 @@ def run_pipeline(
         writer = ClipWriter(transcriber, store, events, counters,
                             eligible=lambda: consent.read(store).covers)
         stack.callback(writer.close)
-        recorder = Recorder(settings.recorder, settings.wake)
+        sensitivity = SensitivityState(settings.wake, store.setting, store.set_setting)
+        sensitivity.start()
+        stack.callback(sensitivity.close)
+        events.subscribe(StatsCounter(store))
+        recorder = Recorder(settings.recorder, settings.wake, level=sensitivity.level)
         listener = Listener(
             open_source, detector, SpeechDetector(settings.recorder.vad_aggressiveness),
             recorder, indicator, writer, events, counters, mute,
@@ -131,10 +156,15 @@ def run_pipeline(
                         "consent": consent.read(store).summary(),
                         "muted": {"software": mute.software, "hardware": mute.hardware},
                         "waiting_uploads": store.uploads.waiting(),
+                        "held_uploads": store.uploads.held(settings.upload.hold_s),
+                        "sensitivity": sensitivity.level(),
+                        "today": (store.stats(days=1) or [{}])[0],
                         "counters": vars(counters).copy()}
 
-            mqtt = MqttControl(settings.mqtt, store, Controller(store, mute), status, events)
+            mqtt = MqttControl(settings.mqtt, store, Controller(store, mute, sensitivity), status,
+                               events)
             mute.on_change(mqtt.publish_status)
+            sensitivity.on_change(mqtt.publish_status)
             mqtt.start()
             stack.callback(mqtt.close)
         try:

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -81,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--to", dest="until", metavar="ISO8601", help="recorded before")
     delete.add_argument("--last", metavar="DURATION", help="recorded in the last 15m, 24h, 7d...")
     delete.add_argument("--request-id", help="repeat a request safely (idempotent)")
+    reject = csub.add_parser("reject", parents=[common],
+                             help='"that wasn\'t for you": delete a clip and count it as a false wake')
+    reject.add_argument("which", nargs="+", help="clip ids, or `last` for the most recent clip")
+
+    sub.add_parser("stats", parents=[common],
+                   help="wakes, kept clips, discarded (by reason) and rejected, per day")
+    sens = sub.add_parser("sensitivity", parents=[common],
+                          help="show the wake sensitivity, or make it less sensitive than configured")
+    sens.add_argument("level", nargs="?", choices=["sensitive", "balanced", "strict"])
 
     uploads = sub.add_parser("uploads", parents=[common], help="the upload queue")
     usub = uploads.add_subparsers(dest="uploads_command", required=True)
@@ -296,6 +306,46 @@ def cmd_uploads(args: argparse.Namespace) -> int:
     return 0
 
 
+def clips_reject(store: Any, args: argparse.Namespace) -> int:
+    from device.commands import Controller, RejectCommand
+    from device.mute import MuteState
+
+    form: dict[str, Any] = {"last": True} if args.which == ["last"] else {"ids": args.which}
+    command = RejectCommand(request_id=f"cli-{uuid.uuid4().hex}", **form)
+    reply = Controller(store, MuteState()).reject(command)
+    _print_json(reply.to_dict())
+    return 0 if reply.ids and not reply.not_found else 1
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from device.store import ClipStore
+
+    _, state_dir = _settings(args)
+    store = ClipStore(state_dir)
+    try:
+        for row in store.stats():
+            _print_json(row)
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from device.sensitivity import SensitivityState
+    from device.store import ClipStore
+
+    settings, state_dir = _settings(args)
+    store = ClipStore(state_dir)
+    try:
+        state = SensitivityState(settings.wake, store.setting, store.set_setting)
+        if args.level:
+            state.set(args.level, remote=False)
+        _print_json({"level": state.level(), "configured": state.configured})
+    finally:
+        store.close()
+    return 0
+
+
 def cmd_wipe(args: argparse.Namespace) -> int:
     from device.errors import ConfigError
     from device.store import ClipStore
@@ -389,10 +439,11 @@ COMMANDS = {
     "run": cmd_run, "simulate": cmd_simulate, "devices": cmd_devices, "doctor": cmd_doctor,
     "listen": cmd_listen,
     "clips": cmd_clips, "models": cmd_models, "consent": cmd_consent,
-    "wipe": cmd_wipe, "uploads": cmd_uploads,
+    "wipe": cmd_wipe, "uploads": cmd_uploads, "stats": cmd_stats, "sensitivity": cmd_sensitivity,
 }
 CLIP_COMMANDS = {
     "list": clips_list, "show": clips_show, "export": clips_export, "delete": clips_delete,
+    "reject": clips_reject,
 }
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from device import consent, events
 from device.config import DURATION_PATTERN, describe_validation_error, duration_s
 from device.errors import CommandError, describe
 from device.mute import MuteState
+from device.sensitivity import SensitivityState
 from device.store import ClipStore
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,27 @@ class MuteCommand(_Command):
     muted: bool
 
 
+class RejectCommand(_Command):
+    """"That wasn't for you": delete the clip(s) exactly as delete does and count a false wake.
+    Exactly one of: ids, last (the most recent clip)."""
+
+    ids: list[ClipId] | None = Field(default=None, min_length=1, max_length=100)
+    last: Literal[True] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RejectCommand:
+        if (self.ids is None) == (self.last is None):
+            raise ValueError("give exactly one of: ids, last")
+        return self
+
+
+class SensitivityCommand(_Command):
+    level: Literal["sensitive", "balanced", "strict"]
+
+
 SCHEMAS: dict[str, type[_Command]] = {
     "delete": DeleteCommand, "consent": ConsentCommand, "mute": MuteCommand,
+    "reject": RejectCommand, "sensitivity": SensitivityCommand,
 }
 
 
@@ -229,9 +249,11 @@ def verify(kind: str, payload: dict[str, Any], signing: Signing, store: ClipStor
 class Controller:
     """Executes validated commands. Each reply is the event to publish."""
 
-    def __init__(self, store: ClipStore, mute: MuteState) -> None:
+    def __init__(self, store: ClipStore, mute: MuteState,
+                 sensitivity: SensitivityState | None = None) -> None:
         self.store = store
         self.mute = mute
+        self.sensitivity = sensitivity
 
     def execute(self, command: _Command) -> events.Event:
         if isinstance(command, DeleteCommand):
@@ -240,6 +262,12 @@ class Controller:
             return self.revoke_consent(command.request_id, command.signed_nonce)
         if isinstance(command, MuteCommand):
             return self.set_mute(command)
+        if isinstance(command, RejectCommand):
+            return self.reject(command)
+        if isinstance(command, SensitivityCommand) and self.sensitivity is not None:
+            level = self.sensitivity.set(command.level, remote=True, request_id=command.request_id)
+            return events.Sensitivity(request_id=command.request_id, level=level,
+                                      configured=self.sensitivity.configured)
         raise CommandError("unknown_command", type(command).__name__, command.request_id)
 
     def delete(self, cmd: DeleteCommand) -> events.Deleted:
@@ -253,6 +281,17 @@ class Controller:
         return events.Deleted(
             request_id=cmd.request_id, ids=tuple(result["ids"]), not_found=tuple(result["not_found"]),
             reason="command", remote=events.Remote.for_pending(result.get("remote_pending", [])),
+            replayed=result["replayed"],
+        )
+
+    def reject(self, cmd: RejectCommand) -> events.Deleted:
+        ids = cmd.ids if cmd.ids is not None else self.store.latest_ids(1)
+        result = self.store.delete(ids=ids, request_id=cmd.request_id, body_hash=cmd.body_hash,
+                                   nonce=cmd.signed_nonce, reason="reject")
+        log.info("reject %s: %d clip(s) deleted as false wakes", cmd.request_id, len(result["ids"]))
+        return events.Deleted(
+            request_id=cmd.request_id, ids=tuple(result["ids"]), not_found=tuple(result["not_found"]),
+            reason="reject", remote=events.Remote.for_pending(result.get("remote_pending", [])),
             replayed=result["replayed"],
         )
 

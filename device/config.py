@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -59,20 +59,45 @@ class AudioSettings(_Section):
         return self
 
 
+SENSITIVITY_LEVELS = ("sensitive", "balanced", "strict")
+"""From the most to the least sensitive."""
+PRESETS: dict[str, dict[str, tuple[float, int]]] = {
+    "sensitive": {"*": (0.5, 1)},
+    "balanced": {"hey_jarvis": (0.8, 1), "alexa": (0.7, 1), "*": (0.7, 1)},
+    "strict": {"hey_jarvis": (0.95, 1), "alexa": (0.8, 2), "*": (0.9, 2)},
+}
+"""(threshold, patience_frames) per level and bundled model, chosen with scripts/eval-wake (the
+measured recall and false wakes per hour are in README and BENCHMARKS.md); "*" for other models."""
+Sensitivity = Literal["sensitive", "balanced", "strict", "custom"]
+
+
 class WakeSettings(_Section):
     models: list[str] = Field(default_factory=lambda: ["hey_jarvis"], min_length=1)
     """Installed model names (hey_jarvis, alexa, hey_mycroft, hey_rhasspy, ok_nabu) or .tflite paths."""
+    sensitivity: Sensitivity = "balanced"
+    """A preset (threshold and patience per model), or "custom" to use threshold,
+    patience_frames and thresholds below."""
     threshold: Probability = 0.5
-    """Score a frame must exceed to count towards a wake."""
+    """With sensitivity = "custom": the score a frame must exceed to count towards a wake."""
     thresholds: dict[str, Probability] = Field(default_factory=dict)
-    """Per-model overrides of `threshold`, keyed by model name."""
+    """Per-model thresholds, keyed by model name (override the preset or `threshold`)."""
     patience_frames: int = Field(default=1, ge=1, le=25)
-    """Consecutive 80 ms frames over threshold needed for a wake."""
+    """With sensitivity = "custom": consecutive 80 ms frames over threshold needed for a wake."""
     refractory_s: float = Field(default=2.0, ge=0.0, le=60.0)
-    """After a wake, further wakes are ignored for this long (audio seconds)."""
+    """After a wake, the same utterance cannot wake again: the gate re-arms once the scores have
+    been under the threshold for 240 ms, or after this many seconds at the latest."""
+    startup_quiet_s: float = Field(default=1.0, ge=0.0, le=10.0)
+    """No wake in the first seconds of a stream (openWakeWord's buffer starts from random noise)."""
 
-    def threshold_for(self, name: str) -> float:
-        return self.thresholds.get(name, self.threshold)
+    def preset(self, name: str, level: str | None = None) -> tuple[float, int]:
+        """(threshold, patience) for a model at `level` (default: the configured one)."""
+        level = level or self.sensitivity
+        base = ((self.threshold, self.patience_frames) if level == "custom"
+                else PRESETS[level].get(name, PRESETS[level]["*"]))
+        return self.thresholds.get(name, base[0]), base[1]
+
+    def threshold_for(self, name: str, level: str | None = None) -> float:
+        return self.preset(name, level)[0]
 
 
 class RecorderSettings(_Section):
@@ -180,6 +205,9 @@ class UploadSettings(_Section):
     ca_file: str | None = None
     """CA certificate(s) to trust for url; None = the system's."""
     verify: bool = True
+    hold_s: float = Field(default=600.0, ge=0.0, le=7 * 86400)
+    """A clip is uploaded no sooner than this after it was recorded: a delete or a "that wasn't
+    for you" within it means it never leaves the device."""
     keep_local: bool = True
     """Keep the local copy after a confirmed upload."""
     redact: bool = True

@@ -155,6 +155,16 @@ class Mute(Event):
 
 
 @dataclass(frozen=True)
+class Sensitivity(Event):
+    """The wake sensitivity in force changed (or was confirmed)."""
+
+    type: ClassVar[str] = "sensitivity"
+    request_id: str | None
+    level: str
+    configured: str
+
+
+@dataclass(frozen=True)
 class Error(Event):
     """Something was refused or failed; `request_id` names the command when one could be read."""
 

@@ -314,7 +314,10 @@ class Listener:
             self.writer.cancel()
             self.counters.discarded += 1
             self.events.emit(events.Discarded(t=seconds(decision.at), reason=decision.reason))
-        self.recorder.finalised()
+        next_wake = decision.next_wake if isinstance(decision, Discarded) else None
+        self.recorder.finalised(next_wake)
+        if next_wake is not None:
+            self._on_wake(next_wake)
 
     def _clock(self) -> int:
         return self.source.clock() if self.source else self._last_end

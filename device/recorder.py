@@ -75,40 +75,61 @@ class Finished:
 class Discarded:
     at: int
     reason: str
+    next_wake: Wake | None = None
+    """Set when a new wake ended the recording ("superseded"): record again from it."""
 
 
 Decision = Wake | Finished | Discarded | None
 
 
-class WakeGate:
-    """Threshold, patience and refractory period over per-frame scores."""
+REARM_FRAMES = 3
+"""After a wake, the gate re-arms once every score has stayed under its threshold this long."""
 
-    def __init__(self, settings: WakeSettings) -> None:
+
+class WakeGate:
+    """Threshold, patience and re-arming over per-frame scores.
+
+    After a wake, the same utterance must not wake again: the gate re-arms when every score has
+    been below its threshold for REARM_FRAMES, or after `refractory_s` at the latest. It is not held
+    off while recording, so a real wake word soon after a false wake is not lost.
+    """
+
+    def __init__(self, settings: WakeSettings, level: Callable[[], str] | None = None) -> None:
         self._settings = settings
+        self._level = level or (lambda: settings.sensitivity)
+        """The sensitivity in force now (it can be changed at run time)."""
         self._streak: dict[str, int] = {}
         self._quiet_until = 0
+        self._armed = True
+        self._below = 0
 
     def update(self, frame: Frame, scores: Mapping[str, float]) -> Wake | None:
         best: Wake | None = None
+        any_over = False
+        level = self._level()
         for name, score in scores.items():
-            over = score > self._settings.threshold_for(name)
+            threshold, patience = self._settings.preset(name, level)
+            over = score > threshold
+            any_over |= over
             self._streak[name] = self._streak.get(name, 0) + 1 if over else 0
-            ready = self._streak[name] >= self._settings.patience_frames
+            ready = self._streak[name] >= patience
             if ready and (best is None or score > best.score):
                 best = Wake(frame.end, name, float(score))
-        if best is None or frame.end <= self._quiet_until:
+        self._below = 0 if any_over else self._below + 1
+        if not self._armed and (self._below >= REARM_FRAMES or frame.end > self._quiet_until):
+            self._armed = True
+        if best is None or not self._armed or frame.end <= samples_for(self._settings.startup_quiet_s):
             return None
-        self.hold_off(frame.end)
+        self._armed = False
+        self._quiet_until = frame.end + samples_for(self._settings.refractory_s)
+        self._streak.clear()
         return best
 
     def reset(self) -> None:
         """A new input stream starts: its sample clock starts at zero again."""
         self._quiet_until = 0
-        self._streak.clear()
-
-    def hold_off(self, at: int) -> None:
-        """Start the refractory period at `at` (also used while recording)."""
-        self._quiet_until = at + samples_for(self._settings.refractory_s)
+        self._armed = True
+        self._below = 0
         self._streak.clear()
 
 
@@ -120,9 +141,10 @@ class Recorder:
         recorder: RecorderSettings,
         wake: WakeSettings,
         on_transition: Callable[[State, State], Any] | None = None,
+        level: Callable[[], str] | None = None,
     ) -> None:
         self._settings = recorder
-        self._gate = WakeGate(wake)
+        self._gate = WakeGate(wake, level)
         self._on_transition = on_transition
         self.state = State.LISTENING
         preroll = frames_for(recorder.preroll_s) if recorder.keep_wake_word_audio else 0
@@ -156,9 +178,19 @@ class Recorder:
         if self.state is State.LISTENING:
             return self._listen(frame, scores)
         if self.state is State.RECORDING:
-            self._gate.hold_off(frame.end)
+            if (again := self._gate.update(frame, scores)) is not None:
+                return self._supersede(again)
             return self._record(frame, bool(is_speech))
         return None
+
+    def _supersede(self, wake: Wake) -> Discarded:
+        """A wake word during a recording: the owner is (again) addressing the speaker, so what was
+        recorded since the last wake (most likely a false wake and whatever followed) is dropped
+        and a new recording starts from this wake."""
+        at = self._frames[-1].end if self._frames else wake.at
+        self._set_state(State.FINALISING)
+        self._reset_recording()
+        return Discarded(at, "superseded", next_wake=wake)
 
     def _listen(self, frame: Frame, scores: Mapping[str, float]) -> Wake | None:
         if self._preroll.maxlen:
@@ -227,9 +259,10 @@ class Recorder:
         self._pending = None
         self._preroll.clear()
 
-    def finalised(self) -> None:
-        """The listener has acted on a Finished/Discarded decision."""
-        self._pending = None
+    def finalised(self, next_wake: Wake | None = None) -> None:
+        """The listener has acted on a Finished/Discarded decision; `next_wake` (from a superseded
+        recording) is the wake to answer next (light_confirmed or light_failed)."""
+        self._pending = next_wake
         if self.state is State.FINALISING:
             self._set_state(State.LISTENING)
 

@@ -42,10 +42,17 @@ from device.upload_queue import UploadQueue
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+STATS_SCHEMA = """CREATE TABLE stats (
+    day TEXT NOT NULL,               -- local date
+    name TEXT NOT NULL,              -- wakes, kept, rejected, discarded_<reason>
+    count INTEGER NOT NULL,
+    PRIMARY KEY (day, name)
+);"""
 MIGRATIONS = {
     2: "ALTER TABLE requests ADD COLUMN body_hash TEXT NOT NULL DEFAULT '';\n"
        "ALTER TABLE requests ADD COLUMN state TEXT NOT NULL DEFAULT 'done';",
+    3: STATS_SCHEMA + "\nALTER TABLE uploads ADD COLUMN recorded_at REAL NOT NULL DEFAULT 0;",
 }
 """From version N-1 to N: run by the first process that opens an older index."""
 MAX_STORED_IDS = 200
@@ -82,7 +89,7 @@ CREATE TABLE requests (
 CREATE TABLE nonces (nonce TEXT PRIMARY KEY, seen_at REAL NOT NULL);
 CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-SCHEMA += upload_queue.SCHEMA
+SCHEMA += upload_queue.SCHEMA + STATS_SCHEMA
 TEMP_SUFFIX = ".tmp"
 LOCK_FILE = ".lock"
 CLIP_SUFFIX = ".clip"
@@ -228,7 +235,7 @@ class ClipStore:
         with self._index.transaction() as tx:
             _insert_row(tx, clip, key)
             if eligible is not None and (scope := eligible()):
-                self.uploads.enqueue(clip.id, scope)
+                self.uploads.enqueue(clip.id, scope, recorded_at=time.time())
 
     # -- reading ----------------------------------------------------------------------------------
     def all(self) -> list[Clip]:
@@ -299,6 +306,39 @@ class ClipStore:
                     f"less than retention.min_free_bytes ({min_free_bytes // 1024} KiB)")
         return None
 
+    def latest_ids(self, n: int) -> list[str]:
+        """The ids of the n most recent clips, newest first."""
+        return [r[0] for r in self._index.read(
+            "SELECT id FROM clips ORDER BY recorded_at DESC LIMIT ?", (n,))]
+
+    # -- stats ----------------------------------------------------------------------------------
+    def add_stats(self, counts: dict[str, int]) -> None:
+        """Add to today's counters (what the owner sees with `edge-recorder stats`)."""
+        if counts:
+            with self._index.transaction() as tx:
+                for name, n in counts.items():
+                    self._add_stat(tx, name, n)
+
+    @staticmethod
+    def _add_stat(tx: sqlite3.Connection, name: str, n: int) -> None:
+        tx.execute("INSERT INTO stats (day, name, count) VALUES (?, ?, ?) ON CONFLICT(day, name) "
+                   "DO UPDATE SET count = count + excluded.count",
+                   (datetime.now().astimezone().date().isoformat(), name, n))
+
+    def stats(self, days: int = 7) -> list[dict[str, Any]]:
+        """Per local day, newest first: {"day", "wakes", "kept", "rejected", "discarded": {...}}."""
+        since = (datetime.now().astimezone().date() - timedelta(days=days - 1)).isoformat()
+        out: dict[str, dict[str, Any]] = {}
+        for day, name, n in self._index.read(
+                "SELECT day, name, count FROM stats WHERE day >= ? ORDER BY day DESC", (since,)):
+            row = out.setdefault(day, {"day": day, "wakes": 0, "kept": 0, "rejected": 0,
+                                       "discarded": {}})
+            if name.startswith("discarded_"):
+                row["discarded"][name.removeprefix("discarded_")] = n
+            else:
+                row[name] = n
+        return list(out.values())
+
     def count(self) -> int:
         row = self._index.one("SELECT COUNT(*) FROM clips")
         return int(row[0]) if row else 0
@@ -312,7 +352,7 @@ class ClipStore:
     def delete(
         self, ids: list[str] | None = None, since: datetime | None = None,
         until: datetime | None = None, everything: bool = False, request_id: str | None = None,
-        remote: bool = True, body_hash: str = "", nonce: str | None = None,
+        remote: bool = True, body_hash: str = "", nonce: str | None = None, reason: str = "command",
     ) -> dict[str, Any]:
         """Delete the clips selected by ids, a recorded_at range [since, until), or everything.
 
@@ -329,7 +369,7 @@ class ClipStore:
         outcome: dict[str, Any] = {}
         try:
             self._with_reserve(lambda: outcome.update(self._delete_rows(
-                ids, since, until, everything, request_id, remote, body_hash, nonce)),
+                ids, since, until, everything, request_id, remote, body_hash, nonce, reason)),
                 doomed=lambda: [c.id for c in self._select(self._index.conn, ids, since, until,
                                                            everything)])
         except (OSError, sqlite3.Error) as exc:
@@ -342,7 +382,7 @@ class ClipStore:
 
     def _delete_rows(self, ids: list[str] | None, since: datetime | None, until: datetime | None,
                      everything: bool, request_id: str | None, remote: bool, body_hash: str,
-                     nonce: str | None) -> dict[str, Any]:
+                     nonce: str | None, reason: str) -> dict[str, Any]:
         with self._index.transaction() as tx:
             if request_id and (done := self._request_result(tx, request_id, body_hash)):
                 # a request whose erase was interrupted is answered for the first time now
@@ -356,6 +396,8 @@ class ClipStore:
                       "remote_pending": pending}
             if request_id:
                 self._record_request(tx, request_id, "delete", result, body_hash)
+            if reason == "reject" and found:
+                self._add_stat(tx, "rejected", len(found))
         return {"result": result, "state": "erasing", "replayed": False}
 
     def _erase(self, ids: list[str], request_id: str | None) -> None:

@@ -228,7 +228,7 @@ class Uploader:
     def _work(self) -> None:
         while not self._stop.is_set():
             with self._lock:  # the in-flight set and the pick are one step
-                job = self._queue.claim(self._inflight)
+                job = self._queue.claim(self._inflight, self.settings.hold_s)
                 if job is not None:
                     self._inflight.add(job[1])
             if job is None:

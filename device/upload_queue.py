@@ -28,7 +28,8 @@ CREATE TABLE uploads (
     scope TEXT NOT NULL,            -- what consent covered when the clip was recorded
     attempts INTEGER NOT NULL DEFAULT 0,
     next_at REAL NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    recorded_at REAL NOT NULL DEFAULT 0  -- unix time: the hold window counts from here
 );
 CREATE TABLE remote_deletes (
     clip_id TEXT PRIMARY KEY,
@@ -49,10 +50,11 @@ class UploadQueue:
         """Set when work was queued, so a waiting uploader starts at once."""
 
     # -- joined to the caller's transaction -------------------------------------------------------
-    def enqueue(self, clip_id: str, scope: str) -> None:
+    def enqueue(self, clip_id: str, scope: str, recorded_at: float = 0.0) -> None:
+        """Queue an upload; it is held until `recorded_at` + the uploader's hold window (P6)."""
         with self._db.transaction() as tx:
-            tx.execute("INSERT INTO uploads (clip_id, state, scope) VALUES (?, 'queued', ?)",
-                       (clip_id, scope))
+            tx.execute("INSERT INTO uploads (clip_id, state, scope, recorded_at) "
+                       "VALUES (?, 'queued', ?, ?)", (clip_id, scope, recorded_at))
         self._changed.set()
 
     def forget(self, clip_ids: list[str], request_id: str | None, remote: bool = True) -> list[str]:
@@ -115,15 +117,18 @@ class UploadQueue:
             with self._db.transaction() as tx:
                 tx.execute("UPDATE uploads SET state = 'queued' WHERE state = 'sending'")
 
-    def claim(self, busy: set[str]) -> tuple[str, str] | None:
-        """The next due job not in `busy`: a remote delete first, then an upload, which is marked
-        `sending`. Looking takes no write lock; only a claimed upload writes."""
+    def claim(self, busy: set[str], hold_s: float = 0.0) -> tuple[str, str] | None:
+        """The next due job not in `busy`: a remote delete first, then an upload recorded at least
+        `hold_s` ago, which is marked `sending`. Looking takes no write lock."""
         now = time.time()
         with self._db.lock:
-            for kind, where in ((REMOTE_DELETE, ""), (UPLOAD, "state = 'queued' AND ")):
+            for kind, where, params in (
+                (REMOTE_DELETE, "", (now,)),
+                (UPLOAD, "state = 'queued' AND recorded_at <= ? AND ", (now - hold_s, now)),
+            ):
                 for (cid,) in self._db.read(
                     f"SELECT clip_id FROM {TABLES[kind]} WHERE {where}next_at <= ? ORDER BY next_at",
-                    (now,),
+                    params,
                 ):
                     if cid in busy or (kind == UPLOAD and not self._mark_sending(cid)):
                         continue
@@ -213,6 +218,12 @@ class UploadQueue:
                     "last_error": None} for c, a, n in remote])
 
     # -- status -------------------------------------------------------------------------------------
+    def held(self, hold_s: float) -> int:
+        """Uploads still inside their hold window."""
+        row = self._db.one("SELECT COUNT(*) FROM uploads WHERE state = 'queued' AND recorded_at > ?",
+                           (time.time() - hold_s,))
+        return int(row[0]) if row else 0
+
     def waiting(self) -> int:
         row = self._db.one("SELECT COUNT(*) FROM uploads WHERE state IN ('queued', 'sending')")
         return int(row[0]) if row else 0

@@ -60,7 +60,7 @@ def run_cycles(n: int, workdir: Path, wav: Path, tls: dict[str, Path], seed: int
     server = UploadServer(tls)
     cfg = workdir / "crash.toml"
     cfg.write_text(f'[upload]\nurl = "{server.url}"\nca_file = "{tls["ca"]}"\n'
-                   'backoff_initial_s = 0.05\nbackoff_max_s = 0.2\n'
+                   'backoff_initial_s = 0.05\nbackoff_max_s = 0.2\nhold_s = 0.0\n'
                    '[retention]\nmax_bytes = 1048576\nsweep_interval_s = 0.3\nmax_age = "1h"\n')
     env = {**os.environ, "EDGE_RECORDER_STATE_DIR": str(state)}
     store = ClipStore(state)

@@ -45,7 +45,7 @@ def test_kill_9_during_upload_then_restart_sends_each_eligible_clip_exactly_once
                    '[indicator]\npin_factory = "mock"\n'
                    f'[upload]\nurl = "{https_server.url}"\ntoken = "t0k3n"\n'
                    f'ca_file = "{tls_material["ca"]}"\n'
-                   'backoff_initial_s = 0.1\nbackoff_max_s = 0.5\ntimeout_s = 10\n')
+                   'backoff_initial_s = 0.1\nbackoff_max_s = 0.5\ntimeout_s = 10\nhold_s = 0.0\n')
     https_server.script.extend(["sleep:5"])  # the first upload is received, then the answer is slow
 
     def start() -> subprocess.Popen[str]:

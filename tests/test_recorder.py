@@ -28,7 +28,8 @@ def frame(i: int) -> Frame:
 
 def recorder(**overrides: object) -> tuple[Recorder, list[tuple[State, State]]]:
     seen: list[tuple[State, State]] = []
-    rec = Recorder(RecorderSettings(**overrides), WakeSettings(), lambda a, b: seen.append((a, b)))
+    rec = Recorder(RecorderSettings(**overrides), WakeSettings(startup_quiet_s=0),
+                   lambda a, b: seen.append((a, b)))
     return rec, seen
 
 
@@ -155,18 +156,51 @@ def test_a_new_stream_does_not_inherit_the_old_streams_refractory_period() -> No
 
 class TestWakeGate:
     def test_threshold_is_strict_and_per_model(self) -> None:
-        gate = WakeGate(WakeSettings(models=["a", "b"], threshold=0.5, thresholds={"b": 0.9}))
+        gate = WakeGate(WakeSettings(models=["a", "b"], sensitivity="custom", threshold=0.5,
+                                     thresholds={"b": 0.9}, startup_quiet_s=0))
         assert gate.update(frame(0), {"a": 0.5, "b": 0.8}) is None
         hit = gate.update(frame(1), {"a": 0.6, "b": 0.8})
         assert hit == Wake(frame(1).end, "a", 0.6)
 
     def test_patience_needs_consecutive_frames(self) -> None:
-        gate = WakeGate(WakeSettings(patience_frames=3, refractory_s=0))
+        gate = WakeGate(WakeSettings(sensitivity="custom", patience_frames=3, refractory_s=0,
+                                     startup_quiet_s=0))
         scores = [0.9, 0.9, 0.1, 0.9, 0.9, 0.9]
         hits = [gate.update(frame(i), {"w": s}) for i, s in enumerate(scores)]
         assert [h is not None for h in hits] == [False] * 5 + [True]
 
     def test_refractory_period_suppresses_repeats(self) -> None:
-        gate = WakeGate(WakeSettings(refractory_s=0.4))
+        gate = WakeGate(WakeSettings(refractory_s=0.4, startup_quiet_s=0))
         hits = [gate.update(frame(i), {"w": 0.9}) for i in range(12)]
         assert [i for i, h in enumerate(hits) if h] == [0, 6]
+
+
+    def test_nothing_wakes_in_the_first_second_of_a_stream(self) -> None:
+        gate = WakeGate(WakeSettings())
+        hits = [gate.update(frame(i), {"w": 0.9}) for i in range(20)]
+        assert [i for i, h in enumerate(hits) if h] == [12]  # 1.04 s: the first frame after 1 s
+        gate.reset()  # a new stream (after a mute, a replugged microphone): quiet again
+        assert gate.update(frame(3), {"w": 0.99}) is None
+
+    def test_the_gate_re_arms_as_soon_as_the_score_falls(self) -> None:
+        gate = WakeGate(WakeSettings(refractory_s=2.0, startup_quiet_s=0))
+        scores = [0.9, 0.9, 0.1, 0.1, 0.1, 0.9]  # a false wake, 240 ms of quiet, a real one
+        hits = [gate.update(frame(i), {"w": s}) for i, s in enumerate(scores)]
+        assert [i for i, h in enumerate(hits) if h] == [0, 5]
+
+
+def test_a_wake_word_during_a_recording_supersedes_it_and_starts_a_new_one() -> None:
+    rec, seen = recorder(speech_timeout_s=3.0)
+    wake_then_record(rec, [False] * 3)  # a false wake: TV noise, no speech yet
+    for i in range(9, 12):
+        assert rec.on_frame(frame(i), {"hey_jarvis": 0.05}, True) is None
+    again = rec.on_frame(frame(12), {"hey_jarvis": 0.97}, False)
+    assert isinstance(again, Discarded) and again.reason == "superseded"
+    assert again.next_wake == Wake(frame(12).end, "hey_jarvis", 0.97)
+    rec.finalised(again.next_wake)
+    rec.light_confirmed(frame(13).start)  # the listener answers the new wake
+    assert rec.state is State.RECORDING
+    for k in range(13, 40):
+        if (done := rec.on_frame(frame(k), {"hey_jarvis": 0.0}, k < 20)) is not None:
+            break
+    assert isinstance(done, Finished) and done.utterance.start == frame(13).start

@@ -40,7 +40,8 @@ def store(state_dir: Path) -> ClipStore:
 
 def settings(https_server: UploadServer, tls: dict[str, Path], **overrides: Any) -> UploadSettings:
     base: dict[str, Any] = {"url": https_server.url, "token": TOKEN, "ca_file": str(tls["ca"]),
-                            "backoff_initial_s": 0.05, "backoff_max_s": 0.2, "timeout_s": 2.0}
+                            "backoff_initial_s": 0.05, "backoff_max_s": 0.2, "timeout_s": 2.0,
+                            "hold_s": 0.0}
     return UploadSettings(**{**base, **overrides})
 
 

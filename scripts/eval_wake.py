@@ -1,0 +1,203 @@
+"""False wakes and accidental clips: the whole pipeline beside bare openWakeWord, in one run.
+
+    scripts/eval-wake DATA_DIR [--models hey_jarvis,alexa] [--presets sensitive,balanced,strict]
+                               [--snr 10,5] [--gap-s 0.5]
+
+DATA_DIR holds recordings in a plain layout anyone can fill (WAV/FLAC/OGG, any rate or channels):
+  positives/<wake_word>/**   one utterance of the wake word per file (recall)
+  negatives/**               anything that is not the wake word: laid end to end, as TV or talk
+  noise/**                   optional: mixed into positives and negatives at each --snr (dB)
+
+For every model and sensitivity preset it reports recall on the positives, and on the negatives
+false wakes per hour and accidental clips per hour (false wakes that became stored clips). The
+pipeline is `simulate`'s code path (a wake counts when the light comes on, i.e. after the
+second look) (run_pipeline, simulated LED, a throwaway store); bare
+openWakeWord is the same model's `predict` with a 0.5 threshold and a 2 s refractory period, run
+on the same audio in the same process. Prints a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+import soxr
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from device import wake  # noqa: E402
+from device.app import run_pipeline  # noqa: E402
+from device.config import Settings, resolve_models_dir  # noqa: E402
+from device.events import Event, EventSink  # noqa: E402
+from device.frames import Frame  # noqa: E402
+from device.models import ModelStore  # noqa: E402
+
+FRAME = 1280
+RATE = 16000
+AUDIO = (".wav", ".flac", ".ogg")
+BARE_THRESHOLD, BARE_REFRACTORY_S = 0.5, 2.0
+
+
+def audio_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO and p.is_file())
+
+
+def load(path: Path) -> np.ndarray:
+    """Any file as 16 kHz mono int16 (NaN as silence)."""
+    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    mono = data.mean(axis=1)
+    if rate != RATE:
+        mono = soxr.resample(mono, rate, RATE)
+    return (np.clip(np.nan_to_num(mono), -1, 1) * 32767).astype(np.int16)
+
+
+def mix(speech: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    if len(noise) < len(speech):
+        noise = np.tile(noise, math.ceil(len(speech) / len(noise)))
+    start = int(rng.integers(0, len(noise) - len(speech) + 1))
+    n = noise[start:start + len(speech)].astype(np.float64)
+    s = speech.astype(np.float64)
+    ps, pn = np.mean(s ** 2) or 1.0, np.mean(n ** 2) or 1.0
+    out = s + n * math.sqrt(ps / (pn * 10 ** (snr_db / 10)))
+    return np.clip(out, -32768, 32767).astype(np.int16)
+
+
+class Memory:
+    """A source over samples in memory: `simulate`'s path without a file."""
+
+    overflows = 0
+
+    def __init__(self, samples: np.ndarray) -> None:
+        self._samples, self._at = samples, 0
+
+    def frames(self, stop: Any) -> Iterator[Frame]:
+        for i in range(0, len(self._samples) - FRAME + 1, FRAME):
+            self._at = i + FRAME
+            yield Frame(i, self._samples[i:i + FRAME])
+
+    def clock(self) -> int:
+        return self._at
+
+    def close(self) -> None:
+        pass
+
+
+def pipeline(samples: np.ndarray, settings: Settings, state: Path) -> dict[str, int]:
+    from gpiozero.pins.mock import MockFactory
+
+    seen: list[Event] = []
+    sink = EventSink()
+    sink.subscribe(seen.append)
+    run_pipeline(settings, state, lambda: Memory(samples), sink, MockFactory(), threading.Event())
+    sink.close()
+    kinds = [e.type for e in seen]
+    lit = sum(1 for e in seen if e.type == "indicator" and getattr(e, "state", "") == "recording")
+    return {"wakes": kinds.count("wake"), "lit": lit, "clips": kinds.count("clip")}
+
+
+def bare(samples: np.ndarray, model: Any) -> int:
+    """Bare openWakeWord: crossings of 0.5, each followed by a 2 s refractory period."""
+    model.reset()
+    hits, quiet_until = 0, -1.0
+    for i in range(0, len(samples) - FRAME + 1, FRAME):
+        score = max(model.predict(samples[i:i + FRAME]).values())
+        t = (i + FRAME) / RATE
+        if score > BARE_THRESHOLD and t > quiet_until:
+            hits += 1
+            quiet_until = t + BARE_REFRACTORY_S
+    return hits
+
+
+def cache_models() -> None:
+    """Load each model once and reset it for every run (a reset model is a fresh one)."""
+    cache: dict[tuple[str, ...], Any] = {}
+    real = wake.load_openwakeword_model
+
+    def cached(paths: list[str], store: ModelStore) -> Any:
+        if tuple(paths) not in cache:
+            cache[tuple(paths)] = real(paths, store)
+        cache[tuple(paths)].reset()
+        return cache[tuple(paths)]
+
+    wake.load_openwakeword_model = cached  # type: ignore[assignment]
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    data = Path(args.data_dir)
+    rng = np.random.default_rng(args.seed)
+    noises = [load(p) for p in audio_files(data / "noise")] if (data / "noise").exists() else []
+    negatives = [load(p) for p in audio_files(data / "negatives")]
+    gap = np.zeros(int(args.gap_s * RATE), np.int16)
+    stream = np.concatenate([x for n in negatives for x in (n, gap)]) if negatives else gap
+    conditions: list[tuple[str, float | None]] = [("clean", None)]
+    conditions += [(f"snr{snr:g}", snr) for snr in args.snr if noises]
+    models = ModelStore(resolve_models_dir(Settings(), Path(tempfile.gettempdir())))
+    cache_models()
+    results: dict[str, Any] = {"negatives_h": round(len(stream) / RATE / 3600, 3), "rows": []}
+    for name in args.models:
+        positives = [load(p) for p in audio_files(data / "positives" / name)]
+        bare_model = wake.load_openwakeword_model([str(models.wake_model(name)[1])], models)
+        for cond, snr in conditions:
+            pick = (lambda x: mix(x, noises[int(rng.integers(len(noises)))], snr, rng)) if snr else (
+                lambda x: x)
+            pos = [np.concatenate([pick(p), np.zeros(RATE, np.int16)]) for p in positives]
+            neg = pick(stream)
+            hours = len(neg) / RATE / 3600
+            bare_recall = sum(bare(p, bare_model) > 0 for p in pos)
+            bare_false = bare(neg, bare_model)
+            for preset in args.presets:
+                settings = Settings.model_validate({"wake": {"models": [name], "sensitivity": preset},
+                                                    "asr": {"enabled": False}})
+                with tempfile.TemporaryDirectory() as tmp:
+                    found = sum(pipeline(p, settings, Path(tmp) / f"p{i}")["lit"] > 0
+                                for i, p in enumerate(pos))
+                    negative = pipeline(neg, settings, Path(tmp) / "neg")
+                results["rows"].append({
+                    "model": name, "preset": preset, "condition": cond,
+                    "positives": len(pos), "negatives_h": round(hours, 3),
+                    "bare_recall": round(bare_recall / max(1, len(pos)), 4),
+                    "recall": round(found / max(1, len(pos)), 4),
+                    "bare_false_wakes_per_h": round(bare_false / hours, 3),
+                    "false_wakes_per_h": round(negative["lit"] / hours, 3),
+                    "accidental_clips_per_h": round(negative["clips"] / hours, 3),
+                    "bare_false_wakes": bare_false, "false_wakes": negative["lit"],
+                    "accidental_clips": negative["clips"],
+                })
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("data_dir")
+    parser.add_argument("--models", type=lambda s: s.split(","), default=["hey_jarvis", "alexa"])
+    parser.add_argument("--presets", type=lambda s: s.split(","),
+                        default=["sensitive", "balanced", "strict"])
+    parser.add_argument("--snr", type=lambda s: [float(x) for x in s.split(",")], default=[])
+    parser.add_argument("--gap-s", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    started = time.monotonic()
+    results = evaluate(args)
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    head = ("model", "preset", "condition", "positives", "bare_recall", "recall", "negatives_h",
+            "bare_false_wakes_per_h", "false_wakes_per_h", "accidental_clips_per_h")
+    print(" | ".join(head))
+    for row in results["rows"]:
+        print(" | ".join(str(row[h]) for h in head))
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
