@@ -149,8 +149,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         positives = [load(p) for p in audio_files(data / "positives" / name)]
         bare_model = wake.load_openwakeword_model([str(models.wake_model(name)[1])], models)
         for cond, snr in conditions:
-            pick = (lambda x: mix(x, noises[int(rng.integers(len(noises)))], snr, rng)) if snr else (
-                lambda x: x)
+            def pick(x: np.ndarray, snr: float | None = snr) -> np.ndarray:
+                return mix(x, noises[int(rng.integers(len(noises)))], snr, rng) if snr else x
+
             pos = [np.concatenate([pick(p), np.zeros(RATE, np.int16)]) for p in positives]
             neg = pick(stream)
             hours = len(neg) / RATE / 3600
