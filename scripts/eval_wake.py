@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 import threading
@@ -50,7 +51,9 @@ BARE_THRESHOLD, BARE_REFRACTORY_S = 0.5, 2.0
 
 
 def audio_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO and p.is_file())
+    """Every audio file below `folder`, following symbolic links (data is often linked in)."""
+    return sorted(Path(root) / name for root, _, names in os.walk(folder, followlinks=True)
+                  for name in names if Path(name).suffix.lower() in AUDIO)
 
 
 def load(path: Path) -> np.ndarray:
