@@ -152,17 +152,21 @@ def run_pipeline(
             from device.mqtt import MqttControl
 
             def status() -> dict[str, Any]:
-                return {"state": recorder.state.value, "clips": store.count(),
+                today = (store.stats(days=1) or [{}])[0]
+                false_wakes = sum(today.get("discarded", {}).values()) + today.get("rejected", 0)
+                return {"state": recorder.state.value,
+                        "clips": store.count(),
+                        "bytes_used": sum(size for _, _, size in store.bytes_used()),
                         "consent": consent.read(store).summary(),
                         "muted": {"software": mute.software, "hardware": mute.hardware},
                         "waiting_uploads": store.uploads.waiting(),
                         "held_uploads": store.uploads.held(settings.upload.hold_s),
                         "sensitivity": sensitivity.level(),
-                        "today": (store.stats(days=1) or [{}])[0],
+                        "today": {**today, "false_wakes": false_wakes},
                         "counters": vars(counters).copy()}
 
             mqtt = MqttControl(settings.mqtt, store, Controller(store, mute, sensitivity), status,
-                               events)
+                               events, wake_words=detector.names)
             mute.on_change(mqtt.publish_status)
             sensitivity.on_change(mqtt.publish_status)
             mqtt.start()

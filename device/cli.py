@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="show the wake sensitivity, or make it less sensitive than configured")
     sens.add_argument("level", nargs="?", choices=["sensitive", "balanced", "strict"])
 
+    mqtt_cmd = sub.add_parser("mqtt", parents=[common], help="the MQTT control plane")
+    mqsub = mqtt_cmd.add_subparsers(dest="mqtt_command", required=True)
+    mqsub.add_parser("forget", parents=[common],
+                     help="remove the speaker from Home Assistant (and its retained status)")
+
     uploads = sub.add_parser("uploads", parents=[common], help="the upload queue")
     usub = uploads.add_subparsers(dest="uploads_command", required=True)
     usub.add_parser("list", parents=[common], help="waiting, sent, failed uploads and remote deletes")
@@ -317,6 +322,19 @@ def clips_reject(store: Any, args: argparse.Namespace) -> int:
     return 0 if reply.ids and not reply.not_found else 1
 
 
+def cmd_mqtt(args: argparse.Namespace) -> int:
+    from device.errors import ConfigError
+    from device.files import ensure_private_dir
+    from device.mqtt import forget
+
+    settings, state_dir = _settings(args)
+    if not settings.mqtt.host:
+        raise ConfigError("mqtt.host is not set: there is no broker to forget the speaker on")
+    cleared = forget(settings.mqtt, ensure_private_dir(state_dir))
+    print(f"removed from Home Assistant and the broker: {cleared}")
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from device.store import ClipStore
 
@@ -440,6 +458,7 @@ COMMANDS = {
     "listen": cmd_listen,
     "clips": cmd_clips, "models": cmd_models, "consent": cmd_consent,
     "wipe": cmd_wipe, "uploads": cmd_uploads, "stats": cmd_stats, "sensitivity": cmd_sensitivity,
+    "mqtt": cmd_mqtt,
 }
 CLIP_COMMANDS = {
     "list": clips_list, "show": clips_show, "export": clips_export, "delete": clips_delete,

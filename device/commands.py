@@ -75,20 +75,24 @@ class _Command(BaseModel):
 
 
 class DeleteCommand(_Command):
-    """Exactly one of: ids, from + to, last, all."""
+    """Exactly one of: ids, from + to, last (a duration), newest (the N most recent clips),
+    today (since local midnight on the device), all."""
 
     ids: list[ClipId] | None = Field(default=None, min_length=1, max_length=MAX_IDS)
     from_: AwareDatetime | None = Field(default=None, alias="from")
     to: AwareDatetime | None = None
     last: Duration | None = None
+    newest: int | None = Field(default=None, ge=1, le=MAX_IDS)
+    today: Literal[True] | None = None
     all: Literal[True] | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> DeleteCommand:
         forms = [self.ids is not None, self.from_ is not None or self.to is not None,
-                 self.last is not None, self.all is not None]
+                 self.last is not None, self.all is not None, self.newest is not None,
+                 self.today is not None]
         if sum(forms) != 1:
-            raise ValueError("give exactly one of: ids, from+to, last, all")
+            raise ValueError("give exactly one of: ids, from+to, last, newest, today, all")
         if forms[1] and (self.from_ is None or self.to is None or self.from_ >= self.to):
             raise ValueError("a time range needs both 'from' and 'to', with from < to")
         for when in (self.from_, self.to):
@@ -103,6 +107,9 @@ class DeleteCommand(_Command):
     def window(self, now: datetime) -> tuple[datetime | None, datetime | None]:
         if self.last is not None:
             return now - timedelta(seconds=duration_s(self.last)), None
+        if self.today:
+            local = now.astimezone()
+            return local.replace(hour=0, minute=0, second=0, microsecond=0), None
         return self.from_, self.to
 
 
@@ -272,7 +279,8 @@ class Controller:
 
     def delete(self, cmd: DeleteCommand) -> events.Deleted:
         since, until = cmd.window(datetime.now(UTC))
-        result = self.store.delete(ids=cmd.ids, since=since, until=until,
+        ids = self.store.latest_ids(cmd.newest) if cmd.newest is not None else cmd.ids
+        result = self.store.delete(ids=ids, since=since, until=until,
                                    everything=bool(cmd.all), request_id=cmd.request_id,
                                    body_hash=cmd.body_hash, nonce=cmd.signed_nonce)
         if result["replayed"]:

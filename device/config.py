@@ -187,6 +187,10 @@ class MqttSettings(_Section):
     reconnect_max_s: float = Field(default=60.0, gt=0)
     publish_transcripts: bool = False
     """Include transcripts in evt/clip. Off: only metadata leaves the device."""
+    discovery: bool = True
+    """Announce the speaker to Home Assistant (MQTT device discovery)."""
+    discovery_prefix: str = Field(default="homeassistant", pattern=r"^[^#+/][^#+]*$")
+    """Home Assistant's discovery prefix (and its birth topic `<prefix>/status`)."""
     tls: MqttTlsSettings = MqttTlsSettings()
     signing: MqttSigningSettings = MqttSigningSettings()
 

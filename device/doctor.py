@@ -135,7 +135,17 @@ def check_broker(settings: Settings) -> Check:
     ok, detail = mqtt.probe(settings.mqtt, NETWORK_TIMEOUT_S)
     fix = ("check mqtt.username and the password (file)" if "refused the login" in detail else
            "check mqtt.host/port, that the broker runs, and mqtt.tls.ca_file for TLS")
-    return Check("mqtt", ok, detail, fix)
+    return Check("mqtt", ok, f"{detail}; {protection(settings)}", fix)
+
+
+def protection(settings: Settings) -> str:
+    """Which protections guard the commands (README: "Home Assistant")."""
+    m = settings.mqtt
+    parts = [("TLS" + ("" if m.tls.verify else " WITHOUT certificate checks")) if m.tls.enabled
+             else "no TLS", f"login as {m.username!r}" if m.username else "anonymous login",
+             "HMAC-signed commands" if m.signing.secret_file else "unsigned commands (use a broker "
+             "ACL so only Home Assistant may publish to cmd/)"]
+    return "protection: " + ", ".join(parts)
 
 
 def check_upload(settings: Settings) -> Check:

@@ -26,7 +26,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device import __version__, events
+from device import __version__, events, ha
 from device.commands import CommandError, Controller, Signing, error_event, parse, request_id_in
 from device.config import MqttSettings
 from device.errors import ConfigError, StoreError
@@ -61,8 +61,11 @@ class TokenBucket:
         self._tokens -= 1
         return True
 DEVICE_ID_FILE = "device_id"
-FORWARDED = (events.Upload, events.Deleted)
-"""Events from inside the device published as they are: upload results, deletes and follow-ups."""
+FORWARDED = (events.Upload, events.Deleted, events.Wake, events.Indicator, events.Discarded,
+             events.Audio, events.Sensitivity)
+"""Events published as they are (evt/<type>); each is followed by a fresh status."""
+STATUS_REFRESH_S = 30.0
+"""The status is also republished this often when it changed (e.g. consent granted by the CLI)."""
 
 
 def device_id(state_dir: Path) -> str:
@@ -85,7 +88,8 @@ def set_nodelay(client: mqtt.Client) -> None:
 
 class MqttControl:
     def __init__(self, settings: MqttSettings, store: ClipStore, controller: Controller,
-                 status: Callable[[], dict[str, Any]], events: EventSink) -> None:
+                 status: Callable[[], dict[str, Any]], events: EventSink,
+                 wake_words: list[str] | None = None) -> None:
         assert settings.host, "MqttControl needs mqtt.host"
         self.settings = settings
         self.device_id = device_id(store.state_dir)
@@ -97,6 +101,11 @@ class MqttControl:
         self._inbox: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
         self._stopping = threading.Event()
         self._bucket = TokenBucket(RATE_PER_S, BURST)
+        self._wake_words = wake_words or []
+        self._birth_topic = f"{settings.discovery_prefix}/status"
+        self._last_status = ""
+        self._light = "idle"
+        """The recording light as the last indicator event showed it (in event order)."""
         self._connected = False
         self._reported_down = False
         self._closing = False
@@ -149,6 +158,9 @@ class MqttControl:
         set_nodelay(client)
         log.info("mqtt: connected (session present: %s)", flags.session_present)
         client.subscribe(self.topic("cmd/#"), qos=QOS)
+        if self.settings.discovery:
+            client.subscribe(self._birth_topic, qos=QOS)
+            self.publish_discovery()
         self.publish_status()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -165,11 +177,24 @@ class MqttControl:
         self._connected = False
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self._birth_topic:  # Home Assistant (re)started: announce again
+            client.ack(message.mid, message.qos)
+            if message.payload == b"online":
+                self.publish_discovery()
+                self.publish_status()
+            return
         self._inbox.put(message)
 
     # -- the worker -------------------------------------------------------------------------------
     def _work(self) -> None:
-        while (message := self._inbox.get()) is not None:
+        while True:
+            try:
+                message = self._inbox.get(timeout=STATUS_REFRESH_S)
+            except queue.Empty:
+                self.publish_status(only_if_changed=True)
+                continue
+            if message is None:
+                return
             reply = self._until_done(message)
             if reply is None:
                 return  # closing: the message stays unacknowledged; the broker delivers it again
@@ -221,15 +246,27 @@ class MqttControl:
             self.publish_event(ev if self.settings.publish_transcripts else replace(ev, transcript=None))
             self.publish_status()
         elif isinstance(ev, FORWARDED):
+            if isinstance(ev, events.Indicator):
+                self._light = ev.state
             self.publish_event(ev)
-            self.publish_status()  # clip count, waiting uploads: retention sweeps change them too
+            self.publish_status()  # clip count, light, waiting uploads: sweeps change them too
 
-    def publish_status(self) -> None:
-        self._client.publish(self.topic("status"), self._status_payload(online=True), qos=QOS,
-                             retain=True)
+    def publish_status(self, only_if_changed: bool = False) -> None:
+        payload = self._status_payload(online=True)
+        if only_if_changed and payload == self._last_status:
+            return
+        self._last_status = payload
+        self._client.publish(self.topic("status"), payload, qos=QOS, retain=True)
+
+    def publish_discovery(self) -> None:
+        if self.settings.discovery:
+            payload = ha.discovery_payload(self.settings, self.device_id, self.base, self._wake_words)
+            self._client.publish(ha.discovery_topic(self.settings, self.device_id),
+                                 json.dumps(payload), qos=QOS, retain=True)
 
     def _status_payload(self, online: bool) -> str:
-        return json.dumps({"online": online, "version": __version__, **self._status()})
+        return json.dumps({"online": online, "version": __version__, **self._status(),
+                           "recording": self._light == "recording"})
 
 
 MIN_SECRET_BYTES = 16
@@ -295,3 +332,27 @@ def probe(settings: MqttSettings, timeout_s: float) -> tuple[bool, str]:
     if reason is None or reason.is_failure:
         return False, f"{host}:{port} refused the login: {reason}"
     return True, f"connected to {host}:{port} and logged in"
+
+
+def forget(settings: MqttSettings, state_dir: Path, timeout_s: float = 10.0) -> str:
+    """Remove the speaker from Home Assistant and clear its retained status (empty retained
+    payloads), e.g. before uninstalling. Returns the topics cleared."""
+    did = device_id(state_dir)
+    topics = [ha.discovery_topic(settings, did), f"{settings.prefix}/{did}/status"]
+    client = make_client(settings, client_id="", persistent=False)
+    done = threading.Event()
+    client.on_connect = lambda *args: done.set()
+    try:
+        client.connect(str(settings.host), port_of(settings), keepalive=10)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot reach {settings.host}:{port_of(settings)}: {exc}") from None
+    client.loop_start()
+    try:
+        if not done.wait(timeout_s):
+            raise ConfigError(f"{settings.host} did not accept the login; check mqtt.username")
+        for topic in topics:
+            client.publish(topic, b"", qos=QOS, retain=True).wait_for_publish(timeout_s)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return ", ".join(topics)

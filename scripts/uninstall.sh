@@ -27,6 +27,11 @@ require_root
 
 step "Service"
 run systemctl disable --now edge-recorder || true
+if [ -x "$PREFIX/venv/bin/edge-recorder" ] && [ -e "$ETC/config.toml" ]; then
+  # Remove the speaker from Home Assistant (empty retained discovery payload); no broker: skip.
+  run runuser -u "$USER_NAME" -- env "EDGE_RECORDER_STATE_DIR=$STATE" "$PREFIX/venv/bin/edge-recorder" \
+    mqtt forget --config "$ETC/config.toml" || true
+fi
 run rm -f "$UNIT"
 run systemctl daemon-reload
 

@@ -41,7 +41,7 @@ class Owner:
         c.username_pw_set(MQTT_USER, MQTT_PASSWORD)
         c.tls_set(ca_certs=str(broker.tls["ca"]))
         c.reconnect_delay_set(1, 1)
-        c.on_connect = lambda cl, *_: cl.subscribe(BASE + "#", qos=1)
+        c.on_connect = lambda cl, *_: cl.subscribe([(BASE + "#", 1), ("homeassistant/#", 1)])
         c.on_message = self._on_message
         c.connect("127.0.0.1", broker.port)
         c.loop_start()
@@ -64,6 +64,11 @@ class Owner:
         with self._lock:
             return [b for t, b in self.messages
                     if t == topic and (request_id is None or b.get("request_id") == request_id)]
+
+    def replies_on(self, topic: str) -> list[Any]:
+        """Every payload seen on one topic (full name, or relative to the speaker's base)."""
+        with self._lock:
+            return [b for t, b in self.messages if t == topic]
 
     def reply(self, topic: str, request_id: str) -> Any:
         wait_until(lambda: self.replies(topic, request_id), WAIT_S, f"no {topic} for {request_id}")
