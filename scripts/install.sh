@@ -67,12 +67,36 @@ else
   run python3 -m venv "$PREFIX/venv"
 fi
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$SRC/pyproject.toml")
+PYVER=$("$PREFIX/venv/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")' 2>/dev/null || python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+# lgpio (gpiozero's pin driver on a Pi) has PyPI wheels for CPython 3.11 only. On Raspberry Pi OS
+# Trixie (3.13) it comes from Raspberry Pi's own python3-lgpio package, linked into the venv; on
+# a Debian without it (no GPIO to drive anyway) the speaker runs with simulated pins only.
+EXTRA=""
+if [ "$PYVER" = "3.11" ]; then
+  EXTRA="[pi]"
+fi
 if [ "$("$PREFIX/venv/bin/edge-recorder" --version 2>/dev/null)" = "edge-recorder $VERSION" ]; then
   done_already "edge-recorder $VERSION installed"
 else
-  run "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check "${SRC}[pi]"
+  run "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check "${SRC}${EXTRA}"
   # openwakeword's metadata requires tflite-runtime (broken beside NumPy 2): pinned, without deps.
   run "$SRC/scripts/openwakeword-install" "$PREFIX/venv/bin/python"
+fi
+
+step "GPIO driver (lgpio) for Python $PYVER"
+if "$PREFIX/venv/bin/python" -c 'import lgpio' 2>/dev/null; then
+  done_already "lgpio importable"
+elif [ "$DRY_RUN" -eq 1 ] || apt-cache show python3-lgpio >/dev/null 2>&1; then
+  dpkg-query -W -f='${Status}' python3-lgpio 2>/dev/null | grep -q "install ok installed" ||
+    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-lgpio
+  SITE=$("$PREFIX/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || echo "$PREFIX/venv/lib/python$PYVER/site-packages")
+  for f in /usr/lib/python3/dist-packages/lgpio.py /usr/lib/python3/dist-packages/_lgpio*.so; do
+    [ -e "$f" ] || [ "$DRY_RUN" -eq 1 ] || continue
+    run ln -sf "$f" "$SITE/"
+  done
+else
+  printf '    note: no lgpio for Python %s here (Raspberry Pi OS ships python3-lgpio); the speaker\n' "$PYVER"
+  printf '    runs, but only with indicator.pin_factory = "mock" (no real LED)\n'
 fi
 
 step "State directory $STATE (0700, owned by $USER_NAME)"
