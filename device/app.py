@@ -20,17 +20,18 @@ from device.commands import Controller
 from device.config import Settings, resolve_models_dir
 from device.errors import StoreError
 from device.events import EventSink
+from device.gate import GatedDetector
 from device.indicator import Indicator, MuteControls
 from device.models import ModelStore
 from device.mute import MuteState
 from device.pipeline import ClipWriter, Counters, Listener
-from device.recorder import Recorder
+from device.recorder import Recorder, State
 from device.retention import Sweeper
 from device.sensitivity import SensitivityState
 from device.service import Notifier, Watchdog
 from device.store import ClipStore
 from device.vad import SpeechDetector
-from device.wake import OpenWakeWordDetector
+from device.wake import OpenWakeWordDetector, WakeDetector
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def run_pipeline(
         store = ClipStore(state_dir)
         stack.callback(store.close)
         models = ModelStore(resolve_models_dir(settings, state_dir))
-        detector = OpenWakeWordDetector(settings.wake, models)
+        detector: WakeDetector = OpenWakeWordDetector(settings.wake, models)
         transcriber = make_transcriber(settings, models)
         indicator = Indicator(settings.indicator, pin_factory)
         stack.callback(indicator.close)
@@ -126,6 +127,9 @@ def run_pipeline(
         stack.callback(sensitivity.close)
         events.subscribe(StatsCounter(store))
         recorder = Recorder(settings.recorder, settings.wake, level=sensitivity.level)
+        if settings.wake.gate:
+            detector = GatedDetector(detector, settings.wake,
+                                     keep_open=lambda: recorder.state is not State.LISTENING)
         listener = Listener(
             open_source, detector, SpeechDetector(settings.recorder.vad_aggressiveness),
             recorder, indicator, writer, events, counters, mute,

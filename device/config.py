@@ -88,6 +88,15 @@ class WakeSettings(_Section):
     been under the threshold for 240 ms, or after this many seconds at the latest."""
     startup_quiet_s: float = Field(default=1.0, ge=0.0, le=10.0)
     """No wake in the first seconds of a stream (openWakeWord's buffer starts from random noise)."""
+    gate: bool = True
+    """In a quiet room, run the wake-word models only when a frame stands out from the noise floor
+    (the skipped audio is replayed first, so no wake is lost at the onset of speech)."""
+    gate_margin_db: float = Field(default=10.0, ge=3.0, le=40.0)
+    """How far above the room's noise floor a frame must be to open the gate."""
+    gate_hangover_s: float = Field(default=2.0, ge=0.5, le=30.0)
+    """How long the gate stays open after the last frame above it."""
+    gate_preroll_s: float = Field(default=2.0, ge=1.0, le=5.0)
+    """Audio kept in RAM while the gate is shut and replayed through the models when it opens."""
 
     def preset(self, name: str, level: str | None = None) -> tuple[float, int]:
         """(threshold, patience) for a model at `level` (default: the configured one)."""

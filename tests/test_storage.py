@@ -126,6 +126,7 @@ def test_retention_by_age_and_by_bytes_oldest_first(state_dir: Path) -> None:
     store_bytes = sum(s for _, _, s in store.bytes_used())
     assert store_bytes <= tight.max_bytes  # small clips: nothing more to do
     assert indexed(store) == set(older_small) | {newest}
+    sink.flush()  # events are delivered on the sink's own thread
     [ev] = events
     assert ev["type"] == "deleted" and ev["reason"] == "retention" and ev["ids"] == [old]
 
