@@ -14,10 +14,11 @@ Three imports of openwakeword are redirected before it loads:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -101,6 +102,40 @@ def defer_verifier_imports() -> None:
     sys.modules.setdefault(VERIFIER_MODULE, _LazyVerifierModule(VERIFIER_MODULE))
 
 
+DOWNLOAD_HELPERS = ("requests", "tqdm")
+"""openwakeword.utils imports these for its model downloader, which edge-recorder never calls
+(models come pinned from `models fetch`): 8 MB of a start that a Pi Zero 2 W can use better."""
+
+
+@contextlib.contextmanager
+def _download_helpers_left_out() -> Iterator[None]:
+    """While openwakeword is imported, its download helpers resolve to inert stand-ins; they are
+    taken out of sys.modules again afterwards, so edge-recorder's own `import requests` (uploads,
+    `models fetch`) still gets the real one."""
+    stand_ins = {name: _Unused(name) for name in DOWNLOAD_HELPERS if name not in sys.modules}
+    sys.modules.update(stand_ins)
+    try:
+        yield
+    finally:
+        for name, module in stand_ins.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+
+
+class _Unused(types.ModuleType):
+    """Any name imported from it is a function that refuses to run."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def unused(*args: Any, **kwargs: Any) -> Any:
+            raise ModelError(f"{self.__name__}.{name} was used by openwakeword's downloader; "
+                             "edge-recorder installs models with `edge-recorder models fetch`")
+
+        return unused
+
+
 def install_hint() -> str:
     """The exact command that installs openwakeword into the Python running now."""
     return (f"{sys.executable} -m pip install --no-deps '{OPENWAKEWORD_REQUIREMENT}' (its metadata "
@@ -113,7 +148,8 @@ def load_openwakeword_model(wake_paths: list[str], store: ModelStore) -> Any:
     keep_onnxruntime_out()
     defer_verifier_imports()
     try:
-        from openwakeword.model import Model
+        with _download_helpers_left_out():
+            from openwakeword.model import Model
     except ImportError:
         raise ModelError(f"openwakeword is not installed in this environment; run: {install_hint()}"
                          ) from None

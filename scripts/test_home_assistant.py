@@ -114,9 +114,13 @@ def main() -> int:
             listed = subprocess.run([*CLI, "clips", "list"], env=env, capture_output=True, text=True)
             results["delete last clip, pressed twice, deletes two"] = one and two and listed.stdout == ""
             seen: list[str] = []
+
+            def light_went_on_and_off() -> bool:
+                seen.append(ha.state(f"binary_sensor.{e}_recording")["state"])
+                return "on" in seen and seen[-1] == "off" and seen.index("on") > 0
+
             results["recording sensor turns on and off around the wake"] = until(
-                lambda: (seen.append(ha.state(f"binary_sensor.{e}_recording")["state"]) or
-                         ("on" in seen and seen[-1] == "off" and seen.index("on") > 0)), 60)
+                light_went_on_and_off, 60)
             wake = ha.state(f"event.{e}_wake")
             results["wake event fired"] = wake.get("attributes", {}).get("event_type") == "hey_jarvis"
             ha.press("switch", "turn_on", f"switch.{e}_muted")
