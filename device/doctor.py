@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ def run_checks(settings: Settings, state_dir: Path, pin_factory: Any) -> list[Ch
         lambda: check_microphone(settings), lambda: check_models(settings, state_dir),
         lambda: check_gpio(settings, pin_factory), lambda: check_broker(settings),
         lambda: check_upload(settings), lambda: check_store(settings, state_dir),
+        lambda: check_machine(settings, state_dir),
     ]
     return [guarded(c) for c in checks]
 
@@ -176,3 +178,76 @@ def check_store(settings: Settings, state_dir: Path) -> Check:
                      "or lower retention.min_free_bytes")
     return Check("storage", True, detail)
 
+
+
+WAKE_MB = 115
+"""Peak memory of the daemon with wake words only (scripts/bench-start, BENCHMARKS.md)."""
+VOSK_MEMORY_FACTOR = 1.3
+"""A Vosk model's resident size is about its files' size times this (measured with the Korean
+and the English small model)."""
+FRAME_BUDGET_MS = 80.0
+
+
+def check_machine(settings: Settings, state_dir: Path) -> Check:
+    """Will the configured models fit this machine? RAM, CPU, and a measured per-frame cost."""
+    from device.models import ModelStore
+    from device.wake import OpenWakeWordDetector
+
+    total_mb, free_mb = _meminfo_mb()
+    cpus = os.cpu_count() or 1
+    model = _cpu_model()
+    store = ModelStore(resolve_models_dir(settings, state_dir))
+    try:
+        detector = OpenWakeWordDetector(settings.wake, store)
+    except EdgeRecorderError as exc:
+        return Check("machine", False, f"cannot measure the wake-word cost: {exc}",
+                     "fix the models check first")
+    frame = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+    detector.scores(frame)
+    started = time.perf_counter()
+    for _ in range(12):
+        detector.scores(frame)
+    ms = (time.perf_counter() - started) / 12 * 1000
+    vosk_mb = _vosk_mb(settings, store) if settings.asr.enabled else 0.0
+    need_mb = WAKE_MB + vosk_mb
+    detail = (f"{model}, {cpus} CPU(s), {total_mb} MB RAM ({free_mb} MB available); wake words "
+              f"{ms:.1f} ms per 80 ms frame ({ms / FRAME_BUDGET_MS:.0%} of one core when scoring, "
+              f"less with wake.gate on a quiet room); expected memory {need_mb:.0f} MB "
+              f"(wake words {WAKE_MB} + Vosk {vosk_mb:.0f})")
+    fixes = []
+    if free_mb and need_mb > free_mb:
+        fixes.append("too little memory: use the small English Vosk model (about 60 MB) or set "
+                     "asr.enabled = false")
+    if ms > FRAME_BUDGET_MS / 2:
+        fixes.append("wake words take over half a core: keep wake.gate = true and configure fewer "
+                     "wake.models")
+    return Check("machine", not fixes, detail, "; ".join(fixes))
+
+
+def _meminfo_mb() -> tuple[int, int]:
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    except OSError:
+        return 0, 0
+    kb = {k: int(v.split()[0]) for k, v in info.items() if v.split()}
+    return kb.get("MemTotal", 0) // 1024, kb.get("MemAvailable", 0) // 1024
+
+
+def _cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    for key in ("Model", "model name"):  # a Pi says "Model : Raspberry Pi Zero 2 W Rev 1.0"
+        for line in text.splitlines():
+            if line.split(":")[0].strip() == key:
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def _vosk_mb(settings: Settings, store: Any) -> float:
+    path = Path(settings.asr.model).expanduser() if settings.asr.model else store.vosk_model()
+    if path is None or not Path(path).is_dir():
+        return 0.0
+    size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    return size / 1e6 * VOSK_MEMORY_FACTOR
