@@ -30,6 +30,15 @@ done
 
 require_root
 
+ARCH=$(dpkg --print-architecture 2>/dev/null || uname -m)
+case "$ARCH" in
+  armhf|armel|armv7l|armv6l)
+    echo "install.sh: this is a 32-bit system ($ARCH). edge-recorder needs 64-bit Raspberry Pi OS" >&2
+    echo "    (arm64): its TFLite runtime, ai-edge-litert, has no 32-bit ARM builds. Reinstall with" >&2
+    echo "    the 64-bit image (Raspberry Pi Imager: 'Raspberry Pi OS (64-bit)'); a Pi Zero 2 W runs it." >&2
+    exit 1 ;;
+esac
+
 step "Debian packages: ${APT_PACKAGES[*]}"
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
