@@ -160,6 +160,18 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, Path]:
             resolve_state_dir(getattr(args, "state_dir", None)))
 
 
+@contextmanager
+def _opened_store(state_dir: Path) -> Iterator[Any]:
+    """The clip store for one command, closed afterwards."""
+    from device.store import ClipStore
+
+    store = ClipStore(state_dir)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from device.app import run_pipeline
     from device.audio import MicSource
@@ -251,14 +263,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_clips(args: argparse.Namespace) -> int:
-    from device.store import ClipStore
-
     _, state_dir = _settings(args)
-    store = ClipStore(state_dir)
-    try:
+    with _opened_store(state_dir) as store:
         return CLIP_COMMANDS[args.clips_command](store, args)
-    finally:
-        store.close()
 
 
 def clips_list(store: Any, args: argparse.Namespace) -> int:
@@ -291,23 +298,18 @@ def clips_delete(store: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_uploads(args: argparse.Namespace) -> int:
-    from device.store import ClipStore
-
     _, state_dir = _settings(args)
-    store = ClipStore(state_dir)
-    try:
+    with _opened_store(state_dir) as store:
         if args.uploads_command == "list":
             for row in store.uploads.summary():
                 _print_json(row)
-        else:
-            again = store.uploads.requeue(args.ids or None)
-            _print_json({"requeued": again})
-            missing = sorted(set(args.ids) - set(again))
-            if missing:
-                print(f"edge-recorder: not a failed upload: {', '.join(missing)}", file=sys.stderr)
-                return 1
-    finally:
-        store.close()
+            return 0
+        again = store.uploads.requeue(args.ids or None)
+    _print_json({"requeued": again})
+    missing = sorted(set(args.ids) - set(again))
+    if missing:
+        print(f"edge-recorder: not a failed upload: {', '.join(missing)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -336,37 +338,27 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from device.store import ClipStore
-
     _, state_dir = _settings(args)
-    store = ClipStore(state_dir)
-    try:
+    with _opened_store(state_dir) as store:
         for row in store.stats():
             _print_json(row)
-    finally:
-        store.close()
     return 0
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from device.sensitivity import SensitivityState
-    from device.store import ClipStore
 
     settings, state_dir = _settings(args)
-    store = ClipStore(state_dir)
-    try:
+    with _opened_store(state_dir) as store:
         state = SensitivityState(settings.wake, store.setting, store.set_setting)
         if args.level:
             state.set(args.level, remote=False)
         _print_json({"level": state.level(), "configured": state.configured})
-    finally:
-        store.close()
     return 0
 
 
 def cmd_wipe(args: argparse.Namespace) -> int:
     from device.errors import ConfigError
-    from device.store import ClipStore
 
     _, state_dir = _settings(args)
     if not args.yes:
@@ -374,22 +366,17 @@ def cmd_wipe(args: argparse.Namespace) -> int:
             raise ConfigError("wipe destroys every clip for good; pass --yes to confirm")
         if input(f"destroy every clip, key and record in {state_dir}? [y/N] ").strip().lower() != "y":
             return 1
-    store = ClipStore(state_dir)
-    try:
+    with _opened_store(state_dir) as store:
         n = store.wipe()
-    finally:
-        store.close()
     print(f"wiped {n} clip(s): keys destroyed first, then files and records, in {state_dir}")
     return 0
 
 
 def cmd_consent(args: argparse.Namespace) -> int:
     from device import consent
-    from device.store import ClipStore
 
     _, state_dir = _settings(args)
-    store = ClipStore(state_dir)
-    try:
+    with _opened_store(state_dir) as store:
         if args.consent_command == "grant":
             record = consent.grant(store, consent.parse_scope(args.scope))
             _print_json(record.summary())
@@ -400,8 +387,6 @@ def cmd_consent(args: argparse.Namespace) -> int:
             _print_json({**record.summary(), "purged": len(purged)})
         else:
             _print_json(consent.read(store).summary())
-    finally:
-        store.close()
     return 0
 
 

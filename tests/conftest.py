@@ -236,6 +236,21 @@ def broker(tmp_path: Path, tls_material: dict[str, Path]) -> Iterator[Broker]:
     b.stop()
 
 
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str, why_skip: str = "") -> Iterator[Path]:
+    """A real size-limited file system (tmpfs) mounted at `where`; the test is skipped where this
+    machine does not allow mounting one."""
+    where.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}){why_skip}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

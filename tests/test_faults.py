@@ -30,7 +30,7 @@ from device.mqtt import MqttControl
 from device.mute import MuteState
 from device.store import ClipStore
 from device.upload import parse_retry_after
-from tests.conftest import WAKE_SENTENCE, Broker, run_cli, wait_until
+from tests.conftest import WAKE_SENTENCE, Broker, run_cli, tmpfs, wait_until
 from tests.test_cli import assert_one_line_error
 from tests.test_commands import add_clip, indexed, on_disk, run
 from tests.test_mqtt import (
@@ -411,14 +411,8 @@ def test_a_server_that_answers_one_byte_a_second_cannot_hold_the_queue(
 
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with tmpfs(tmp_path / "small", "4m") as mnt:
+        yield mnt
 
 
 def fill(path: Path) -> None:

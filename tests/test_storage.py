@@ -18,7 +18,7 @@ from device.config import RetentionSettings
 from device.events import EventSink
 from device.retention import sweep
 from device.store import ClipStore
-from tests.conftest import WAKE_SENTENCE, concat_wavs, run_cli, spawn_cli
+from tests.conftest import WAKE_SENTENCE, concat_wavs, run_cli, spawn_cli, tmpfs
 from tests.test_commands import add_clip, indexed, on_disk
 
 Event = dict[str, Any]  # events as their JSON objects
@@ -159,15 +159,9 @@ def test_wipe(state_dir: Path) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k,mode=0700", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); "
-                    "test_full_disk_fails_at_the_os_level covers the write path")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with tmpfs(tmp_path / "disk", "400k",
+               "; test_full_disk_fails_at_the_os_level covers the write path") as mnt:
+        yield mnt
 
 
 def write_sentences(tmp_path: Path, speech: Callable[..., Path], n: int) -> Path:
