@@ -276,11 +276,10 @@ class ClipStore:
 
     def _quarantine(self, clip_id: str, filename: str) -> None:
         """Keep the bad file aside for inspection; its key and index row are destroyed."""
-        self._quarantine_file(clip_id, filename)
+        self._quarantine_file(clip_id, filename)  # moves the file and destroys the key
         with self._index.transaction() as tx:
             self.uploads.forget([clip_id], None, remote=False)
             tx.execute("DELETE FROM clips WHERE id = ?", (clip_id,))
-        self.keys.destroy([clip_id])
         log.error("clip %s failed authentication and was quarantined", clip_id)
 
     def _quarantine_file(self, clip_id: str, filename: str) -> None:
@@ -521,7 +520,7 @@ class ClipStore:
 
     def _clear_index(self) -> None:
         with self._index.transaction() as tx:
-            self.uploads.clear(keep_remote_deletes=True)
+            self.uploads.clear()
             for table in ("clips", "requests", "nonces", "settings"):
                 tx.execute(f"DELETE FROM {table}")
 
@@ -565,9 +564,9 @@ class ClipStore:
     def nonce_used(self, nonce: str) -> bool:
         return self._index.one("SELECT 1 FROM nonces WHERE nonce = ?", (nonce,)) is not None
 
-    def _use_nonce(self, tx: sqlite3.Connection, nonce: str, window_s: float = NONCE_KEEP_S) -> None:
+    def _use_nonce(self, tx: sqlite3.Connection, nonce: str) -> None:
         now = time.time()
-        tx.execute("DELETE FROM nonces WHERE seen_at < ?", (now - 2 * window_s,))
+        tx.execute("DELETE FROM nonces WHERE seen_at < ?", (now - 2 * NONCE_KEEP_S,))
         try:
             tx.execute("INSERT INTO nonces (nonce, seen_at) VALUES (?, ?)", (nonce, now))
         except sqlite3.IntegrityError:

@@ -347,7 +347,7 @@ class Uploader:
             log.info("uploads: remote delete of %s will be retried (%s)", clip_id, reason)
             self._queue.retry_later(REMOTE_DELETE, clip_id, self._backoff_s)
             return
-        _, request_id = self._queue.remote_deleted(clip_id)
+        request_id = self._queue.remote_deleted(clip_id)
         log.info("uploads: remote copy of %s deleted", clip_id)
         self._events.emit(events.Deleted(
             request_id=request_id, ids=(), not_found=(), reason="command",

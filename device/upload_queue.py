@@ -84,13 +84,11 @@ class UploadQueue:
             self._changed.set()
         return queued, sending
 
-    def clear(self, keep_remote_deletes: bool = True) -> None:
+    def clear(self) -> None:
         """Everything is being wiped: uploads go; remote deletes the owner was told are pending
-        stay (they hold no audio) unless asked otherwise."""
+        stay (they hold no audio)."""
         with self._db.transaction() as tx:
             tx.execute("DELETE FROM uploads")
-            if not keep_remote_deletes:
-                tx.execute("DELETE FROM remote_deletes")
 
     def salvage_remote_deletes(self, old_index: Path) -> int:
         """After a rebuild: carry over the remote deletes the owner was told are pending, from
@@ -188,13 +186,13 @@ class UploadQueue:
             tx.execute("UPDATE uploads SET state = 'failed', last_error = ? WHERE clip_id = ?",
                        (reason, clip_id))
 
-    def remote_deleted(self, clip_id: str) -> tuple[bool, str | None]:
-        """The server confirmed a remote delete. Returns (it was pending, its request id)."""
+    def remote_deleted(self, clip_id: str) -> str | None:
+        """The server confirmed a remote delete. Returns the request id that asked for it."""
         with self._db.transaction() as tx:
             row = tx.execute("SELECT request_id FROM remote_deletes WHERE clip_id = ?",
                              (clip_id,)).fetchone()
             tx.execute("DELETE FROM remote_deletes WHERE clip_id = ?", (clip_id,))
-        return row is not None, (row[0] if row else None)
+        return row[0] if row else None
 
     def requeue(self, clip_ids: list[str] | None = None) -> list[str]:
         """Failed uploads (all, or those named) are tried again from the start."""
@@ -230,7 +228,3 @@ class UploadQueue:
 
     def pending_remote(self) -> list[str]:
         return [r[0] for r in self._db.read("SELECT clip_id FROM remote_deletes ORDER BY clip_id")]
-
-    def uploaded_ids(self, clip_ids: list[str]) -> list[str]:
-        return [cid for cid in clip_ids if self._db.one(
-            "SELECT 1 FROM uploads WHERE clip_id = ? AND state = 'uploaded'", (cid,))]
