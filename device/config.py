@@ -95,8 +95,10 @@ class WakeSettings(_Section):
     """How far above the room's noise floor a frame must be to open the gate."""
     gate_hangover_s: float = Field(default=2.0, ge=0.5, le=30.0)
     """How long the gate stays open after the last frame above it."""
-    gate_preroll_s: float = Field(default=2.0, ge=1.0, le=5.0)
-    """Audio kept in RAM while the gate is shut and replayed through the models when it opens."""
+    gate_preroll_s: float = Field(default=3.0, ge=2.5, le=5.0)
+    """Audio kept in RAM while the gate is shut and replayed through the models when it opens.
+    openWakeWord scores from 16 embeddings of 76 melspectrogram frames each: about 2.1 s of audio,
+    so a shorter replay would leave what came before the gate shut in its context."""
 
     def preset(self, name: str, level: str | None = None) -> tuple[float, int]:
         """(threshold, patience) for a model at `level` (default: the configured one)."""

@@ -4,7 +4,7 @@ openWakeWord runs three models on every 80 ms frame (melspectrogram, embedding, 
 holds a Pi Zero 2 W core busy even in silence. The gate keeps only what is cheap rolling: the frame
 energy against an adaptive noise floor, and the last `preroll_s` of audio in RAM. When a frame
 rises `margin_db` above the floor, the buffered audio is replayed through the models first (so
-they see the same context as if they had never stopped: their buffers hold well under two seconds)
+they see the same context as if they had never stopped: it spans about 2.1 s of audio)
 and then every frame is scored until `hangover_s` after the last loud one. While a recording is
 open the gate stays open. The floor follows the room: it is a low percentile of the last 30 s of
 frame levels, so a fan or a fridge becomes the floor (and does not hold the gate open) while speech

@@ -7,6 +7,7 @@ import json
 import signal
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -108,6 +109,7 @@ def test_a_broker_that_is_down_never_stops_listening(
                             stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: events.exists() and '"wake"' in events.read_text(), 60, "no wake")
+        time.sleep(2.0)  # reconnects every 0.2-1 s: several failed attempts, still one report
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)

@@ -19,6 +19,7 @@ from device.config import Settings
 from device.store import ClipStore
 from tests.conftest import ROOT, WAKE_SENTENCE, Broker, concat_wavs, read_wav, run_cli, wait_until
 from tests.test_commands import add_clip, indexed, run
+from tests.test_gate import with_tone
 from tests.test_mqtt import (
     Owner,
     Speaker,
@@ -30,8 +31,8 @@ from tests.test_upload import Running, record, settings
 from tests.upload_server import UploadServer
 
 WAIT_S = 20
-NEAR_MISS = ("hey jarv", "en-us")
-"""An espeak-ng near miss that hey_jarvis wakes on when sensitive (score ~0.68), not when strict."""
+NEAR_MISS = ("hey garvis", "en+f3")
+"""An espeak-ng near miss that hey_jarvis wakes on when sensitive (0.88 in room tone), not strict."""
 
 
 def test_a_real_wake_word_soon_after_a_false_wake_is_not_lost(
@@ -145,7 +146,9 @@ def test_sensitivity_can_be_lowered_remotely_but_never_raised(broker: Broker, ow
 def test_the_strict_preset_does_not_wake_where_sensitive_does(
     with_models: Path, speech: Callable[..., Path], tmp_path: Path
 ) -> None:
-    near = speech(NEAR_MISS[0], voice=NEAR_MISS[1], lead_s=3.0, tail_s=2.0)  # past the random start
+    # in room tone, as a microphone hears it (digital silence is not what the models expect)
+    near = with_tone(speech(NEAR_MISS[0], voice=NEAR_MISS[1], lead_s=0.0, tail_s=0.0),
+                     tmp_path / "near.wav", 3.0, -60)
     woke = {}
     for level in ("sensitive", "strict"):
         cfg = Settings.model_validate({"wake": {"sensitivity": level}})
