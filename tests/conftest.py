@@ -52,7 +52,8 @@ def _models_loaded_once() -> Iterator[None]:
     load = REAL_LOAD_OPENWAKEWORD
 
     def cached(wake_paths: list[str], store: object) -> object:
-        key = (*wake_paths, str(getattr(store, "root", "")))
+        # per thread: a pipeline a test runs in the background never shares a model with another
+        key = (*wake_paths, str(getattr(store, "root", "")), str(threading.get_ident()))
         if key not in cache:
             cache[key] = load(wake_paths, store)  # type: ignore[arg-type]
         model = cache[key]

@@ -103,15 +103,18 @@ def test_a_broker_that_is_down_never_stops_listening(
     cfg = tmp_path / "down.toml"
     cfg.write_text('[audio]\ndevice = "filemic"\nsample_rate_hz = 16000\nqueue_s = 30\n'
                    '[indicator]\npin_factory = "mock"\n' + broker.config_toml())
-    events = tmp_path / "events.jsonl"
-    proc = subprocess.Popen([str(ENTRY_POINT), "run", "--config", str(cfg), "--events", str(events)],
-                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: events.exists() and '"wake"' in events.read_text(), 60, "no wake")
-        time.sleep(2.0)  # reconnects every 0.2-1 s: several failed attempts, still one report
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+    events, log = tmp_path / "events.jsonl", tmp_path / "stderr.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([str(ENTRY_POINT), "run", "--config", str(cfg), "--events",
+                                 str(events)], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        try:
+            wait_until(lambda: events.exists() and '"wake"' in events.read_text(), 60, "no wake")
+            wait_until(lambda: "cannot reach" in log.read_text(), 30, "the broker's absence unreported")
+            time.sleep(2.0)  # reconnects every 0.2-1 s: several failed attempts, still one report
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    err = log.read_text()
     assert proc.returncode == 0, err
     assert err.count("cannot reach 127.0.0.1") == 1, err  # once per transition, not per retry

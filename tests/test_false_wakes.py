@@ -12,12 +12,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from gpiozero.pins.mock import MockFactory
 
-from device import consent
+from device import consent, wake
 from device.config import Settings
 from device.store import ClipStore
-from tests.conftest import ROOT, WAKE_SENTENCE, Broker, concat_wavs, read_wav, run_cli, wait_until
+from tests.conftest import (
+    REAL_LOAD_OPENWAKEWORD,
+    ROOT,
+    WAKE_SENTENCE,
+    Broker,
+    concat_wavs,
+    read_wav,
+    run_cli,
+    wait_until,
+)
 from tests.test_commands import add_clip, indexed, run
 from tests.test_gate import with_tone
 from tests.test_mqtt import (
@@ -31,6 +41,10 @@ from tests.test_upload import Running, record, settings
 from tests.upload_server import UploadServer
 
 WAIT_S = 20
+GATE = False
+"""Presets are measured without the gate here. With it, this near miss (close to the thresholds) was
+missed in about 1 run in 4 under CPU load in the suite, not reproduced outside it: under study
+(issue 13's note)."""
 NEAR_MISS = ("hey garvis", "en+f3")
 """An espeak-ng near miss that hey_jarvis wakes on when sensitive (0.88 in room tone), not strict."""
 
@@ -144,17 +158,21 @@ def test_sensitivity_can_be_lowered_remotely_but_never_raised(broker: Broker, ow
 
 
 def test_the_strict_preset_does_not_wake_where_sensitive_does(
-    with_models: Path, speech: Callable[..., Path], tmp_path: Path
+    with_models: Path, speech: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # freshly loaded models, as a daemon starts: a near miss sits close enough to the thresholds
+    # that the state a reused (reset) model carries from earlier tests could tip it
+    monkeypatch.setattr(wake, "load_openwakeword_model", REAL_LOAD_OPENWAKEWORD)
     # in room tone, as a microphone hears it (digital silence is not what the models expect)
     near = with_tone(speech(NEAR_MISS[0], voice=NEAR_MISS[1], lead_s=0.0, tail_s=0.0),
                      tmp_path / "near.wav", 3.0, -60)
-    woke = {}
+    woke, scores = {}, {}
     for level in ("sensitive", "strict"):
-        cfg = Settings.model_validate({"wake": {"sensitivity": level}})
+        cfg = Settings.model_validate({"wake": {"sensitivity": level, "gate": GATE}})
         events, _, _ = simulate(near, tmp_path / level, MockFactory(), cfg)
         woke[level] = len(of_type(events, "wake"))
-    assert woke == {"sensitive": 1, "strict": 0}
+        scores[level] = [w["score"] for w in of_type(events, "wake")]
+    assert woke == {"sensitive": 1, "strict": 0}, scores
 
 
 # -- eval-wake ---------------------------------------------------------------------------------------

@@ -162,7 +162,8 @@ def test_a_clip_deleted_while_its_upload_is_on_the_wire_gets_a_remote_delete(
             assert purged == [clip]
         wait_until(lambda: https_server.deleted == [clip], WAIT_S, "no remote DELETE was sent")
         assert https_server.accepted == {clip: 1}  # it did arrive; and it was then deleted
-        assert store.uploads.pending_remote() == []
+        wait_until(lambda: store.uploads.pending_remote() == [], WAIT_S,
+                   "the confirmed remote delete is still pending")
         assert not [e for e in running.events if e["type"] == "upload" and e["status"] == "uploaded"]
     finally:
         running.close()
