@@ -18,19 +18,21 @@ from device.asr import NoTranscriber, Transcriber, VoskTranscriber
 from device.audio import AudioSource
 from device.commands import Controller
 from device.config import Settings, resolve_models_dir
-from device.errors import StoreError
+from device.errors import EdgeRecorderError, StoreError
 from device.events import EventSink
 from device.gate import GatedDetector
-from device.indicator import Indicator, MuteControls
+from device.indicator import Confirmer, Indicator, MuteControls
 from device.models import ModelStore
 from device.mute import MuteState
 from device.pipeline import ClipWriter, Counters, Listener
 from device.recorder import Recorder, State
 from device.retention import Sweeper
+from device.save_mode import SaveState
 from device.sensitivity import SensitivityState
 from device.service import Notifier, Watchdog
 from device.store import ClipStore
 from device.vad import SpeechDetector
+from device.voice import CommandSpotter, supports_grammar
 from device.wake import OpenWakeWordDetector, WakeDetector
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,21 @@ NO_VOSK_WARNING = (
     "with `edge-recorder models fetch --vosk`, or register one with "
     "`edge-recorder models fetch --vosk-model DIR`"
 )
+
+
+def make_spotter(settings: Settings, transcriber: Transcriber) -> CommandSpotter | None:
+    """Voice commands need a Vosk model that can be limited to the phrases (see device/voice.py)."""
+    if not settings.voice.enabled or not any(settings.voice.phrases.values()):
+        return None
+    if not isinstance(transcriber, VoskTranscriber):
+        log.info("voice commands are off: they need a Vosk model (see `edge-recorder doctor`)")
+        return None
+    if not supports_grammar(transcriber.model_dir):
+        log.warning("voice commands are off: the Vosk model '%s' has no runtime graph (HCLr.fst, "
+                    "Gr.fst), so it cannot be limited to the command phrases; the small models can",
+                    transcriber.model_dir)
+        return None
+    return CommandSpotter(settings.voice, transcriber)
 
 
 def make_transcriber(settings: Settings, models: ModelStore) -> Transcriber:
@@ -76,15 +93,19 @@ def _serve_alone(stack: ExitStack, state_dir: Path, settings: Settings) -> bool:
 
 
 class StatsCounter:
-    """Counts what the owner sees with `edge-recorder stats` (on the event sink's thread)."""
+    """Counts what the owner sees with `edge-recorder stats` (on the event sink's thread). While
+    the save mode is "nothing", nothing is counted either: nothing touches the disk."""
 
-    def __init__(self, store: ClipStore) -> None:
+    def __init__(self, store: ClipStore, save_mode: Callable[[], str] = lambda: "audio") -> None:
         self._store = store
+        self._save_mode = save_mode
 
     def __call__(self, event: ev.Event) -> None:
-        name = {ev.Wake: "wakes", ev.Clip: "kept"}.get(type(event))
+        name = {ev.Wake: "wakes", ev.Clip: "kept", ev.Voice: "voice_commands"}.get(type(event))
         if isinstance(event, ev.Discarded):
             name = f"discarded_{event.reason}"
+        if name and not isinstance(event, ev.Voice) and self._save_mode() == "nothing":
+            return
         if name:
             try:
                 self._store.add_stats({name: 1})
@@ -119,13 +140,35 @@ def run_pipeline(
                                mute.toggle_hardware, pin_factory)
         stack.callback(buttons.close)
         notifier = Notifier()
-        writer = ClipWriter(transcriber, store, events, counters,
-                            eligible=lambda: consent.read(store).covers)
-        stack.callback(writer.close)
         sensitivity = SensitivityState(settings.wake, store.setting, store.set_setting)
         sensitivity.start()
         stack.callback(sensitivity.close)
-        events.subscribe(StatsCounter(store))
+        save = SaveState(settings.recorder.save, store.setting, store.set_setting)
+        save.start()
+        stack.callback(save.close)
+        controller = Controller(store, mute, sensitivity, save, settings.voice)
+        confirmer = Confirmer(settings.voice.confirm_led_pin, buttons.led,
+                              settings.voice.confirm_sound, pin_factory)
+        stack.callback(confirmer.close)
+
+        def on_command(command: str, t: float) -> None:
+            try:
+                done = controller.voice(command, t)
+            except EdgeRecorderError as exc:
+                log.error("voice command %s failed: %s", command, exc)
+                events.emit(ev.Error(t=t, code=getattr(exc, "code", "voice_failed"),
+                                     request_id=getattr(exc, "request_id", None), message=str(exc)))
+                return
+            confirmer.confirm()
+            for event in done:
+                events.emit(event)
+
+        writer = ClipWriter(transcriber, store, events, counters,
+                            eligible=lambda: consent.read(store).covers,
+                            spotter=make_spotter(settings, transcriber), on_command=on_command,
+                            save_mode=save.mode, share_transcripts=settings.mqtt.publish_transcripts)
+        stack.callback(writer.close)
+        events.subscribe(StatsCounter(store, save.mode))
         recorder = Recorder(settings.recorder, settings.wake, level=sensitivity.level)
         if settings.wake.gate:
             detector = GatedDetector(detector, settings.wake,
@@ -166,13 +209,15 @@ def run_pipeline(
                         "waiting_uploads": store.uploads.waiting(),
                         "held_uploads": store.uploads.held(settings.upload.hold_s),
                         "sensitivity": sensitivity.level(),
+                        "save": save.current().summary(save.configured),
                         "today": {**today, "false_wakes": false_wakes},
                         "counters": vars(counters).copy()}
 
-            mqtt = MqttControl(settings.mqtt, store, Controller(store, mute, sensitivity), status,
+            mqtt = MqttControl(settings.mqtt, store, controller, status,
                                events, wake_words=detector.names)
             mute.on_change(mqtt.publish_status)
             sensitivity.on_change(mqtt.publish_status)
+            save.on_change(mqtt.publish_status)
             mqtt.start()
             stack.callback(mqtt.close)
         try:

@@ -44,7 +44,8 @@ class VoskTranscriber:
     def __init__(self, model_dir: Path) -> None:
         import vosk
 
-        vosk.SetLogLevel(-1)
+        self.model_dir = model_dir
+        vosk.SetLogLevel(-2)  # not even warnings: a missing [unk] is said at every utterance
         self._vosk = vosk
         try:
             self._model = vosk.Model(str(check_vosk_dir(model_dir)))
@@ -63,6 +64,11 @@ class VoskTranscriber:
 
     def start(self) -> VoskStream:
         return VoskStream(self._vosk.KaldiRecognizer(self._model, SAMPLE_RATE_HZ))
+
+    def start_limited(self, phrases: list[str]) -> object:
+        """A recognizer of the same model limited to these phrases' words (Vosk's grammar mode)."""
+        return self._vosk.KaldiRecognizer(self._model, SAMPLE_RATE_HZ,
+                                          json.dumps(phrases, ensure_ascii=False))
 
 
 class NoStream:

@@ -92,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="show the wake sensitivity, or make it less sensitive than configured")
     sens.add_argument("level", nargs="?", choices=["sensitive", "balanced", "strict"])
 
+    save = sub.add_parser("save", parents=[common],
+                          help="show what is saved, or save less (audio, transcript, nothing)")
+    save.add_argument("mode", nargs="?", choices=["audio", "transcript", "nothing"],
+                      help="audio: clips; transcript: text only; nothing: events only. "
+                           "Never more than recorder.save")
+    save.add_argument("--for", dest="for_", metavar="DURATION",
+                      help="return to the configured mode after this long (e.g. 30m, 1h)")
+
     mqtt_cmd = sub.add_parser("mqtt", parents=[common], help="the MQTT control plane")
     mqsub = mqtt_cmd.add_subparsers(dest="mqtt_command", required=True)
     mqsub.add_parser("forget", parents=[common],
@@ -357,6 +365,24 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_save(args: argparse.Namespace) -> int:
+    import re
+
+    from device.config import DURATION_PATTERN, duration_s
+    from device.errors import ConfigError
+    from device.save_mode import SaveState
+
+    settings, state_dir = _settings(args)
+    if args.for_ is not None and (args.mode is None or not re.fullmatch(DURATION_PATTERN, args.for_)):
+        raise ConfigError("--for needs a mode and a duration such as 30m or 1h")
+    with _opened_store(state_dir) as store:
+        state = SaveState(settings.recorder.save, store.setting, store.set_setting)
+        if args.mode:
+            state.set(args.mode, remote=False, for_s=duration_s(args.for_) if args.for_ else None)
+        _print_json(state.current().summary(state.configured))
+    return 0
+
+
 def cmd_wipe(args: argparse.Namespace) -> int:
     from device.errors import ConfigError
 
@@ -443,6 +469,7 @@ COMMANDS = {
     "listen": cmd_listen,
     "clips": cmd_clips, "models": cmd_models, "consent": cmd_consent,
     "wipe": cmd_wipe, "uploads": cmd_uploads, "stats": cmd_stats, "sensitivity": cmd_sensitivity,
+    "save": cmd_save,
     "mqtt": cmd_mqtt,
 }
 CLIP_COMMANDS = {

@@ -30,9 +30,10 @@ from pydantic import (
 )
 
 from device import consent, events
-from device.config import DURATION_PATTERN, describe_validation_error, duration_s
+from device.config import DURATION_PATTERN, VoiceSettings, describe_validation_error, duration_s
 from device.errors import CommandError, describe
 from device.mute import MuteState
+from device.save_mode import SaveState
 from device.sensitivity import SensitivityState
 from device.store import ClipStore
 
@@ -139,9 +140,17 @@ class SensitivityCommand(_Command):
     level: Literal["sensitive", "balanced", "strict"]
 
 
+class SaveCommand(_Command):
+    """Save less: "transcript" or "nothing" (or "audio" when that is already in force), optionally
+    `for` a while, after which the configured mode returns by itself."""
+
+    mode: Literal["audio", "transcript", "nothing"]
+    for_: Duration | None = Field(default=None, alias="for")
+
+
 SCHEMAS: dict[str, type[_Command]] = {
     "delete": DeleteCommand, "consent": ConsentCommand, "mute": MuteCommand,
-    "reject": RejectCommand, "sensitivity": SensitivityCommand,
+    "reject": RejectCommand, "sensitivity": SensitivityCommand, "save": SaveCommand,
 }
 
 
@@ -257,10 +266,13 @@ class Controller:
     """Executes validated commands. Each reply is the event to publish."""
 
     def __init__(self, store: ClipStore, mute: MuteState,
-                 sensitivity: SensitivityState | None = None) -> None:
+                 sensitivity: SensitivityState | None = None, save: SaveState | None = None,
+                 voice: VoiceSettings | None = None) -> None:
         self.store = store
         self.mute = mute
         self.sensitivity = sensitivity
+        self.save = save
+        self.voice_settings = voice or VoiceSettings()
 
     def execute(self, command: _Command) -> events.Event:
         if isinstance(command, DeleteCommand):
@@ -275,9 +287,47 @@ class Controller:
             level = self.sensitivity.set(command.level, remote=True, request_id=command.request_id)
             return events.Sensitivity(request_id=command.request_id, level=level,
                                       configured=self.sensitivity.configured)
+        if isinstance(command, SaveCommand) and self.save is not None:
+            for_s = duration_s(command.for_) if command.for_ else None
+            return self.set_save(command.mode, remote=True, for_s=for_s,
+                                 request_id=command.request_id)
         raise CommandError("unknown_command", type(command).__name__, command.request_id)
 
-    def delete(self, cmd: DeleteCommand) -> events.Deleted:
+    def set_save(self, mode: str, remote: bool, for_s: float | None = None,
+                 request_id: str | None = None) -> events.Save:
+        assert self.save is not None
+        now = self.save.set(mode, remote=remote, for_s=for_s, request_id=request_id)
+        log.info("save mode %s (%s)", now.mode, request_id)
+        return events.Save(request_id=request_id, mode=now.mode, until=now.until_iso(),
+                           configured=self.save.configured)
+
+    def voice(self, command: str, t: float) -> list[events.Event]:
+        """A spoken privacy command: the `voice` event, then what it did (deleted, save)."""
+        rid = f"voice-{uuid.uuid4().hex[:16]}"
+        done: list[events.Event] = [events.Voice(t=t, command=command, request_id=rid)]
+        newest = self.store.newest_since(
+            datetime.now(UTC) - timedelta(seconds=duration_s(self.voice_settings.delete_last_within)))
+        if command in ("delete_last", "reject") and not newest:
+            log.info("voice %s: no clip recorded in the last %s", command,
+                     self.voice_settings.delete_last_within)
+            done.append(events.Deleted(request_id=rid, ids=(), not_found=(),
+                                       reason="reject" if command == "reject" else "voice",
+                                       remote=events.Remote("none_uploaded")))
+        elif command == "delete_last":
+            done.append(self.delete(DeleteCommand.model_validate({"request_id": rid, "ids": newest}),
+                                    reason="voice"))
+        elif command == "delete_today":
+            done.append(self.delete(DeleteCommand.model_validate({"request_id": rid, "today": True}),
+                                    reason="voice"))
+        elif command == "reject":
+            done.append(self.reject(RejectCommand.model_validate({"request_id": rid, "ids": newest})))
+        elif self.save is not None:
+            mode = self.save.configured if command == "start_saving" else "nothing"
+            pause = duration_s(self.voice_settings.pause_for) if command == "pause_saving" else None
+            done.append(self.set_save(mode, remote=False, for_s=pause, request_id=rid))
+        return done
+
+    def delete(self, cmd: DeleteCommand, reason: str = "command") -> events.Deleted:
         since, until = cmd.window(datetime.now(UTC))
         ids = self.store.latest_ids(cmd.newest) if cmd.newest is not None else cmd.ids
         result = self.store.delete(ids=ids, since=since, until=until,
@@ -288,7 +338,7 @@ class Controller:
         log.info("delete %s: %d clip(s) deleted", cmd.request_id, len(result["ids"]))
         return events.Deleted(
             request_id=cmd.request_id, ids=tuple(result["ids"]), not_found=tuple(result["not_found"]),
-            reason="command", remote=events.Remote.for_pending(result.get("remote_pending", [])),
+            reason=reason, remote=events.Remote.for_pending(result.get("remote_pending", [])),
             replayed=result["replayed"],
         )
 

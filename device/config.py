@@ -7,9 +7,10 @@ values (a test keeps the two equal).
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -126,6 +127,9 @@ class RecorderSettings(_Section):
     """Keep up to `preroll_s` of audio from before the light went on. Relaxes invariant I1."""
     preroll_s: float = Field(default=0.0, ge=0.0, le=MAX_PREROLL_S)
     """Pre-roll kept when keep_wake_word_audio is on (at most 2 s)."""
+    save: Literal["audio", "transcript", "nothing"] = "audio"
+    """What a finished utterance leaves on disk: the clip, its transcript only, or nothing (events
+    only). The most that is ever saved: at run time it can only be lowered, or returned here."""
 
     @model_validator(mode="after")
     def _preroll_needs_opt_in(self) -> RecorderSettings:
@@ -156,6 +160,55 @@ class MuteSettings(_Section):
     led_pin: str | int | None = None
     """A second LED, lit while muted; None = no mute LED. (The recording LED never lights for this:
     it means one thing only, that audio is being kept.)"""
+
+
+VoiceCommand = Literal["delete_last", "delete_today", "reject", "stop_saving", "start_saving",
+                       "pause_saving"]
+VOICE_COMMANDS: tuple[str, ...] = get_args(VoiceCommand)
+DEFAULT_PHRASES: dict[VoiceCommand, list[str]] = {
+    "delete_last": ["delete what i just said", "delete that recording"],
+    "delete_today": ["delete everything i said today"],
+    "reject": ["that wasn't for you", "that was not for you"],
+    "stop_saving": ["stop saving"],
+    "start_saving": ["start saving"],
+    "pause_saving": ["don't save anything for an hour"],
+}
+Phrase = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\[\]\"]+$")]
+
+
+class VoiceSettings(_Section):
+    enabled: bool = True
+    """Privacy commands by voice after the wake word (needs a Vosk model)."""
+    phrases: dict[VoiceCommand, list[Phrase]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_PHRASES.items()})
+    """The words that make each command, per command; a command left out has no phrase."""
+    delete_last_within: str = Field(default="10m", pattern=DURATION_PATTERN)
+    """"Delete what I just said" and "that wasn't for you" reach the newest clip only if it was
+    recorded this recently."""
+    pause_for: str = Field(default="1h", pattern=DURATION_PATTERN)
+    """How long "don't save anything for an hour" saves nothing before saving returns by itself."""
+    confirm_led_pin: str | int | None = None
+    """An LED that blinks twice when a command is done; None = the mute LED, if there is one."""
+    confirm_sound: bool = False
+    """Also play a short tone through the default output when a command is done."""
+
+    @model_validator(mode="after")
+    def _distinct(self) -> VoiceSettings:
+        seen: dict[str, str] = {}
+        for command, phrases in self.phrases.items():
+            for phrase in phrases:
+                key = normalize_phrase(phrase)
+                if not key:
+                    raise ValueError(f"voice.phrases.{command}: {phrase!r} has no words")
+                if seen.setdefault(key, command) != command:
+                    raise ValueError(f"voice.phrases: {phrase!r} is given for both "
+                                     f"{seen[key]} and {command}")
+        return self
+
+
+def normalize_phrase(text: str) -> str:
+    """How phrases and what was heard are compared: lower case, words only, single spaces."""
+    return " ".join(re.sub(r"[^\w' ]+", " ", text.lower()).split())
 
 
 class ModelSettings(_Section):
@@ -266,6 +319,7 @@ class Settings(_Section):
     mqtt: MqttSettings = MqttSettings()
     upload: UploadSettings = UploadSettings()
     retention: RetentionSettings = RetentionSettings()
+    voice: VoiceSettings = VoiceSettings()
 
 
 def load_settings(path: Path | None) -> Settings:

@@ -39,7 +39,7 @@ def run_checks(settings: Settings, state_dir: Path, pin_factory: Any) -> list[Ch
         lambda: check_microphone(settings), lambda: check_models(settings, state_dir),
         lambda: check_gpio(settings, pin_factory), lambda: check_broker(settings),
         lambda: check_upload(settings), lambda: check_store(settings, state_dir),
-        lambda: check_machine(settings, state_dir),
+        lambda: check_machine(settings, state_dir), lambda: check_voice(settings, state_dir),
     ]
     return [guarded(c) for c in checks]
 
@@ -243,6 +243,34 @@ def _cpu_model() -> str:
             if line.split(":")[0].strip() == key:
                 return line.split(":", 1)[1].strip()
     return "unknown CPU"
+
+
+def check_voice(settings: Settings, state_dir: Path) -> Check:
+    """Voice commands need Vosk, a model that can be limited to phrases, and phrases it knows."""
+    from device.models import ModelStore
+    from device.voice import supports_grammar, unknown_words
+
+    if not settings.voice.enabled:
+        return Check("voice", True, "voice commands are off (voice.enabled = false)")
+    why = "they are recognized on the device by Vosk"
+    if not settings.asr.enabled:
+        return Check("voice", True, f"voice commands are unavailable: asr.enabled = false ({why})")
+    store = ModelStore(resolve_models_dir(settings, state_dir))
+    path = Path(settings.asr.model).expanduser() if settings.asr.model else store.vosk_model()
+    if path is None or not Path(path).is_dir():
+        return Check("voice", True, f"voice commands are unavailable: no Vosk model is installed "
+                     f"({why}); `edge-recorder models fetch --vosk` installs the English one")
+    if not supports_grammar(Path(path)):
+        return Check("voice", False, f"voice commands are unavailable: the Vosk model '{path}' "
+                     "cannot be limited to the command phrases (no graph/HCLr.fst and Gr.fst)",
+                     "use a small Vosk model (they have runtime graphs), or set voice.enabled = false")
+    missing = unknown_words(Path(path), settings.voice)
+    commands = sorted(c for c, p in settings.voice.phrases.items() if p)
+    if missing:
+        return Check("voice", False, f"the Vosk model does not know these words of voice.phrases: "
+                     f"{', '.join(missing)} (a phrase with them can never be recognized)",
+                     "rephrase those commands in voice.phrases with words the model knows")
+    return Check("voice", True, f"voice commands on: {', '.join(commands)}")
 
 
 def _vosk_mb(settings: Settings, store: Any) -> float:

@@ -68,7 +68,8 @@ class Indicator(Event):
 
 @dataclass(frozen=True)
 class Clip(Event):
-    """A clip was stored. Over MQTT the transcript is only sent with `publish_transcripts`."""
+    """A clip was stored. Over MQTT the transcript is only sent with `publish_transcripts`.
+    `audio` is false when only the transcript was saved (recorder.save = "transcript")."""
 
     type: ClassVar[str] = "clip"
     t: float
@@ -77,6 +78,31 @@ class Clip(Event):
     end: float
     wake_word: str
     transcript: str | None
+    audio: bool = True
+
+
+@dataclass(frozen=True)
+class Heard(Event):
+    """An utterance ended and nothing was saved (recorder.save = "nothing"): automations still hear
+    of it. The transcript is only here when mqtt.publish_transcripts is on."""
+
+    type: ClassVar[str] = "heard"
+    t: float
+    start: float
+    end: float
+    wake_word: str
+    transcript: str | None
+
+
+@dataclass(frozen=True)
+class Voice(Event):
+    """A privacy command was spoken (its name only: what was said is never in an event). The
+    events it caused (deleted, save) follow with the same request id."""
+
+    type: ClassVar[str] = "voice"
+    t: float
+    command: str
+    request_id: str
 
 
 @dataclass(frozen=True)
@@ -161,6 +187,18 @@ class Sensitivity(Event):
     type: ClassVar[str] = "sensitivity"
     request_id: str | None
     level: str
+    configured: str
+
+
+@dataclass(frozen=True)
+class Save(Event):
+    """What is saved changed (or was confirmed): mode in force, when a timed switch ends, and the
+    configured mode it returns to."""
+
+    type: ClassVar[str] = "save"
+    request_id: str | None
+    mode: str
+    until: str | None
     configured: str
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from device import __version__
-from device.config import SENSITIVITY_LEVELS, MqttSettings
+from device.config import SENSITIVITY_LEVELS, VOICE_COMMANDS, MqttSettings
+from device.save_mode import SAVE_MODES
 
 PRESS_ID = "ha-{{ now().timestamp() }}"
 """A request id per press: Home Assistant renders it when the button is pressed."""
@@ -78,6 +79,16 @@ def discovery_payload(settings: MqttSettings, device_id: str, base: str,
                         "cmd_t": f"{base}cmd/sensitivity",
                         "cmd_tpl": '{"request_id": "' + PRESS_ID + '", "level": "{{ value }}"}',
                         "ent_cat": "config", "ic": "mdi:tune"},
+        "save": {"p": "select", "name": "Save", "stat_t": status,
+                 "val_tpl": "{{ value_json.save.mode }}", "options": list(SAVE_MODES),
+                 "cmd_t": f"{base}cmd/save",
+                 "cmd_tpl": '{"request_id": "' + PRESS_ID + '", "mode": "{{ value }}"}',
+                 "ent_cat": "config", "ic": "mdi:content-save-off"},
+        "pause_saving": button("Save nothing for an hour", "save", '"mode": "nothing", "for": "1h"',
+                               ic="mdi:timer-off"),
+        "voice": {"p": "event", "name": "Voice command", "stat_t": f"{base}evt/voice",
+                  "evt_typ": list(VOICE_COMMANDS),
+                  "val_tpl": '{"event_type": "{{ value_json.command }}"}'},
     }
     if settings.publish_transcripts:
         cmps["transcript"] = {"p": "sensor", "name": "Last transcript", "stat_t": f"{base}evt/clip",

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from device import SAMPLE_RATE_HZ
 from device.config import IndicatorSettings
 from device.errors import IndicatorError
 
@@ -91,6 +92,10 @@ class MuteControls:
         except (GPIOZeroError, ValueError, OSError) as exc:
             raise IndicatorError(f"cannot use mute pins ({button_pin!r}, {led_pin!r}): {exc}") from None
 
+    @property
+    def led(self) -> Any:
+        return self._led
+
     def show(self, muted: bool) -> None:
         if self._led is not None:
             self._led.value = muted
@@ -99,3 +104,55 @@ class MuteControls:
         for device in (self._button, self._led):
             if device is not None:
                 device.close()
+
+
+BLINK_S = 0.15
+TONE_HZ, TONE_S = (880.0, 1320.0), 0.09
+
+
+class Confirmer:
+    """Says "done" when a spoken command has been carried out, without the recording light (which
+    means one thing only): two blinks of the confirm LED (voice.confirm_led_pin, else the mute LED
+    when there is one), and with voice.confirm_sound two short rising tones through the default
+    output. Failures are logged, never raised: the command is done either way."""
+
+    def __init__(self, led_pin: str | int | None, mute_led: Any, sound: bool,
+                 pin_factory: Any = None) -> None:
+        from gpiozero import LED
+        from gpiozero.exc import GPIOZeroError
+
+        self._own = None
+        try:
+            if led_pin is not None:
+                self._own = LED(led_pin, initial_value=False, pin_factory=pin_factory)
+        except (GPIOZeroError, ValueError, OSError) as exc:
+            raise IndicatorError(f"cannot use voice.confirm_led_pin {led_pin!r}: {exc}") from None
+        self._led = self._own if self._own is not None else mute_led
+        self._sound = sound
+
+    def confirm(self) -> None:
+        if self._led is not None:
+            try:
+                self._led.blink(on_time=BLINK_S, off_time=BLINK_S, n=2, background=True)
+            except Exception as exc:
+                log.warning("could not blink the confirm LED: %s", exc)
+        if self._sound:
+            try:
+                import sounddevice
+
+                sounddevice.play(tones(), SAMPLE_RATE_HZ)  # returns at once; plays in the background
+            except Exception as exc:  # no output device is not a reason to fail a delete
+                log.warning("could not play the confirm tone: %s", exc)
+
+    def close(self) -> None:
+        if self._own is not None:
+            self._own.close()
+
+
+def tones() -> Any:
+    import numpy as np
+
+    t = np.arange(int(TONE_S * SAMPLE_RATE_HZ)) / SAMPLE_RATE_HZ
+    fade = np.minimum(1.0, np.minimum(t, TONE_S - t) / 0.01)
+    parts = [0.3 * np.sin(2 * np.pi * hz * t) * fade for hz in TONE_HZ]
+    return np.concatenate([parts[0], np.zeros(len(t) // 2), parts[1]]).astype(np.float32)

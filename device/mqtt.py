@@ -62,7 +62,7 @@ class TokenBucket:
         return True
 DEVICE_ID_FILE = "device_id"
 FORWARDED = (events.Upload, events.Deleted, events.Wake, events.Indicator, events.Discarded,
-             events.Audio, events.Sensitivity)
+             events.Audio, events.Sensitivity, events.Save, events.Voice, events.Heard)
 """Events published as they are (evt/<type>); each is followed by a fresh status."""
 STATUS_REFRESH_S = 30.0
 """The status is also republished this often when it changed (e.g. consent granted by the CLI)."""

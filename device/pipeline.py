@@ -28,6 +28,7 @@ from device.mute import MuteState
 from device.recorder import Discarded, Finished, Recorder, State, Utterance, Wake
 from device.store import ClipStore
 from device.vad import SpeechDetector
+from device.voice import CommandSpotter, CommandStream
 from device.wake import WakeDetector
 
 log = logging.getLogger(__name__)
@@ -61,14 +62,25 @@ class _Finish:
 
 
 class ClipWriter:
-    """Feeds ASR while recording and stores finished clips, on its own thread."""
+    """Feeds ASR while recording and, on its own thread, decides what a finished utterance becomes:
+    a spoken privacy command (executed; nothing of it is stored), or what the save mode says (a
+    clip, a transcript only, or nothing but an event)."""
 
     def __init__(
         self, transcriber: Transcriber, store: ClipStore, events: EventSink, counters: Counters,
         eligible: Callable[[], str | None] | None = None,
+        spotter: CommandSpotter | None = None,
+        on_command: Callable[[str, float], None] = lambda command, t: None,
+        save_mode: Callable[[], str] = lambda: "audio",
+        share_transcripts: bool = False,
     ) -> None:
+        """`on_command(name, t)` runs a spoken command; `share_transcripts`: a `heard` event (save
+        mode "nothing") carries the transcript (mqtt.publish_transcripts)."""
         self._transcriber = transcriber
         self._eligible = eligible
+        self._spotter, self._on_command = spotter, on_command
+        self._save_mode, self._share_transcripts = save_mode, share_transcripts
+        self._commands: CommandStream | None = None
         self._store = store
         self._events = events
         self._counters = counters
@@ -76,6 +88,8 @@ class ClipWriter:
         self._stream: TranscriptStream | None = None
         self.ready_latencies_s: list[float] = []
         """Wall seconds from end of utterance (handed over) to clip stored; for benchmarks."""
+        self.command_latencies_s: list[float] = []
+        """Wall seconds from end of utterance (handed over) to a spoken command done."""
         self._thread = threading.Thread(target=self._run, name="clip-writer", daemon=True)
         self._thread.start()
 
@@ -104,7 +118,7 @@ class ClipWriter:
             try:
                 self._handle(kind, payload)
             except Exception as exc:  # the writer must outlive any one bad clip
-                self._stream = None
+                self._stream = self._commands = None
                 self._counters.errors += 1
                 code = "store_failed" if isinstance(exc, EdgeRecorderError) else "writer_failed"
                 self._counters.store_ok = False
@@ -114,28 +128,45 @@ class ClipWriter:
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "begin":
             self._stream = self._transcriber.start()
-        elif kind == "feed" and self._stream is not None:
-            self._stream.accept(payload.samples)
+            self._commands = self._spotter.start() if self._spotter else None
+        elif kind == "feed":
+            for stream in (self._stream, self._commands):
+                if stream is not None:
+                    stream.accept(payload.samples)
         elif kind == "finish":
-            self._store_clip(payload)
+            self._finish(payload)
         elif kind == "cancel":
-            self._stream = None
+            self._stream = self._commands = None
 
-    def _store_clip(self, job: _Finish) -> None:
+    def _finish(self, job: _Finish) -> None:
         stream, self._stream = self._stream, None
-        transcript = stream.result() if stream is not None else None
+        commands, self._commands = self._commands, None
         u = job.utterance
+        if commands is not None and (command := commands.command()):
+            log.info("voice command: %s (nothing of it is kept)", command)
+            self._on_command(command, seconds(u.end))
+            self.command_latencies_s.append(time.perf_counter() - job.queued_at)
+            return
+        transcript = stream.result() if stream is not None else None
+        mode = self._save_mode()
+        if mode == "nothing":
+            log.info("utterance heard, nothing saved (recorder.save = nothing)")
+            self._events.emit(events.Heard(
+                t=seconds(u.end), start=seconds(u.start), end=seconds(u.end),
+                wake_word=u.wake.wake_word, transcript=transcript if self._share_transcripts else None))
+            return
+        audio = np.concatenate([f.samples for f in u.frames]) if mode == "audio" else None
         clip = self._store.add(
-            np.concatenate([f.samples for f in u.frames]), seconds(u.start), seconds(u.end),
-            u.wake.wake_word, u.wake.score, transcript, recorded_at=job.recorded_at,
-            eligible=self._eligible,
+            audio, seconds(u.start), seconds(u.end), u.wake.wake_word, u.wake.score, transcript,
+            recorded_at=job.recorded_at, eligible=self._eligible,
         )
         self.ready_latencies_s.append(time.perf_counter() - job.queued_at)
         self._counters.clips += 1
-        log.info("clip %s stored (%.2f s, %s)", clip.id, clip.duration_s, u.reason)
+        log.info("clip %s stored (%.2f s, %s%s)", clip.id, clip.duration_s, u.reason,
+                 "" if audio is not None else ", transcript only")
         self._events.emit(events.Clip(
             t=seconds(u.end), id=clip.id, start=clip.start_s, end=clip.end_s,
-            wake_word=clip.wake_word, transcript=clip.transcript,
+            wake_word=clip.wake_word, transcript=clip.transcript, audio=audio is not None,
         ))
 
 

@@ -206,12 +206,14 @@ class ClipStore:
 
     # -- adding -----------------------------------------------------------------------------------
     def add(
-        self, samples: np.ndarray, start_s: float, end_s: float, wake_word: str,
+        self, samples: np.ndarray | None, start_s: float, end_s: float, wake_word: str,
         wake_score: float, transcript: str | None, recorded_at: datetime | None = None,
         eligible: Callable[[], str | None] | None = None,
     ) -> Clip:
         """Store a clip. `eligible` is asked inside the same transaction what consent covers right
-        now (e.g. "audio,transcript"); when it answers, the clip joins the upload queue."""
+        now (e.g. "audio,transcript"); when it answers, the clip joins the upload queue.
+        Without samples (recorder.save = "transcript") the clip file holds the sealed metadata and
+        transcript and no audio at all; such a clip is never uploaded."""
         cid = uuid.uuid4().hex
         clip = Clip(id=cid, recorded_at=_iso(recorded_at or datetime.now(UTC)), start_s=start_s,
                     end_s=end_s, wake_word=wake_word, wake_score=round(wake_score, 4),
@@ -220,10 +222,11 @@ class ClipStore:
         meta = {f: getattr(clip, f) for f in META_FIELDS}
         try:
             with self._index.lock:
-                atomic_write(self.clips_dir / clip.audio_file,
-                             crypto.seal(key, cid, meta, wav_bytes(samples)), suffix=TEMP_SUFFIX)
+                audio = wav_bytes(samples) if samples is not None else b""
+                atomic_write(self.clips_dir / clip.audio_file, crypto.seal(key, cid, meta, audio),
+                             suffix=TEMP_SUFFIX)
                 retry_busy(lambda: self.keys.put(cid, key))
-                retry_busy(lambda: self._insert(clip, key, eligible))
+                retry_busy(lambda: self._insert(clip, key, eligible if samples is not None else None))
         except (OSError, sqlite3.Error) as exc:
             (self.clips_dir / clip.audio_file).unlink(missing_ok=True)
             with contextlib.suppress(sqlite3.Error):  # best effort: the next sweep also removes it
@@ -269,10 +272,13 @@ class ClipStore:
                 if key is None:
                     raise crypto.TamperedError(f"clip {clip.id} has no key or no local audio")
                 _, audio = crypto.unseal(key, clip.id, path.read_bytes())
-                return audio
             except (crypto.TamperedError, FileNotFoundError) as exc:
                 self._quarantine(clip.id, clip.audio_file)
                 raise StoreError(f"clip {clip.id} cannot be read and was quarantined: {exc}") from None
+        if not audio:
+            raise StoreError(f"clip {clip.id} was saved as a transcript only "
+                             "(recorder.save = \"transcript\"): there is no audio to read")
+        return audio
 
     def _quarantine(self, clip_id: str, filename: str) -> None:
         """Keep the bad file aside for inspection; its key and index row are destroyed."""
@@ -305,10 +311,17 @@ class ClipStore:
                     f"less than retention.min_free_bytes ({min_free_bytes // 1024} KiB)")
         return None
 
-    def latest_ids(self, n: int) -> list[str]:
-        """The ids of the n most recent clips, newest first."""
+    def newest_since(self, since: datetime) -> list[str]:
+        """The id of the clip stored last, if it was recorded at or after `since` (else [])."""
         return [r[0] for r in self._index.read(
-            "SELECT id FROM clips ORDER BY recorded_at DESC LIMIT ?", (n,))]
+            "SELECT id FROM clips WHERE rowid = (SELECT MAX(rowid) FROM clips) AND recorded_at >= ?",
+            (_iso(since),))]
+
+    def latest_ids(self, n: int) -> list[str]:
+        """The ids of the n clips stored last, newest first (the order they were stored in, which a
+        clock change cannot reorder)."""
+        return [r[0] for r in self._index.read(
+            "SELECT id FROM clips ORDER BY rowid DESC LIMIT ?", (n,))]
 
     # -- stats ----------------------------------------------------------------------------------
     def add_stats(self, counts: dict[str, int]) -> None:

