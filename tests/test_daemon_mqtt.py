@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -99,10 +100,15 @@ def test_a_broker_that_is_down_never_stops_listening(
     with_models: Path, speech: Callable[..., Path], tmp_path: Path, broker: Broker
 ) -> None:
     env = file_mic(tmp_path, speech(WAKE_SENTENCE), 16000)
-    broker.stop()
+    # The broker is down: its address is a port held (bound, never listening) for this test, so no
+    # other test's broker can take it meanwhile, as one could take a port a stopped broker freed.
+    down = socket.socket()
+    down.bind(("127.0.0.1", 0))
     cfg = tmp_path / "down.toml"
     cfg.write_text('[audio]\ndevice = "filemic"\nsample_rate_hz = 16000\nqueue_s = 30\n'
-                   '[indicator]\npin_factory = "mock"\n' + broker.config_toml())
+                   '[indicator]\npin_factory = "mock"\n'
+                   + broker.config_toml().replace(f"port = {broker.port}\n",
+                                                  f"port = {down.getsockname()[1]}\n"))
     events, log = tmp_path / "events.jsonl", tmp_path / "stderr.log"
     with log.open("w") as stderr:
         proc = subprocess.Popen([str(ENTRY_POINT), "run", "--config", str(cfg), "--events",
@@ -115,6 +121,7 @@ def test_a_broker_that_is_down_never_stops_listening(
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+    down.close()
     err = log.read_text()
     assert proc.returncode == 0, err
     assert err.count("cannot reach 127.0.0.1") == 1, err  # once per transition, not per retry
