@@ -238,6 +238,10 @@ def test_a_phrase_matches_word_for_word_only(tmp_path: Path) -> None:
     assert table.match("delete delete what i just said") is None
     assert table.match("[unk] stop saving") is None
     assert table.match("") is None
+    # The wake word's tail, heard as [unk] at the very start, is let go; later [unk] is not.
+    assert table.match([("[unk]", 0.4), ("stop", 0.9), ("saving", 1.3)]) == "stop_saving"
+    assert table.match([("[unk]", 1.2), ("stop", 1.6), ("saving", 2.0)]) is None
+    assert table.match([("stop", 0.9), ("saving", 1.3), ("[unk]", 1.8)]) is None
     cfg = tmp_path / "dup.toml"
     cfg.write_text('[voice.phrases]\nstop_saving = ["stop"]\nstart_saving = ["Stop!"]\n')
     with pytest.raises(ConfigError, match="given for both"):
