@@ -306,7 +306,8 @@ class Controller:
         rid = f"voice-{uuid.uuid4().hex[:16]}"
         done: list[events.Event] = [events.Voice(t=t, command=command, request_id=rid)]
         newest = self.store.newest_since(
-            datetime.now(UTC) - timedelta(seconds=duration_s(self.voice_settings.delete_last_within)))
+            datetime.now(UTC) - timedelta(seconds=duration_s(self.voice_settings.delete_last_within))
+        ) if command in ("delete_last", "reject") else []
         if command in ("delete_last", "reject") and not newest:
             log.info("voice %s: no clip recorded in the last %s", command,
                      self.voice_settings.delete_last_within)

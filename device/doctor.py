@@ -255,16 +255,15 @@ def check_voice(settings: Settings, state_dir: Path) -> Check:
     why = "they are recognized on the device by Vosk"
     if not settings.asr.enabled:
         return Check("voice", True, f"voice commands are unavailable: asr.enabled = false ({why})")
-    store = ModelStore(resolve_models_dir(settings, state_dir))
-    path = Path(settings.asr.model).expanduser() if settings.asr.model else store.vosk_model()
-    if path is None or not Path(path).is_dir():
+    path = _vosk_dir(settings, ModelStore(resolve_models_dir(settings, state_dir)))
+    if path is None:
         return Check("voice", True, f"voice commands are unavailable: no Vosk model is installed "
                      f"({why}); `edge-recorder models fetch --vosk` installs the English one")
-    if not supports_grammar(Path(path)):
+    if not supports_grammar(path):
         return Check("voice", False, f"voice commands are unavailable: the Vosk model '{path}' "
                      "cannot be limited to the command phrases (no graph/HCLr.fst and Gr.fst)",
                      "use a small Vosk model (they have runtime graphs), or set voice.enabled = false")
-    missing = unknown_words(Path(path), settings.voice)
+    missing = unknown_words(path, settings.voice)
     commands = sorted(c for c, p in settings.voice.phrases.items() if p)
     if missing:
         return Check("voice", False, f"the Vosk model does not know these words of voice.phrases: "
@@ -273,9 +272,15 @@ def check_voice(settings: Settings, state_dir: Path) -> Check:
     return Check("voice", True, f"voice commands on: {', '.join(commands)}")
 
 
-def _vosk_mb(settings: Settings, store: Any) -> float:
+def _vosk_dir(settings: Settings, store: Any) -> Path | None:
+    """The Vosk model the daemon would load (asr.model, else the registered one), if it exists."""
     path = Path(settings.asr.model).expanduser() if settings.asr.model else store.vosk_model()
-    if path is None or not Path(path).is_dir():
+    return Path(path) if path is not None and Path(path).is_dir() else None
+
+
+def _vosk_mb(settings: Settings, store: Any) -> float:
+    path = _vosk_dir(settings, store)
+    if path is None:
         return 0.0
-    size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return size / 1e6 * VOSK_MEMORY_FACTOR

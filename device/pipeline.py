@@ -148,11 +148,11 @@ class ClipWriter:
             self.command_latencies_s.append(time.perf_counter() - job.queued_at)
             return
         transcript = stream.result() if stream is not None else None
-        mode = self._save_mode()
+        mode = in_force = self._save_mode()
         if mode == "transcript" and not transcript:
             mode = "nothing"  # no ASR (or nothing recognized): a text-only clip would hold no text
         if mode == "nothing":
-            log.info("utterance heard, nothing saved (recorder.save = %s)", self._save_mode())
+            log.info("utterance heard, nothing saved (recorder.save = %s)", in_force)
             self._events.emit(events.Heard(
                 t=seconds(u.end), start=seconds(u.start), end=seconds(u.end),
                 wake_word=u.wake.wake_word, transcript=transcript if self._share_transcripts else None))

@@ -176,9 +176,10 @@ def lighter_start_up() -> None:
     """openWakeWord fills its feature buffer at start (and at every reset) with the embeddings of 4 s
     of random noise, computed as one batch: TFLite's arenas grow to that batch and stay grown, about
     25 MB of resident memory that streaming (80 ms at a time) never needs. Here the filler comes
-    from 1 s of noise, its rows repeated to the same number: it is noise either way, and it has left
-    the models' 1.28 s window before `wake.startup_quiet_s` ends. Only that filler call is changed:
-    streaming uses another path."""
+    from 1 s of noise, its rows repeated to the same number: noise either way, filling the models'
+    1.28 s window for the first frames exactly as openWakeWord's own filler does (the first
+    `wake.startup_quiet_s` cannot wake). Only that filler call is changed: streaming uses another
+    path."""
     from openwakeword.utils import AudioFeatures
 
     original = AudioFeatures._get_embeddings
