@@ -287,8 +287,10 @@ def voice_settings(tmp: Path) -> Settings:
 
 
 def run_utterances(settings: Settings, models: ModelStore, transcriber: Transcriber, tmp: Path,
-                   name: str, parts: list[np.ndarray], realtime: bool = False) -> list[Event]:
-    """Each part after a spoken "hey jarvis", through the whole pipeline with voice commands."""
+                   name: str, parts: list[np.ndarray], realtime: bool = False,
+                   ) -> tuple[list[Event], list[float]]:
+    """Each part after a spoken "hey jarvis", through the whole pipeline with voice commands: the
+    events, and the seconds from each command's utterance end to the command done."""
     hey = speak(tmp / "hey_v.wav", "hey jarvis", lead=0.8, tail=0.3)
     audio = np.concatenate([np.concatenate([hey, p, np.zeros(16000, np.int16)]) for p in parts])
     wav = tmp / f"{name}.wav"
@@ -299,8 +301,7 @@ def run_utterances(settings: Settings, models: ModelStore, transcriber: Transcri
     listener.run(threading.Event())
     writer.close()
     indicator.close()
-    return events + [ev.Error(t=lat, code="latency", request_id=None, message="")
-                     for lat in writer.command_latencies_s]
+    return events, writer.command_latencies_s
 
 
 def bench_voice(models: ModelStore, tmp: Path) -> dict[str, Any]:
@@ -317,21 +318,20 @@ def bench_voice(models: ModelStore, tmp: Path) -> dict[str, Any]:
     for command, text in phrases.items():
         parts = [speak(tmp / f"{command}{i}.wav", text, voice=v, lead=0.2, tail=1.0, wpm=wpm)
                  for i, (v, wpm) in enumerate(VOICE_RENDERINGS)]
-        events = run_utterances(settings, models, transcriber, tmp, f"cmd_{command}", parts)
+        events, _ = run_utterances(settings, models, transcriber, tmp, f"cmd_{command}", parts)
         recognized[command] = sum(1 for e in events if isinstance(e, ev.Voice) and e.command == command)
     ordinary, false = 0, []
     for voices in (("ko", "en"), ("ko+f3", "en+f3"), ("ko+m3", "en+m3")):
         parts = [speak(tmp / f"o{i}.wav", text, voice=voices[0] if text in ORDINARY_KO else voices[1],
                        lead=0.2, tail=1.0, wpm=160)
                  for i, text in enumerate(ORDINARY_KO + ORDINARY_EN)]
-        events = run_utterances(settings, models, transcriber, tmp, f"ord_{voices[0]}", parts)
+        events, _ = run_utterances(settings, models, transcriber, tmp, f"ord_{voices[0]}", parts)
         ordinary += len(parts)
         false += [e.command for e in events if isinstance(e, ev.Voice)]
     # Latency: each command once more, in real time (so nothing queues behind a faster-than-life file).
     parts = [speak(tmp / f"rt_{c}.wav", t, voice="ko", lead=0.2, tail=1.0, wpm=160)
              for c, t in phrases.items() if c not in ("stop_saving", "pause_saving")]
-    events = run_utterances(settings, models, transcriber, tmp, "realtime_voice", parts, realtime=True)
-    lat = [e.t for e in events if isinstance(e, ev.Error) and e.code == "latency" and e.t is not None]
+    _, lat = run_utterances(settings, models, transcriber, tmp, "realtime_voice", parts, realtime=True)
     finals = []
     from device.voice import CommandSpotter
 
