@@ -32,6 +32,7 @@ from device.sensitivity import SensitivityState
 from device.service import Notifier, Watchdog
 from device.store import ClipStore
 from device.vad import SpeechDetector
+from device.verifier import OwnerVerifier, VerifierFiles
 from device.voice import CommandSpotter, supports_grammar
 from device.wake import OpenWakeWordDetector, WakeDetector
 
@@ -131,7 +132,8 @@ def run_pipeline(
         store = ClipStore(state_dir)
         stack.callback(store.close)
         models = ModelStore(resolve_models_dir(settings, state_dir))
-        detector: WakeDetector = OpenWakeWordDetector(settings.wake, models)
+        scorer = OpenWakeWordDetector(settings.wake, models)
+        detector: WakeDetector = scorer
         transcriber = make_transcriber(settings, models)
         indicator = Indicator(settings.indicator, pin_factory)
         stack.callback(indicator.close)
@@ -169,7 +171,10 @@ def run_pipeline(
                             save_mode=save.mode, share_transcripts=settings.mqtt.publish_transcripts)
         stack.callback(writer.close)
         events.subscribe(StatsCounter(store, save.mode))
-        recorder = Recorder(settings.recorder, settings.wake, level=sensitivity.level)
+        verifier = OwnerVerifier(VerifierFiles(state_dir), scorer.features,
+                                 settings.wake.verifier_threshold)
+        recorder = Recorder(settings.recorder, settings.wake, level=sensitivity.level,
+                            second_look=verifier.second_look)
         if settings.wake.gate:
             detector = GatedDetector(detector, settings.wake,
                                      keep_open=lambda: recorder.state is not State.LISTENING)
@@ -179,7 +184,7 @@ def run_pipeline(
             can_record=lambda: store.space_problem(settings.retention.min_free_bytes),
             retry=(settings.audio.retry_initial_s, settings.audio.retry_max_s) if retry_source else None,
             on_ready=lambda: notifier.send("READY=1\nSTATUS=listening"),
-            show_muted=buttons.show,
+            show_muted=buttons.show, wake_features=verifier.features_of,
         )
         watchdog = Watchdog(notifier, lambda: listener.alive_at)
         watchdog.start()

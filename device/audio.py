@@ -20,7 +20,7 @@ import soxr
 
 from device import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from device.errors import AudioError, describe
-from device.frames import Frame
+from device.frames import Frame, frames_for
 
 log = logging.getLogger(__name__)
 
@@ -325,3 +325,15 @@ def list_input_devices() -> list[dict[str, Any]]:
     import sounddevice as sd
 
     return [dict(d) for d in sd.query_devices() if d["max_input_channels"] > 0]
+
+
+def take(source: AudioSource, seconds: float | None = None,
+         stop: StopFlag | None = None) -> np.ndarray:
+    """16 kHz int16 samples from a source: all of a file, or the next `seconds` of a microphone."""
+    need = None if seconds is None else frames_for(seconds)
+    out = []
+    for frame in source.frames(stop or threading.Event()):
+        out.append(frame.samples)
+        if need is not None and len(out) >= need:
+            break
+    return np.concatenate(out) if out else np.zeros(0, np.int16)

@@ -86,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
                              help='"that wasn\'t for you": delete a clip and count it as a false wake')
     reject.add_argument("which", nargs="+", help="clip ids, or `last` for the most recent clip")
 
+    enroll = sub.add_parser(
+        "enroll", parents=[common],
+        help="teach the second look your voice (openWakeWord's custom verifier): a wake that does "
+             "not sound like you is discarded before the light")
+    enroll.add_argument("wake_word", nargs="?", help="a configured wake word (default: the first)")
+    enroll.add_argument("samples", nargs="*", type=Path,
+                        help="audio files of you saying the wake word, one utterance each (3 or more)")
+    enroll.add_argument("--other", nargs="+", type=Path, default=[], metavar="FILE",
+                        help="audio files of you saying anything else (5 s or more in all)")
+    enroll.add_argument("--record", type=int, metavar="N",
+                        help="record N samples and 10 s of other speech from the microphone "
+                             "(the recording light is on meanwhile)")
+    enroll.add_argument("--remove", action="store_true",
+                        help="delete the verifier of WAKE_WORD (default: every one)")
     sub.add_parser("stats", parents=[common],
                    help="wakes, kept clips, discarded (by reason) and rejected, per day")
     sens = sub.add_parser("sensitivity", parents=[common],
@@ -327,7 +341,7 @@ def clips_reject(store: Any, args: argparse.Namespace) -> int:
 
     form: dict[str, Any] = {"last": True} if args.which == ["last"] else {"ids": args.which}
     command = RejectCommand(request_id=f"cli-{uuid.uuid4().hex}", **form)
-    reply = Controller(store, MuteState()).reject(command)
+    reply = Controller(store, MuteState(), wait_for_training=True).reject(command)
     _print_json(reply.to_dict())
     return 0 if reply.ids and not reply.not_found else 1
 
@@ -383,6 +397,88 @@ def cmd_save(args: argparse.Namespace) -> int:
     return 0
 
 
+RECORD_SAMPLE_S, RECORD_OTHER_S = 2.5, 10.0
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from device.errors import ConfigError
+    from device.verifier import VerifierFiles, enrollment_features
+
+    settings, state_dir = _settings(args)
+    with _opened_store(state_dir):
+        pass  # a state directory that is edge-recorder's, owner-only, before anything goes in
+    files = VerifierFiles(state_dir)
+    if args.remove:
+        removed = files.remove(args.wake_word)
+        print(f"removed the owner verifier of {', '.join(removed)}" if removed
+              else "no owner verifier to remove")
+        return 0
+    from device.wake import OpenWakeWordDetector
+
+    detector = OpenWakeWordDetector(settings.wake, ModelStore(resolve_models_dir(settings, state_dir)))
+    name = args.wake_word or detector.names[0]
+    if name not in detector.names:
+        raise ConfigError(f"{name!r} is not a configured wake word ({', '.join(detector.names)})")
+    if args.record:
+        if args.samples or args.other:
+            raise ConfigError("give audio files or --record, not both")
+        samples, other = _record_enrollment(settings, name, args.record)
+    else:
+        if not args.samples:
+            raise ConfigError("give audio files of the wake word (and --other), or --record N")
+        samples, other = [_read(p) for p in args.samples], [_read(p) for p in args.other]
+    found = enrollment_features(detector, name, samples, other)
+    missed = [str(p) for p, ok in zip(args.samples, found.woke, strict=False) if not ok]
+    weights = files.enroll(name, found.pos, found.neg)
+    seen = [weights.probability(f) for f in found.pos]
+    print(f"enrolled {name}: {sum(found.woke)} of {len(samples)} samples used "
+          f"({len(found.pos)} wake windows, {len(found.neg)} other), training accuracy on them "
+          f"{sum(p >= settings.wake.verifier_threshold for p in seen) / len(seen):.0%}; a wake that does not "
+          f"sound like this voice is now discarded (`edge-recorder enroll --remove` undoes it)")
+    if missed:
+        print(f"these did not wake {name} and were left out: {', '.join(missed)}", file=sys.stderr)
+    return 0
+
+
+def _read(path: Path) -> Any:
+    from device.audio import WavSource, take
+
+    source = WavSource(path)
+    try:
+        return take(source)
+    finally:
+        source.close()
+
+
+def _record_enrollment(settings: Settings, name: str, n: int) -> tuple[list[Any], list[Any]]:
+    """The microphone, with the recording light on from before the stream opens until after it
+    closes: enrollment keeps audio (in RAM, until it is turned into features)."""
+    from device.audio import MicSource, take
+    from device.indicator import Indicator, make_pin_factory
+
+    phrase = name.replace("_", " ")
+    a = settings.audio
+    light = Indicator(settings.indicator, make_pin_factory(settings.indicator.pin_factory))
+    try:
+        light.recording()
+        source = MicSource(a.device, a.sample_rate_hz, a.queue_s)
+        try:
+            samples = []
+            for i in range(n):
+                print(f"({i + 1}/{n}) say \"{phrase}\" now", file=sys.stderr)
+                samples.append(take(source, RECORD_SAMPLE_S))
+            print(f"now talk about anything else for {RECORD_OTHER_S:.0f} s (not \"{phrase}\")",
+                  file=sys.stderr)
+            other = [take(source, RECORD_OTHER_S)]
+        finally:
+            source.close()
+    finally:
+        light.idle()
+        light.close()
+    print("recorded; the light is off", file=sys.stderr)
+    return samples, other
+
+
 def cmd_wipe(args: argparse.Namespace) -> int:
     from device.errors import ConfigError
 
@@ -394,7 +490,11 @@ def cmd_wipe(args: argparse.Namespace) -> int:
             return 1
     with _opened_store(state_dir) as store:
         n = store.wipe()
-    print(f"wiped {n} clip(s): keys destroyed first, then files and records, in {state_dir}")
+    from device.verifier import VerifierFiles
+
+    voices = VerifierFiles(state_dir).remove()
+    print(f"wiped {n} clip(s): keys destroyed first, then files and records, in {state_dir}"
+          + (f"; the owner verifier of {', '.join(voices)} too" if voices else ""))
     return 0
 
 
@@ -468,7 +568,8 @@ COMMANDS = {
     "run": cmd_run, "simulate": cmd_simulate, "devices": cmd_devices, "doctor": cmd_doctor,
     "listen": cmd_listen,
     "clips": cmd_clips, "models": cmd_models, "consent": cmd_consent,
-    "wipe": cmd_wipe, "uploads": cmd_uploads, "stats": cmd_stats, "sensitivity": cmd_sensitivity,
+    "wipe": cmd_wipe, "enroll": cmd_enroll,
+    "uploads": cmd_uploads, "stats": cmd_stats, "sensitivity": cmd_sensitivity,
     "save": cmd_save,
     "mqtt": cmd_mqtt,
 }

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -31,11 +32,12 @@ from pydantic import (
 
 from device import consent, events
 from device.config import DURATION_PATTERN, VoiceSettings, describe_validation_error, duration_s
-from device.errors import CommandError, describe
+from device.errors import CommandError, StoreError, describe
 from device.mute import MuteState
 from device.save_mode import SaveState
 from device.sensitivity import SensitivityState
 from device.store import ClipStore
+from device.verifier import VerifierFiles, retrain_in_child
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +269,11 @@ class Controller:
 
     def __init__(self, store: ClipStore, mute: MuteState,
                  sensitivity: SensitivityState | None = None, save: SaveState | None = None,
-                 voice: VoiceSettings | None = None) -> None:
+                 voice: VoiceSettings | None = None, wait_for_training: bool = False) -> None:
+        """`wait_for_training`: a reject returns only when the owner verifier it taught has been
+        trained again (the CLI); the daemon does not wait (the training runs in a child process)."""
         self.store = store
+        self.wait_for_training = wait_for_training
         self.mute = mute
         self.sensitivity = sensitivity
         self.save = save
@@ -345,14 +350,43 @@ class Controller:
 
     def reject(self, cmd: RejectCommand) -> events.Deleted:
         ids = cmd.ids if cmd.ids is not None else self.store.latest_ids(1)
+        seen = self._wake_features(ids)
         result = self.store.delete(ids=ids, request_id=cmd.request_id, body_hash=cmd.body_hash,
                                    nonce=cmd.signed_nonce, reason="reject")
         log.info("reject %s: %d clip(s) deleted as false wakes", cmd.request_id, len(result["ids"]))
+        if not result["replayed"]:
+            self._teach([seen[i] for i in result["ids"] if i in seen])
         return events.Deleted(
             request_id=cmd.request_id, ids=tuple(result["ids"]), not_found=tuple(result["not_found"]),
             reason="reject", remote=events.Remote.for_pending(result.get("remote_pending", [])),
             replayed=result["replayed"],
         )
+
+    def _wake_features(self, ids: list[str]) -> dict[str, tuple[str, np.ndarray]]:
+        """Read before the delete (which destroys the keys): each clip's wake features, if its
+        wake word has an owner verifier."""
+        files = VerifierFiles(self.store.state_dir)
+        enrolled = set(files.enrolled())
+        seen: dict[str, tuple[str, np.ndarray]] = {}
+        if not enrolled:
+            return seen
+        for cid in ids:
+            try:
+                clip = self.store.get(cid)
+            except StoreError:
+                continue
+            if clip.wake_word in enrolled and (f := self.store.wake_features(clip)) is not None:
+                seen[cid] = (clip.wake_word, f)
+        return seen
+
+    def _teach(self, rejected: list[tuple[str, np.ndarray]]) -> None:
+        """A rejected wake becomes a negative example of the owner verifier, trained again."""
+        files = VerifierFiles(self.store.state_dir)
+        taught = {name for name, features in rejected if files.add_negative(name, features)}
+        for name in sorted(taught):
+            log.info("the owner verifier for %s learns from %d rejected wake(s)", name,
+                     sum(n == name for n, _ in rejected))
+            retrain_in_child(self.store.state_dir, name, wait=self.wait_for_training)
 
     def revoke_consent(self, request_id: str, nonce: str | None = None) -> events.Consent:
         _, purged = consent.revoke(self.store, nonce)

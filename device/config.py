@@ -89,6 +89,9 @@ class WakeSettings(_Section):
     been under the threshold for 240 ms, or after this many seconds at the latest."""
     startup_quiet_s: float = Field(default=1.0, ge=0.0, le=10.0)
     """No wake in the first seconds of a stream (openWakeWord's buffer starts from random noise)."""
+    verifier_threshold: Probability = 0.5
+    """With an owner verifier (`edge-recorder enroll`): a wake it gives a lower probability of
+    being the owner saying the wake word is discarded (`not_owner`) before the light comes on."""
     gate: bool = True
     """In a quiet room, run the wake-word models only when a frame stands out from the noise floor
     (the skipped audio is replayed first, so no wake is lost at the onset of speech)."""

@@ -81,6 +81,7 @@ class ClipWriter:
         self._spotter, self._on_command = spotter, on_command
         self._save_mode, self._share_transcripts = save_mode, share_transcripts
         self._commands: CommandStream | None = None
+        self._wake_features: np.ndarray | None = None
         self._store = store
         self._events = events
         self._counters = counters
@@ -93,8 +94,8 @@ class ClipWriter:
         self._thread = threading.Thread(target=self._run, name="clip-writer", daemon=True)
         self._thread.start()
 
-    def begin(self) -> None:
-        self._jobs.put(("begin", None))
+    def begin(self, wake_features: np.ndarray | None = None) -> None:
+        self._jobs.put(("begin", wake_features))
 
     def feed(self, frame: Frame) -> None:
         self._jobs.put(("feed", frame))
@@ -127,6 +128,7 @@ class ClipWriter:
 
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "begin":
+            self._wake_features = payload
             self._stream = self._transcriber.start()
             self._commands = self._spotter.start() if self._spotter else None
         elif kind == "feed":
@@ -160,7 +162,7 @@ class ClipWriter:
         audio = np.concatenate([f.samples for f in u.frames]) if mode == "audio" else None
         clip = self._store.add(
             audio, seconds(u.start), seconds(u.end), u.wake.wake_word, u.wake.score, transcript,
-            recorded_at=job.recorded_at, eligible=self._eligible,
+            recorded_at=job.recorded_at, eligible=self._eligible, wake_features=self._wake_features,
         )
         self.ready_latencies_s.append(time.perf_counter() - job.queued_at)
         self._counters.clips += 1
@@ -183,9 +185,12 @@ class Listener:
         retry: tuple[float, float] | None = None,
         on_ready: Callable[[], None] = lambda: None,
         show_muted: Callable[[bool], None] = lambda muted: None,
+        wake_features: Callable[[Wake], np.ndarray | None] = lambda wake: None,
     ) -> None:
         """`retry` = (initial, max) backoff seconds to wait out a lost microphone; None = an input
-        error ends the run (a file). `show_muted` drives a mute LED."""
+        error ends the run (a file). `show_muted` drives a mute LED. `wake_features(wake)`: what
+        the owner verifier saw of a wake, kept sealed with its clip (a reject teaches it)."""
+        self.wake_features = wake_features
         self._open_source = open_source
         self._can_record = can_record
         self._retry = retry
@@ -292,6 +297,8 @@ class Listener:
         recording = self.recorder.state is State.RECORDING
         speech = self.speech.is_speech(frame.samples) if recording else None
         decision = self.recorder.on_frame(frame, scores, speech)
+        for wake, reason in self.recorder.take_turned_away():
+            self._turn_away(wake, reason)
         self._feed_kept()
         self._act(decision)
         self.counters.overflows += self._overflow_delta()
@@ -327,8 +334,16 @@ class Listener:
         at = self._clock()
         self.recorder.light_confirmed(at)
         self.events.emit(events.Indicator(t=seconds(at), state="recording"))
-        self.writer.begin()
+        self.writer.begin(self.wake_features(wake))
         self._feed_kept()
+
+    def _turn_away(self, wake: Wake, reason: str) -> None:
+        """A wake the second look did not believe: announced and counted, nothing else."""
+        self.counters.wakes += 1
+        self.counters.discarded += 1
+        t = seconds(wake.at)
+        self.events.emit(events.Wake(t=t, wake_word=wake.wake_word, score=round(wake.score, 4)))
+        self.events.emit(events.Discarded(t=t, reason=reason))
 
     def _refuse(self, wake: Wake, code: str, problem: str) -> None:
         self.counters.errors += 1

@@ -84,24 +84,33 @@ Decision = Wake | Finished | Discarded | None
 
 REARM_FRAMES = 3
 """After a wake, the gate re-arms once every score has stayed under its threshold this long."""
+DOUBT_FRAMES = 4
+"""A wake the second look doubts is looked at again on each following frame that still wakes,
+this many times in all (320 ms): the verifier is often surer a frame or two after the first
+frame over the threshold. Then it is turned away."""
 
 
 class WakeGate:
-    """Threshold, patience and re-arming over per-frame scores.
+    """Threshold, patience, the second look and re-arming over per-frame scores.
 
     After a wake, the same utterance must not wake again: the gate re-arms when every score has
     been below its threshold for REARM_FRAMES, or after `refractory_s` at the latest. It is not held
     off while recording, so a real wake word soon after a false wake is not lost.
     """
 
-    def __init__(self, settings: WakeSettings, level: Callable[[], str] | None = None) -> None:
+    def __init__(self, settings: WakeSettings, level: Callable[[], str] | None = None,
+                 second_look: Callable[[Wake], str | None] | None = None) -> None:
         self._settings = settings
         self._level = level or (lambda: settings.sensitivity)
         """The sensitivity in force now (it can be changed at run time)."""
+        self._second_look = second_look
         self._streak: dict[str, int] = {}
         self._quiet_until = 0
         self._armed = True
         self._below = 0
+        self._doubt: tuple[Wake, str, int] | None = None
+        """The first doubted wake of a run of waking frames, why, and how often it was doubted."""
+        self.turned_away: list[tuple[Wake, str]] = []
 
     def update(self, frame: Frame, scores: Mapping[str, float]) -> Wake | None:
         best: Wake | None = None
@@ -119,11 +128,30 @@ class WakeGate:
         if not self._armed and (self._below >= REARM_FRAMES or frame.end > self._quiet_until):
             self._armed = True
         if best is None or not self._armed or frame.end <= samples_for(self._settings.startup_quiet_s):
+            self._end_doubt()
             return None
+        if self._second_look is not None and (why := self._second_look(best)) is not None:
+            first, _, times = self._doubt or (best, why, 0)
+            self._doubt = (first, why, times + 1)
+            if times + 1 < DOUBT_FRAMES:
+                return None
+            self._end_doubt()  # turned away for good: the same utterance must not wake again
+            self._disarm(frame)
+            return None
+        self._doubt = None
+        self._disarm(frame)
+        return best
+
+    def _disarm(self, frame: Frame) -> None:
         self._armed = False
         self._quiet_until = frame.end + samples_for(self._settings.refractory_s)
         self._streak.clear()
-        return best
+
+    def _end_doubt(self) -> None:
+        if self._doubt is not None:
+            first, why, _ = self._doubt
+            self.turned_away.append((first, why))
+            self._doubt = None
 
     def reset(self) -> None:
         """A new input stream starts: its sample clock starts at zero again."""
@@ -131,6 +159,7 @@ class WakeGate:
         self._armed = True
         self._below = 0
         self._streak.clear()
+        self._end_doubt()
 
 
 class Recorder:
@@ -142,9 +171,14 @@ class Recorder:
         wake: WakeSettings,
         on_transition: Callable[[State, State], Any] | None = None,
         level: Callable[[], str] | None = None,
+        second_look: Callable[[Wake], str | None] | None = None,
     ) -> None:
+        """`second_look(wake)` is asked at every wake, before anything else happens to it: it
+        answers None (go on) or why it doubts the wake; a wake still doubted after DOUBT_FRAMES
+        is turned away (it never lights the light, nor ends or supersedes a recording; see
+        take_turned_away)."""
         self._settings = recorder
-        self._gate = WakeGate(wake, level)
+        self._gate = WakeGate(wake, level, second_look)
         self._on_transition = on_transition
         self.state = State.LISTENING
         preroll = frames_for(recorder.preroll_s) if recorder.keep_wake_word_audio else 0
@@ -197,6 +231,11 @@ class Recorder:
             self._preroll.append(frame)
         self._pending = self._gate.update(frame, scores)
         return self._pending
+
+    def take_turned_away(self) -> list[tuple[Wake, str]]:
+        """Wakes the second look turned away since the last call, with the reason."""
+        away, self._gate.turned_away = self._gate.turned_away, []
+        return away
 
     def _record(self, frame: Frame, is_speech: bool) -> Decision:
         if frame.start < self._retain_from:

@@ -13,6 +13,7 @@ and rebuilt from the clip files and the key store. Nothing is touched while the 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import fcntl
@@ -93,6 +94,7 @@ SCHEMA += upload_queue.SCHEMA + STATS_SCHEMA
 TEMP_SUFFIX = ".tmp"
 LOCK_FILE = ".lock"
 CLIP_SUFFIX = ".clip"
+WAKE_FEATURES = "wake_features"
 META_FIELDS = ("id", "recorded_at", "start_s", "end_s", "wake_word", "wake_score", "transcript",
                "sample_rate")
 """What a clip file's authenticated header carries: enough to rebuild its index row."""
@@ -200,7 +202,7 @@ class ClipStore:
                 self._quarantine_file(f.stem, f.name)
                 continue
             with rebuilding.transaction() as tx:
-                _insert_row(tx, Clip(**meta, audio_file=f.name), key)
+                _insert_row(tx, Clip(**{k: meta[k] for k in META_FIELDS}, audio_file=f.name), key)
         UploadQueue(rebuilding).salvage_remote_deletes(aside)
         return db
 
@@ -208,18 +210,24 @@ class ClipStore:
     def add(
         self, samples: np.ndarray | None, start_s: float, end_s: float, wake_word: str,
         wake_score: float, transcript: str | None, recorded_at: datetime | None = None,
-        eligible: Callable[[], str | None] | None = None,
+        eligible: Callable[[], str | None] | None = None, wake_features: np.ndarray | None = None,
     ) -> Clip:
         """Store a clip. `eligible` is asked inside the same transaction what consent covers right
         now (e.g. "audio,transcript"); when it answers, the clip joins the upload queue.
         Without samples (recorder.save = "transcript") the clip file holds the sealed metadata and
-        transcript and no audio at all; such a clip is never uploaded."""
+        transcript and no audio at all; such a clip is never uploaded. `wake_features` (what the
+        owner verifier saw of the wake) are sealed in the clip file's header, so they go with the
+        clip's key; a reject hands them to the verifier (see wake_features)."""
         cid = uuid.uuid4().hex
         clip = Clip(id=cid, recorded_at=_iso(recorded_at or datetime.now(UTC)), start_s=start_s,
                     end_s=end_s, wake_word=wake_word, wake_score=round(wake_score, 4),
                     transcript=transcript, sample_rate=SAMPLE_RATE_HZ, audio_file=cid + CLIP_SUFFIX)
         key = crypto.new_key()
-        meta = {f: getattr(clip, f) for f in META_FIELDS}
+        meta: dict[str, Any] = {f: getattr(clip, f) for f in META_FIELDS}
+        if wake_features is not None:
+            meta[WAKE_FEATURES] = {
+                "shape": list(wake_features.shape),
+                "float32": base64.b64encode(wake_features.astype("<f4").tobytes()).decode()}
         try:
             with self._index.lock:
                 audio = wav_bytes(samples) if samples is not None else b""
@@ -279,6 +287,21 @@ class ClipStore:
             raise StoreError(f"clip {clip.id} was saved as a transcript only "
                              "(recorder.save = \"transcript\"): there is no audio to read")
         return audio
+
+    def wake_features(self, clip: Clip) -> np.ndarray | None:
+        """The owner verifier's view of the clip's wake, if it was kept (see add)."""
+        with self._index.lock:
+            key = self.keys.get(clip.id)
+            try:
+                if key is None or not clip.audio_file:
+                    return None
+                meta, _ = crypto.unseal(key, clip.id, (self.clips_dir / clip.audio_file).read_bytes())
+            except (crypto.TamperedError, FileNotFoundError):
+                return None  # a delete follows: reading the audio is where quarantine happens
+        kept = meta.get(WAKE_FEATURES)
+        if not kept:
+            return None
+        return np.frombuffer(base64.b64decode(kept["float32"]), "<f4").reshape(kept["shape"])
 
     def _quarantine(self, clip_id: str, filename: str) -> None:
         """Keep the bad file aside for inspection; its key and index row are destroyed."""
@@ -666,8 +689,10 @@ def _insert_row(tx: sqlite3.Connection, clip: Clip, key: bytes) -> None:
 
 
 STORE_NAMES = {"clips", "quarantine", "index.sqlite", "keys.sqlite", "keys.kek", LOCK_FILE,
-               RESERVE_FILE, "device_id", "models", "index.sqlite-journal", "keys.sqlite-journal"}
-"""What a state directory holds; `models` may come first (`models fetch` before any clip)."""
+               RESERVE_FILE, "device_id", "models", "index.sqlite-journal", "keys.sqlite-journal",
+               "verifier"}
+"""What a state directory holds; `models` may come first (`models fetch` before any clip), and
+`verifier` (device/verifier.py) is the owner's."""
 
 
 def refuse_foreign_dir(state_dir: Path) -> None:

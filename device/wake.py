@@ -212,3 +212,13 @@ class OpenWakeWordDetector:
     def scores(self, samples: np.ndarray) -> dict[str, float]:
         raw = self._model.predict(samples)
         return {self._keys.get(k, k): float(v) for k, v in raw.items()}
+
+    def features(self, name: str) -> np.ndarray:
+        """The embedding features `name`'s model scored last (16 x 96 for the bundled models):
+        what openWakeWord's custom verifier looks at."""
+        key = next(k for k, v in self._keys.items() if v == name)
+        return np.asarray(self._model.preprocessor.get_features(self._model.model_inputs[key]))[0]
+
+    def reset(self) -> None:
+        """Forget all audio heard so far, as at start (openWakeWord's reset)."""
+        self._model.reset()

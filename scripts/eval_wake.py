@@ -7,6 +7,12 @@ DATA_DIR holds recordings in a plain layout anyone can fill (WAV/FLAC/OGG, any r
   positives/<wake_word>/**   one utterance of the wake word per file (recall)
   negatives/**               anything that is not the wake word: laid end to end, as TV or talk
   noise/**                   optional: mixed into positives and negatives at each --snr (dB)
+  owners/<wake_word>/<owner>/{enroll,other,test}/**
+                             optional: one person's voice. `enroll` (the wake word, one utterance
+                             per file) and `other` (anything else) go to `edge-recorder enroll`'s
+                             code; `test` (the wake word again, other takes) measures recall. Each
+                             owner gets rows of its own: the pipeline with that owner verifier on
+                             the owner's test takes and on all the negatives.
 
 For every model and sensitivity preset it reports recall on the positives, and on the negatives
 false wakes per hour and accidental clips per hour (false wakes that became stored clips). The
@@ -22,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -43,6 +50,7 @@ from device.config import Settings, resolve_models_dir  # noqa: E402
 from device.events import Event, EventSink  # noqa: E402
 from device.frames import Frame  # noqa: E402
 from device.models import ModelStore  # noqa: E402
+from device.verifier import TURNED_AWAY, VerifierFiles, enrollment_features  # noqa: E402
 
 FRAME = 1280
 RATE = 16000
@@ -106,7 +114,9 @@ def pipeline(samples: np.ndarray, settings: Settings, state: Path) -> dict[str, 
     sink.close()
     kinds = [e.type for e in seen]
     lit = sum(1 for e in seen if e.type == "indicator" and getattr(e, "state", "") == "recording")
-    return {"wakes": kinds.count("wake"), "lit": lit, "clips": kinds.count("clip")}
+    away = sum(1 for e in seen if e.type == "discarded" and getattr(e, "reason", "") == TURNED_AWAY)
+    return {"wakes": kinds.count("wake"), "lit": lit, "clips": kinds.count("clip"),
+            "turned_away": away}
 
 
 def bare(samples: np.ndarray, model: Any) -> int:
@@ -120,6 +130,23 @@ def bare(samples: np.ndarray, model: Any) -> int:
             hits += 1
             quiet_until = t + BARE_REFRACTORY_S
     return hits
+
+
+def enrolled(name: str, owner: Path, models: ModelStore, into: Path) -> dict[str, Any]:
+    """`edge-recorder enroll`'s code on an owner's folders: the verifier lands in `into`."""
+    detector = wake.OpenWakeWordDetector(Settings.model_validate({"wake": {"models": [name]}}).wake,
+                                         models)
+    found = enrollment_features(detector, name, [load(p) for p in audio_files(owner / "enroll")],
+                                [load(p) for p in audio_files(owner / "other")])
+    VerifierFiles(into).enroll(name, found.pos, found.neg)
+    return {"enroll_used": sum(found.woke), "enroll_files": len(found.woke)}
+
+
+def with_verifier(template: Path | None, state: Path) -> Path:
+    """A fresh state directory, holding the owner verifier of `template` if there is one."""
+    if template is not None:
+        shutil.copytree(template / "verifier", state / "verifier")
+    return state
 
 
 def cache_models() -> None:
@@ -149,26 +176,46 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     cache_models()
     results: dict[str, Any] = {"negatives_h": round(len(stream) / RATE / 3600, 3), "rows": []}
     for name in args.models:
-        positives = [load(p) for p in audio_files(data / "positives" / name)]
         bare_model = wake.load_openwakeword_model([str(models.wake_model(name)[1])], models)
-        for cond, snr in conditions:
-            def pick(x: np.ndarray, snr: float | None = snr) -> np.ndarray:
-                return mix(x, noises[int(rng.integers(len(noises)))], snr, rng) if snr else x
+        owners = sorted(p for p in (data / "owners" / name).glob("*") if p.is_dir()) \
+            if args.owners else []
+        for owner in [None, *owners]:
+            template = Path(tempfile.mkdtemp(prefix="eval-wake-owner-")) if owner else None
+            enrollment = enrolled(name, owner, models, template) if owner and template else {}
+            folder = owner / "test" if owner else data / "positives" / name
+            positives = [load(p) for p in audio_files(folder)]
+            for cond, snr in conditions:
+                results["rows"] += evaluate_one(
+                    args, name, positives, stream, bare_model, template, rng, noises, cond, snr,
+                    {"owner": owner.name if owner else None, **enrollment})
+            if template:
+                shutil.rmtree(template)
+    return results
 
-            pos = [np.concatenate([pick(p), np.zeros(RATE, np.int16)]) for p in positives]
-            neg = pick(stream)
-            hours = len(neg) / RATE / 3600
-            bare_recall = sum(bare(p, bare_model) > 0 for p in pos)
-            bare_false = bare(neg, bare_model)
-            for preset in args.presets:
-                settings = Settings.model_validate({"wake": {"models": [name], "sensitivity": preset},
-                                                    "asr": {"enabled": False}})
-                with tempfile.TemporaryDirectory() as tmp:
-                    found = sum(pipeline(p, settings, Path(tmp) / f"p{i}")["lit"] > 0
-                                for i, p in enumerate(pos))
-                    negative = pipeline(neg, settings, Path(tmp) / "neg")
-                results["rows"].append({
-                    "model": name, "preset": preset, "condition": cond,
+
+def evaluate_one(args: argparse.Namespace, name: str, positives: list[np.ndarray],
+                 stream: np.ndarray, bare_model: Any, template: Path | None,
+                 rng: np.random.Generator, noises: list[np.ndarray], cond: str,
+                 snr: float | None, extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows for one model, one set of positives (and owner verifier), one condition."""
+    def pick(x: np.ndarray) -> np.ndarray:
+        return mix(x, noises[int(rng.integers(len(noises)))], snr, rng) if snr else x
+
+    pos = [np.concatenate([pick(p), np.zeros(RATE, np.int16)]) for p in positives]
+    neg = pick(stream)
+    hours = len(neg) / RATE / 3600
+    bare_recall = sum(bare(p, bare_model) > 0 for p in pos)
+    bare_false = bare(neg, bare_model)
+    rows = []
+    for preset in args.presets:
+        settings = Settings.model_validate({"wake": {"models": [name], "sensitivity": preset},
+                                            "asr": {"enabled": False}})
+        with tempfile.TemporaryDirectory() as tmp:
+            found = sum(pipeline(p, settings, with_verifier(template, Path(tmp) / f"p{i}"))["lit"] > 0
+                        for i, p in enumerate(pos))
+            negative = pipeline(neg, settings, with_verifier(template, Path(tmp) / "neg"))
+        rows.append({
+                    **extra, "model": name, "preset": preset, "condition": cond,
                     "positives": len(pos), "negatives_h": round(hours, 3),
                     "bare_recall": round(bare_recall / max(1, len(pos)), 4),
                     "recall": round(found / max(1, len(pos)), 4),
@@ -176,9 +223,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                     "false_wakes_per_h": round(negative["lit"] / hours, 3),
                     "accidental_clips_per_h": round(negative["clips"] / hours, 3),
                     "bare_false_wakes": bare_false, "false_wakes": negative["lit"],
-                    "accidental_clips": negative["clips"],
+                    "accidental_clips": negative["clips"], "turned_away": negative["turned_away"],
                 })
-    return results
+    return rows
 
 
 def main() -> int:
@@ -190,15 +237,17 @@ def main() -> int:
     parser.add_argument("--snr", type=lambda s: [float(x) for x in s.split(",")], default=[])
     parser.add_argument("--gap-s", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-owners", dest="owners", action="store_false",
+                        help="skip the owners/ folders (no owner verifier rows)")
     args = parser.parse_args()
     started = time.monotonic()
     results = evaluate(args)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
-    head = ("model", "preset", "condition", "positives", "bare_recall", "recall", "negatives_h",
+    head = ("model", "owner", "preset", "condition", "positives", "bare_recall", "recall", "negatives_h",
             "bare_false_wakes_per_h", "false_wakes_per_h", "accidental_clips_per_h")
     print(" | ".join(head))
     for row in results["rows"]:
-        print(" | ".join(str(row[h]) for h in head))
+        print(" | ".join(str(row.get(h, "")) for h in head))
     print(json.dumps(results))
     return 0
 

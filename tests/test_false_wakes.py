@@ -36,6 +36,7 @@ from tests.test_mqtt import (
     owner,  # noqa: F401  (the fixture)
     settings_for,
 )
+from tests.test_owner_verifier import CHATTERBOX, OWNER
 from tests.test_pipeline import of_type, simulate
 from tests.test_upload import Running, record, settings
 from tests.upload_server import UploadServer
@@ -187,16 +188,33 @@ def test_eval_wake_counts_planted_wakes_and_accidental_clips(
     # a planted wake followed by speech (kept: an accidental clip), and one followed by silence
     concat_wavs(data / "negatives" / "planted.wav", speech(WAKE_SENTENCE, lead_s=1.2),
                 speech("hey jarvis", lead_s=1.0, tail_s=4.0))
+    # a near miss that wakes hey_jarvis and that an owner verifier turns away
+    near = speech(*CHATTERBOX)
+    (data / "negatives" / "near.wav").write_bytes(near.read_bytes())
+    mine_dir = data / "owners" / "hey_jarvis" / "me"
+    for folder, files in (
+        ("enroll", [speech("hey jarvis", OWNER, 0.2, 0.3, w) for w in (150, 160, 170, 185)]),
+        ("other", [speech("I was thinking we could go to the market this afternoon.", OWNER),
+                   speech("The kids want to play outside after lunch, if it is dry.", OWNER)]),
+        ("test", [speech("hey jarvis", OWNER, 1.2, 1.0, w) for w in (140, 175)]),
+    ):
+        (mine_dir / folder).mkdir(parents=True)
+        for i, f in enumerate(files):
+            (mine_dir / folder / f"{i}.wav").write_bytes(f.read_bytes())
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_wake.py"), str(data),
                            "--models", "hey_jarvis", "--presets", "balanced"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.splitlines()[-1])
-    [row] = result["rows"]
+    row, mine = result["rows"]
+    assert row["owner"] is None and mine["owner"] == "me"
     assert row["positives"] == 2 and row["recall"] == 1.0 and row["bare_recall"] == 1.0
-    assert row["false_wakes"] == 2 and row["accidental_clips"] == 1  # the discarded one is not
-    assert row["bare_false_wakes"] == 2
-    assert "model | preset" in proc.stdout.splitlines()[0]
+    assert row["false_wakes"] == 3 and row["accidental_clips"] == 2  # the discarded one is not
+    assert row["bare_false_wakes"] == 3 and row["turned_away"] == 0
+    # with the owner's verifier: the near miss is turned away, the owner's own takes still wake
+    assert mine["positives"] == 2 and mine["recall"] == 1.0 and mine["enroll_used"] >= 3
+    assert mine["turned_away"] >= 1 and mine["accidental_clips"] <= 1
+    assert "model | owner | preset" in proc.stdout.splitlines()[0]
 
 
 def test_default_toml_still_documents_the_defaults() -> None:
