@@ -40,6 +40,7 @@ def run_checks(settings: Settings, state_dir: Path, pin_factory: Any) -> list[Ch
         lambda: check_gpio(settings, pin_factory), lambda: check_broker(settings),
         lambda: check_upload(settings), lambda: check_store(settings, state_dir),
         lambda: check_machine(settings, state_dir), lambda: check_voice(settings, state_dir),
+        lambda: check_owner(settings, state_dir),
     ]
     return [guarded(c) for c in checks]
 
@@ -243,6 +244,29 @@ def _cpu_model() -> str:
             if line.split(":")[0].strip() == key:
                 return line.split(":", 1)[1].strip()
     return "unknown CPU"
+
+
+def check_owner(settings: Settings, state_dir: Path) -> Check:
+    """The second look: which wake words have an owner verifier, and whether rejects can teach it."""
+    import importlib.util
+
+    from device.verifier import VerifierFiles
+
+    files = VerifierFiles(state_dir)
+    enrolled = files.enrolled()
+    if not enrolled:
+        return Check("owner", True, "no owner verifier: `edge-recorder enroll` teaches the second "
+                     "look your voice, which turns most false wakes away before the light")
+    parts = []
+    for name in enrolled:
+        known = files.features(name)
+        parts.append(f"{name} ({len(known[0])} wake windows, {len(known[1])} other)" if known
+                     else name)
+    training = ("rejects teach it" if importlib.util.find_spec("sklearn")
+                else "rejects are kept but cannot train it until the `verifier` extra "
+                     "(scikit-learn) is installed")
+    return Check("owner", True, f"owner verifier for {', '.join(parts)}; wakes it doubts are "
+                 f"discarded below {settings.wake.verifier_threshold}; {training}")
 
 
 def check_voice(settings: Settings, state_dir: Path) -> Check:

@@ -80,9 +80,11 @@ PYVER=$("$PREFIX/venv/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.
 # lgpio (gpiozero's pin driver on a Pi) has PyPI wheels for CPython 3.11 only. On Raspberry Pi OS
 # Trixie (3.13) it comes from Raspberry Pi's own python3-lgpio package, linked into the venv; on
 # a Debian without it (no GPIO to drive anyway) the speaker runs with simulated pins only.
-EXTRA=""
+# The `verifier` extra (scikit-learn) lets `edge-recorder enroll` and rejects train the owner
+# verifier; it is on disk only: the daemon never imports it (device/verifier.py).
+EXTRA="[verifier]"
 if [ "$PYVER" = "3.11" ]; then
-  EXTRA="[pi]"
+  EXTRA="[pi,verifier]"
 fi
 if [ "$("$PREFIX/venv/bin/edge-recorder" --version 2>/dev/null)" = "edge-recorder $VERSION" ]; then
   done_already "edge-recorder $VERSION installed"

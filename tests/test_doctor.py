@@ -40,7 +40,8 @@ def doctor(tmp_path: Path, sections: dict[str, str]) -> tuple[int, str]:
 def test_all_checks_pass_on_a_healthy_speaker(healthy: dict[str, str], tmp_path: Path) -> None:
     code, out = doctor(tmp_path, healthy)
     assert code == 0, out
-    assert "8 of 8 checks passed" in out
+    assert "9 of 9 checks passed" in out
+    assert "[ok  ] owner: no owner verifier: `edge-recorder enroll` teaches" in out
     assert re.search(r"\[ok  \] machine: .* MB RAM .* ms per 80 ms frame .*expected memory", out)
     assert "'filemic' at 16000 Hz, input level" in out and "logged in" in out
     assert "answers over HTTPS" in out and "nothing was sent" in out

@@ -32,7 +32,7 @@ def test_install_dry_run_prints_every_step_and_changes_nothing() -> None:
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     for expected in ("apt-get install", "useradd --system", "venv", "openwakeword-install",
-                     "[pi]", "install -d -m 0700 -o edge-recorder", "models fetch --wake",
+                     "[pi,verifier]", "install -d -m 0700 -o edge-recorder", "models fetch --wake",
                      "/etc/edge-recorder/config.toml", "edge-recorder.service",
                      "systemctl enable --now edge-recorder"):
         assert expected in proc.stdout, expected

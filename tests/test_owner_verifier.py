@@ -11,19 +11,23 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 from gpiozero.pins.mock import MockFactory
 
 from device.config import Settings
 from device.frames import Frame
 from device.recorder import DOUBT_FRAMES, Wake, WakeGate
 from device.store import ClipStore
-from device.verifier import FEATURES, WEIGHTS, VerifierFiles
-from tests.conftest import WAKE_SENTENCE, run_cli
+from device.verifier import FEATURES, WEIGHTS, OwnerVerifier, VerifierFiles, retrain_in_child
+from tests.conftest import WAKE_SENTENCE, read_wav, run_cli
+from tests.test_capture import file_mic
 from tests.test_pipeline import of_type, simulate
 
 OWNER = "en+m3"
@@ -181,3 +185,73 @@ def test_a_wake_doubted_to_the_end_is_turned_away_once() -> None:
     for f, s in _frames([0.1, 0.9, 0.9, 0.1, 0.1]):  # the word ends before the doubts run out
         gate.update(f, s)
     assert len(gate.turned_away) == 1 and len(asked) == 2
+
+
+RECORDER = """
+import json, sys
+from gpiozero.pins.mock import MockFactory
+import device.indicator
+factory = MockFactory()
+device.indicator.make_pin_factory = lambda name: factory
+from device.cli import main
+code = main(sys.argv[1:])
+print(json.dumps([s.state for s in factory.pin(17).states]))
+sys.exit(code)
+"""
+
+
+def test_enroll_records_from_the_microphone_with_the_recording_light_on(
+    with_models: Path, speech: Callable[..., Path], tmp_path: Path, state_dir: Path
+) -> None:
+    """Real PortAudio capture from a file-backed ALSA device: four takes of the wake word, then
+    ten seconds of other speech, as the prompts ask; the light is on from before the microphone
+    opens until after it closes, and nothing but features is left."""
+    takes = [speech("hey jarvis", OWNER, lead_s=0.5, tail_s=0.0, wpm=w) for w in (150, 160, 170, 185)]
+    other = [speech("I was thinking we could go to the market this afternoon.", OWNER, 0.2, 0.0),
+             speech("The kids want to play outside after lunch, if it is dry.", OWNER, 0.2, 0.0)]
+    parts = []
+    for take, length_s in [*((t, 2.5) for t in takes), (other[0], 5.0), (other[1], 7.0)]:
+        audio, _ = read_wav(take)
+        parts.append(np.pad(audio, (0, int(length_s * 16000) - len(audio)))[:int(length_s * 16000)])
+    mic = tmp_path / "mic.wav"
+    soundfile.write(str(mic), np.concatenate(parts), 16000, subtype="PCM_16")
+    env = file_mic(tmp_path, mic, 16000)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[audio]\ndevice = "filemic"\nsample_rate_hz = 16000\nqueue_s = 60\n'
+                   '[indicator]\npin_factory = "mock"\n')
+    proc = subprocess.run([sys.executable, "-c", RECORDER, "enroll", "--record", "4", "--config",
+                           str(cfg), "--state-dir", str(state_dir)],
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert '(1/4) say "hey jarvis" now' in proc.stderr and "talk about anything else" in proc.stderr
+    assert "enrolled hey_jarvis: 4 of 4 samples used" in proc.stdout
+    assert json.loads(proc.stdout.splitlines()[-1]) == [False, True, False]
+    assert sorted(p.name for p in (state_dir / "verifier").iterdir()) == [
+        ".lock", f"hey_jarvis{FEATURES}", f"hey_jarvis{WEIGHTS}"]
+
+
+def test_doctor_names_the_owner_verifier(enroll: Callable[[], str], state_dir: Path) -> None:
+    enroll()
+    out = run_cli("doctor", "--state-dir", str(state_dir))
+    [line] = [x for x in out.stdout.splitlines() if x.startswith("[ok  ] owner:")]
+    assert "owner verifier for hey_jarvis (" in line and "rejects teach it" in line
+
+
+def test_the_daemon_picks_up_weights_trained_again_in_another_process(tmp_path: Path) -> None:
+    """A reject in the daemon trains in a child process; the next wake uses the new weights."""
+    rng = np.random.default_rng(3)
+    pos = rng.normal(0.5, 1.0, (40, 16, 96)).astype(np.float32)
+    neg = rng.normal(-0.5, 1.0, (80, 16, 96)).astype(np.float32)
+    files = VerifierFiles(tmp_path)
+    files.enroll("hey_jarvis", pos, neg)
+    doubtful = pos[0].copy()
+    verifier = OwnerVerifier(files, lambda name: doubtful, threshold=0.5)
+    wake = Wake(at=32000, wake_word="hey_jarvis", score=0.9)
+    assert verifier.second_look(wake) is None  # the owner: believed
+    for _ in range(30):  # rejected again and again, as a reject would add it
+        assert files.add_negative("hey_jarvis", doubtful)
+    child = retrain_in_child(tmp_path, "hey_jarvis", wait=True)
+    assert child.returncode == 0
+    assert verifier.second_look(wake) == "not_owner"
+    assert verifier.probabilities[-1] < 0.5 < verifier.probabilities[0]
+    assert verifier.second_look(Wake(at=1, wake_word="alexa", score=0.9)) is None  # no verifier
