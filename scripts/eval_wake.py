@@ -1,7 +1,8 @@
 """False wakes and accidental clips: the whole pipeline beside bare openWakeWord, in one run.
 
     scripts/eval-wake DATA_DIR [--models hey_jarvis,alexa] [--presets sensitive,balanced,strict]
-                               [--snr 10,5] [--gap-s 0.5]
+                               [--snr 10,5] [--gap-s 0.5] [--no-owners | --only-owners]
+                               [--owner-presets balanced]
 
 DATA_DIR holds recordings in a plain layout anyone can fill (WAV/FLAC/OGG, any rate or channels):
   positives/<wake_word>/**   one utterance of the wake word per file (recall)
@@ -179,7 +180,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         bare_model = wake.load_openwakeword_model([str(models.wake_model(name)[1])], models)
         owners = sorted(p for p in (data / "owners" / name).glob("*") if p.is_dir()) \
             if args.owners else []
-        for owner in [None, *owners]:
+        for owner in ([] if args.only_owners else [None]) + owners:
             template = Path(tempfile.mkdtemp(prefix="eval-wake-owner-")) if owner else None
             enrollment = enrolled(name, owner, models, template) if owner and template else {}
             folder = owner / "test" if owner else data / "positives" / name
@@ -207,7 +208,7 @@ def evaluate_one(args: argparse.Namespace, name: str, positives: list[np.ndarray
     bare_recall = sum(bare(p, bare_model) > 0 for p in pos)
     bare_false = bare(neg, bare_model)
     rows = []
-    for preset in args.presets:
+    for preset in (args.owner_presets or args.presets) if template else args.presets:
         settings = Settings.model_validate({"wake": {"models": [name], "sensitivity": preset},
                                             "asr": {"enabled": False}})
         with tempfile.TemporaryDirectory() as tmp:
@@ -239,6 +240,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-owners", dest="owners", action="store_false",
                         help="skip the owners/ folders (no owner verifier rows)")
+    parser.add_argument("--only-owners", action="store_true",
+                        help="only the owner verifier rows (e.g. beside a --no-owners run)")
+    parser.add_argument("--owner-presets", type=lambda s: s.split(","),
+                        help="presets for the owner rows (default: --presets)")
     args = parser.parse_args()
     started = time.monotonic()
     results = evaluate(args)
