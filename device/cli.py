@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--record", type=int, metavar="N",
                         help="record N samples and 10 s of other speech from the microphone "
                              "(the recording light is on meanwhile)")
+    enroll.add_argument("--add", action="store_true",
+                        help="add to the existing enrollment (another voice of the household) "
+                             "instead of replacing it")
     enroll.add_argument("--remove", action="store_true",
                         help="delete the verifier of WAKE_WORD (default: every one)")
     sub.add_parser("stats", parents=[common],
@@ -429,7 +432,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         samples, other = [_read(p) for p in args.samples], [_read(p) for p in args.other]
     found = enrollment_features(detector, name, samples, other)
     missed = [str(p) for p, ok in zip(args.samples, found.woke, strict=False) if not ok]
-    weights = files.enroll(name, found.pos, found.neg)
+    weights = files.enroll(name, found.pos, found.neg, add=args.add)
     seen = [weights.probability(f) for f in found.pos]
     print(f"enrolled {name}: {sum(found.woke)} of {len(samples)} samples used "
           f"({len(found.pos)} wake windows, {len(found.neg)} other), training accuracy on them "

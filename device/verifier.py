@@ -123,8 +123,12 @@ class VerifierFiles:
         np.savez(buffer, **arrays)  # type: ignore[arg-type]
         atomic_write(path, buffer.getvalue())
 
-    def enroll(self, name: str, pos: np.ndarray, neg: np.ndarray) -> Weights:
-        """Train on these features and keep both (a new enrollment replaces the old one)."""
+    def enroll(self, name: str, pos: np.ndarray, neg: np.ndarray, add: bool = False) -> Weights:
+        """Train on these features and keep both. A new enrollment replaces the old one; with
+        `add`, it joins it (another voice of the household, or more takes)."""
+        known = self.features(name) if add else None
+        if known is not None:
+            pos, neg = np.concatenate([known[0], pos]), np.concatenate([known[1], neg])
         weights = train(pos, neg)
         with self._locked():
             self._save(self.path(name, FEATURES), pos=pos.astype(np.float32),

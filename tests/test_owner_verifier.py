@@ -35,15 +35,15 @@ CHATTERBOX = ("hey chatterbox, what is the weather tomorrow", "en+f3")
 
 
 @pytest.fixture
-def enroll(with_models: Path, state_dir: Path, speech: Callable[..., Path]) -> Callable[[], str]:
+def enroll(with_models: Path, state_dir: Path, speech: Callable[..., Path]) -> Callable[..., str]:
     """Enrolls the owner from files, as a user with recordings would; returns the CLI's output."""
-    def run() -> str:
-        samples = [str(speech("hey jarvis", OWNER, lead_s=0.2, tail_s=0.3, wpm=w))
+    def run(voice: str = OWNER, *flags: str) -> str:
+        samples = [str(speech("hey jarvis", voice, lead_s=0.2, tail_s=0.3, wpm=w))
                    for w in (150, 160, 170, 185)]
-        other = [str(speech(t, OWNER, lead_s=0.2, tail_s=0.3)) for t in (
+        other = [str(speech(t, voice, lead_s=0.2, tail_s=0.3)) for t in (
             "I was thinking we could go to the market this afternoon and buy some apples.",
             "The weather looks good today, and the kids want to play outside after lunch.")]
-        out = run_cli("enroll", "hey_jarvis", *samples, "--other", *other,
+        out = run_cli("enroll", "hey_jarvis", *samples, "--other", *other, *flags,
                       "--state-dir", str(state_dir))
         assert out.returncode == 0, out.stderr
         return out.stdout
@@ -51,7 +51,7 @@ def enroll(with_models: Path, state_dir: Path, speech: Callable[..., Path]) -> C
     return run
 
 
-def test_enroll_keeps_owner_only_features_and_remove_undoes_it(enroll: Callable[[], str],
+def test_enroll_keeps_owner_only_features_and_remove_undoes_it(enroll: Callable[..., str],
                                                                state_dir: Path) -> None:
     said = enroll()
     assert said.startswith("enrolled hey_jarvis: ") and "samples used" in said
@@ -73,7 +73,7 @@ def test_enroll_keeps_owner_only_features_and_remove_undoes_it(enroll: Callable[
 
 
 def test_a_near_miss_is_turned_away_before_the_light_and_the_owner_still_wakes(
-    enroll: Callable[[], str], speech: Callable[..., Path], state_dir: Path, tmp_path: Path
+    enroll: Callable[..., str], speech: Callable[..., Path], state_dir: Path, tmp_path: Path
 ) -> None:
     near_miss = speech(*CHATTERBOX)
     before, _, _ = simulate(near_miss, tmp_path / "plain", MockFactory())
@@ -98,7 +98,7 @@ def test_a_near_miss_is_turned_away_before_the_light_and_the_owner_still_wakes(
 
 
 def test_a_reject_teaches_the_verifier_and_the_features_go_with_the_clip(
-    enroll: Callable[[], str], speech: Callable[..., Path], state_dir: Path
+    enroll: Callable[..., str], speech: Callable[..., Path], state_dir: Path
 ) -> None:
     enroll()
     events, _, _ = simulate(speech(WAKE_SENTENCE, OWNER), state_dir, MockFactory())
@@ -124,7 +124,7 @@ def test_a_reject_teaches_the_verifier_and_the_features_go_with_the_clip(
     assert ClipStore(state_dir).stats()[0]["rejected"] == 1
 
 
-def test_wipe_removes_the_verifier(enroll: Callable[[], str], state_dir: Path) -> None:
+def test_wipe_removes_the_verifier(enroll: Callable[..., str], state_dir: Path) -> None:
     enroll()
     out = run_cli("wipe", "--yes", "--state-dir", str(state_dir))
     assert out.returncode == 0 and "the owner verifier of hey_jarvis too" in out.stdout
@@ -230,7 +230,7 @@ def test_enroll_records_from_the_microphone_with_the_recording_light_on(
         ".lock", f"hey_jarvis{FEATURES}", f"hey_jarvis{WEIGHTS}"]
 
 
-def test_doctor_names_the_owner_verifier(enroll: Callable[[], str], state_dir: Path) -> None:
+def test_doctor_names_the_owner_verifier(enroll: Callable[..., str], state_dir: Path) -> None:
     enroll()
     out = run_cli("doctor", "--state-dir", str(state_dir))
     [line] = [x for x in out.stdout.splitlines() if x.startswith("[ok  ] owner:")]
@@ -255,3 +255,18 @@ def test_the_daemon_picks_up_weights_trained_again_in_another_process(tmp_path: 
     assert verifier.second_look(wake) == "not_owner"
     assert verifier.probabilities[-1] < 0.5 < verifier.probabilities[0]
     assert verifier.second_look(Wake(at=1, wake_word="alexa", score=0.9)) is None  # no verifier
+
+
+def test_a_second_voice_is_added_not_replacing_the_first(enroll: Callable[..., str],
+                                                          state_dir: Path) -> None:
+    enroll()
+    files = VerifierFiles(state_dir)
+    first = files.features("hey_jarvis")
+    enroll("en-us+f2", "--add")
+    both = files.features("hey_jarvis")
+    assert first is not None and both is not None
+    assert len(both[0]) > len(first[0]) and np.array_equal(both[0][:len(first[0])], first[0])
+    assert len(both[1]) > len(first[1])
+    enroll("en-us+f2")  # without --add: a new enrollment replaces the old one
+    again = files.features("hey_jarvis")
+    assert again is not None and len(again[0]) == len(both[0]) - len(first[0])
