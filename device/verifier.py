@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,8 +270,8 @@ class OwnerVerifier:
         self.threshold = threshold
         self._loaded: dict[str, tuple[float, Weights]] = {}
         self._last: tuple[Wake, np.ndarray] | None = None
-        self.probabilities: list[float] = []
-        """Every probability computed, in order (for benchmarks and tests)."""
+        self.probabilities: deque[float] = deque(maxlen=1000)
+        """The latest probabilities computed, in order (for benchmarks and tests)."""
 
     def _weights(self, name: str) -> Weights | None:
         try:

@@ -1,0 +1,145 @@
+"""Lays out eval-wake's data from public recordings fetched beforehand, plus espeak-ng speech.
+
+    scripts/eval-wake-data MIRRORS OUT
+
+MIRRORS holds bare git snapshots (as the `fetch` tool leaves them: MIRRORS/<owner>+<name>/repo) of
+  MycroftAI/Precise-Community-Data      wake and not-wake words of many speakers (negatives)
+  Picovoice/wake-word-benchmark         real "alexa" and bare "jarvis" recordings, and "computer",
+                                        "smart mirror", "snowboy", "view glass" (negatives)
+  Jakobovski/free-spoken-digit-dataset  spoken digits (negatives)
+  chaeyoung-lee/wids_tutorial           Speech Commands' background noise (noise/ for --snr)
+Whichever are missing are left out. OUT gets three eval-wake data directories:
+  OUT/main    positives/<model>/ from espeak-ng (12 voices x 3 speeds x 3 pitches), negatives/,
+              noise/, owners/hey_jarvis/<voice>/ (four espeak-ng voices: 5 takes to enroll, two
+              sentences of other speech, 9 held-out takes to test)
+  OUT/alexa   positives/alexa/: Picovoice's real recordings of "alexa" (recall on real speech)
+  OUT/jarvis  positives/hey_jarvis/: Picovoice's real recordings of the bare name "Jarvis" (how
+              often the bare name wakes hey_jarvis), and the same owners, tested on those recordings
+Nothing here is committed or downloaded at run time: the recordings are read from MIRRORS.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+VOICES = ["en", "en-us", "en-gb", "en+f3", "en+m3", "en-us+f2", "en-gb-x-rp", "en+f4", "en-029",
+          "en-gb-scotland", "en+m7", "en-us+m4"]
+OWNERS = ["en+f4", "en+m3", "en-gb-scotland", "en-us+f2"]
+PHRASES = {"hey_jarvis": "hey jarvis", "alexa": "alexa"}
+OTHER = ["The weather tomorrow looks fine, so we could walk to the market in the morning.",
+         "I left the keys on the kitchen table next to the bowl of oranges and the old radio."]
+# Negatives from the Picovoice benchmark: other wake words, from many speakers.
+PICOVOICE_NEGATIVES = ["computer", "smart mirror", "snowboy", "view glass"]
+
+
+def git(repo: Path, *args: str) -> bytes:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True).stdout
+
+
+def blobs(repo: Path, prefix: str = "") -> list[tuple[str, str]]:
+    """(path, blob id) of every file under `prefix` at HEAD (NUL-separated: paths have spaces)."""
+    out = []
+    for entry in git(repo, "ls-tree", "-r", "-z", "HEAD", *([prefix] if prefix else [])).split(b"\0"):
+        if entry:
+            meta, path = entry.split(b"\t", 1)
+            out.append((path.decode(), meta.split()[2].decode()))
+    return out
+
+
+def export(repo: Path, into: Path, prefix: str = "", suffixes: tuple[str, ...] = (".wav", ".flac")) -> int:
+    """Writes the audio files under `prefix`, and those inside .tar.gz archives there, into `into`."""
+    count = 0
+    for path, blob in blobs(repo, prefix):
+        try:
+            data = git(repo, "cat-file", "blob", blob)
+        except subprocess.CalledProcessError:
+            continue  # listed but absent in the snapshot (a large file)
+        flat = path.replace("/", "__").replace(" ", "_")
+        if path.endswith(suffixes):
+            into.mkdir(parents=True, exist_ok=True)
+            (into / flat).write_bytes(data)
+            count += 1
+        elif path.endswith(".tar.gz"):
+            try:
+                with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                    for member in tar.getmembers():
+                        if member.isfile() and member.name.endswith(suffixes) and "/models/" not in path:
+                            extracted = tar.extractfile(member)
+                            if extracted:
+                                into.mkdir(parents=True, exist_ok=True)
+                                name = member.name.replace("/", "__").replace(" ", "_")
+                                (into / f"{flat}__{name}").write_bytes(extracted.read())
+                                count += 1
+            except tarfile.TarError:
+                continue
+    return count
+
+
+def say(text: str, voice: str, speed: int, pitch: int, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(path), text],
+                   check=True)
+
+
+def owners(root: Path) -> None:
+    for voice in OWNERS:
+        owner = root / "owners" / "hey_jarvis" / voice.replace("+", "_")
+        for i, (speed, pitch) in enumerate([(150, 45), (160, 55), (170, 50), (185, 40), (200, 60)]):
+            say("hey jarvis", voice, speed, pitch, owner / "enroll" / f"{i}.wav")
+        for i, text in enumerate(OTHER):
+            say(text, voice, 165, 50, owner / "other" / f"{i}.wav")
+        for i, (speed, pitch) in enumerate([(s, p) for s in (140, 175, 210) for p in (35, 50, 65)]):
+            say("hey jarvis", voice, speed, pitch, owner / "test" / f"{i}.wav")
+
+
+def main() -> int:
+    if len(sys.argv) != 3:
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    mirrors, out = Path(sys.argv[1]), Path(sys.argv[2])
+
+    def repo(name: str) -> Path | None:
+        path = mirrors / name.replace("/", "+") / "repo"
+        return path if path.exists() else None
+
+    main_dir = out / "main"
+    for model, phrase in PHRASES.items():
+        for voice in VOICES:
+            for speed in (140, 175, 210):
+                for pitch in (30, 50, 70):
+                    say(phrase, voice, speed, pitch,
+                        main_dir / "positives" / model / f"{voice.replace('+', '_')}-{speed}-{pitch}.wav")
+    owners(main_dir)
+    counts = {}
+    if precise := repo("MycroftAI/Precise-Community-Data"):
+        counts["precise"] = export(precise, main_dir / "negatives" / "precise")
+    if picovoice := repo("Picovoice/wake-word-benchmark"):
+        for word in PICOVOICE_NEGATIVES:
+            folder = main_dir / "negatives" / f"picovoice-{word.replace(' ', '-')}"
+            counts[f"picovoice {word}"] = export(picovoice, folder, f"audio/{word}/")
+        counts["real alexa"] = export(picovoice, out / "alexa" / "positives" / "alexa", "audio/alexa/")
+        counts["bare jarvis"] = export(picovoice, out / "jarvis" / "positives" / "hey_jarvis",
+                                       "audio/jarvis/")
+        owners(out / "jarvis")
+        for owner in (out / "jarvis" / "owners" / "hey_jarvis").iterdir():
+            # The owner's verifier meets other people saying the bare name.
+            for take in (owner / "test").iterdir():
+                take.unlink()
+            for wav in (out / "jarvis" / "positives" / "hey_jarvis").iterdir():
+                (owner / "test" / wav.name).symlink_to(wav)
+    if digits := repo("Jakobovski/free-spoken-digit-dataset"):
+        counts["spoken digits"] = export(digits, main_dir / "negatives" / "digits", "recordings/")
+    if noise := repo("chaeyoung-lee/wids_tutorial"):
+        counts["noise"] = export(noise, main_dir / "noise", "data/_background_noise_/")
+        export(noise, main_dir / "negatives" / "noise", "data/_background_noise_/")  # running water...
+    for what, n in counts.items():
+        print(f"{what}: {n} files")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
