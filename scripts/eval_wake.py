@@ -57,6 +57,7 @@ FRAME = 1280
 RATE = 16000
 AUDIO = (".wav", ".flac", ".ogg")
 BARE_THRESHOLD, BARE_REFRACTORY_S = 0.5, 2.0
+LEAD_IN = 2 * RATE
 BARE_FALSE: dict[tuple[str, str], int] = {}
 
 
@@ -216,7 +217,10 @@ def evaluate_one(args: argparse.Namespace, name: str, positives: list[np.ndarray
     def pick(x: np.ndarray) -> np.ndarray:
         return mix(x, noises[int(rng.integers(len(noises)))], snr, rng) if snr else x
 
-    pos = [np.concatenate([pick(p), np.zeros(RATE, np.int16)]) for p in positives]
+    # 2 s of lead-in: a device has been listening before anyone speaks (and wakes nothing in its
+    # first `wake.startup_quiet_s`), then 1 s after the take.
+    pos = [np.concatenate([np.zeros(LEAD_IN, np.int16), pick(p), np.zeros(RATE, np.int16)])
+           for p in positives]
     neg = pick(stream)
     hours = len(neg) / RATE / 3600
     bare_recall = sum(bare(p, bare_model) > 0 for p in pos)
