@@ -15,6 +15,10 @@ DATA_DIR holds recordings in a plain layout anyone can fill (WAV/FLAC/OGG, any r
                              owner gets rows of its own: the pipeline with that owner verifier on
                              the owner's test takes and on all the negatives.
 
+`scripts/eval-wake-data` lays this out from public recordings fetched beforehand. Each positive is
+scored after 2 s of silence (a listening device wakes nothing in its first second) and with 1 s
+after it; with --snr, the noise covers the take only.
+
 For every model and sensitivity preset it reports recall on the positives, and on the negatives
 false wakes per hour and accidental clips per hour (false wakes that became stored clips). The
 pipeline is `simulate`'s code path (a wake counts when the light comes on, i.e. after the
