@@ -26,6 +26,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 VOICES = ["en", "en-us", "en-gb", "en+f3", "en+m3", "en-us+f2", "en-gb-x-rp", "en+f4", "en-029",
           "en-gb-scotland", "en+m7", "en-us+m4"]
 OWNERS = ["en+f4", "en+m3", "en-gb-scotland", "en-us+f2"]
@@ -80,9 +81,10 @@ def export(repo: Path, into: Path, prefix: str = "", suffixes: tuple[str, ...] =
 
 
 def say(text: str, voice: str, speed: int, pitch: int, path: Path) -> None:
+    """The project's one way to render speech (same text, same bytes), with no silence around it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(path), text],
-                   check=True)
+    subprocess.run([str(ROOT / "scripts" / "make-test-audio"), str(path), text, voice, "0", "0",
+                    str(speed), str(pitch)], check=True)
 
 
 def owners(root: Path) -> None:
@@ -124,18 +126,19 @@ def main() -> int:
         counts["real alexa"] = export(picovoice, out / "alexa" / "positives" / "alexa", "audio/alexa/")
         counts["bare jarvis"] = export(picovoice, out / "jarvis" / "positives" / "hey_jarvis",
                                        "audio/jarvis/")
-        owners(out / "jarvis")
-        for owner in (out / "jarvis" / "owners" / "hey_jarvis").iterdir():
-            # The owner's verifier meets other people saying the bare name.
-            for take in (owner / "test").iterdir():
-                take.unlink()
-            for wav in (out / "jarvis" / "positives" / "hey_jarvis").iterdir():
-                (owner / "test" / wav.name).symlink_to(wav)
+        bare_name = out / "jarvis" / "positives" / "hey_jarvis"
+        for owner in (main_dir / "owners" / "hey_jarvis").iterdir():
+            # The same owners (the same verifiers) meet other people saying the bare name.
+            linked = out / "jarvis" / "owners" / "hey_jarvis" / owner.name
+            linked.mkdir(parents=True, exist_ok=True)
+            for part in ("enroll", "other"):
+                (linked / part).symlink_to(owner / part)
+            (linked / "test").symlink_to(bare_name)
     if digits := repo("Jakobovski/free-spoken-digit-dataset"):
         counts["spoken digits"] = export(digits, main_dir / "negatives" / "digits", "recordings/")
     if noise := repo("chaeyoung-lee/wids_tutorial"):
         counts["noise"] = export(noise, main_dir / "noise", "data/_background_noise_/")
-        export(noise, main_dir / "negatives" / "noise", "data/_background_noise_/")  # running water...
+        (main_dir / "negatives" / "noise").symlink_to(main_dir / "noise")  # also a negative: a tap...
     for what, n in counts.items():
         print(f"{what}: {n} files")
     return 0
