@@ -24,6 +24,7 @@ from device.gate import GatedDetector
 from device.indicator import Confirmer, Indicator, MuteControls
 from device.models import ModelStore
 from device.mute import MuteState
+from device.phrase import PhraseCheck
 from device.pipeline import ClipWriter, Counters, Listener
 from device.recorder import Recorder, State
 from device.retention import Sweeper
@@ -173,8 +174,9 @@ def run_pipeline(
         events.subscribe(StatsCounter(store, save.mode))
         verifier = OwnerVerifier(VerifierFiles(state_dir), scorer.features,
                                  settings.wake.verifier_threshold)
+        phrase = PhraseCheck(settings.wake, scorer.features, sensitivity.level)
         recorder = Recorder(settings.recorder, settings.wake, level=sensitivity.level,
-                            second_look=verifier.second_look)
+                            second_look=lambda w: phrase.second_look(w) or verifier.second_look(w))
         if settings.wake.gate:
             detector = GatedDetector(detector, settings.wake,
                                      keep_open=lambda: recorder.state is not State.LISTENING)

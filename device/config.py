@@ -92,6 +92,10 @@ class WakeSettings(_Section):
     verifier_threshold: Probability = 0.5
     """With an owner verifier (`edge-recorder enroll`): a wake it gives a lower probability of
     being the owner saying the wake word is discarded (`not_owner`) before the light comes on."""
+    phrase_check: Literal["strict", "always", "never"] = "strict"
+    """When models with a bundled phrase check (hey_jarvis) make sure the whole wake phrase was
+    said, not the bare name: at the strict level only, always, or never. A wake it doubts is
+    discarded (`not_phrase`) before the light comes on."""
     gate: bool = True
     """In a quiet room, run the wake-word models only when a frame stands out from the noise floor
     (the skipped audio is replayed first, so no wake is lost at the onset of speech)."""

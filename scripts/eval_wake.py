@@ -2,7 +2,7 @@
 
     scripts/eval-wake DATA_DIR [--models hey_jarvis,alexa] [--presets sensitive,balanced,strict]
                                [--snr 10,5] [--gap-s 0.5] [--no-owners | --only-owners]
-                               [--owner-presets balanced]
+                               [--owner-presets balanced] [--phrase-check FILE|off]
 
 DATA_DIR holds recordings in a plain layout anyone can fill (WAV/FLAC/OGG, any rate or channels):
   positives/<wake_word>/**   one utterance of the wake word per file (recall)
@@ -49,12 +49,13 @@ import soxr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from device import wake  # noqa: E402
+from device import phrase, wake  # noqa: E402
 from device.app import run_pipeline  # noqa: E402
 from device.config import Settings, resolve_models_dir  # noqa: E402
 from device.events import Event, EventSink  # noqa: E402
 from device.frames import Frame  # noqa: E402
 from device.models import ModelStore  # noqa: E402
+from device.phrase import NOT_PHRASE  # noqa: E402
 from device.verifier import TURNED_AWAY, VerifierFiles, enrollment_features  # noqa: E402
 
 FRAME = 1280
@@ -132,9 +133,9 @@ def pipeline(samples: np.ndarray, settings: Settings, state: Path) -> dict[str, 
     sink.close()
     kinds = [e.type for e in seen]
     lit = sum(1 for e in seen if e.type == "indicator" and getattr(e, "state", "") == "recording")
-    away = sum(1 for e in seen if e.type == "discarded" and getattr(e, "reason", "") == TURNED_AWAY)
+    reasons = [getattr(e, "reason", "") for e in seen if e.type == "discarded"]
     return {"wakes": kinds.count("wake"), "lit": lit, "clips": kinds.count("clip"),
-            "turned_away": away}
+            "turned_away": reasons.count(TURNED_AWAY), "not_phrase": reasons.count(NOT_PHRASE)}
 
 
 def bare(samples: np.ndarray, model: Any) -> int:
@@ -192,6 +193,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     conditions += [(f"snr{snr:g}", snr) for snr in args.snr if noises]
     models = ModelStore(resolve_models_dir(Settings(), Path(tempfile.gettempdir())))
     cache_models()
+    if args.phrase_check:
+        weights = None if args.phrase_check == "off" else phrase.read(Path(args.phrase_check))
+        phrase.bundled = lambda name: weights if name == "hey_jarvis" else None  # type: ignore[assignment]
     results: dict[str, Any] = {"negatives_h": round(len(stream) / RATE / 3600, 3),
                                "negatives_recorded_h": round(sum(map(len, negatives)) / RATE / 3600, 3),
                                "negative_files": len(negatives), "rows": []}
@@ -250,6 +254,7 @@ def evaluate_one(args: argparse.Namespace, name: str, positives: list[np.ndarray
                     "accidental_clips_per_h": round(negative["clips"] / hours, 3),
                     "bare_false_wakes": bare_false, "false_wakes": negative["lit"],
                     "accidental_clips": negative["clips"], "turned_away": negative["turned_away"],
+                    "not_phrase": negative["not_phrase"],
                 })
     return rows
 
@@ -267,6 +272,9 @@ def main() -> int:
                         help="skip the owners/ folders (no owner verifier rows)")
     parser.add_argument("--only-owners", action="store_true",
                         help="only the owner verifier rows (e.g. beside a --no-owners run)")
+    parser.add_argument("--phrase-check", metavar="FILE|off",
+                        help="hey_jarvis's phrase-check weights to use instead of the bundled ones "
+                             "(scripts/train-phrase-check --folds-out), or off: none")
     parser.add_argument("--owner-presets", type=lambda s: s.split(","),
                         help="presets for the owner rows (default: --presets)")
     args = parser.parse_args()
@@ -274,7 +282,7 @@ def main() -> int:
     results = evaluate(args)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     head = ("model", "owner", "preset", "condition", "positives", "bare_recall", "recall", "negatives_h",
-            "bare_false_wakes_per_h", "false_wakes_per_h", "accidental_clips_per_h")
+            "bare_false_wakes_per_h", "false_wakes_per_h", "accidental_clips_per_h", "not_phrase")
     print(" | ".join(head))
     for row in results["rows"]:
         print(" | ".join(str(row.get(h, "")) for h in head))

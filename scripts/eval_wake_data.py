@@ -15,6 +15,9 @@ Whichever are missing are left out. OUT gets three eval-wake data directories:
   OUT/alexa   positives/alexa/: Picovoice's real recordings of "alexa" (recall on real speech)
   OUT/jarvis  positives/hey_jarvis/: Picovoice's real recordings of the bare name "Jarvis" (how
               often the bare name wakes hey_jarvis), and the same owners, tested on those recordings
+and, for scripts/train-phrase-check, OUT/phrase/hey_jarvis/: bare/ (the same bare "Jarvis"), hey/
+(Precise's public-domain "hey chatterbox" and "hey computer" takes) and hey-heldout/ (its "hey
+savant" and "hey Vermont" takes, CC BY-NC-SA: used to test the phrase check, never to train it).
 Nothing here is committed or downloaded at run time: the recordings are read from MIRRORS.
 """
 
@@ -98,6 +101,24 @@ def owners(root: Path) -> None:
             say("hey jarvis", voice, speed, pitch, owner / "test" / f"{i}.wav")
 
 
+# Real "hey ..." takes for scripts/train-phrase-check, by licence: the public-domain ones train the
+# shipped phrase check, the CC BY-NC-SA ones (Hey Savant) only ever test it.
+PHRASE_HEYS = {"hey": ["heychatterbox__*", "heycomputer__en__*"],
+               "hey-heldout": ["heysavant__wake-word__*", "heysavant__not-wake-words__en__HeyVermont*"]}
+
+
+def phrase_data(out: Path, precise: Path, bare_name: Path) -> None:
+    """OUT/phrase/hey_jarvis/: bare (real bare "Jarvis"), hey and hey-heldout (real "hey ..." takes)."""
+    root = out / "phrase" / "hey_jarvis"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "bare").symlink_to(bare_name)
+    for part, patterns in PHRASE_HEYS.items():
+        (root / part).mkdir()
+        for pattern in patterns:
+            for take in sorted(precise.glob(pattern)):
+                (root / part / take.name).symlink_to(take)
+
+
 def main() -> int:
     if len(sys.argv) != 3:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
@@ -134,6 +155,8 @@ def main() -> int:
             for part in ("enroll", "other"):
                 (linked / part).symlink_to(owner / part)
             (linked / "test").symlink_to(bare_name)
+        if precise:
+            phrase_data(out, main_dir / "negatives" / "precise", bare_name)
     if digits := repo("Jakobovski/free-spoken-digit-dataset"):
         counts["spoken digits"] = export(digits, main_dir / "negatives" / "digits", "recordings/")
     if noise := repo("chaeyoung-lee/wids_tutorial"):

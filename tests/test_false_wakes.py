@@ -172,6 +172,37 @@ def test_the_strict_preset_does_not_wake_where_sensitive_does(
     assert woke == {"sensitive": 1, "strict": 0}, scores
 
 
+NAME_WITHOUT_HEY = ("tell jarvis", "en", 190)
+"""espeak-ng speech that wakes hey_jarvis over the strict threshold without "hey" before the name."""
+
+
+def test_the_phrase_check_turns_away_the_name_without_hey_at_strict(
+    with_models: Path, speech: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wake, "load_openwakeword_model", REAL_LOAD_OPENWAKEWORD)
+    text, voice, wpm = NAME_WITHOUT_HEY
+    question = speech("what time is it in Tokyo right now", lead_s=0.0, tail_s=1.5)
+    takes = {"name": concat_wavs(tmp_path / "name.wav", speech(text, voice, 2.0, 0.2, wpm), question),
+             "phrase": concat_wavs(tmp_path / "phrase.wav", speech("hey jarvis", voice, 2.0, 0.2, wpm),
+                                   question)}
+    seen = {}
+    for take, check in (("name", "never"), ("name", "strict"), ("phrase", "strict")):
+        cfg = Settings.model_validate({"wake": {"sensitivity": "strict", "phrase_check": check}})
+        state = tmp_path / f"{take}-{check}"
+        factory = MockFactory()
+        events, source, _ = simulate(takes[take], state, factory, cfg)
+        seen[take, check] = (len(of_type(events, "wake")), len(of_type(events, "clip")),
+                             [e["reason"] for e in of_type(events, "discarded")],
+                             [p.state for p in source.pin.states])
+    # without the check the name alone lights the light and keeps the question that follows
+    assert seen["name", "never"][:2] == (1, 1), seen
+    # with it: turned away before the light, nothing on disk
+    assert seen["name", "strict"] == (1, 0, ["not_phrase"], [False]), seen
+    assert not [p for p in (tmp_path / "name-strict").rglob("*.wav")]
+    # the whole phrase, same voice and speed, still wakes and is kept
+    assert seen["phrase", "strict"][:2] == (1, 1), seen
+
+
 # -- eval-wake ---------------------------------------------------------------------------------------
 
 def test_eval_wake_counts_planted_wakes_and_accidental_clips(
@@ -220,4 +251,5 @@ def test_eval_wake_counts_planted_wakes_and_accidental_clips(
 def test_default_toml_still_documents_the_defaults() -> None:
     raw = tomllib.loads((ROOT / "config" / "default.toml").read_text())
     assert raw["wake"]["sensitivity"] == Settings().wake.sensitivity == "balanced"
+    assert raw["wake"]["phrase_check"] == Settings().wake.phrase_check == "strict"
     assert raw["upload"]["hold_s"] == Settings().upload.hold_s == 600.0
