@@ -28,6 +28,10 @@ from device.config import VoiceSettings, normalize_phrase
 log = logging.getLogger(__name__)
 
 UNKNOWN = "[unk]"
+MIN_CONF = 0.6
+"""Each word of a command must be heard with at least this confidence (Vosk's word posterior): in
+grammar mode a low one means other words fitted the sound almost as well, which is how ordinary
+speech gets forced into command words by a model without "[unk]"."""
 WAKE_TAIL_S = 0.6
 """How much of an utterance's start may be the end of the wake word."""
 
@@ -77,13 +81,21 @@ class PhraseTable:
 class VoskCommandStream:
     def __init__(self, recognizer: object, table: PhraseTable) -> None:
         self._recognizer, self._table = recognizer, table
+        self.words: list[tuple[str, float, float]] = []
+        """What the grammar recognizer heard: (word, end second, confidence). In RAM only."""
 
     def accept(self, samples: np.ndarray) -> None:
         self._recognizer.AcceptWaveform(samples.tobytes())  # type: ignore[attr-defined]
 
     def command(self) -> str | None:
         result = json.loads(self._recognizer.FinalResult())  # type: ignore[attr-defined]
-        return self._table.match([(str(w["word"]), float(w["end"])) for w in result.get("result", [])])
+        self.words = [(str(w["word"]), float(w["end"]), float(w.get("conf", 1.0)))
+                      for w in result.get("result", [])]
+        command = self._table.match([(w, end) for w, end, _ in self.words])
+        if command and min(conf for w, _, conf in self.words if w != UNKNOWN) < MIN_CONF:
+            log.debug("voice: %s heard, but not surely enough", command)
+            return None
+        return command
 
 
 class CommandSpotter:
