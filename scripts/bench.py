@@ -304,6 +304,23 @@ def run_utterances(settings: Settings, models: ModelStore, transcriber: Transcri
     return events, writer.command_latencies_s
 
 
+def listen_to_commands() -> list[tuple[str | None, list[tuple[str, float, float]]]]:
+    """What the grammar recognizer heard at each utterance, and what it made of it (a benchmark's
+    view of synthetic speech: the daemon never logs it)."""
+    from device.voice import VoskCommandStream
+
+    heard: list[tuple[str | None, list[tuple[str, float, float]]]] = []
+    decide = VoskCommandStream.command
+
+    def command(self: VoskCommandStream) -> str | None:
+        got = decide(self)
+        heard.append((got, self.words))
+        return got
+
+    VoskCommandStream.command = command  # type: ignore[method-assign]
+    return heard
+
+
 def bench_voice(models: ModelStore, tmp: Path) -> dict[str, Any]:
     """Spoken commands through the pipeline (wake word, then the command): recognized out of ten
     renderings each, false commands on ordinary sentences, and end of utterance -> command done in
@@ -315,11 +332,16 @@ def bench_voice(models: ModelStore, tmp: Path) -> dict[str, Any]:
     transcriber = VoskTranscriber(Path(str(settings.asr.model)))
     phrases = {k: v[0] for k, v in settings.voice.phrases.items()}
     recognized: dict[str, int] = {}
+    heard = listen_to_commands()
+    missed: dict[str, list[str]] = {}
     for command, text in phrases.items():
         parts = [speak(tmp / f"{command}{i}.wav", text, voice=v, lead=0.2, tail=1.0, wpm=wpm)
                  for i, (v, wpm) in enumerate(VOICE_RENDERINGS)]
+        heard.clear()
         events, _ = run_utterances(settings, models, transcriber, tmp, f"cmd_{command}", parts)
         recognized[command] = sum(1 for e in events if isinstance(e, ev.Voice) and e.command == command)
+        missed[command] = [" ".join(f"{w}:{conf:.2f}" for w, _, conf in words)
+                           for got, words in heard if got != command and words]
     ordinary, false = 0, []
     for voices in (("ko", "en"), ("ko+f3", "en+f3"), ("ko+m3", "en+m3")):
         parts = [speak(tmp / f"o{i}.wav", text, voice=voices[0] if text in ORDINARY_KO else voices[1],
@@ -345,7 +367,8 @@ def bench_voice(models: ModelStore, tmp: Path) -> dict[str, Any]:
         finals.append(time.perf_counter() - t0)
     total = len(VOICE_RENDERINGS) * len(phrases)
     return {"voice_recognized": sum(recognized.values()), "voice_renderings": total,
-            "voice_recognized_by_command": recognized, "voice_ordinary": ordinary,
+            "voice_recognized_by_command": recognized, "voice_missed_heard": missed,
+            "voice_ordinary": ordinary,
             "voice_false_commands": len(false), "voice_false_which": false,
             "voice_done_ms_median": round(1000 * statistics.median(lat), 1) if lat else None,
             "voice_done_ms_max": round(1000 * max(lat), 1) if lat else None,
