@@ -43,6 +43,8 @@ def read(path: Path | Traversable) -> Weights:
 
 def bundled(name: str) -> Weights | None:
     """The phrase check shipped for a wake-word model, if there is one."""
+    if not name.isidentifier():  # a model given as a path has none
+        return None
     path = resources.files("device") / "data" / f"{name}.phrase.npz"
     return read(path) if path.is_file() else None
 

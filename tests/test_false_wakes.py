@@ -17,6 +17,8 @@ from gpiozero.pins.mock import MockFactory
 
 from device import consent, wake
 from device.config import Settings
+from device.phrase import PhraseCheck, bundled
+from device.recorder import Wake
 from device.store import ClipStore
 from tests.conftest import (
     REAL_LOAD_OPENWAKEWORD,
@@ -201,6 +203,18 @@ def test_the_phrase_check_turns_away_the_name_without_hey_at_strict(
     assert not [p for p in (tmp_path / "name-strict").rglob("*.wav")]
     # the whole phrase, same voice and speed, still wakes and is kept
     assert seen["phrase", "strict"][:2] == (1, 1), seen
+
+
+def test_the_phrase_check_asks_only_where_it_applies() -> None:
+    def features(name: str) -> np.ndarray:
+        raise AssertionError(f"the phrase check looked at {name}")
+
+    for mode, level, model in (("strict", "balanced", "hey_jarvis"), ("never", "strict", "hey_jarvis"),
+                               ("always", "strict", "alexa")):
+        settings = Settings.model_validate({"wake": {"models": [model], "phrase_check": mode}}).wake
+        check = PhraseCheck(settings, features, lambda level=level: level)
+        assert check.second_look(Wake(16000, model, 0.99)) is None
+    assert bundled("hey_jarvis") is not None and bundled("/tmp/x/hey_jarvis.tflite") is None
 
 
 # -- eval-wake ---------------------------------------------------------------------------------------
