@@ -15,6 +15,7 @@ verifier's. Models without a bundled phrase check are never doubted.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -58,8 +59,8 @@ class PhraseCheck:
         self._features = features
         self._level = level
         self._weights = {name: w for name in settings.models if (w := bundled(name)) is not None}
-        self.probabilities: list[float] = []
-        """The latest probabilities computed (for benchmarks and tests; the last 1000)."""
+        self.probabilities: deque[float] = deque(maxlen=1000)
+        """The latest probabilities computed (for benchmarks and tests)."""
 
     def active(self, name: str) -> bool:
         on = self._mode == "always" or (self._mode == "strict" and self._level() == "strict")
@@ -71,7 +72,7 @@ class PhraseCheck:
             return None
         p = self._weights[wake.wake_word].probability(
             np.asarray(self._features(wake.wake_word), dtype=np.float32))
-        self.probabilities = [*self.probabilities[-999:], p]
+        self.probabilities.append(p)
         if p < PROBABILITY:
             log.info("wake %s doubted: the phrase check gives %.2f (< %.2f)", wake.wake_word, p,
                      PROBABILITY)

@@ -136,11 +136,13 @@ class VoskCommandStream:
     def _second_look_at(self) -> str | None:
         if self._limited_to is None or not self._audio:
             return None
-        heard = [w for w, end, _ in self.words if not (w == UNKNOWN and end <= WAKE_TAIL_S)]
-        if UNKNOWN in heard:
+        kept = [w for w, end, _ in self.words if not (w == UNKNOWN and end <= WAKE_TAIL_S)]
+        if UNKNOWN in kept:
             return None
+        heard = normalize_phrase(" ".join(kept)).split()
+        # Only a phrase with other words in its way: one heard word for word but unsurely is refused.
         found = [p for p in self._table.by_phrase
-                 if in_order(p.split(), heard) and len(heard) - len(p.split()) <= SECOND_LOOK_EXTRA]
+                 if in_order(p.split(), heard) and 0 < len(heard) - len(p.split()) <= SECOND_LOOK_EXTRA]
         return found[0] if len(found) == 1 else None
 
 

@@ -295,8 +295,10 @@ def test_a_second_look_hears_a_phrase_again_when_one_word_got_in_its_way() -> No
     # ... and refused when the second look is unsure too
     assert hear(Heard(("stop", 1.0), ("delete", 0.7), ("saving", 1.0)),
                 Heard(("stop", 0.99), ("saving", 0.4)))[0] is None
-    # no second look: two words in the way, an [unk] (other speech), or no phrase in order
-    for first in (Heard(("stop", 1.0), ("delete", 0.7), ("that", 0.7), ("saving", 1.0)),
+    # no second look: the phrase itself heard unsurely, two words in the way, an [unk] (other
+    # speech), or no phrase in order
+    for first in (Heard(("stop", 1.0), ("saving", 0.5)),
+                  Heard(("stop", 1.0), ("delete", 0.7), ("that", 0.7), ("saving", 1.0)),
                   Heard(("stop", 1.0), ("[unk]", 0.9), ("saving", 1.0)),
                   Heard(("saving", 1.0), ("stop", 1.0))):
         assert hear(first, again) == (None, [])
