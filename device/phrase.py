@@ -18,8 +18,6 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from importlib import resources
-from importlib.resources.abc import Traversable
-from pathlib import Path
 
 import numpy as np
 
@@ -35,19 +33,12 @@ PROBABILITY = 0.5
 """A wake whose features give the whole phrase a lower probability than this is doubted."""
 
 
-def read(path: Path | Traversable) -> Weights:
-    """Weights as scripts/train-phrase-check writes them (float32 arrays in an .npz)."""
-    with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
-        return Weights(data["mean"].astype(np.float64), data["scale"].astype(np.float64),
-                       data["coef"].astype(np.float64), float(data["intercept"]))
-
-
 def bundled(name: str) -> Weights | None:
     """The phrase check shipped for a wake-word model, if there is one."""
     if not name.isidentifier():  # a model given as a path has none
         return None
     path = resources.files("device") / "data" / f"{name}.phrase.npz"
-    return read(path) if path.is_file() else None
+    return Weights.read(path) if path.is_file() else None
 
 
 class PhraseCheck:

@@ -28,6 +28,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Protocol
 
@@ -54,6 +55,13 @@ class Weights:
     scale: np.ndarray
     coef: np.ndarray
     intercept: float
+
+    @classmethod
+    def read(cls, path: Path | Traversable) -> Weights:
+        """Weights saved as `mean`, `scale`, `coef`, `intercept` in an .npz (any float width)."""
+        with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
+            return cls(data["mean"].astype(np.float64), data["scale"].astype(np.float64),
+                       data["coef"].astype(np.float64), float(data["intercept"]))
 
     def probability(self, features: np.ndarray) -> float:
         """How likely these wake features are the owner saying the wake word (0..1)."""
@@ -114,8 +122,7 @@ class VerifierFiles:
 
     def weights(self, name: str) -> Weights | None:
         try:
-            with np.load(self.path(name, WEIGHTS), allow_pickle=False) as data:
-                return Weights(data["mean"], data["scale"], data["coef"], float(data["intercept"]))
+            return Weights.read(self.path(name, WEIGHTS))
         except FileNotFoundError:
             return None
 
@@ -213,14 +220,21 @@ def _padded(clip: np.ndarray, rng: np.random.Generator, offset: int) -> np.ndarr
     return np.concatenate([faint(16000), clip[offset:], faint(8000)])
 
 
-def _scored_features(source: FeatureSource, name: str, audio: np.ndarray,
-                     threshold: float) -> list[np.ndarray]:
+def scored_frames(source: FeatureSource, name: str, audio: np.ndarray,
+                  threshold: float) -> list[tuple[float, np.ndarray]]:
+    """From a fresh start, (score, features) of every frame of `audio` scoring `threshold` or more."""
     source.reset()
     found = []
     for i in range(0, len(audio) - FRAME + 1, FRAME):
-        if source.scores(audio[i:i + FRAME])[name] >= threshold:
-            found.append(np.array(source.features(name), dtype=np.float32))
+        score = source.scores(audio[i:i + FRAME])[name]
+        if score >= threshold:
+            found.append((score, np.array(source.features(name), dtype=np.float32)))
     return found
+
+
+def _scored_features(source: FeatureSource, name: str, audio: np.ndarray,
+                     threshold: float) -> list[np.ndarray]:
+    return [features for _, features in scored_frames(source, name, audio, threshold)]
 
 
 def enrollment_features(source: FeatureSource, name: str, samples: list[np.ndarray],

@@ -57,6 +57,15 @@ def supports_grammar(model_dir: Path) -> bool:
     return (model_dir / "graph" / "HCLr.fst").exists() and (model_dir / "graph" / "Gr.fst").exists()
 
 
+def after_wake_tail(heard: list[tuple[str, float]]) -> list[str]:
+    """The words heard, without the "[unk]"s that end within WAKE_TAIL_S of the start: the clip
+    starts when the wake word is spotted, often before it has been said to its end."""
+    start = 0
+    while start < len(heard) and heard[start][0] == UNKNOWN and heard[start][1] <= WAKE_TAIL_S:
+        start += 1
+    return [w for w, _ in heard[start:]]
+
+
 class PhraseTable:
     """Configured phrases, normalized, to the command each one names."""
 
@@ -71,13 +80,8 @@ class PhraseTable:
         """The command whose phrase is exactly what was heard, word for word, or None. (Merging
         a repeated word, "delete delete that", would let more ordinary speech through: measured.)
 
-        Given (word, end second) pairs, an "[unk]" that ends within WAKE_TAIL_S of the start is
-        let go first: the clip starts when the wake word is spotted, which is often before it has
-        been said to its end."""
-        words = heard.split() if isinstance(heard, str) else [w for w, _ in heard]
-        if not isinstance(heard, str):
-            while heard and heard[0][1] <= WAKE_TAIL_S and heard[0][0] == UNKNOWN:
-                heard, words = heard[1:], words[1:]
+        Given (word, end second) pairs, the wake word's tail is let go first (after_wake_tail)."""
+        words = heard.split() if isinstance(heard, str) else after_wake_tail(heard)
         if UNKNOWN in words:
             return None
         return self.by_phrase.get(normalize_phrase(" ".join(words)))
@@ -136,7 +140,7 @@ class VoskCommandStream:
     def _second_look_at(self) -> str | None:
         if self._limited_to is None or not self._audio:
             return None
-        kept = [w for w, end, _ in self.words if not (w == UNKNOWN and end <= WAKE_TAIL_S)]
+        kept = after_wake_tail([(w, end) for w, end, _ in self.words])
         if UNKNOWN in kept:
             return None
         heard = normalize_phrase(" ".join(kept)).split()

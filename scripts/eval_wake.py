@@ -56,7 +56,7 @@ from device.events import Event, EventSink  # noqa: E402
 from device.frames import Frame  # noqa: E402
 from device.models import ModelStore  # noqa: E402
 from device.phrase import NOT_PHRASE  # noqa: E402
-from device.verifier import TURNED_AWAY, VerifierFiles, enrollment_features  # noqa: E402
+from device.verifier import TURNED_AWAY, VerifierFiles, Weights, enrollment_features  # noqa: E402
 
 FRAME = 1280
 RATE = 16000
@@ -194,7 +194,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     models = ModelStore(resolve_models_dir(Settings(), Path(tempfile.gettempdir())))
     cache_models()
     if args.phrase_check:
-        weights = None if args.phrase_check == "off" else phrase.read(Path(args.phrase_check))
+        weights = None if args.phrase_check == "off" else Weights.read(Path(args.phrase_check))
         phrase.bundled = lambda name: weights if name == "hey_jarvis" else None  # type: ignore[assignment]
     results: dict[str, Any] = {"negatives_h": round(len(stream) / RATE / 3600, 3),
                                "negatives_recorded_h": round(sum(map(len, negatives)) / RATE / 3600, 3),

@@ -52,7 +52,7 @@ from device import wake  # noqa: E402
 from device.config import PRESETS, Settings, resolve_models_dir  # noqa: E402
 from device.models import ModelStore  # noqa: E402
 from device.recorder import DOUBT_FRAMES  # noqa: E402
-from device.verifier import ENROLL_THRESHOLD, FRAME, Weights, train  # noqa: E402
+from device.verifier import ENROLL_THRESHOLD, Weights, scored_frames, train  # noqa: E402
 
 NAME = "hey_jarvis"
 RATE = 16000
@@ -129,13 +129,7 @@ class Scored:
             # 2 s of faint noise first (a listening device has heard the room), 1 s after.
             audio = np.concatenate([rng.normal(0, 30, 2 * RATE).astype(np.int16), take,
                                     np.zeros(RATE, np.int16)])
-            detector.reset()
-            found = []
-            for i in range(0, len(audio) - FRAME + 1, FRAME):
-                score = detector.scores(audio[i:i + FRAME])[NAME]
-                if score >= ENROLL_THRESHOLD:
-                    found.append((score, np.array(detector.features(NAME), np.float32)))
-            self.takes.append(found)
+            self.takes.append(scored_frames(detector, NAME, audio, ENROLL_THRESHOLD))
 
     def features(self, which: Iterator[int] | list[int] | None = None) -> list[np.ndarray]:
         keep = range(len(self.takes)) if which is None else which
