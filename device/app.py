@@ -176,7 +176,8 @@ def run_pipeline(
                                  settings.wake.verifier_threshold)
         phrase = PhraseCheck(settings.wake, scorer.features, sensitivity.level)
         recorder = Recorder(settings.recorder, settings.wake, level=sensitivity.level,
-                            second_look=lambda w: phrase.second_look(w) or verifier.second_look(w))
+                            second_look=lambda w: phrase.second_look(w) or verifier.second_look(w),
+                            owner=verifier.listens_lower)
         if settings.wake.gate:
             detector = GatedDetector(detector, settings.wake,
                                      keep_open=lambda: recorder.state is not State.LISTENING)

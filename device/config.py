@@ -69,6 +69,12 @@ PRESETS: dict[str, dict[str, tuple[float, int]]] = {
 }
 """(threshold, patience_frames) per level and bundled model, chosen with scripts/eval-wake (the
 measured recall and false wakes per hour are in README and BENCHMARKS.md); "*" for other models."""
+OWNER_THRESHOLDS: dict[str, float] = {"sensitive": 0.2, "balanced": 0.3, "strict": 0.5}
+"""With an owner verifier trained against impostors (`enroll`, for models that bundle them): the
+wake model's score from which a wake is put to the verifier, per level (the preset's own threshold
+where that is lower). openWakeWord asks its custom verifier from 0.1 on; the owner's quieter or
+unusual takes score 0.3-0.8, and the verifier, not the threshold, turns other voices away
+(BENCHMARKS.md: owner rows)."""
 Sensitivity = Literal["sensitive", "balanced", "strict", "custom"]
 
 
@@ -108,11 +114,16 @@ class WakeSettings(_Section):
     openWakeWord scores from 16 embeddings of 76 melspectrogram frames each: about 2.1 s of audio,
     so a shorter replay would leave what came before the gate shut in its context."""
 
-    def preset(self, name: str, level: str | None = None) -> tuple[float, int]:
-        """(threshold, patience) for a model at `level` (default: the configured one)."""
+    def preset(self, name: str, level: str | None = None,
+               owner: bool = False) -> tuple[float, int]:
+        """(threshold, patience) for a model at `level` (default: the configured one); with
+        `owner`, as it is when an owner verifier trained against impostors takes the second look
+        (OWNER_THRESHOLDS). A threshold set for the model in `thresholds` is kept as it is."""
         level = level or self.sensitivity
         base = ((self.threshold, self.patience_frames) if level == "custom"
                 else PRESETS[level].get(name, PRESETS[level]["*"]))
+        if owner and level in OWNER_THRESHOLDS:
+            base = (min(base[0], OWNER_THRESHOLDS[level]), base[1])
         return self.thresholds.get(name, base[0]), base[1]
 
     def threshold_for(self, name: str, level: str | None = None) -> float:

@@ -260,8 +260,12 @@ def check_owner(settings: Settings, state_dir: Path) -> Check:
     parts = []
     for name in enrolled:
         known = files.features(name)
-        parts.append(f"{name} ({len(known[0])} wake windows, {len(known[1])} other)" if known
-                     else name)
+        weights = files.weights(name)
+        lower = (f", against {weights.impostors} impostor frames: it hears wakes from "
+                 f"{settings.wake.preset(name, owner=True)[0]:g} at {settings.wake.sensitivity}"
+                 if weights is not None and weights.impostors else "")
+        parts.append(f"{name} ({len(known[0])} wake windows, {len(known[1])} other{lower})"
+                     if known else name)
     training = ("rejects teach it" if importlib.util.find_spec("sklearn")
                 else "rejects are kept but cannot train it until the `verifier` extra "
                      "(scikit-learn) is installed")

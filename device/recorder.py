@@ -99,8 +99,12 @@ class WakeGate:
     """
 
     def __init__(self, settings: WakeSettings, level: Callable[[], str] | None = None,
-                 second_look: Callable[[Wake], str | None] | None = None) -> None:
+                 second_look: Callable[[Wake], str | None] | None = None,
+                 owner: Callable[[str], bool] | None = None) -> None:
+        """`owner(name)`: whether an owner verifier takes the second look for `name` from the
+        lower thresholds of config.OWNER_THRESHOLDS."""
         self._settings = settings
+        self._owner = owner or (lambda name: False)
         self._level = level or (lambda: settings.sensitivity)
         """The sensitivity in force now (it can be changed at run time)."""
         self._second_look = second_look
@@ -117,7 +121,7 @@ class WakeGate:
         any_over = False
         level = self._level()
         for name, score in scores.items():
-            threshold, patience = self._settings.preset(name, level)
+            threshold, patience = self._settings.preset(name, level, self._owner(name))
             over = score > threshold
             any_over |= over
             self._streak[name] = self._streak.get(name, 0) + 1 if over else 0
@@ -172,13 +176,14 @@ class Recorder:
         on_transition: Callable[[State, State], Any] | None = None,
         level: Callable[[], str] | None = None,
         second_look: Callable[[Wake], str | None] | None = None,
+        owner: Callable[[str], bool] | None = None,
     ) -> None:
         """`second_look(wake)` is asked at every wake, before anything else happens to it: it
         answers None (go on) or why it doubts the wake; a wake still doubted after DOUBT_FRAMES
         is turned away (it never lights the light, nor ends or supersedes a recording; see
-        take_turned_away)."""
+        take_turned_away). `owner`: see WakeGate."""
         self._settings = recorder
-        self._gate = WakeGate(wake, level, second_look)
+        self._gate = WakeGate(wake, level, second_look, owner)
         self._on_transition = on_transition
         self.state = State.LISTENING
         preroll = frames_for(recorder.preroll_s) if recorder.keep_wake_word_audio else 0

@@ -28,6 +28,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Protocol
@@ -47,6 +48,17 @@ REGULARISATION_C = 0.001
 utterances of one voice are all it ever sees."""
 TURNED_AWAY = "not_owner"
 """The `discarded` reason of a wake the verifier turned away."""
+IMPOSTORS = ".impostors.npz"
+"""Bundled with a wake-word model (device/data/<name>.impostors.npz, by scripts/make-impostors):
+other people's voices at frames where the model wakes or nearly does, as 16 x 96 features."""
+IMPOSTOR_FLOOR = 0.1
+"""Impostor frames are those scoring at least this: openWakeWord's own `custom_verifier_threshold`,
+the lowest score at which it asks a custom verifier."""
+IMPOSTOR_SHARE = 0.5
+"""Of the negatives' weight in training, the impostors' share (the owner's other speech has the
+rest; the positives weigh as much as all the negatives together). Chosen with eval-wake's owner
+rows (BENCHMARKS.md): at 0.1 the other voices' near misses still got through, at 0.9 (impostors
+weighted by their number) the verifier doubted its own owner."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +67,17 @@ class Weights:
     scale: np.ndarray
     coef: np.ndarray
     intercept: float
+    impostors: int = 0
+    """How many impostor frames it was trained against (0: the owner's speech only)."""
 
     @classmethod
     def read(cls, path: Path | Traversable) -> Weights:
-        """Weights saved as `mean`, `scale`, `coef`, `intercept` in an .npz (any float width)."""
+        """Weights saved as `mean`, `scale`, `coef`, `intercept` (and `impostors`) in an .npz
+        (any float width)."""
         with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
             return cls(data["mean"].astype(np.float64), data["scale"].astype(np.float64),
-                       data["coef"].astype(np.float64), float(data["intercept"]))
+                       data["coef"].astype(np.float64), float(data["intercept"]),
+                       int(data["impostors"]) if "impostors" in data.files else 0)
 
     def probability(self, features: np.ndarray) -> float:
         """How likely these wake features are the owner saying the wake word (0..1)."""
@@ -70,20 +86,40 @@ class Weights:
         return float(1.0 / (1.0 + np.exp(-np.clip(z, -500, 500))))
 
 
-def train(pos: np.ndarray, neg: np.ndarray) -> Weights:
-    """openWakeWord's verifier recipe (standardise, then logistic regression with C = 0.001)."""
+def bundled_impostors(name: str) -> np.ndarray | None:
+    """The impostor features shipped for a wake-word model, if there are any."""
+    if not name.isidentifier():  # a model given as a path has none
+        return None
+    path = resources.files("device") / "data" / f"{name}{IMPOSTORS}"
+    if not path.is_file():
+        return None
+    with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
+        return data["features"].astype(np.float32)
+
+
+def train(pos: np.ndarray, neg: np.ndarray, impostors: np.ndarray | None = None) -> Weights:
+    """openWakeWord's verifier recipe (standardise, then logistic regression with C = 0.001).
+    With `impostors` (other voices near the wake word) the samples are weighted: the positives as
+    much as all the negatives, and the impostors IMPOSTOR_SHARE of the negatives."""
     try:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
     except ImportError:
         raise ModelError("training the owner verifier needs scikit-learn: run: "
                          f"{sys.executable} -m pip install 'edge-recorder[verifier]'") from None
-    x = np.vstack([pos.reshape(len(pos), -1), neg.reshape(len(neg), -1)]).astype(np.float64)
-    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    parts = [pos, neg] if impostors is None else [pos, neg, impostors]
+    x = np.vstack([p.reshape(len(p), -1) for p in parts]).astype(np.float64)
+    y = np.r_[np.ones(len(pos)), np.zeros(len(x) - len(pos))]
+    weight = None
+    if impostors is not None:
+        weight = np.r_[np.full(len(pos), 0.5 / len(pos)),
+                       np.full(len(neg), 0.5 * (1 - IMPOSTOR_SHARE) / len(neg)),
+                       np.full(len(impostors), 0.5 * IMPOSTOR_SHARE / len(impostors))] * len(x)
     scaler = StandardScaler().fit(x)
     model = LogisticRegression(random_state=0, max_iter=2000, C=REGULARISATION_C)
-    model.fit(scaler.transform(x), y)
-    return Weights(scaler.mean_, scaler.scale_, model.coef_[0], float(model.intercept_[0]))
+    model.fit(scaler.transform(x), y, sample_weight=weight)
+    return Weights(scaler.mean_, scaler.scale_, model.coef_[0], float(model.intercept_[0]),
+                   0 if impostors is None else len(impostors))
 
 
 class VerifierFiles:
@@ -137,7 +173,7 @@ class VerifierFiles:
         known = self.features(name) if add else None
         if known is not None:
             pos, neg = np.concatenate([known[0], pos]), np.concatenate([known[1], neg])
-        weights = train(pos, neg)
+        weights = train(pos, neg, bundled_impostors(name))
         with self._locked():
             self._save(self.path(name, FEATURES), pos=pos.astype(np.float32),
                        neg=neg.astype(np.float32))
@@ -146,7 +182,7 @@ class VerifierFiles:
 
     def _save_weights(self, name: str, w: Weights) -> None:
         self._save(self.path(name, WEIGHTS), mean=w.mean, scale=w.scale, coef=w.coef,
-                   intercept=np.array(w.intercept))
+                   intercept=np.array(w.intercept), impostors=np.array(w.impostors))
 
     def add_negative(self, name: str, features: np.ndarray) -> bool:
         """A rejected wake's features join the negatives. False if `name` has no verifier."""
@@ -165,7 +201,7 @@ class VerifierFiles:
             known = self.features(name)
             if known is None:
                 return None
-            weights = train(*known)
+            weights = train(*known, bundled_impostors(name))
             self._save_weights(name, weights)
         return weights
 
@@ -301,6 +337,13 @@ class OwnerVerifier:
             cached = self._loaded[name] = (mtime, weights)
             log.info("owner verifier for %s loaded", name)
         return cached[1]
+
+    def listens_lower(self, name: str) -> bool:
+        """Whether `name` has an owner verifier trained against impostors: then the wake model
+        may put lower scores to it (config.OWNER_THRESHOLDS), as openWakeWord does with its own
+        custom verifier."""
+        weights = self._weights(name)
+        return weights is not None and weights.impostors > 0
 
     def second_look(self, wake: Wake) -> str | None:
         """None if the wake may light the light; else why not."""

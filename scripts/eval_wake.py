@@ -13,7 +13,9 @@ DATA_DIR holds recordings in a plain layout anyone can fill (WAV/FLAC/OGG, any r
                              per file) and `other` (anything else) go to `edge-recorder enroll`'s
                              code; `test` (the wake word again, other takes) measures recall. Each
                              owner gets rows of its own: the pipeline with that owner verifier on
-                             the owner's test takes and on all the negatives.
+                             the owner's test takes, on all the negatives, and on the positives of
+                             other voices (`others_recall`: positives/<wake_word>/ files whose
+                             names do not start with "<owner>-").
 
 `scripts/eval-wake-data` lays this out from public recordings fetched beforehand. Each positive is
 scored after 2 s of silence (a listening device wakes nothing in its first second) and with 1 s
@@ -208,10 +210,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             enrollment = enrolled(name, owner, models, template) if owner and template else {}
             folder = owner / "test" if owner else data / "positives" / name
             positives = load_all(folder)
+            others = [load(f) for f in audio_files(data / "positives" / name)
+                      if not f.name.startswith(f"{owner.name}-")] if owner else []
             for cond, snr in conditions:
                 results["rows"] += evaluate_one(
                     args, name, positives, stream, bare_model, template, rng, noises, cond, snr,
-                    {"owner": owner.name if owner else None, **enrollment})
+                    {"owner": owner.name if owner else None, **enrollment}, others)
             if template:
                 shutil.rmtree(template)
     return results
@@ -220,15 +224,20 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def evaluate_one(args: argparse.Namespace, name: str, positives: list[np.ndarray],
                  stream: np.ndarray, bare_model: Any, template: Path | None,
                  rng: np.random.Generator, noises: list[np.ndarray], cond: str,
-                 snr: float | None, extra: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows for one model, one set of positives (and owner verifier), one condition."""
+                 snr: float | None, extra: dict[str, Any],
+                 others: list[np.ndarray] | None = None) -> list[dict[str, Any]]:
+    """Rows for one model, one set of positives (and owner verifier), one condition; with an
+    owner, also how many of `others` (other voices saying the wake word) light the light."""
     def pick(x: np.ndarray) -> np.ndarray:
         return mix(x, noises[int(rng.integers(len(noises)))], snr, rng) if snr else x
 
-    # 2 s of lead-in: a device has been listening before anyone speaks (and wakes nothing in its
-    # first `wake.startup_quiet_s`), then 1 s after the take.
-    pos = [np.concatenate([np.zeros(LEAD_IN, np.int16), pick(p), np.zeros(RATE, np.int16)])
-           for p in positives]
+    def takes(found: list[np.ndarray]) -> list[np.ndarray]:
+        # 2 s of lead-in: a device has been listening before anyone speaks (and wakes nothing in
+        # its first `wake.startup_quiet_s`), then 1 s after the take.
+        return [np.concatenate([np.zeros(LEAD_IN, np.int16), pick(p), np.zeros(RATE, np.int16)])
+                for p in found]
+
+    pos, other_pos = takes(positives), takes(others or [])
     neg = pick(stream)
     hours = len(neg) / RATE / 3600
     bare_recall = sum(bare(p, bare_model) > 0 for p in pos)
@@ -243,6 +252,9 @@ def evaluate_one(args: argparse.Namespace, name: str, positives: list[np.ndarray
         with tempfile.TemporaryDirectory() as tmp:
             found = sum(pipeline(p, settings, with_verifier(template, Path(tmp) / f"p{i}"))["lit"] > 0
                         for i, p in enumerate(pos))
+            found_others = sum(
+                pipeline(p, settings, with_verifier(template, Path(tmp) / f"o{i}"))["lit"] > 0
+                for i, p in enumerate(other_pos))
             negative = pipeline(neg, settings, with_verifier(template, Path(tmp) / "neg"))
         rows.append({
                     **extra, "model": name, "preset": preset, "condition": cond,
@@ -255,6 +267,9 @@ def evaluate_one(args: argparse.Namespace, name: str, positives: list[np.ndarray
                     "bare_false_wakes": bare_false, "false_wakes": negative["lit"],
                     "accidental_clips": negative["clips"], "turned_away": negative["turned_away"],
                     "not_phrase": negative["not_phrase"],
+                    **({"others": len(other_pos),
+                        "others_recall": round(found_others / len(other_pos), 4)}
+                       if other_pos else {}),
                 })
     return rows
 
@@ -282,7 +297,8 @@ def main() -> int:
     results = evaluate(args)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     head = ("model", "owner", "preset", "condition", "positives", "bare_recall", "recall", "negatives_h",
-            "bare_false_wakes_per_h", "false_wakes_per_h", "accidental_clips_per_h", "not_phrase")
+            "bare_false_wakes_per_h", "false_wakes_per_h", "accidental_clips_per_h", "not_phrase",
+            "others_recall")
     print(" | ".join(head))
     for row in results["rows"]:
         print(" | ".join(str(row.get(h, "")) for h in head))

@@ -10,7 +10,7 @@ MIRRORS holds bare git snapshots (as the `fetch` tool leaves them: MIRRORS/<owne
   chaeyoung-lee/wids_tutorial           Speech Commands' background noise (noise/ for --snr)
 Whichever are missing are left out. OUT gets three eval-wake data directories:
   OUT/main    positives/<model>/ from espeak-ng (12 voices x 3 speeds x 3 pitches), negatives/,
-              noise/, owners/hey_jarvis/<voice>/ (four espeak-ng voices: 5 takes to enroll, two
+              noise/, owners/hey_jarvis/<voice>/ (eight espeak-ng voices: 5 takes to enroll, two
               sentences of other speech, 9 held-out takes to test)
   OUT/alexa   positives/alexa/: Picovoice's real recordings of "alexa" (recall on real speech)
   OUT/jarvis  positives/hey_jarvis/: Picovoice's real recordings of the bare name "Jarvis" (how
@@ -32,7 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VOICES = ["en", "en-us", "en-gb", "en+f3", "en+m3", "en-us+f2", "en-gb-x-rp", "en+f4", "en-029",
           "en-gb-scotland", "en+m7", "en-us+m4"]
-OWNERS = ["en+f4", "en+m3", "en-gb-scotland", "en-us+f2"]
+OWNERS = ["en+f4", "en+m3", "en-gb-scotland", "en-us+f2",
+          # Voices that no other set uses (nor scripts/make-impostors): added after the owner
+          # verifier's impostor training was tuned on the first four, to test it held out.
+          "en-029+f2", "en-gb-x-rp+m6", "en-us-nyc+m2", "en-gb-scotland+f1"]
 PHRASES = {"hey_jarvis": "hey jarvis", "alexa": "alexa"}
 OTHER = ["The weather tomorrow looks fine, so we could walk to the market in the morning.",
          "I left the keys on the kitchen table next to the bowl of oranges and the old radio."]

@@ -64,7 +64,8 @@ def test_enroll_keeps_owner_only_features_and_remove_undoes_it(enroll: Callable[
         assert data["pos"].shape[1:] == (16, 96) and data["neg"].shape[1:] == (16, 96)
         assert len(data["pos"]) >= 3 and len(data["neg"]) > 50
     with np.load(folder / f"hey_jarvis{WEIGHTS}", allow_pickle=False) as data:
-        assert sorted(data.files) == ["coef", "intercept", "mean", "scale"]
+        assert sorted(data.files) == ["coef", "impostors", "intercept", "mean", "scale"]
+        assert int(data["impostors"]) == 256  # trained against the bundled impostor frames
     assert VerifierFiles(state_dir).enrolled() == ["hey_jarvis"]
 
     out = run_cli("enroll", "--remove", "--state-dir", str(state_dir))
@@ -81,12 +82,12 @@ def test_a_near_miss_is_turned_away_before_the_light_and_the_owner_still_wakes(
 
     enroll()
     events, source, counters = simulate(near_miss, state_dir, MockFactory())
-    [wake] = of_type(events, "wake")
-    assert of_type(events, "discarded") == [{"type": "discarded", "t": wake["t"],
-                                            "reason": "not_owner"}]
+    wakes = of_type(events, "wake")  # with the owner enrolled, lower scores are put to it too
+    assert wakes and of_type(events, "discarded") == [
+        {"type": "discarded", "t": w["t"], "reason": "not_owner"} for w in wakes]
     assert not of_type(events, "indicator") and not of_type(events, "clip")
     assert [s.state for s in source.pin.states] == [False]  # the light never came on
-    assert ClipStore(state_dir).count() == 0 and counters.discarded == 1
+    assert ClipStore(state_dir).count() == 0 and counters.discarded == len(wakes)
 
     events, source, _ = simulate(speech(WAKE_SENTENCE, OWNER), state_dir, MockFactory())
     [clip] = of_type(events, "clip")
@@ -95,6 +96,33 @@ def test_a_near_miss_is_turned_away_before_the_light_and_the_owner_still_wakes(
     store = ClipStore(state_dir)
     kept = store.wake_features(store.get(clip["id"]))  # sealed with the clip, for a reject
     assert kept is not None and kept.shape == (16, 96)
+
+
+def test_an_enrolled_owner_wakes_from_lower_scores_and_other_voices_still_do_not(
+    enroll: Callable[..., str], speech: Callable[..., Path], state_dir: Path, tmp_path: Path
+) -> None:
+    """With a verifier trained against the bundled impostors, the wake model puts scores from 0.3
+    on to it at `balanced` (not from 0.8): the owner's slower take, which scores under 0.8, is
+    kept; another voice in the same range lights nothing."""
+    slow = speech(WAKE_SENTENCE, OWNER, wpm=150)
+    stranger = speech("hey jarvis, what time is it", "en-us+f2", wpm=230)
+    for take in (slow, stranger):  # the controls: without a verifier neither wakes at all
+        plain, source, _ = simulate(take, tmp_path / f"plain-{take.stem}", MockFactory())
+        assert not of_type(plain, "wake") and [s.state for s in source.pin.states] == [False]
+
+    enroll()
+    events, source, _ = simulate(slow, state_dir, MockFactory())
+    [wake] = of_type(events, "wake")
+    assert 0.3 < wake["score"] < 0.8 and not of_type(events, "discarded")
+    assert len(of_type(events, "clip")) == 1
+    assert [s.state for s in source.pin.states] == [False, True, False]
+
+    events, source, _ = simulate(stranger, state_dir, MockFactory())
+    wakes = of_type(events, "wake")
+    assert wakes and of_type(events, "discarded") == [
+        {"type": "discarded", "t": w["t"], "reason": "not_owner"} for w in wakes]
+    assert [s.state for s in source.pin.states] == [False] and not of_type(events, "clip")
+    assert ClipStore(state_dir).count() == 1
 
 
 def test_a_reject_teaches_the_verifier_and_the_features_go_with_the_clip(
@@ -235,22 +263,24 @@ def test_doctor_names_the_owner_verifier(enroll: Callable[..., str], state_dir: 
     out = run_cli("doctor", "--state-dir", str(state_dir))
     [line] = [x for x in out.stdout.splitlines() if x.startswith("[ok  ] owner:")]
     assert "owner verifier for hey_jarvis (" in line and "rejects teach it" in line
+    assert "against 256 impostor frames: it hears wakes from 0.3 at balanced" in line
 
 
 def test_the_daemon_picks_up_weights_trained_again_in_another_process(tmp_path: Path) -> None:
-    """A reject in the daemon trains in a child process; the next wake uses the new weights."""
+    """A reject in the daemon trains in a child process; the next wake uses the new weights.
+    (Made-up features, so a model without bundled impostors: hey_mycroft.)"""
     rng = np.random.default_rng(3)
     pos = rng.normal(0.5, 1.0, (40, 16, 96)).astype(np.float32)
     neg = rng.normal(-0.5, 1.0, (80, 16, 96)).astype(np.float32)
     files = VerifierFiles(tmp_path)
-    files.enroll("hey_jarvis", pos, neg)
+    files.enroll("hey_mycroft", pos, neg)
     doubtful = pos[0].copy()
     verifier = OwnerVerifier(files, lambda name: doubtful, threshold=0.5)
-    wake = Wake(at=32000, wake_word="hey_jarvis", score=0.9)
+    wake = Wake(at=32000, wake_word="hey_mycroft", score=0.9)
     assert verifier.second_look(wake) is None  # the owner: believed
     for _ in range(30):  # rejected again and again, as a reject would add it
-        assert files.add_negative("hey_jarvis", doubtful)
-    child = retrain_in_child(tmp_path, "hey_jarvis", wait=True)
+        assert files.add_negative("hey_mycroft", doubtful)
+    child = retrain_in_child(tmp_path, "hey_mycroft", wait=True)
     assert child.returncode == 0
     assert verifier.second_look(wake) == "not_owner"
     assert verifier.probabilities[-1] < 0.5 < verifier.probabilities[0]
@@ -270,3 +300,32 @@ def test_a_second_voice_is_added_not_replacing_the_first(enroll: Callable[..., s
     enroll("en-us+f2")  # without --add: a new enrollment replaces the old one
     again = files.features("hey_jarvis")
     assert again is not None and len(again[0]) == len(both[0]) - len(first[0])
+
+
+def test_only_a_verifier_trained_against_impostors_lowers_the_threshold(tmp_path: Path) -> None:
+    wake = Settings.model_validate({"wake": {"models": ["hey_jarvis", "alexa"]}}).wake
+    assert wake.preset("hey_jarvis", "balanced") == (0.8, 1)
+    assert wake.preset("hey_jarvis", "balanced", owner=True) == (0.3, 1)
+    assert wake.preset("alexa", "strict", owner=True) == (0.5, 2)  # patience stays the level's
+    assert wake.preset("hey_jarvis", "sensitive", owner=True) == (0.2, 1)
+    custom = Settings.model_validate({"wake": {"sensitivity": "custom", "threshold": 0.6,
+                                               "thresholds": {"alexa": 0.9}}}).wake
+    assert custom.preset("hey_jarvis", owner=True) == (0.6, 1)  # custom: as configured
+    assert custom.preset("alexa", "balanced", owner=True) == (0.9, 1)  # a model's own: kept
+
+    rng = np.random.default_rng(5)
+    pos = rng.normal(0.5, 1.0, (20, 16, 96)).astype(np.float32)
+    neg = rng.normal(-0.5, 1.0, (40, 16, 96)).astype(np.float32)
+    files = VerifierFiles(tmp_path)
+    verifier = OwnerVerifier(files, lambda name: pos[0], threshold=0.5)
+    files.enroll("hey_mycroft", pos, neg)  # no impostors are bundled for it
+    files.enroll("hey_jarvis", pos, neg)
+    assert files.weights("hey_jarvis").impostors > 0  # type: ignore[union-attr]
+    assert not verifier.listens_lower("hey_mycroft") and not verifier.listens_lower("alexa")
+    assert verifier.listens_lower("hey_jarvis")
+    # Weights from before impostors (no `impostors` in the file) keep the level's threshold.
+    with np.load(files.path("hey_jarvis", WEIGHTS)) as data:
+        older = {k: data[k] for k in data.files if k != "impostors"}
+    np.savez(files.path("hey_jarvis", WEIGHTS), **older)
+    os.utime(files.path("hey_jarvis", WEIGHTS), (1, 1))
+    assert not verifier.listens_lower("hey_jarvis")
