@@ -17,13 +17,12 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from importlib import resources
 
 import numpy as np
 
 from device.config import WakeSettings
 from device.recorder import Wake
-from device.verifier import Weights
+from device.verifier import Weights, bundled_file
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +34,8 @@ PROBABILITY = 0.5
 
 def bundled(name: str) -> Weights | None:
     """The phrase check shipped for a wake-word model, if there is one."""
-    if not name.isidentifier():  # a model given as a path has none
-        return None
-    path = resources.files("device") / "data" / f"{name}.phrase.npz"
-    return Weights.read(path) if path.is_file() else None
+    path = bundled_file(name, ".phrase.npz")
+    return None if path is None else Weights.read(path)
 
 
 class PhraseCheck:

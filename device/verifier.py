@@ -56,9 +56,9 @@ IMPOSTOR_FLOOR = 0.1
 the lowest score at which it asks a custom verifier."""
 IMPOSTOR_SHARE = 0.5
 """Of the negatives' weight in training, the impostors' share (the owner's other speech has the
-rest; the positives weigh as much as all the negatives together). Chosen with eval-wake's owner
-rows (BENCHMARKS.md): at 0.1 the other voices' near misses still got through, at 0.9 (impostors
-weighted by their number) the verifier doubted its own owner."""
+rest; the positives weigh as much as all the negatives together). Chosen on eval-wake's first four
+owners (BENCHMARKS.md): 0.1, 0.25 and 0.5 all kept every owner take, 0.5 turned other voices away
+best; at 0.9 (impostors weighted by their number) the verifier doubted its own owner."""
 
 
 @dataclass(frozen=True)
@@ -86,12 +86,19 @@ class Weights:
         return float(1.0 / (1.0 + np.exp(-np.clip(z, -500, 500))))
 
 
+def bundled_file(name: str, suffix: str) -> Traversable | None:
+    """device/data/<name><suffix>, shipped for a bundled wake-word model, if there is one (a model
+    given as a path has none)."""
+    if not name.isidentifier():
+        return None
+    path = resources.files("device") / "data" / f"{name}{suffix}"
+    return path if path.is_file() else None
+
+
 def bundled_impostors(name: str) -> np.ndarray | None:
     """The impostor features shipped for a wake-word model, if there are any."""
-    if not name.isidentifier():  # a model given as a path has none
-        return None
-    path = resources.files("device") / "data" / f"{name}{IMPOSTORS}"
-    if not path.is_file():
+    path = bundled_file(name, IMPOSTORS)
+    if path is None:
         return None
     with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
         return data["features"].astype(np.float32)
