@@ -73,6 +73,19 @@ def make_transcriber(settings: Settings, models: ModelStore) -> Transcriber:
     return VoskTranscriber(registered)
 
 
+def make_recorder(settings: Settings, state_dir: Path, scorer: OpenWakeWordDetector,
+                  level: Callable[[], str]) -> tuple[Recorder, OwnerVerifier]:
+    """The recorder with the daemon's second looks before the light: the phrase check, then the
+    owner verifier (which also says from which score an enrolled owner is listened for)."""
+    verifier = OwnerVerifier(VerifierFiles(state_dir), scorer.features,
+                             settings.wake.verifier_threshold)
+    phrase = PhraseCheck(settings.wake, scorer.features, level)
+    recorder = Recorder(settings.recorder, settings.wake, level=level,
+                        second_look=lambda w: phrase.second_look(w) or verifier.second_look(w),
+                        owner=verifier.listens_lower)
+    return recorder, verifier
+
+
 CONTROL_LOCK = ".control.lock"
 
 
@@ -172,12 +185,7 @@ def run_pipeline(
                             save_mode=save.mode, share_transcripts=settings.mqtt.publish_transcripts)
         stack.callback(writer.close)
         events.subscribe(StatsCounter(store, save.mode))
-        verifier = OwnerVerifier(VerifierFiles(state_dir), scorer.features,
-                                 settings.wake.verifier_threshold)
-        phrase = PhraseCheck(settings.wake, scorer.features, sensitivity.level)
-        recorder = Recorder(settings.recorder, settings.wake, level=sensitivity.level,
-                            second_look=lambda w: phrase.second_look(w) or verifier.second_look(w),
-                            owner=verifier.listens_lower)
+        recorder, verifier = make_recorder(settings, state_dir, scorer, sensitivity.level)
         if settings.wake.gate:
             detector = GatedDetector(detector, settings.wake,
                                      keep_open=lambda: recorder.state is not State.LISTENING)

@@ -8,13 +8,16 @@ MIRRORS holds bare git snapshots (as the `fetch` tool leaves them: MIRRORS/<owne
                                         "smart mirror", "snowboy", "view glass" (negatives)
   Jakobovski/free-spoken-digit-dataset  spoken digits (negatives)
   chaeyoung-lee/wids_tutorial           Speech Commands' background noise (noise/ for --snr)
-Whichever are missing are left out. OUT gets three eval-wake data directories:
+  jim-schwoebel/sample_voice_data       VoxCeleb interview excerpts, 102 speakers (held out)
+  vocobox/human-voice-dataset           sung notes and syllables (held out)
+Whichever are missing are left out. OUT gets four eval-wake data directories:
   OUT/main    positives/<model>/ from espeak-ng (12 voices x 3 speeds x 3 pitches), negatives/,
               noise/, owners/hey_jarvis/<voice>/ (eight espeak-ng voices: 5 takes to enroll, two
               sentences of other speech, 9 held-out takes to test)
   OUT/alexa   positives/alexa/: Picovoice's real recordings of "alexa" (recall on real speech)
   OUT/jarvis  positives/hey_jarvis/: Picovoice's real recordings of the bare name "Jarvis" (how
               often the bare name wakes hey_jarvis), and the same owners, tested on those recordings
+  OUT/heldout negatives/ only (talk and singing that nothing was tuned on), and the same owners
 and, for scripts/train-phrase-check, OUT/phrase/hey_jarvis/: bare/ (the same bare "Jarvis"), hey/
 (Precise's public-domain "hey chatterbox" and "hey computer" takes) and hey-heldout/ (its "hey
 savant" and "hey Vermont" takes, CC BY-NC-SA: used to test the phrase check, never to train it).
@@ -165,6 +168,14 @@ def main() -> int:
     if noise := repo("chaeyoung-lee/wids_tutorial"):
         counts["noise"] = export(noise, main_dir / "noise", "data/_background_noise_/")
         (main_dir / "negatives" / "noise").symlink_to(main_dir / "noise")  # also a negative: a tap...
+    talk, singing = repo("jim-schwoebel/sample_voice_data"), repo("vocobox/human-voice-dataset")
+    if talk:
+        counts["held-out talk"] = export(talk, out / "heldout" / "negatives" / "talk")
+    if singing:
+        counts["held-out singing"] = export(singing, out / "heldout" / "negatives" / "singing",
+                                            "data/voices/")
+    if talk or singing:
+        (out / "heldout" / "owners").symlink_to(main_dir / "owners")
     for what, n in counts.items():
         print(f"{what}: {n} files")
     return 0
