@@ -79,6 +79,12 @@ class Weights:
                        data["coef"].astype(np.float64), float(data["intercept"]),
                        int(data["impostors"]) if "impostors" in data.files else 0)
 
+    def arrays(self, dtype: type = np.float64) -> dict[str, np.ndarray]:
+        """What `read` takes back, as arrays of `dtype` (the bundled files use float32)."""
+        return {"mean": self.mean.astype(dtype), "scale": self.scale.astype(dtype),
+                "coef": self.coef.astype(dtype), "intercept": np.array(self.intercept, dtype),
+                "impostors": np.array(self.impostors)}
+
     def probability(self, features: np.ndarray) -> float:
         """How likely these wake features are the owner saying the wake word (0..1)."""
         x = (features.reshape(-1).astype(np.float64) - self.mean) / self.scale
@@ -188,8 +194,7 @@ class VerifierFiles:
         return weights
 
     def _save_weights(self, name: str, w: Weights) -> None:
-        self._save(self.path(name, WEIGHTS), mean=w.mean, scale=w.scale, coef=w.coef,
-                   intercept=np.array(w.intercept), impostors=np.array(w.impostors))
+        self._save(self.path(name, WEIGHTS), **w.arrays())
 
     def add_negative(self, name: str, features: np.ndarray) -> bool:
         """A rejected wake's features join the negatives. False if `name` has no verifier."""

@@ -165,9 +165,7 @@ def fit(pos: list[np.ndarray], neg: list[np.ndarray]) -> Weights:
 def save(weights: Weights, path: Path) -> None:
     """As device.phrase.bundled reads it (float32: 18 kB)."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, mean=weights.mean.astype(np.float32),
-                        scale=weights.scale.astype(np.float32),
-                        coef=weights.coef.astype(np.float32), intercept=np.float32(weights.intercept))
+    np.savez_compressed(buffer, **weights.arrays(np.float32))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue())
 
