@@ -7,6 +7,7 @@ queue and counts overflows (invariant R1); resampling and framing run on the lis
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -251,6 +252,16 @@ def _sleep_until(deadline: float, stop: StopFlag) -> None:
     delay = deadline - time.monotonic()
     if delay > 0:
         stop.wait(delay)
+
+
+def load_portaudio() -> None:
+    """Initialise PortAudio now, while this is the process's only thread. While it initialises
+    (ALSA walks its devices), sounddevice points file descriptor 2 at /dev/null to keep that
+    chatter off the terminal, and a line another thread logs meanwhile is lost: it once swallowed
+    the daemon's single "mqtt: cannot reach" warning. Without PortAudio, the microphone says so
+    when it is opened."""
+    with contextlib.suppress(OSError):
+        import sounddevice  # noqa: F401
 
 
 class MicSource:

@@ -199,10 +199,11 @@ def _opened_store(state_dir: Path) -> Iterator[Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from device.app import run_pipeline
-    from device.audio import MicSource
+    from device.audio import MicSource, load_portaudio
     from device.indicator import make_pin_factory
 
     settings, state_dir = _settings(args)
+    load_portaudio()  # before any thread: see its docstring
     a = settings.audio
     events = EventSink(args.events)
     try:
@@ -222,9 +223,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from gpiozero.pins.mock import MockFactory
 
     from device.app import run_pipeline
-    from device.audio import WavSource
+    from device.audio import WavSource, load_portaudio
 
     settings, state_dir = _settings(args)
+    if settings.voice.confirm_sound:
+        load_portaudio()  # the confirm tone plays through it; before any thread
     path = args.file or sample_wav()
     source = WavSource(path, args.realtime, settings.audio.queue_s)  # fail fast on a bad file
     events = EventSink(args.events)

@@ -300,7 +300,10 @@ def make_client(settings: MqttSettings, client_id: str, persistent: bool) -> mqt
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"mqtt.tls: cannot load certificates: {exc}") from None
         client.tls_insecure_set(not s.tls.verify)
-    client.reconnect_delay_set(round(s.reconnect_min_s), round(s.reconnect_max_s))
+    # paho annotates the delays as int but only sleeps and doubles them: seconds as configured.
+    # Rounding made 0.2 into 0, and a delay of 0 doubles to 0: a busy loop of connects while the
+    # broker is down.
+    client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)  # type: ignore[arg-type]
     return client
 
 

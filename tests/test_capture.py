@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -83,3 +84,44 @@ def test_run_detects_the_wake_word_from_a_real_capture_stream(
     assert all(c["start"] >= on["t"] for c in clips)  # I1 on a real capture clock
     stored = {p.stem for p in (state_dir / "clips").iterdir()}
     assert stored == {c["id"] for c in clips}
+
+
+# Runs the daemon with os.dup2 watched: each time file descriptor 2 is pointed elsewhere, it says
+# how many threads could have been writing to it meanwhile.
+WATCHING_STDERR = """
+import os, sys, threading
+real_dup2 = os.dup2
+def dup2(fd, fd2, inheritable=True):
+    if fd2 == 2:
+        print(f"fd 2 moved with {threading.active_count()} threads", flush=True)
+    return real_dup2(fd, fd2, inheritable)
+os.dup2 = dup2
+from device.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_portaudio_starts_before_any_thread_whose_log_lines_it_could_swallow(
+    with_models: Path, speech: Callable[..., Path], tmp_path: Path, state_dir: Path
+) -> None:
+    # sounddevice points stderr at /dev/null while PortAudio initialises; a warning that another
+    # thread (MQTT, uploads, retention) logged in that moment was lost, once "mqtt: cannot reach".
+    env = file_mic(tmp_path, speech(WAKE_SENTENCE), 16000)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[audio]\ndevice = "filemic"\nsample_rate_hz = 16000\nqueue_s = 30\n'
+                   '[indicator]\npin_factory = "mock"\n')
+    events_path = tmp_path / "events.jsonl"
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", WATCHING_STDERR, "run", "--config", str(cfg), "--events",
+         str(events_path)],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for_idle_light(events_path, timeout_s=120)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        stdout, stderr = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, stderr
+    moves = stdout.splitlines()
+    assert moves, "PortAudio never initialised: the test no longer sees what it checks"
+    assert set(moves) == {"fd 2 moved with 1 threads"}, moves

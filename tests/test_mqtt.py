@@ -4,6 +4,7 @@ client playing the owner's Home Assistant."""
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import threading
 import time
@@ -204,6 +205,31 @@ def test_broker_restart_mid_burst_loses_nothing_and_runs_nothing_twice(
     index = sqlite3.connect(speaker.store.state_dir / "index.sqlite")  # the evidence on disk
     rows = index.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
     assert rows == len(clips) and on_disk(speaker.store) == set()
+
+
+def test_reconnects_back_off_by_the_configured_sub_second_delays(state_dir: Path) -> None:
+    """A broker that takes the connection and drops it at once (as one that is restarting or
+    refuses the login may): the speaker comes back after 0.2, 0.4, 0.8, 1, 1 s, not in a busy
+    loop (a rounded 0.2 s delay was 0, and 0 doubles to 0: hundreds of connects a second)."""
+    dropper = socket.create_server(("127.0.0.1", 0))
+    dropper.settimeout(0.1)
+    settings = Settings.model_validate({"mqtt": {
+        "host": "127.0.0.1", "port": dropper.getsockname()[1],
+        "reconnect_min_s": 0.2, "reconnect_max_s": 1.0}}).mqtt
+    speaker = Speaker(state_dir, settings)
+    connects, deadline = 0, time.monotonic() + 3.0
+    try:
+        while time.monotonic() < deadline:
+            try:
+                conn, _ = dropper.accept()
+            except TimeoutError:
+                continue
+            connects += 1
+            conn.close()
+    finally:
+        speaker.close()
+        dropper.close()
+    assert 3 <= connects <= 7, f"{connects} connects in 3 s"
 
 
 def test_signed_commands_over_mqtt(broker: Broker, owner: Owner, tmp_path: Path) -> None:
