@@ -55,26 +55,36 @@ def test_devices_lists_the_file_backed_microphone(tmp_path: Path, speech: Callab
     assert proc.returncode == 0 and "filemic" in proc.stdout
 
 
-@pytest.mark.parametrize("rate", [16000, 48000])
-def test_run_detects_the_wake_word_from_a_real_capture_stream(
-    with_models: Path, speech: Callable[..., Path], tmp_path: Path, state_dir: Path, rate: int
-) -> None:
-    env = file_mic(tmp_path, speech(WAKE_SENTENCE), rate)
+def run_until_the_light_is_off(
+    tmp_path: Path, wav: Path, rate: int, program: list[str] | None = None
+) -> tuple[list[dict[str, Any]], subprocess.CompletedProcess[str]]:
+    """`edge-recorder run` (or `program` in its place) capturing `wav` from the file-backed mic at
+    `rate` until the light has gone on and off, then SIGTERM: its events, exit code and output."""
+    env = file_mic(tmp_path, wav, rate)
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[audio]\ndevice = "filemic"\nsample_rate_hz = {rate}\nqueue_s = 30\n'
                    '[indicator]\npin_factory = "mock"\n')
     events_path = tmp_path / "events.jsonl"
     daemon = subprocess.Popen(
-        [str(ENTRY_POINT), "run", "--config", str(cfg), "--events", str(events_path)],
+        [*(program or [str(ENTRY_POINT)]), "run", "--config", str(cfg), "--events",
+         str(events_path)],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         events = wait_for_idle_light(events_path, timeout_s=120)
     finally:
         daemon.send_signal(signal.SIGTERM)
-        _, stderr = daemon.communicate(timeout=60)
-    assert daemon.returncode == 0, stderr
-    assert "Traceback" not in stderr
+        stdout, stderr = daemon.communicate(timeout=60)
+    return events, subprocess.CompletedProcess(daemon.args, daemon.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_run_detects_the_wake_word_from_a_real_capture_stream(
+    with_models: Path, speech: Callable[..., Path], tmp_path: Path, state_dir: Path, rate: int
+) -> None:
+    events, daemon = run_until_the_light_is_off(tmp_path, speech(WAKE_SENTENCE), rate)
+    assert daemon.returncode == 0, daemon.stderr
+    assert "Traceback" not in daemon.stderr
     wake, on, off = events[:3]
     assert wake["type"] == "wake" and wake["wake_word"] == "hey_jarvis"
     assert 1.5 < wake["t"] < 2.5  # "hey jarvis" ends near 1.9 s of the file, at any capture rate
@@ -106,22 +116,9 @@ def test_portaudio_starts_before_any_thread_whose_log_lines_it_could_swallow(
 ) -> None:
     # sounddevice points stderr at /dev/null while PortAudio initialises; a warning that another
     # thread (MQTT, uploads, retention) logged in that moment was lost, once "mqtt: cannot reach".
-    env = file_mic(tmp_path, speech(WAKE_SENTENCE), 16000)
-    cfg = tmp_path / "c.toml"
-    cfg.write_text('[audio]\ndevice = "filemic"\nsample_rate_hz = 16000\nqueue_s = 30\n'
-                   '[indicator]\npin_factory = "mock"\n')
-    events_path = tmp_path / "events.jsonl"
-    daemon = subprocess.Popen(
-        [sys.executable, "-c", WATCHING_STDERR, "run", "--config", str(cfg), "--events",
-         str(events_path)],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        wait_for_idle_light(events_path, timeout_s=120)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        stdout, stderr = daemon.communicate(timeout=60)
-    assert daemon.returncode == 0, stderr
-    moves = stdout.splitlines()
+    _, daemon = run_until_the_light_is_off(tmp_path, speech(WAKE_SENTENCE), 16000,
+                                           [sys.executable, "-c", WATCHING_STDERR])
+    assert daemon.returncode == 0, daemon.stderr
+    moves = daemon.stdout.splitlines()
     assert moves, "PortAudio never initialised: the test no longer sees what it checks"
     assert set(moves) == {"fd 2 moved with 1 threads"}, moves

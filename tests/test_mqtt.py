@@ -210,7 +210,7 @@ def test_broker_restart_mid_burst_loses_nothing_and_runs_nothing_twice(
 def test_reconnects_back_off_by_the_configured_sub_second_delays(state_dir: Path) -> None:
     """A broker that takes the connection and drops it at once (as one that is restarting or
     refuses the login may): the speaker comes back after 0.2, 0.4, 0.8, 1, 1 s, not in a busy
-    loop (a rounded 0.2 s delay was 0, and 0 doubles to 0: hundreds of connects a second)."""
+    loop (a rounded 0.2 s delay was 0, and 0 doubles to 0: about 10,000 connects a second)."""
     dropper = socket.create_server(("127.0.0.1", 0))
     dropper.settimeout(0.1)
     settings = Settings.model_validate({"mqtt": {
