@@ -1,11 +1,14 @@
 """Delete latency through a real mosquitto, publish -> acknowledgement, next to a bare paho echo.
 
-    scripts/bench-mqtt [--rounds 30] [--clips 10000]
+    scripts/bench-mqtt [--rounds 30] [--clips 10000] [--down-s 10]
 
 Starts mosquitto on a free loopback port (plain TCP, persistence on), runs the control plane as
 the daemon wires it (ClipStore + MqttControl), and measures from the owner's publish to the
 evt/deleted reply: one clip at a time, and `all` over N clips. The floor is a bare paho round trip
-(publish -> an echo client -> reply) through the same broker. Prints a table and one JSON line.
+(publish -> an echo client -> reply) through the same broker. Then, with the broker down (a
+loopback port that refuses), what the speaker's client spends reconnecting for --down-s seconds:
+connects tried and CPU seconds, at the tests' reconnect delays (0.2-1 s) and the defaults (1-60 s),
+next to a bare paho client at paho's own defaults. Prints tables and one JSON line.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from device.commands import Controller  # noqa: E402
 from device.config import MqttSettings  # noqa: E402
 from device.events import EventSink  # noqa: E402
-from device.mqtt import MqttControl, set_nodelay  # noqa: E402
+from device.mqtt import MqttControl, make_client, set_nodelay  # noqa: E402
 from device.mute import MuteState  # noqa: E402
 from device.store import COLUMNS, ClipStore, wav_bytes  # noqa: E402
 
@@ -114,6 +117,33 @@ def bare_echo(port: int, rounds: int) -> list[float]:
     return times
 
 
+def while_down(client: mqtt.Client, seconds: float) -> dict[str, Any]:
+    """Connects tried and CPU seconds (this process, where nothing else runs meanwhile) while
+    `client` keeps reconnecting to a port that refuses."""
+    down = socket.socket()
+    down.bind(("127.0.0.1", 0))
+    tries: list[int] = []
+    client.on_connect_fail = lambda *_: tries.append(1)
+    cpu = time.process_time()
+    client.connect_async("127.0.0.1", down.getsockname()[1])
+    client.loop_start()
+    time.sleep(seconds)
+    client.loop_stop()
+    cpu = time.process_time() - cpu
+    down.close()
+    return {"connects": len(tries), "cpu_s": round(cpu, 2)}
+
+
+def broker_down(seconds: float) -> dict[str, Any]:
+    sides = {"speaker_fast": (0.2, 1.0), "speaker_default": (1.0, 60.0)}
+    out = {}
+    for label, (low, high) in sides.items():
+        settings = MqttSettings(host="127.0.0.1", reconnect_min_s=low, reconnect_max_s=high)
+        out[label] = while_down(make_client(settings, f"bench-{label}", persistent=False), seconds)
+    out["bare_paho"] = while_down(mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bare"), seconds)
+    return out
+
+
 def fill(store: ClipStore, n: int) -> None:
     """Bench-only bulk setup: files and rows in one transaction, without a per-clip fsync."""
     audio = wav_bytes(np.zeros(1280, dtype=np.int16))
@@ -164,6 +194,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--clips", type=int, default=10_000)
+    parser.add_argument("--down-s", type=float, default=10.0)
     args = parser.parse_args()
     result: dict[str, Any] = {"rounds": args.rounds, "delete_all_clips": args.clips}
     for label, nodelay in (("default", False), ("nodelay", True)):
@@ -181,6 +212,11 @@ def main() -> int:
     width = max(len(str(r[0])) for r in rows)
     for name, a, b, target in rows:
         print(f"{name:<{width}}  {a!s:>10}  {b!s:>11}  {target}")
+    result["broker_down_s"] = args.down_s
+    result["broker_down"] = down = broker_down(args.down_s)
+    print(f"\n{f'broker down for {args.down_s:g} s':<28}  {'connects':>8}  {'CPU s':>6}")
+    for label, got in down.items():
+        print(f"{label:<28}  {got['connects']:>8}  {got['cpu_s']:>6}")
     print(json.dumps(result))
     return 0
 
