@@ -1,4 +1,18 @@
-"""edge-recorder: a privacy-first voice front end for a Raspberry Pi smart speaker."""
+"""edge-recorder: a privacy-first voice front end for a Raspberry Pi smart speaker.
+
+The folders follow the data flow, each importing only the ones listed before it:
+
+    core/          settings, errors, events, frames: the shared vocabulary
+    storage/       clips, keys, the upload queue, requests, preferences, stats, models (SQLite + files)
+    audio/         microphone and WAV sources, voice activity
+    wake/          wake-word detectors, the energy gate, when a score wakes, the second looks
+    speech/        Vosk transcription and spoken privacy commands
+    control/       the one command path (CLI, MQTT, voice, web), consent, mute, sensitivity, save mode
+    recording/     the recorder state machine, the listening loop, the recording light
+    integrations/  MQTT and Home Assistant, uploads, systemd
+
+and on top the wiring: `app` (builds and runs the daemon), `cli` (the command line) and `doctor`.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -12,30 +12,30 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from device import consent
-from device import events as ev
-from device.asr import NoTranscriber, Transcriber, VoskTranscriber
-from device.audio import AudioSource
-from device.commands import Controller
-from device.config import Settings, resolve_models_dir
-from device.errors import EdgeRecorderError, StoreError
-from device.events import EventSink
-from device.gate import GatedDetector
-from device.indicator import Confirmer, Indicator, MuteControls
-from device.models import ModelStore
-from device.mute import MuteState
-from device.phrase import PhraseCheck
-from device.pipeline import ClipWriter, Counters, Listener
-from device.recorder import Recorder, State
-from device.retention import Sweeper
-from device.save_mode import SaveState
-from device.sensitivity import SensitivityState
-from device.service import Notifier, Watchdog
-from device.store import ClipStore
-from device.vad import SpeechDetector
-from device.verifier import OwnerVerifier, VerifierFiles
-from device.voice import CommandSpotter, supports_grammar
-from device.wake import OpenWakeWordDetector, WakeDetector
+from device.audio.sources import AudioSource
+from device.audio.vad import SpeechDetector
+from device.control import consent
+from device.control.commands import Controller
+from device.control.mute import MuteState
+from device.control.save_mode import SaveState
+from device.control.sensitivity import SensitivityState
+from device.core import events as ev
+from device.core.config import Settings, resolve_models_dir
+from device.core.errors import EdgeRecorderError, StoreError
+from device.core.events import EventSink
+from device.integrations.service import Notifier, Watchdog
+from device.recording.indicator import Confirmer, Indicator, MuteControls
+from device.recording.pipeline import ClipWriter, Counters, Listener
+from device.recording.recorder import Recorder, State
+from device.speech.asr import NoTranscriber, Transcriber, VoskTranscriber
+from device.speech.voice import CommandSpotter, supports_grammar
+from device.storage.clips import ClipStore
+from device.storage.models import ModelStore
+from device.storage.retention import Sweeper
+from device.wake.detector import OpenWakeWordDetector, WakeDetector
+from device.wake.gate import GatedDetector
+from device.wake.phrase import PhraseCheck
+from device.wake.verifier import OwnerVerifier, VerifierFiles
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ NO_VOSK_WARNING = (
 
 
 def make_spotter(settings: Settings, transcriber: Transcriber) -> CommandSpotter | None:
-    """Voice commands need a Vosk model that can be limited to the phrases (see device/voice.py)."""
+    """Voice commands need a Vosk model that can be limited to the phrases (see device/speech/voice.py)."""
     if not settings.voice.enabled or not any(settings.voice.phrases.values()):
         return None
     if not isinstance(transcriber, VoskTranscriber):
@@ -206,13 +206,13 @@ def run_pipeline(
         stack.callback(sweeper.close)
         control_plane = control_plane and _serve_alone(stack, state_dir, settings)
         if control_plane and settings.upload.url:
-            from device.upload import Uploader
+            from device.integrations.upload import Uploader
 
             uploader = Uploader(settings.upload, store, events)
             uploader.start()
             stack.callback(uploader.close)
         if control_plane and settings.mqtt.host:
-            from device.mqtt import MqttControl
+            from device.integrations.mqtt import MqttControl
 
             def status() -> dict[str, Any]:
                 today = (store.stats(days=1) or [{}])[0]

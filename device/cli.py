@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from device import __version__
-from device.config import Settings, load_settings, resolve_models_dir, resolve_state_dir
-from device.errors import EdgeRecorderError
-from device.events import EventSink
-from device.models import VOSK_EN, ModelStore, describe_status
+from device.core.config import Settings, load_settings, resolve_models_dir, resolve_state_dir
+from device.core.errors import EdgeRecorderError
+from device.core.events import EventSink
+from device.storage.models import VOSK_EN, ModelStore, describe_status
 
 log = logging.getLogger("device")
 
@@ -188,7 +188,7 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, Path]:
 @contextmanager
 def _opened_store(state_dir: Path) -> Iterator[Any]:
     """The clip store for one command, closed afterwards."""
-    from device.store import ClipStore
+    from device.storage.clips import ClipStore
 
     store = ClipStore(state_dir)
     try:
@@ -199,8 +199,8 @@ def _opened_store(state_dir: Path) -> Iterator[Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from device.app import run_pipeline
-    from device.audio import MicSource, load_portaudio
-    from device.indicator import make_pin_factory
+    from device.audio.sources import MicSource, load_portaudio
+    from device.recording.indicator import make_pin_factory
 
     settings, state_dir = _settings(args)
     load_portaudio()  # before any thread: see its docstring
@@ -223,7 +223,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from gpiozero.pins.mock import MockFactory
 
     from device.app import run_pipeline
-    from device.audio import WavSource, load_portaudio
+    from device.audio.sources import WavSource, load_portaudio
 
     settings, state_dir = _settings(args)
     if settings.voice.confirm_sound:
@@ -250,7 +250,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from device.doctor import run_checks
-    from device.indicator import make_pin_factory
+    from device.recording.indicator import make_pin_factory
 
     settings, state_dir = _settings(args)
     checks = run_checks(settings, state_dir, make_pin_factory(settings.indicator.pin_factory))
@@ -263,10 +263,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    from device.audio import AudioSource, MicSource, WavSource
-    from device.meter import run_meter
-    from device.models import ModelStore
-    from device.wake import OpenWakeWordDetector
+    from device.audio.sources import AudioSource, MicSource, WavSource
+    from device.storage.models import ModelStore
+    from device.wake.detector import OpenWakeWordDetector
+    from device.wake.meter import run_meter
 
     settings, state_dir = _settings(args)
     detector = OpenWakeWordDetector(settings.wake, ModelStore(resolve_models_dir(settings, state_dir)))
@@ -282,7 +282,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from device.audio import list_input_devices
+    from device.audio.sources import list_input_devices
 
     for d in list_input_devices():
         print(f"{d['index']:>3}  {d['name']}  ({d['max_input_channels']} ch, "
@@ -315,8 +315,8 @@ def clips_export(store: Any, args: argparse.Namespace) -> int:
 
 
 def clips_delete(store: Any, args: argparse.Namespace) -> int:
-    from device.commands import Controller, local_delete_payload, parse_delete
-    from device.mute import MuteState
+    from device.control.commands import Controller, local_delete_payload, parse_delete
+    from device.control.mute import MuteState
 
     raw = local_delete_payload(args.ids, args.all, args.since, args.until, args.last,
                                args.request_id)
@@ -342,8 +342,8 @@ def cmd_uploads(args: argparse.Namespace) -> int:
 
 
 def clips_reject(store: Any, args: argparse.Namespace) -> int:
-    from device.commands import Controller, RejectCommand
-    from device.mute import MuteState
+    from device.control.commands import Controller, RejectCommand
+    from device.control.mute import MuteState
 
     form: dict[str, Any] = {"last": True} if args.which == ["last"] else {"ids": args.which}
     command = RejectCommand(request_id=f"cli-{uuid.uuid4().hex}", **form)
@@ -353,9 +353,9 @@ def clips_reject(store: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_mqtt(args: argparse.Namespace) -> int:
-    from device.errors import ConfigError
-    from device.files import ensure_private_dir
-    from device.mqtt import forget
+    from device.core.errors import ConfigError
+    from device.core.files import ensure_private_dir
+    from device.integrations.mqtt import forget
 
     settings, state_dir = _settings(args)
     if not settings.mqtt.host:
@@ -374,7 +374,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from device.sensitivity import SensitivityState
+    from device.control.sensitivity import SensitivityState
 
     settings, state_dir = _settings(args)
     with _opened_store(state_dir) as store:
@@ -388,9 +388,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 def cmd_save(args: argparse.Namespace) -> int:
     import re
 
-    from device.config import DURATION_PATTERN, duration_s
-    from device.errors import ConfigError
-    from device.save_mode import SaveState
+    from device.control.save_mode import SaveState
+    from device.core.config import DURATION_PATTERN, duration_s
+    from device.core.errors import ConfigError
 
     settings, state_dir = _settings(args)
     if args.for_ is not None and (args.mode is None or not re.fullmatch(DURATION_PATTERN, args.for_)):
@@ -407,8 +407,8 @@ RECORD_SAMPLE_S, RECORD_OTHER_S = 2.5, 10.0
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from device.errors import ConfigError
-    from device.verifier import VerifierFiles, enrollment_features
+    from device.core.errors import ConfigError
+    from device.wake.verifier import VerifierFiles, enrollment_features
 
     settings, state_dir = _settings(args)
     with _opened_store(state_dir):
@@ -419,7 +419,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         print(f"removed the owner verifier of {', '.join(removed)}" if removed
               else "no owner verifier to remove")
         return 0
-    from device.wake import OpenWakeWordDetector
+    from device.wake.detector import OpenWakeWordDetector
 
     detector = OpenWakeWordDetector(settings.wake, ModelStore(resolve_models_dir(settings, state_dir)))
     name = args.wake_word or detector.names[0]
@@ -447,7 +447,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def _read(path: Path) -> Any:
-    from device.audio import WavSource, take
+    from device.audio.sources import WavSource, take
 
     source = WavSource(path)
     try:
@@ -459,8 +459,8 @@ def _read(path: Path) -> Any:
 def _record_enrollment(settings: Settings, name: str, n: int) -> tuple[list[Any], list[Any]]:
     """The microphone, with the recording light on from before the stream opens until after it
     closes: enrollment keeps audio (in RAM, until it is turned into features)."""
-    from device.audio import MicSource, take
-    from device.indicator import Indicator, make_pin_factory
+    from device.audio.sources import MicSource, take
+    from device.recording.indicator import Indicator, make_pin_factory
 
     phrase = name.replace("_", " ")
     a = settings.audio
@@ -486,7 +486,7 @@ def _record_enrollment(settings: Settings, name: str, n: int) -> tuple[list[Any]
 
 
 def cmd_wipe(args: argparse.Namespace) -> int:
-    from device.errors import ConfigError
+    from device.core.errors import ConfigError
 
     _, state_dir = _settings(args)
     if not args.yes:
@@ -496,7 +496,7 @@ def cmd_wipe(args: argparse.Namespace) -> int:
             return 1
     with _opened_store(state_dir) as store:
         n = store.wipe()
-    from device.verifier import VerifierFiles
+    from device.wake.verifier import VerifierFiles
 
     voices = VerifierFiles(state_dir).remove()
     print(f"wiped {n} clip(s): keys destroyed first, then files and records, in {state_dir}"
@@ -505,7 +505,7 @@ def cmd_wipe(args: argparse.Namespace) -> int:
 
 
 def cmd_consent(args: argparse.Namespace) -> int:
-    from device import consent
+    from device.control import consent
 
     _, state_dir = _settings(args)
     with _opened_store(state_dir) as store:

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from device import FRAME_SAMPLES, consent
-from device.config import Settings, resolve_models_dir
-from device.errors import EdgeRecorderError
+from device import FRAME_SAMPLES
+from device.control import consent
+from device.core.config import Settings, resolve_models_dir
+from device.core.errors import EdgeRecorderError
 
 MIC_SECONDS = 0.5
 NETWORK_TIMEOUT_S = 5.0
@@ -53,7 +54,7 @@ def guarded(check: Callable[[], Check]) -> Check:
 
 
 def check_microphone(settings: Settings) -> Check:
-    from device.audio import MicSource
+    from device.audio.sources import MicSource
 
     a = settings.audio
     fix = ("list inputs with `edge-recorder devices`, set audio.device (and audio.sample_rate_hz "
@@ -90,8 +91,8 @@ def _capture(mic: Any) -> np.ndarray:
 def check_models(settings: Settings, state_dir: Path) -> Check:
     """The files against their pinned digests, then the wake-word runtime itself: the models are
     loaded and score a frame, as the daemon would."""
-    from device.models import ModelStore
-    from device.wake import OpenWakeWordDetector
+    from device.storage.models import ModelStore
+    from device.wake.detector import OpenWakeWordDetector
 
     store = ModelStore(resolve_models_dir(settings, state_dir))
     rows = store.status()
@@ -112,7 +113,7 @@ def check_models(settings: Settings, state_dir: Path) -> Check:
 
 
 def check_gpio(settings: Settings, pin_factory: Any) -> Check:
-    from device.indicator import Indicator
+    from device.recording.indicator import Indicator
 
     try:
         led = Indicator(settings.indicator, pin_factory)
@@ -133,7 +134,7 @@ def check_gpio(settings: Settings, pin_factory: Any) -> Check:
 def check_broker(settings: Settings) -> Check:
     if not settings.mqtt.host:
         return Check("mqtt", True, "not configured (nothing is sent anywhere)")
-    from device import mqtt
+    from device.integrations import mqtt
 
     ok, detail = mqtt.probe(settings.mqtt, NETWORK_TIMEOUT_S)
     fix = ("check mqtt.username and the password (file)" if "refused the login" in detail else
@@ -154,14 +155,14 @@ def protection(settings: Settings) -> str:
 def check_upload(settings: Settings) -> Check:
     if not settings.upload.url:
         return Check("upload", True, "not configured (nothing is uploaded, whatever consent says)")
-    from device import upload
+    from device.integrations import upload
 
     ok, detail = upload.probe(settings.upload, NETWORK_TIMEOUT_S)
     return Check("upload", ok, detail, "check upload.url, the network, and upload.ca_file for a private CA")
 
 
 def check_store(settings: Settings, state_dir: Path) -> Check:
-    from device.store import ClipStore
+    from device.storage.clips import ClipStore
 
     try:
         store = ClipStore(state_dir)
@@ -191,8 +192,8 @@ FRAME_BUDGET_MS = 80.0
 
 def check_machine(settings: Settings, state_dir: Path) -> Check:
     """Will the configured models fit this machine? RAM, CPU, and a measured per-frame cost."""
-    from device.models import ModelStore
-    from device.wake import OpenWakeWordDetector
+    from device.storage.models import ModelStore
+    from device.wake.detector import OpenWakeWordDetector
 
     total_mb, free_mb = _meminfo_mb()
     cpus = os.cpu_count() or 1
@@ -250,7 +251,7 @@ def check_owner(settings: Settings, state_dir: Path) -> Check:
     """The second look: which wake words have an owner verifier, and whether rejects can teach it."""
     import importlib.util
 
-    from device.verifier import VerifierFiles
+    from device.wake.verifier import VerifierFiles
 
     files = VerifierFiles(state_dir)
     enrolled = files.enrolled()
@@ -275,8 +276,8 @@ def check_owner(settings: Settings, state_dir: Path) -> Check:
 
 def check_voice(settings: Settings, state_dir: Path) -> Check:
     """Voice commands need Vosk, a model that can be limited to phrases, and phrases it knows."""
-    from device.models import ModelStore
-    from device.voice import supports_grammar, unknown_words
+    from device.speech.voice import supports_grammar, unknown_words
+    from device.storage.models import ModelStore
 
     if not settings.voice.enabled:
         return Check("voice", True, "voice commands are off (voice.enabled = false)")

@@ -39,24 +39,24 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from eval_wake import enrolled, with_verifier  # noqa: E402
 
-from device import events as ev  # noqa: E402
 from device.app import make_recorder, make_spotter  # noqa: E402
-from device.asr import NoTranscriber, Transcriber, VoskTranscriber  # noqa: E402
-from device.audio import WavSource  # noqa: E402
-from device.commands import Controller  # noqa: E402
-from device.config import Settings, load_settings  # noqa: E402
-from device.events import Event, EventSink  # noqa: E402
-from device.frames import Frame  # noqa: E402
-from device.gate import GatedDetector  # noqa: E402
-from device.indicator import Indicator  # noqa: E402
-from device.models import ModelStore  # noqa: E402
-from device.mute import MuteState  # noqa: E402
-from device.pipeline import ClipWriter, Counters, Listener  # noqa: E402
-from device.recorder import State  # noqa: E402
-from device.save_mode import SaveState  # noqa: E402
-from device.store import ClipStore  # noqa: E402
-from device.vad import SpeechDetector  # noqa: E402
-from device.wake import OpenWakeWordDetector, load_openwakeword_model  # noqa: E402
+from device.audio.sources import WavSource  # noqa: E402
+from device.audio.vad import SpeechDetector  # noqa: E402
+from device.control.commands import Controller  # noqa: E402
+from device.control.mute import MuteState  # noqa: E402
+from device.control.save_mode import SaveState  # noqa: E402
+from device.core import events as ev  # noqa: E402
+from device.core.config import Settings, load_settings  # noqa: E402
+from device.core.events import Event, EventSink  # noqa: E402
+from device.core.frames import Frame  # noqa: E402
+from device.recording.indicator import Indicator  # noqa: E402
+from device.recording.pipeline import ClipWriter, Counters, Listener  # noqa: E402
+from device.recording.recorder import State  # noqa: E402
+from device.speech.asr import NoTranscriber, Transcriber, VoskTranscriber  # noqa: E402
+from device.storage.clips import ClipStore  # noqa: E402
+from device.storage.models import ModelStore  # noqa: E402
+from device.wake.detector import OpenWakeWordDetector, load_openwakeword_model  # noqa: E402
+from device.wake.gate import GatedDetector  # noqa: E402
 
 SENTENCES = [
     "the weather today is sunny with a light breeze from the west",
@@ -344,7 +344,7 @@ def run_utterances(settings: Settings, models: ModelStore, transcriber: Transcri
 def listen_to_commands() -> list[tuple[str | None, list[tuple[str, float, float]]]]:
     """What the grammar recognizer heard at each utterance, and what it made of it (a benchmark's
     view of synthetic speech: the daemon never logs it)."""
-    from device.voice import VoskCommandStream
+    from device.speech.voice import VoskCommandStream
 
     heard: list[tuple[str | None, list[tuple[str, float, float]]]] = []
     decide = VoskCommandStream.command
@@ -392,7 +392,7 @@ def bench_voice(models: ModelStore, tmp: Path) -> dict[str, Any]:
              for c, t in phrases.items() if c not in ("stop_saving", "pause_saving")]
     _, lat = run_utterances(settings, models, transcriber, tmp, "realtime_voice", parts, realtime=True)
     finals = []
-    from device.voice import CommandSpotter
+    from device.speech.voice import CommandSpotter
 
     spotter = CommandSpotter(settings.voice, transcriber)  # type: ignore[arg-type]
     for part in parts:

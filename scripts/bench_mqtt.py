@@ -33,12 +33,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from device.commands import Controller  # noqa: E402
-from device.config import MqttSettings  # noqa: E402
-from device.events import EventSink  # noqa: E402
-from device.mqtt import MqttControl, make_client, set_nodelay  # noqa: E402
-from device.mute import MuteState  # noqa: E402
-from device.store import COLUMNS, ClipStore, wav_bytes  # noqa: E402
+from device.control.commands import Controller  # noqa: E402
+from device.control.mute import MuteState  # noqa: E402
+from device.core.config import MqttSettings  # noqa: E402
+from device.core.events import EventSink  # noqa: E402
+from device.integrations.mqtt import MqttControl, make_client, set_nodelay  # noqa: E402
+from device.storage.clips import COLUMNS, ClipStore, wav_bytes  # noqa: E402
 
 TIMEOUT_S = 60
 

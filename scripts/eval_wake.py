@@ -51,14 +51,15 @@ import soxr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from device import phrase, wake  # noqa: E402
 from device.app import run_pipeline  # noqa: E402
-from device.config import Settings, resolve_models_dir  # noqa: E402
-from device.events import Event, EventSink  # noqa: E402
-from device.frames import Frame  # noqa: E402
-from device.models import ModelStore  # noqa: E402
-from device.phrase import NOT_PHRASE  # noqa: E402
-from device.verifier import TURNED_AWAY, VerifierFiles, Weights, enrollment_features  # noqa: E402
+from device.core.config import Settings, resolve_models_dir  # noqa: E402
+from device.core.events import Event, EventSink  # noqa: E402
+from device.core.frames import Frame  # noqa: E402
+from device.storage.models import ModelStore  # noqa: E402
+from device.wake import detector as wake  # noqa: E402
+from device.wake import phrase  # noqa: E402
+from device.wake.phrase import NOT_PHRASE  # noqa: E402
+from device.wake.verifier import TURNED_AWAY, VerifierFiles, Weights, enrollment_features  # noqa: E402
 
 FRAME = 1280
 RATE = 16000

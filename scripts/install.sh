@@ -81,7 +81,7 @@ PYVER=$("$PREFIX/venv/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.
 # Trixie (3.13) it comes from Raspberry Pi's own python3-lgpio package, linked into the venv; on
 # a Debian without it (no GPIO to drive anyway) the speaker runs with simulated pins only.
 # The `verifier` extra (scikit-learn) lets `edge-recorder enroll` and rejects train the owner
-# verifier; it is on disk only: the daemon never imports it (device/verifier.py).
+# verifier; it is on disk only: the daemon never imports it (device/wake/verifier.py).
 EXTRA="[verifier]"
 if [ "$PYVER" = "3.11" ]; then
   EXTRA="[pi,verifier]"

@@ -6,7 +6,7 @@
 An owner verifier trained only on the owner's own speech (openWakeWord's recipe) has never heard
 anyone else near the wake word: it learns "the wake word" as much as "this voice". `enroll` adds
 these frames as negatives, other people saying the wake word or something close to it, so the
-verifier learns the owner's voice (device/verifier.py, IMPOSTOR_SHARE). They are the wake model's
+verifier learns the owner's voice (device/wake/verifier.py, IMPOSTOR_SHARE). They are the wake model's
 16 x 96 embedding features (never audio) at every frame where hey_jarvis scores 0.1 or more on
   - Picovoice's real recordings of the bare name "Jarvis" (DATA_DIR/phrase/hey_jarvis/bare, from
     `scripts/eval-wake-data`; Apache-2.0, many speakers), and
@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from eval_wake import audio_files, load  # noqa: E402
 from train_phrase_check import NAME, RATE, spoken  # noqa: E402
 
-from device import wake  # noqa: E402
-from device.config import Settings, resolve_models_dir  # noqa: E402
-from device.models import ModelStore  # noqa: E402
-from device.verifier import IMPOSTOR_FLOOR, scored_frames  # noqa: E402
+from device.core.config import Settings, resolve_models_dir  # noqa: E402
+from device.storage.models import ModelStore  # noqa: E402
+from device.wake import detector as wake  # noqa: E402
+from device.wake.verifier import IMPOSTOR_FLOOR, scored_frames  # noqa: E402
 
 
 def main() -> int:

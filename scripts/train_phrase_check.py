@@ -6,7 +6,7 @@
 
 DATA_DIR is what `scripts/eval-wake-data` lays out: phrase/hey_jarvis/{bare,hey,hey-heldout}/ and
 main/positives/hey_jarvis/. The phrase check is openWakeWord's custom-verifier recipe
-(device/verifier.py: standardise, logistic regression with C = 0.001) on the wake model's 16 x 96
+(device/wake/verifier.py: standardise, logistic regression with C = 0.001) on the wake model's 16 x 96
 embedding features at the frames where hey_jarvis scores 0.5 or more, trained on
   positives: each real bare "Jarvis" (Picovoice, Apache-2.0) with a real "hey" before it, cut from
              Precise's public-domain "hey chatterbox" / "hey computer" takes at the low-energy dip
@@ -48,11 +48,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from eval_wake import audio_files, load, load_all, mix  # noqa: E402
 from eval_wake_data import say  # noqa: E402
 
-from device import wake  # noqa: E402
-from device.config import PRESETS, Settings, resolve_models_dir  # noqa: E402
-from device.models import ModelStore  # noqa: E402
-from device.recorder import DOUBT_FRAMES  # noqa: E402
-from device.verifier import ENROLL_THRESHOLD, Weights, scored_frames, train  # noqa: E402
+from device.core.config import PRESETS, Settings, resolve_models_dir  # noqa: E402
+from device.storage.models import ModelStore  # noqa: E402
+from device.wake import detector as wake  # noqa: E402
+from device.wake.trigger import DOUBT_FRAMES  # noqa: E402
+from device.wake.verifier import ENROLL_THRESHOLD, Weights, scored_frames, train  # noqa: E402
 
 NAME = "hey_jarvis"
 RATE = 16000
@@ -163,7 +163,7 @@ def fit(pos: list[np.ndarray], neg: list[np.ndarray]) -> Weights:
 
 
 def save(weights: Weights, path: Path) -> None:
-    """As device.phrase.bundled reads it (float32: 18 kB)."""
+    """As device.wake.phrase.bundled reads it (float32: 18 kB)."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **weights.arrays(np.float32))
     path.parent.mkdir(parents=True, exist_ok=True)

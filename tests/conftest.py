@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from device import cli, wake
+from device import cli
+from device.wake import detector as wake
 from tests.upload_server import UploadServer, make_test_tls
 
 ROOT = Path(__file__).resolve().parent.parent

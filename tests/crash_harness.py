@@ -28,8 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from device import consent  # noqa: E402
-from device.store import ClipStore  # noqa: E402
+from device.control import consent  # noqa: E402
+from device.storage.clips import ClipStore  # noqa: E402
 from tests.upload_server import UploadServer  # noqa: E402
 
 ENTRY_POINT = Path(sys.executable).parent / "edge-recorder"

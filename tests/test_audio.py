@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from device.audio import CaptureQueue, Framer
+from device.audio.sources import CaptureQueue, Framer
 
 
 def test_framer_resamples_48k_to_exact_80ms_frames() -> None:

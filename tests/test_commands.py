@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from device.commands import (
+from device.control.commands import (
     MAX_PAYLOAD_BYTES,
     CommandError,
     Controller,
@@ -25,8 +25,8 @@ from device.commands import (
     parse,
     sign,
 )
-from device.mute import MuteState
-from device.store import ClipStore
+from device.control.mute import MuteState
+from device.storage.clips import ClipStore
 
 NOW = datetime.now(UTC)
 SECRET = b"shared secret for tests"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from device.config import Settings, load_settings, resolve_state_dir
-from device.errors import ConfigError
+from device.core.config import Settings, load_settings, resolve_state_dir
+from device.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from device import consent, wake
-from device.config import Settings
-from device.phrase import PhraseCheck, bundled
-from device.recorder import Wake
-from device.store import ClipStore
+from device.control import consent
+from device.core.config import Settings
+from device.storage.clips import ClipStore
+from device.wake import detector as wake
+from device.wake.phrase import PhraseCheck, bundled
+from device.wake.trigger import Wake
 from tests.conftest import (
     REAL_LOAD_OPENWAKEWORD,
     ROOT,
@@ -128,15 +129,15 @@ def test_reject_over_mqtt(broker: Broker, owner: Owner, state_dir: Path) -> None
 
 def test_sensitivity_can_be_lowered_remotely_but_never_raised(broker: Broker, owner: Owner,  # noqa: F811
                                                              state_dir: Path) -> None:
-    from device.commands import Controller
-    from device.mqtt import MqttControl
-    from device.mute import MuteState
-    from device.sensitivity import SensitivityState
+    from device.control.commands import Controller
+    from device.control.mute import MuteState
+    from device.control.sensitivity import SensitivityState
+    from device.integrations.mqtt import MqttControl
 
     store = ClipStore(state_dir)
     state = SensitivityState(Settings().wake, store.setting, store.set_setting)
     (state_dir / "device_id").write_text("a1b2c3d4e5f6")
-    events = __import__("device.events", fromlist=["EventSink"]).EventSink()
+    events = __import__("device.core.events", fromlist=["EventSink"]).EventSink()
     control = MqttControl(settings_for(broker), store, Controller(store, MuteState(), state),
                           lambda: {"sensitivity": state.level()}, events)
     control.start()

@@ -23,14 +23,15 @@ import soundfile
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from device import consent, db, keystore
-from device.commands import Controller, DeleteCommand
-from device.config import ConfigError, Settings, load_settings
-from device.errors import StoreError
-from device.mqtt import MqttControl
-from device.mute import MuteState
-from device.store import ClipStore
-from device.upload import parse_retry_after
+from device.control import consent
+from device.control.commands import Controller, DeleteCommand
+from device.control.mute import MuteState
+from device.core.config import ConfigError, Settings, load_settings
+from device.core.errors import StoreError
+from device.integrations.mqtt import MqttControl
+from device.integrations.upload import parse_retry_after
+from device.storage import db, keystore
+from device.storage.clips import ClipStore
 from tests.conftest import WAKE_SENTENCE, Broker, run_cli, tmpfs, wait_until
 from tests.test_cli import assert_one_line_error
 from tests.test_commands import add_clip, indexed, on_disk, run
@@ -245,7 +246,7 @@ def test_a_reused_request_id_replays_only_the_same_command(state_dir: Path) -> N
 
 def test_request_records_are_bounded_and_pruned(state_dir: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from device import store as store_module
+    from device.storage import clips as store_module
 
     monkeypatch.setattr(store_module, "MAX_REQUESTS", 20)
     store = ClipStore(state_dir)
@@ -262,7 +263,7 @@ def test_request_records_are_bounded_and_pruned(state_dir: Path,
 def test_a_signed_delete_that_failed_before_taking_effect_runs_when_redelivered(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from device.commands import Signing
+    from device.control.commands import Signing
     from tests.test_commands import SECRET, signed
 
     store = ClipStore(state_dir)
@@ -318,7 +319,7 @@ def test_an_empty_or_short_signing_secret_is_a_configuration_error(
     store = ClipStore(state_dir)
     with pytest.raises(ConfigError, match="at least 16"):
         MqttControl(settings, store, Controller(store, MuteState()), dict, __import__(
-            "device.events", fromlist=["EventSink"]).EventSink())
+            "device.core.events", fromlist=["EventSink"]).EventSink())
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -10,8 +10,8 @@ import numpy as np
 import soundfile
 from gpiozero.pins.mock import MockFactory
 
-from device.config import Settings, WakeSettings
-from device.gate import GatedDetector
+from device.core.config import Settings, WakeSettings
+from device.wake.gate import GatedDetector
 from tests.conftest import WAKE_SENTENCE, read_wav
 from tests.test_pipeline import of_type, simulate
 

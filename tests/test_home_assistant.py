@@ -20,14 +20,14 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from device.app import run_pipeline
-from device.commands import Controller, parse
-from device.config import Settings
-from device.errors import CommandError
-from device.events import EventSink
-from device.frames import Frame
-from device.mute import MuteState
-from device.save_mode import SaveState
-from device.store import ClipStore
+from device.control.commands import Controller, parse
+from device.control.mute import MuteState
+from device.control.save_mode import SaveState
+from device.core.config import Settings
+from device.core.errors import CommandError
+from device.core.events import EventSink
+from device.core.frames import Frame
+from device.storage.clips import ClipStore
 from tests.conftest import Broker, wait_until
 from tests.test_commands import add_clip, indexed
 from tests.test_mqtt import (

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from device.errors import DownloadError
-from device.models import Archive, ModelStore
+from device.core.errors import DownloadError
+from device.storage.models import Archive, ModelStore
 from tests.conftest import run_cli
 
 

@@ -17,13 +17,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device import events
-from device.commands import Controller, sign
-from device.config import MqttSettings, Settings
-from device.events import EventSink
-from device.mqtt import MqttControl
-from device.mute import MuteState
-from device.store import ClipStore
+from device.control.commands import Controller, sign
+from device.control.mute import MuteState
+from device.core import events
+from device.core.config import MqttSettings, Settings
+from device.core.events import EventSink
+from device.integrations.mqtt import MqttControl
+from device.storage.clips import ClipStore
 from tests.conftest import MQTT_PASSWORD, MQTT_USER, Broker, wait_until
 from tests.test_commands import add_clip, indexed, on_disk
 

@@ -21,11 +21,11 @@ import pytest
 import soundfile
 from gpiozero.pins.mock import MockFactory
 
-from device.config import Settings
-from device.frames import Frame
-from device.recorder import DOUBT_FRAMES, Wake, WakeGate
-from device.store import ClipStore
-from device.verifier import FEATURES, WEIGHTS, OwnerVerifier, VerifierFiles, retrain_in_child
+from device.core.config import Settings
+from device.core.frames import Frame
+from device.storage.clips import ClipStore
+from device.wake.trigger import DOUBT_FRAMES, Wake, WakeGate
+from device.wake.verifier import FEATURES, WEIGHTS, OwnerVerifier, VerifierFiles, retrain_in_child
 from tests.conftest import WAKE_SENTENCE, read_wav, run_cli
 from tests.test_capture import file_mic
 from tests.test_pipeline import of_type, simulate
@@ -218,9 +218,9 @@ def test_a_wake_doubted_to_the_end_is_turned_away_once() -> None:
 RECORDER = """
 import json, sys
 from gpiozero.pins.mock import MockFactory
-import device.indicator
+import device.recording.indicator
 factory = MockFactory()
-device.indicator.make_pin_factory = lambda name: factory
+device.recording.indicator.make_pin_factory = lambda name: factory
 from device.cli import main
 code = main(sys.argv[1:])
 print(json.dumps([s.state for s in factory.pin(17).states]))

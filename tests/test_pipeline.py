@@ -13,12 +13,12 @@ import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from device.app import run_pipeline
-from device.audio import WavSource
-from device.config import Settings
-from device.events import EventSink
-from device.frames import Frame
-from device.pipeline import Counters
-from device.store import ClipStore
+from device.audio.sources import WavSource
+from device.core.config import Settings
+from device.core.events import EventSink
+from device.core.frames import Frame
+from device.recording.pipeline import Counters
+from device.storage.clips import ClipStore
 from tests.conftest import PLAIN_SENTENCE, WAKE_SENTENCE, read_wav
 
 Event = dict[str, Any]  # events as their JSON objects

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from device.config import RecorderSettings, WakeSettings
-from device.frames import Frame
-from device.recorder import (
+from device.core.config import RecorderSettings, WakeSettings
+from device.core.frames import Frame
+from device.recording.recorder import (
     TRANSITIONS,
     Discarded,
     Finished,

@@ -18,14 +18,14 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from device.app import run_pipeline
-from device.commands import Controller, MuteCommand
-from device.config import Settings
-from device.errors import AudioError
-from device.events import Event, EventSink
-from device.frames import Frame
-from device.mute import MuteState
-from device.service import Notifier, Watchdog
-from device.store import ClipStore
+from device.control.commands import Controller, MuteCommand
+from device.control.mute import MuteState
+from device.core.config import Settings
+from device.core.errors import AudioError
+from device.core.events import Event, EventSink
+from device.core.frames import Frame
+from device.integrations.service import Notifier, Watchdog
+from device.storage.clips import ClipStore
 from tests.conftest import ENTRY_POINT, PLAIN_SENTENCE, wait_until
 from tests.test_capture import file_mic
 

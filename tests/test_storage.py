@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from device import crypto
-from device.config import RetentionSettings
-from device.events import EventSink
-from device.retention import sweep
-from device.store import ClipStore
+from device.core.config import RetentionSettings
+from device.core.events import EventSink
+from device.storage import crypto
+from device.storage.clips import ClipStore
+from device.storage.retention import sweep
 from tests.conftest import WAKE_SENTENCE, concat_wavs, run_cli, spawn_cli, tmpfs
 from tests.test_commands import add_clip, indexed, on_disk
 
@@ -134,7 +134,7 @@ def test_retention_by_age_and_by_bytes_oldest_first(state_dir: Path) -> None:
 def test_retention_bytes_limit_drops_the_oldest(state_dir: Path) -> None:
     store = ClipStore(state_dir)
     ids = [add_clip(store, timedelta(hours=h)) for h in (5, 4, 3, 2, 1)]
-    from device.retention import expired
+    from device.storage.retention import expired
     sizes = {cid: s for cid, _, s in store.bytes_used()}
     limit = sum(sizes.values()) - 2 * max(sizes.values()) + 1
     got = expired(store, RetentionSettings.model_construct(max_age="7d", max_bytes=limit),

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from device import consent
-from device.commands import Controller, DeleteCommand
-from device.config import UploadSettings
-from device.events import EventSink
-from device.mute import MuteState
-from device.store import ClipStore
-from device.upload import Uploader
+from device.control import consent
+from device.control.commands import Controller, DeleteCommand
+from device.control.mute import MuteState
+from device.core.config import UploadSettings
+from device.core.events import EventSink
+from device.integrations.upload import Uploader
+from device.storage.clips import ClipStore
 from tests.conftest import wait_until
 from tests.upload_server import UploadServer
 

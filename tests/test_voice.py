@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from device.asr import VoskTranscriber
-from device.commands import Controller, error_event, parse
-from device.config import Settings, VoiceSettings, load_settings
-from device.errors import CommandError, ConfigError, StoreError
-from device.mute import MuteState
-from device.save_mode import SaveState
-from device.store import ClipStore
-from device.voice import MIN_CONF, CommandSpotter, PhraseTable, VoskCommandStream
+from device.control.commands import Controller, error_event, parse
+from device.control.mute import MuteState
+from device.control.save_mode import SaveState
+from device.core.config import Settings, VoiceSettings, load_settings
+from device.core.errors import CommandError, ConfigError, StoreError
+from device.speech.asr import VoskTranscriber
+from device.speech.voice import MIN_CONF, CommandSpotter, PhraseTable, VoskCommandStream
+from device.storage.clips import ClipStore
 from tests.conftest import ROOT, concat_wavs, read_wav, run_cli, snapshot
 from tests.test_asr import korean_model_dir
 from tests.test_commands import add_clip

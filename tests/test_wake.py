@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from device import OPENWAKEWORD_REQUIREMENT, wake
+from device import OPENWAKEWORD_REQUIREMENT
+from device.wake import detector as wake
 from tests.conftest import REAL_LOAD_OPENWAKEWORD, run_cli, spawn_cli
 from tests.test_cli import assert_one_line_error
 

@@ -1,0 +1,393 @@
+"""Settings: one frozen model per subsystem, validated on load from TOML.
+
+Every field's default here is the default a newcomer meets; `config/default.toml` documents the same
+values (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal, get_args
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from device.core.errors import ConfigError
+
+APP_NAME = "edge-recorder"
+SYSTEMD_STATE_DIR = Path("/var/lib/edge-recorder")
+MAX_PREROLL_S = 2.0
+MAX_ECHO = 60
+"""Longest piece of a bad value repeated in an error message."""
+
+Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
+DURATION_PATTERN = r"^[1-9][0-9]{0,5}[smhd]$"
+"""A duration as users write it: a number and s, m, h or d (e.g. 15m, 7d)."""
+DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_s(text: str) -> float:
+    """Seconds in a duration matching DURATION_PATTERN."""
+    return float(text[:-1]) * DURATION_UNITS_S[text[-1]]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_order(low: float, high: float, low_name: str, high_name: str) -> None:
+    if low > high:
+        raise ValueError(f"{low_name} ({low}) must not be greater than {high_name} ({high})")
+
+
+class AudioSettings(_Section):
+    device: str | int | None = None
+    """sounddevice input device: name (substring) or index; None = the system default."""
+    sample_rate_hz: int | None = Field(default=None, gt=0)
+    """Capture rate; None = the device's default. Audio is resampled to 16 kHz."""
+    queue_s: float = Field(default=2.0, gt=0.0, le=120.0)
+    """Audio buffered between the capture callback and the listener before frames are dropped."""
+    retry_initial_s: float = Field(default=1.0, gt=0.0)
+    retry_max_s: float = Field(default=30.0, gt=0.0)
+    """Backoff while a microphone that was working is gone (unplugged), until it is back."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AudioSettings:
+        _check_order(self.retry_initial_s, self.retry_max_s, "retry_initial_s", "retry_max_s")
+        return self
+
+
+SENSITIVITY_LEVELS = ("sensitive", "balanced", "strict")
+"""From the most to the least sensitive."""
+PRESETS: dict[str, dict[str, tuple[float, int]]] = {
+    "sensitive": {"*": (0.5, 1)},
+    "balanced": {"hey_jarvis": (0.8, 1), "alexa": (0.7, 1), "*": (0.7, 1)},
+    "strict": {"hey_jarvis": (0.95, 1), "alexa": (0.8, 2), "*": (0.9, 2)},
+}
+"""(threshold, patience_frames) per level and bundled model, chosen with scripts/eval-wake (the
+measured recall and false wakes per hour are in README and BENCHMARKS.md); "*" for other models."""
+OWNER_THRESHOLDS: dict[str, float] = {"sensitive": 0.2, "balanced": 0.3, "strict": 0.5}
+"""With an owner verifier trained against impostors (`enroll`, for models that bundle them): the
+wake model's score from which a wake is put to the verifier, per level (the preset's own threshold
+where that is lower). openWakeWord asks its custom verifier from 0.1 on; the owner's quieter or
+unusual takes score 0.3-0.8, and the verifier, not the threshold, turns other voices away
+(BENCHMARKS.md: owner rows)."""
+Sensitivity = Literal["sensitive", "balanced", "strict", "custom"]
+
+
+class WakeSettings(_Section):
+    models: list[str] = Field(default_factory=lambda: ["hey_jarvis"], min_length=1)
+    """Installed model names (hey_jarvis, alexa, hey_mycroft, hey_rhasspy, ok_nabu) or .tflite paths."""
+    sensitivity: Sensitivity = "balanced"
+    """A preset (threshold and patience per model), or "custom" to use threshold,
+    patience_frames and thresholds below."""
+    threshold: Probability = 0.5
+    """With sensitivity = "custom": the score a frame must exceed to count towards a wake."""
+    thresholds: dict[str, Probability] = Field(default_factory=dict)
+    """Per-model thresholds, keyed by model name (override the preset or `threshold`)."""
+    patience_frames: int = Field(default=1, ge=1, le=25)
+    """With sensitivity = "custom": consecutive 80 ms frames over threshold needed for a wake."""
+    refractory_s: float = Field(default=2.0, ge=0.0, le=60.0)
+    """After a wake, the same utterance cannot wake again: the gate re-arms once the scores have
+    been under the threshold for 240 ms, or after this many seconds at the latest."""
+    startup_quiet_s: float = Field(default=1.0, ge=0.0, le=10.0)
+    """No wake in the first seconds of a stream (openWakeWord's buffer starts from random noise)."""
+    verifier_threshold: Probability = 0.5
+    """With an owner verifier (`edge-recorder enroll`): a wake it gives a lower probability of
+    being the owner saying the wake word is discarded (`not_owner`) before the light comes on."""
+    phrase_check: Literal["strict", "always", "never"] = "strict"
+    """When models with a bundled phrase check (hey_jarvis) make sure the whole wake phrase was
+    said, not the bare name: at the strict level only, always, or never. A wake it doubts is
+    discarded (`not_phrase`) before the light comes on."""
+    gate: bool = True
+    """In a quiet room, run the wake-word models only when a frame stands out from the noise floor
+    (the skipped audio is replayed first, so no wake is lost at the onset of speech)."""
+    gate_margin_db: float = Field(default=10.0, ge=3.0, le=40.0)
+    """How far above the room's noise floor a frame must be to open the gate."""
+    gate_hangover_s: float = Field(default=2.0, ge=0.5, le=30.0)
+    """How long the gate stays open after the last frame above it."""
+    gate_preroll_s: float = Field(default=3.0, ge=2.5, le=5.0)
+    """Audio kept in RAM while the gate is shut and replayed through the models when it opens.
+    openWakeWord scores from 16 embeddings of 76 melspectrogram frames each: about 2.1 s of audio,
+    so a shorter replay would leave what came before the gate shut in its context."""
+
+    def preset(self, name: str, level: str | None = None,
+               owner: bool = False) -> tuple[float, int]:
+        """(threshold, patience) for a model at `level` (default: the configured one); with
+        `owner`, as it is when an owner verifier trained against impostors takes the second look
+        (OWNER_THRESHOLDS). A threshold set for the model in `thresholds` is kept as it is."""
+        level = level or self.sensitivity
+        base = ((self.threshold, self.patience_frames) if level == "custom"
+                else PRESETS[level].get(name, PRESETS[level]["*"]))
+        if owner and level in OWNER_THRESHOLDS:
+            base = (min(base[0], OWNER_THRESHOLDS[level]), base[1])
+        return self.thresholds.get(name, base[0]), base[1]
+
+    def threshold_for(self, name: str, level: str | None = None) -> float:
+        return self.preset(name, level)[0]
+
+
+class RecorderSettings(_Section):
+    trailing_silence_s: float = Field(default=0.8, gt=0.0, le=10.0)
+    """Silence after speech that ends the utterance."""
+    max_length_s: float = Field(default=10.0, gt=0.0, le=120.0)
+    """Longest clip kept; recording stops here even if speech goes on."""
+    speech_timeout_s: float = Field(default=3.0, gt=0.0, le=30.0)
+    """A wake followed by no speech for this long is discarded (a false wake)."""
+    min_speech_s: float = Field(default=0.24, ge=0.0, le=10.0)
+    """Less voiced audio than this in a recording counts as no speech: discarded."""
+    vad_aggressiveness: int = Field(default=2, ge=0, le=3)
+    """webrtcvad mode: 0 keeps the most audio as speech, 3 the least."""
+    keep_wake_word_audio: bool = False
+    """Keep up to `preroll_s` of audio from before the light went on. Relaxes invariant I1."""
+    preroll_s: float = Field(default=0.0, ge=0.0, le=MAX_PREROLL_S)
+    """Pre-roll kept when keep_wake_word_audio is on (at most 2 s)."""
+    save: Literal["audio", "transcript", "nothing"] = "audio"
+    """What a finished utterance leaves on disk: the clip, its transcript only, or nothing (events
+    only). The most that is ever saved: at run time it can only be lowered, or returned here."""
+
+    @model_validator(mode="after")
+    def _preroll_needs_opt_in(self) -> RecorderSettings:
+        if self.preroll_s > 0 and not self.keep_wake_word_audio:
+            raise ValueError("preroll_s > 0 needs keep_wake_word_audio = true (it relaxes I1)")
+        return self
+
+
+class AsrSettings(_Section):
+    enabled: bool = True
+    """Transcribe clips on the device with Vosk."""
+    model: str | None = None
+    """Path to a Vosk model directory; None = the one registered by `models fetch`."""
+
+
+class IndicatorSettings(_Section):
+    pin: str | int = "GPIO17"
+    """gpiozero pin of the recording LED (e.g. "GPIO17", "BOARD11", 17)."""
+    active_high: bool = True
+    """False when the LED is wired between the pin and 3.3 V."""
+    pin_factory: str | None = None
+    """None = gpiozero's default (lgpio on a Pi); "mock" = simulated pins (no Pi)."""
+
+
+class MuteSettings(_Section):
+    button_pin: str | int | None = None
+    """A push button (to ground) that toggles the hardware mute; None = no button."""
+    led_pin: str | int | None = None
+    """A second LED, lit while muted; None = no mute LED. (The recording LED never lights for this:
+    it means one thing only, that audio is being kept.)"""
+
+
+VoiceCommand = Literal["delete_last", "delete_today", "reject", "stop_saving", "start_saving",
+                       "pause_saving"]
+VOICE_COMMANDS: tuple[str, ...] = get_args(VoiceCommand)
+DEFAULT_PHRASES: dict[VoiceCommand, list[str]] = {
+    "delete_last": ["delete what i just said", "delete that recording"],
+    "delete_today": ["delete everything i said today"],
+    "reject": ["that wasn't for you", "that was not for you"],
+    "stop_saving": ["stop saving"],
+    "start_saving": ["start saving"],
+    "pause_saving": ["don't save anything for an hour"],
+}
+Phrase = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\[\]\"]+$")]
+
+
+class VoiceSettings(_Section):
+    enabled: bool = True
+    """Privacy commands by voice after the wake word (needs a Vosk model)."""
+    phrases: dict[VoiceCommand, list[Phrase]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_PHRASES.items()})
+    """The words that make each command, per command; a command left out has no phrase."""
+    delete_last_within: str = Field(default="10m", pattern=DURATION_PATTERN)
+    """"Delete what I just said" and "that wasn't for you" reach the newest clip only if it was
+    recorded this recently."""
+    pause_for: str = Field(default="1h", pattern=DURATION_PATTERN)
+    """How long "don't save anything for an hour" saves nothing before saving returns by itself."""
+    confirm_led_pin: str | int | None = None
+    """An LED that blinks twice when a command is done; None = the mute LED, if there is one."""
+    confirm_sound: bool = False
+    """Also play a short tone through the default output when a command is done."""
+
+    @model_validator(mode="after")
+    def _distinct(self) -> VoiceSettings:
+        seen: dict[str, str] = {}
+        for command, phrases in self.phrases.items():
+            for phrase in phrases:
+                key = normalize_phrase(phrase)
+                if not key:
+                    raise ValueError(f"voice.phrases.{command}: {phrase!r} has no words")
+                if seen.setdefault(key, command) != command:
+                    raise ValueError(f"voice.phrases: {phrase!r} is given for both "
+                                     f"{seen[key]} and {command}")
+        return self
+
+
+def normalize_phrase(text: str) -> str:
+    """How phrases and what was heard are compared: lower case, words only, single spaces."""
+    return " ".join(re.sub(r"[^\w' ]+", " ", text.lower()).split())
+
+
+class ModelSettings(_Section):
+    dir: str | None = None
+    """Where models live; None = EDGE_RECORDER_MODELS_DIR, else <state dir>/models."""
+
+
+class MqttTlsSettings(_Section):
+    enabled: bool = False
+    """Connect with TLS (port 8883 unless mqtt.port is set)."""
+    ca_file: str | None = None
+    """CA certificate(s) to trust; None = the system's."""
+    cert_file: str | None = None
+    """Client certificate, when the broker wants one."""
+    key_file: str | None = None
+    verify: bool = True
+    """Check the broker's certificate and host name. Turn off only to debug."""
+
+
+class MqttSigningSettings(_Section):
+    secret_file: str | None = None
+    """File holding the shared HMAC-SHA256 secret; when set, unsigned commands are refused."""
+    max_skew_s: float = Field(default=300.0, gt=0, le=86400)
+    """How far a command's `ts` may be from the device's clock."""
+
+
+class MqttSettings(_Section):
+    host: str | None = None
+    """Broker host name; None = no MQTT (the speaker works fully offline)."""
+    port: int | None = Field(default=None, gt=0, lt=65536)
+    """Broker port; None = 1883, or 8883 with TLS."""
+    prefix: str = Field(default="edge-recorder", pattern=r"^[^#+/][^#+]*$")
+    """Topic prefix; topics are <prefix>/<device id>/..."""
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    """Read the password from this file instead (keep it 0600)."""
+    keepalive_s: int = Field(default=60, ge=5, le=3600)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    publish_transcripts: bool = False
+    """Include transcripts in evt/clip. Off: only metadata leaves the device."""
+    discovery: bool = True
+    """Announce the speaker to Home Assistant (MQTT device discovery)."""
+    discovery_prefix: str = Field(default="homeassistant", pattern=r"^[^#+/][^#+]*$")
+    """Home Assistant's discovery prefix (and its birth topic `<prefix>/status`)."""
+    tls: MqttTlsSettings = MqttTlsSettings()
+    signing: MqttSigningSettings = MqttSigningSettings()
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MqttSettings:
+        _check_order(self.reconnect_min_s, self.reconnect_max_s, "reconnect_min_s", "reconnect_max_s")
+        return self
+
+
+class UploadSettings(_Section):
+    url: str | None = Field(default=None, pattern=r"^https://[^\s/]+(/\S*)?$")
+    """The owner's HTTPS endpoint. Unset: nothing is ever uploaded, consent or not."""
+    token: str | None = None
+    token_file: str | None = None
+    """Bearer token, or a file holding it (keep it 0600)."""
+    ca_file: str | None = None
+    """CA certificate(s) to trust for url; None = the system's."""
+    verify: bool = True
+    hold_s: float = Field(default=600.0, ge=0.0, le=7 * 86400)
+    """A clip is uploaded no sooner than this after it was recorded: a delete or a "that wasn't
+    for you" within it means it never leaves the device."""
+    keep_local: bool = True
+    """Keep the local copy after a confirmed upload."""
+    redact: bool = True
+    """Replace digit runs of 4+ and e-mail addresses in transcripts before upload."""
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    backoff_initial_s: float = Field(default=2.0, gt=0)
+    backoff_max_s: float = Field(default=600.0, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_bytes_per_s: int = Field(default=0, ge=0)
+    """Upload bandwidth limit; 0 = unlimited."""
+    concurrency: int = Field(default=1, ge=1, le=8)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UploadSettings:
+        _check_order(self.backoff_initial_s, self.backoff_max_s, "backoff_initial_s", "backoff_max_s")
+        return self
+
+
+class RetentionSettings(_Section):
+    max_age: str = Field(default="7d", pattern=DURATION_PATTERN)
+    """Clips older than this are deleted (s, m, h, d), including clips still awaiting upload."""
+    max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    """Beyond this many bytes of clips, the oldest are deleted."""
+    sweep_interval_s: float = Field(default=600.0, gt=0)
+    """How often the sweeper runs (it also runs at start)."""
+    min_free_bytes: int = Field(default=16 << 20, ge=0)
+    """Recording is refused while the state directory's file system has less free space."""
+
+    def max_age_s(self) -> float:
+        return duration_s(self.max_age)
+
+
+class Settings(_Section):
+    audio: AudioSettings = AudioSettings()
+    wake: WakeSettings = WakeSettings()
+    recorder: RecorderSettings = RecorderSettings()
+    asr: AsrSettings = AsrSettings()
+    indicator: IndicatorSettings = IndicatorSettings()
+    mute: MuteSettings = MuteSettings()
+    models: ModelSettings = ModelSettings()
+    mqtt: MqttSettings = MqttSettings()
+    upload: UploadSettings = UploadSettings()
+    retention: RetentionSettings = RetentionSettings()
+    voice: VoiceSettings = VoiceSettings()
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and validate a TOML config; None means the built-in defaults."""
+    if path is None:
+        return Settings()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file '{path}': {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file '{path}' is not valid TOML: {exc}") from exc
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"config file '{path}': {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first problem as `key.path: message (got value)`, e.g. for one-line errors."""
+    err = exc.errors()[0]
+    key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    message = err["msg"]
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+    if "input" in err and err["type"] not in ("missing", "extra_forbidden"):
+        got = repr(err["input"])
+        message += f" (got {got if len(got) <= MAX_ECHO else got[:MAX_ECHO] + '...'})"
+    more = len(exc.errors()) - 1
+    return f"{key}: {message}" + (f" (and {more} more problem(s))" if more else "")
+
+
+def resolve_state_dir(cli_value: str | None) -> Path:
+    """--state-dir, else EDGE_RECORDER_STATE_DIR, else systemd's StateDirectory, else XDG data."""
+    if cli_value:
+        return Path(cli_value).expanduser()
+    if env := os.environ.get("EDGE_RECORDER_STATE_DIR"):
+        return Path(env).expanduser()
+    if systemd_dirs := os.environ.get("STATE_DIRECTORY"):
+        return Path(systemd_dirs.split(":")[0])
+    if os.environ.get("INVOCATION_ID"):
+        return SYSTEMD_STATE_DIR
+    return Path(platformdirs.user_data_dir(APP_NAME))
+
+
+def resolve_models_dir(settings: Settings, state_dir: Path) -> Path:
+    if settings.models.dir:
+        return Path(settings.models.dir).expanduser()
+    if env := os.environ.get("EDGE_RECORDER_MODELS_DIR"):
+        return Path(env).expanduser()
+    return state_dir / "models"

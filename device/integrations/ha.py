@@ -1,0 +1,105 @@
+"""Home Assistant MQTT device discovery: one payload that makes the speaker appear as one device.
+
+Pure data: the payload is built from settings and topics and published by device/integrations/mqtt.py on
+connect and whenever Home Assistant announces itself (`<prefix>/status` = `online`). The device
+block carries the random device id only: no serial number, no MAC, no host name (P2).
+
+Every entity reads the retained `status` topic (republished after every change) or an event topic,
+and every command entity sends a command that can only reduce what is kept or sent (P5), with a
+request id made by Home Assistant's template at each press (`ha-<timestamp>`), so a second press is a
+new command, never a replay of the first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from device import __version__
+from device.control.save_mode import SAVE_MODES
+from device.core.config import SENSITIVITY_LEVELS, VOICE_COMMANDS, MqttSettings
+
+PRESS_ID = "ha-{{ now().timestamp() }}"
+"""A request id per press: Home Assistant renders it when the button is pressed."""
+ONLINE = "{{ 'online' if value_json.online else 'offline' }}"
+
+
+def discovery_topic(settings: MqttSettings, device_id: str) -> str:
+    return f"{settings.discovery_prefix}/device/{device_id}/config"
+
+
+def discovery_payload(settings: MqttSettings, device_id: str, base: str,
+                      wake_words: list[str]) -> dict[str, Any]:
+    """The device-based discovery payload (`dev`, `o`, `cmps`) for the speaker at topic `base`."""
+    status, uid = f"{base}status", f"edge_recorder_{device_id}"
+
+    def sensor(name: str, template: str, **extra: Any) -> dict[str, Any]:
+        return {"p": "sensor", "name": name, "stat_t": status, "val_tpl": template, **extra}
+
+    def button(name: str, command: str, body: str, **extra: Any) -> dict[str, Any]:
+        return {"p": "button", "name": name, "cmd_t": f"{base}cmd/{command}",
+                "cmd_tpl": '{"request_id": "' + PRESS_ID + '", ' + body + "}", **extra}
+
+    cmps: dict[str, dict[str, Any]] = {
+        "recording": {"p": "binary_sensor", "name": "Recording", "stat_t": status,
+                      "val_tpl": "{{ 'ON' if value_json.recording else 'OFF' }}",
+                      "ic": "mdi:record-rec"},
+        "muted": {"p": "switch", "name": "Muted", "stat_t": status, "cmd_t": f"{base}cmd/mute",
+                  "val_tpl": "{{ 'ON' if value_json.muted.software else 'OFF' }}",
+                  "cmd_tpl": '{"request_id": "' + PRESS_ID + '", "muted": '
+                             "{{ 'true' if value == 'ON' else 'false' }}}",
+                  "ic": "mdi:microphone-off"},
+        "hardware_mute": {"p": "binary_sensor", "name": "Hardware mute", "stat_t": status,
+                          "val_tpl": "{{ 'ON' if value_json.muted.hardware else 'OFF' }}",
+                          "ic": "mdi:microphone-off"},
+        "clips": sensor("Clips stored", "{{ value_json.clips }}", stat_cla="measurement",
+                        ic="mdi:file-music"),
+        "storage": sensor("Storage used", "{{ value_json.bytes_used }}", unit_of_meas="B",
+                          dev_cla="data_size", stat_cla="measurement"),
+        "waiting": sensor("Waiting to upload", "{{ value_json.waiting_uploads }}",
+                          stat_cla="measurement", ic="mdi:cloud-upload"),
+        "wakes_today": sensor("Wakes today", "{{ value_json.today.wakes | default(0) }}",
+                              stat_cla="total", ic="mdi:account-voice"),
+        "false_wakes_today": sensor("False wakes today",
+                                    "{{ value_json.today.false_wakes | default(0) }}",
+                                    stat_cla="total", ic="mdi:account-voice-off"),
+        "consent": sensor("Upload consent", "{{ value_json.consent.state }}", ic="mdi:handshake"),
+        "revoke_consent": button("Revoke consent", "consent", '"action": "revoke"',
+                                 ic="mdi:cancel"),
+        "delete_last": button("Delete last clip", "delete", '"newest": 1', ic="mdi:delete"),
+        "delete_hour": button("Delete the last hour", "delete", '"last": "1h"',
+                              ic="mdi:delete-clock"),
+        "delete_today": button("Delete today's clips", "delete", '"today": true',
+                               ic="mdi:delete-sweep"),
+        "delete_all": button("Delete all clips", "delete", '"all": true', ic="mdi:delete-forever"),
+        "wake": {"p": "event", "name": "Wake", "stat_t": f"{base}evt/wake", "evt_typ": wake_words,
+                 "val_tpl": '{"event_type": "{{ value_json.wake_word }}", '
+                            '"score": {{ value_json.score }}}'},
+        "sensitivity": {"p": "select", "name": "Sensitivity", "stat_t": status,
+                        "val_tpl": "{{ value_json.sensitivity }}", "options": list(SENSITIVITY_LEVELS),
+                        "cmd_t": f"{base}cmd/sensitivity",
+                        "cmd_tpl": '{"request_id": "' + PRESS_ID + '", "level": "{{ value }}"}',
+                        "ent_cat": "config", "ic": "mdi:tune"},
+        "save": {"p": "select", "name": "Save", "stat_t": status,
+                 "val_tpl": "{{ value_json.save.mode }}", "options": list(SAVE_MODES),
+                 "cmd_t": f"{base}cmd/save",
+                 "cmd_tpl": '{"request_id": "' + PRESS_ID + '", "mode": "{{ value }}"}',
+                 "ent_cat": "config", "ic": "mdi:content-save-off"},
+        "pause_saving": button("Save nothing for an hour", "save", '"mode": "nothing", "for": "1h"',
+                               ic="mdi:timer-off"),
+        "voice": {"p": "event", "name": "Voice command", "stat_t": f"{base}evt/voice",
+                  "evt_typ": list(VOICE_COMMANDS),
+                  "val_tpl": '{"event_type": "{{ value_json.command }}"}'},
+    }
+    if settings.publish_transcripts:
+        cmps["transcript"] = {"p": "sensor", "name": "Last transcript", "stat_t": f"{base}evt/clip",
+                              "val_tpl": "{{ value_json.transcript }}", "ic": "mdi:text"}
+    for key, component in cmps.items():
+        component["unique_id"] = f"{uid}_{key}"
+    return {
+        "dev": {"ids": [uid], "name": f"edge-recorder {device_id}", "mf": "edge-recorder",
+                "mdl": "privacy-first voice front end", "sw": __version__},
+        "o": {"name": "edge-recorder", "sw": __version__},
+        "avty_t": status, "avty_tpl": ONLINE,
+        "qos": 1,
+        "cmps": cmps,
+    }

@@ -1,0 +1,363 @@
+"""All paho-mqtt use: the control plane's one adapter.
+
+Persistent session (clean_session=False, a client id made from the random device id) and QoS 1, so a
+command sent while the speaker is offline is delivered when it reconnects. Messages are acknowledged
+by hand, only after the command is executed and durable: a crash before the ack makes the broker
+deliver it again, and request-id idempotency keeps it from running twice. paho's callbacks run on its
+network thread and only hand messages over; one worker executes them in order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import secrets
+import socket
+import sqlite3
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from device import __version__
+from device.control.commands import CommandError, Controller, Signing, error_event, parse, request_id_in
+from device.core import events
+from device.core.config import MqttSettings
+from device.core.errors import ConfigError, StoreError
+from device.core.events import Event, EventSink
+from device.core.files import atomic_write, read_secret
+from device.integrations import ha
+from device.storage.clips import ClipStore
+
+log = logging.getLogger(__name__)
+
+QOS = 1
+RETRY_INITIAL_S, RETRY_MAX_S = 0.2, 10.0
+"""Backoff while a command cannot complete yet (it stays unacknowledged meanwhile)."""
+RATE_PER_S, BURST = 20.0, 100
+"""Commands beyond this rate are refused with `rate_limited` (a flood never stalls the speaker)."""
+
+
+class TransientError(Exception):
+    """A command could not take effect now (e.g. the store is locked or the disk is full)."""
+
+
+class TokenBucket:
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self._rate, self._burst = rate_per_s, float(burst)
+        self._tokens, self._at = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+DEVICE_ID_FILE = "device_id"
+FORWARDED = (events.Upload, events.Deleted, events.Wake, events.Indicator, events.Discarded,
+             events.Audio, events.Sensitivity, events.Save, events.Voice, events.Heard)
+"""Events published as they are (evt/<type>); each is followed by a fresh status."""
+STATUS_REFRESH_S = 30.0
+"""The status is also republished this often when it changed (e.g. consent granted by the CLI)."""
+
+
+def device_id(state_dir: Path) -> str:
+    """Random, made on first use and kept; never derived from hardware."""
+    path = state_dir / DEVICE_ID_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = secrets.token_hex(6)
+        atomic_write(path, value.encode())
+        return value
+
+
+def set_nodelay(client: mqtt.Client) -> None:
+    """paho leaves Nagle's algorithm on: small replies would wait ~40 ms for a delayed ACK."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class MqttControl:
+    def __init__(self, settings: MqttSettings, store: ClipStore, controller: Controller,
+                 status: Callable[[], dict[str, Any]], events: EventSink,
+                 wake_words: list[str] | None = None) -> None:
+        assert settings.host, "MqttControl needs mqtt.host"
+        self.settings = settings
+        self.device_id = device_id(store.state_dir)
+        self.base = f"{settings.prefix}/{self.device_id}/"
+        self._store = store
+        self._controller = controller
+        self._status = status
+        self._signing = signing_of(settings)
+        self._inbox: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._bucket = TokenBucket(RATE_PER_S, BURST)
+        self._wake_words = wake_words or []
+        self._birth_topic = f"{settings.discovery_prefix}/status"
+        self._last_status = ""
+        self._light = "idle"
+        """The recording light as the last indicator event showed it (in event order)."""
+        self._connected = False
+        self._reported_down = False
+        self._closing = False
+        self._worker = threading.Thread(target=self._work, name="mqtt-commands", daemon=True)
+        self._client = self._make_client()
+        events.subscribe(self._on_event)
+
+    def _make_client(self) -> mqtt.Client:
+        client = make_client(self.settings, f"edge-recorder-{self.device_id}", persistent=True)
+        client.will_set(self.topic("status"), json.dumps({"online": False}), qos=QOS, retain=True)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def topic(self, suffix: str) -> str:
+        return self.base + suffix
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        s = self.settings
+        port = port_of(s)
+        log.info("mqtt: connecting to %s:%d as %s", s.host, port, self.base)
+        self._worker.start()
+        self._client.connect_async(str(s.host), port, keepalive=s.keepalive_s)
+        self._client.loop_start()
+
+    def close(self) -> None:
+        if not self._worker.is_alive():
+            return
+        self._closing = True
+        self._stopping.set()
+        self._inbox.put(None)
+        self._worker.join()
+        if self._connected:
+            info = self._client.publish(self.topic("status"), self._status_payload(online=False),
+                                        qos=QOS, retain=True)
+            info.wait_for_publish(timeout=5)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- paho callbacks (network thread: hand over, log transitions, nothing else) ---------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                    properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("mqtt: broker refused the connection: %s", reason_code)
+            return
+        self._connected, self._reported_down = True, False
+        set_nodelay(client)
+        log.info("mqtt: connected (session present: %s)", flags.session_present)
+        client.subscribe(self.topic("cmd/#"), qos=QOS)
+        if self.settings.discovery:
+            client.subscribe(self._birth_topic, qos=QOS)
+            self.publish_discovery()
+        self.publish_status()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if not self._reported_down:  # once per transition, not once per retry
+            log.warning("mqtt: cannot reach %s; retrying with backoff", self.settings.host)
+            self._reported_down = True
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any) -> None:
+        if self._closing:
+            log.info("mqtt: disconnected")
+        elif self._connected:
+            log.warning("mqtt: disconnected (%s); reconnecting with backoff", reason_code)
+        self._connected = False
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self._birth_topic:  # Home Assistant (re)started: announce again
+            client.ack(message.mid, message.qos)
+            if message.payload == b"online":
+                self.publish_discovery()
+                self.publish_status()
+            return
+        self._inbox.put(message)
+
+    # -- the worker -------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            try:
+                message = self._inbox.get(timeout=STATUS_REFRESH_S)
+            except queue.Empty:
+                self.publish_status(only_if_changed=True)
+                continue
+            if message is None:
+                return
+            reply = self._until_done(message)
+            if reply is None:
+                return  # closing: the message stays unacknowledged; the broker delivers it again
+            self.publish_event(reply)
+            self._client.ack(message.mid, message.qos)  # only now: the command is durable
+            self.publish_status()
+
+    def _until_done(self, message: mqtt.MQTTMessage) -> Event | None:
+        """Run a command; while the store cannot complete it (a lock held by another process, a
+        full disk), retry in-process with backoff and do not acknowledge. None if closing."""
+        delay_s, reported = RETRY_INITIAL_S, False
+        while True:
+            try:
+                return self.handle(message.topic, bytes(message.payload))
+            except TransientError as exc:
+                if not reported:
+                    log.error("mqtt: %s; retrying before acknowledging", exc)
+                    reported = True
+                if self._stopping.wait(delay_s):
+                    return None
+                delay_s = min(RETRY_MAX_S, delay_s * 2)
+
+    def handle(self, topic: str, payload: bytes) -> Event:
+        """One command to its reply event. Raises TransientError when it could not take effect
+        now but may later (then it must not be acknowledged)."""
+        kind = topic.removeprefix(self.topic("cmd/"))
+        if not self._bucket.take():
+            return events.Error(t=None, code="rate_limited", request_id=request_id_in(payload),
+                                message=f"more than {RATE_PER_S:.0f} commands a second; try again")
+        try:
+            return self._controller.execute(parse(kind, payload, self._signing, self._store))
+        except CommandError as exc:
+            log.warning("mqtt: refused %s command: %s", kind, exc)
+            return error_event(exc)
+        except (StoreError, sqlite3.OperationalError) as exc:
+            raise TransientError(f"{kind} command could not complete: {exc}") from exc
+        except Exception as exc:  # the control plane must outlive any one command
+            log.exception("mqtt: %s command failed", kind)
+            return events.Error(t=None, code="internal", request_id=request_id_in(payload),
+                                message=str(exc))
+
+    # -- publishing -------------------------------------------------------------------------------
+    def publish_event(self, ev: Event) -> None:
+        self._client.publish(self.topic(f"evt/{ev.type}"), ev.to_json(), qos=QOS)
+
+    def _on_event(self, ev: Event) -> None:
+        """On the event sink's thread: publishing only queues in paho."""
+        if isinstance(ev, events.Clip):
+            self.publish_event(ev if self.settings.publish_transcripts else replace(ev, transcript=None))
+            self.publish_status()
+        elif isinstance(ev, FORWARDED):
+            if isinstance(ev, events.Indicator):
+                self._light = ev.state
+            self.publish_event(ev)
+            self.publish_status()  # clip count, light, waiting uploads: sweeps change them too
+
+    def publish_status(self, only_if_changed: bool = False) -> None:
+        payload = self._status_payload(online=True)
+        if only_if_changed and payload == self._last_status:
+            return
+        self._last_status = payload
+        self._client.publish(self.topic("status"), payload, qos=QOS, retain=True)
+
+    def publish_discovery(self) -> None:
+        if self.settings.discovery:
+            payload = ha.discovery_payload(self.settings, self.device_id, self.base, self._wake_words)
+            self._client.publish(ha.discovery_topic(self.settings, self.device_id),
+                                 json.dumps(payload), qos=QOS, retain=True)
+
+    def _status_payload(self, online: bool) -> str:
+        return json.dumps({"online": online, "version": __version__, **self._status(),
+                           "recording": self._light == "recording"})
+
+
+MIN_SECRET_BYTES = 16
+
+
+def signing_of(settings: MqttSettings) -> Signing | None:
+    """The signing secret, when configured. An empty or short one is a configuration error: it
+    must never quietly turn signing off."""
+    path = settings.signing.secret_file
+    if path is None:
+        return None
+    secret = (read_secret(path, "mqtt.signing.secret") or "").encode()
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(f"mqtt.signing.secret_file '{path}' holds {len(secret)} bytes; a signing "
+                          f"secret needs at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)")
+    return Signing(secret, settings.signing.max_skew_s)
+
+
+def make_client(settings: MqttSettings, client_id: str, persistent: bool) -> mqtt.Client:
+    """A paho client with the owner's login, TLS and reconnect settings (daemon and doctor)."""
+    s = settings
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         clean_session=not persistent, manual_ack=persistent)
+    password = s.password or read_secret(s.password_file, "mqtt.password")
+    if s.username:
+        client.username_pw_set(s.username, password)
+    if s.tls.enabled:
+        try:
+            client.tls_set(ca_certs=s.tls.ca_file, certfile=s.tls.cert_file,
+                           keyfile=s.tls.key_file, cert_reqs=ssl.CERT_REQUIRED)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"mqtt.tls: cannot load certificates: {exc}") from None
+        client.tls_insecure_set(not s.tls.verify)
+    # paho annotates the delays as int but only sleeps and doubles them: seconds as configured.
+    # Rounding made 0.2 into 0, and a delay of 0 doubles to 0: a busy loop of connects while the
+    # broker is down.
+    client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)  # type: ignore[arg-type]
+    return client
+
+
+def port_of(settings: MqttSettings) -> int:
+    return settings.port or (8883 if settings.tls.enabled else 1883)
+
+
+def probe(settings: MqttSettings, timeout_s: float) -> tuple[bool, str]:
+    """For `doctor`: connect and log in with a throwaway session; publish and subscribe nothing."""
+    result: dict[str, Any] = {}
+    done = threading.Event()
+    client = make_client(settings, client_id="", persistent=False)
+
+    def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
+        result["reason"] = reason
+        done.set()
+
+    client.on_connect = on_connect
+    host, port = str(settings.host), port_of(settings)
+    try:
+        client.connect(host, port, keepalive=10)
+    except (OSError, ssl.SSLError) as exc:
+        return False, f"cannot reach {host}:{port}: {exc}"
+    client.loop_start()
+    done.wait(timeout_s)
+    client.disconnect()
+    client.loop_stop()
+    reason = result.get("reason")
+    if reason is None or reason.is_failure:
+        return False, f"{host}:{port} refused the login: {reason}"
+    return True, f"connected to {host}:{port} and logged in"
+
+
+def forget(settings: MqttSettings, state_dir: Path, timeout_s: float = 10.0) -> str:
+    """Remove the speaker from Home Assistant and clear its retained status (empty retained
+    payloads), e.g. before uninstalling. Returns the topics cleared."""
+    did = device_id(state_dir)
+    topics = [ha.discovery_topic(settings, did), f"{settings.prefix}/{did}/status"]
+    client = make_client(settings, client_id="", persistent=False)
+    done = threading.Event()
+    client.on_connect = lambda *args: done.set()
+    try:
+        client.connect(str(settings.host), port_of(settings), keepalive=10)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot reach {settings.host}:{port_of(settings)}: {exc}") from None
+    client.loop_start()
+    try:
+        if not done.wait(timeout_s):
+            raise ConfigError(f"{settings.host} did not accept the login; check mqtt.username")
+        for topic in topics:
+            client.publish(topic, b"", qos=QOS, retain=True).wait_for_publish(timeout_s)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return ", ".join(topics)

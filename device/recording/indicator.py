@@ -1,0 +1,158 @@
+"""The recording light: a gpiozero LED, confirmed on before any audio is kept (I1, I2)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from device import SAMPLE_RATE_HZ
+from device.core.config import IndicatorSettings
+from device.core.errors import IndicatorError
+
+log = logging.getLogger(__name__)
+
+BOUNCE_S = 0.05
+
+
+def make_pin_factory(name: str | None) -> Any:
+    """None = gpiozero's own choice (lgpio on a Pi); "mock" = gpiozero's MockFactory."""
+    if name is None:
+        return None
+    if name == "mock":
+        from gpiozero.pins.mock import MockFactory
+
+        return MockFactory()
+    raise IndicatorError(f"indicator.pin_factory {name!r} is not supported; use \"mock\" or leave it unset")
+
+
+class Indicator:
+    """One LED. `recording()` returns only once the pin reads back as lit."""
+
+    def __init__(self, settings: IndicatorSettings, pin_factory: Any = None) -> None:
+        from gpiozero import LED
+        from gpiozero.exc import GPIOZeroError
+
+        self._closed = False
+        try:
+            self._led = LED(
+                settings.pin,
+                active_high=settings.active_high,
+                initial_value=False,
+                pin_factory=pin_factory,
+            )
+        except (GPIOZeroError, ValueError, OSError) as exc:
+            raise IndicatorError(
+                f"cannot use indicator pin {settings.pin!r}: {exc}; check indicator.pin, GPIO "
+                "permissions (the user must be in the gpio group) or set indicator.pin_factory"
+            ) from None
+        self.pin = self._led.pin
+
+    def recording(self) -> None:
+        """Turn the light on and confirm it by reading the pin back; raise if it is not lit."""
+        try:
+            self._led.on()
+            lit = self._led.is_lit
+        except Exception as exc:  # any pin driver failure means: not confirmed
+            raise IndicatorError(f"the recording light could not be turned on: {exc}") from None
+        if not lit:
+            raise IndicatorError("the recording light did not read back as on")
+
+    def idle(self) -> None:
+        try:
+            self._led.off()
+        except Exception as exc:  # never crash the loop; a stuck-on light only over-reports
+            log.error("could not turn the recording light off: %s", exc)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.idle()
+        self._led.close()
+
+
+class MuteControls:
+    """The hardware mute button and the mute LED. The button's callback (gpiozero's thread) only
+    flips the flag; the listener closes or reopens the stream."""
+
+    def __init__(self, button_pin: str | int | None, led_pin: str | int | None,
+                 toggle: Callable[[], None], pin_factory: Any = None) -> None:
+        from gpiozero import LED, Button
+        from gpiozero.exc import GPIOZeroError
+
+        self._button = self._led = None
+        try:
+            if button_pin is not None:
+                self._button = Button(button_pin, pull_up=True, bounce_time=BOUNCE_S,
+                                      pin_factory=pin_factory)
+                self._button.when_pressed = lambda: toggle()
+            if led_pin is not None:
+                self._led = LED(led_pin, initial_value=False, pin_factory=pin_factory)
+        except (GPIOZeroError, ValueError, OSError) as exc:
+            raise IndicatorError(f"cannot use mute pins ({button_pin!r}, {led_pin!r}): {exc}") from None
+
+    @property
+    def led(self) -> Any:
+        return self._led
+
+    def show(self, muted: bool) -> None:
+        if self._led is not None:
+            self._led.value = muted
+
+    def close(self) -> None:
+        for device in (self._button, self._led):
+            if device is not None:
+                device.close()
+
+
+BLINK_S = 0.15
+TONE_HZ, TONE_S = (880.0, 1320.0), 0.09
+
+
+class Confirmer:
+    """Says "done" when a spoken command has been carried out, without the recording light (which
+    means one thing only): two blinks of the confirm LED (voice.confirm_led_pin, else the mute LED
+    when there is one), and with voice.confirm_sound two short rising tones through the default
+    output. Failures are logged, never raised: the command is done either way."""
+
+    def __init__(self, led_pin: str | int | None, mute_led: Any, sound: bool,
+                 pin_factory: Any = None) -> None:
+        from gpiozero import LED
+        from gpiozero.exc import GPIOZeroError
+
+        self._own = None
+        try:
+            if led_pin is not None:
+                self._own = LED(led_pin, initial_value=False, pin_factory=pin_factory)
+        except (GPIOZeroError, ValueError, OSError) as exc:
+            raise IndicatorError(f"cannot use voice.confirm_led_pin {led_pin!r}: {exc}") from None
+        self._led = self._own if self._own is not None else mute_led
+        self._sound = sound
+
+    def confirm(self) -> None:
+        if self._led is not None:
+            try:
+                self._led.blink(on_time=BLINK_S, off_time=BLINK_S, n=2, background=True)
+            except Exception as exc:
+                log.warning("could not blink the confirm LED: %s", exc)
+        if self._sound:
+            try:
+                import sounddevice
+
+                sounddevice.play(tones(), SAMPLE_RATE_HZ)  # returns at once; plays in the background
+            except Exception as exc:  # no output device is not a reason to fail a delete
+                log.warning("could not play the confirm tone: %s", exc)
+
+    def close(self) -> None:
+        if self._own is not None:
+            self._own.close()
+
+
+def tones() -> Any:
+    import numpy as np
+
+    t = np.arange(int(TONE_S * SAMPLE_RATE_HZ)) / SAMPLE_RATE_HZ
+    fade = np.minimum(1.0, np.minimum(t, TONE_S - t) / 0.01)
+    parts = [0.3 * np.sin(2 * np.pi * hz * t) * fade for hz in TONE_HZ]
+    return np.concatenate([parts[0], np.zeros(len(t) // 2), parts[1]]).astype(np.float32)

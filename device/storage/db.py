@@ -1,0 +1,78 @@
+"""One SQLite database file shared by the modules that own its tables (the store owns clips,
+requests, nonces and settings; the upload queue owns uploads and remote deletes).
+
+Each owner runs its own SQL through `transaction()` and `read()`; no raw SQL crosses a module's
+public API. Transactions are re-entrant on one thread, so one owner's changes can join another's
+(a delete drops the clip rows and queues its remote deletes in one commit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from device.core.files import PRIVATE_FILE
+
+BUSY_TIMEOUT_S = 30.0
+"""How long a statement waits for another process's lock before SQLite gives up (SQLITE_BUSY)."""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Owner-only, synchronous=FULL (a commit is on disk when it returns), secure_delete."""
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE))
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                         timeout=BUSY_TIMEOUT_S)
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA secure_delete=ON")
+    return db
+
+
+class Database:
+    """A connection with one lock for every thread of this process."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.conn = db
+        self.lock = threading.RLock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT (durable: synchronous=FULL), or ROLLBACK on error. Inside an
+        open transaction of the same thread, it joins that one."""
+        with self.lock:
+            if self.conn.in_transaction:
+                yield self.conn
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                    with contextlib.suppress(sqlite3.Error):  # never mask the error that got here
+                        self.conn.execute("ROLLBACK")
+                raise
+
+    def read(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+        """A read under the lock, without taking SQLite's write lock."""
+        with self.lock:
+            return self.conn.execute(sql, params).fetchall()
+
+    def one(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> tuple[Any, ...] | None:
+        rows = self.read(sql, params)
+        return rows[0] if rows else None
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+
+def has_table(db: sqlite3.Connection, name: str) -> bool:
+    row = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone()
+    return row is not None

@@ -1,0 +1,224 @@
+"""Wake-word detection with openWakeWord on the ai-edge-litert TFLite runtime.
+
+Three imports of openwakeword are redirected before it loads:
+- `tflite_runtime.interpreter`: tflite-runtime cannot import beside NumPy 2 and has no wheels for
+  Python 3.12+. ai-edge-litert is its successor with the same Interpreter API.
+- `onnxruntime`: openwakeword imports it at package import for its optional Silero VAD and ONNX
+  models, which edge-recorder never uses. onnxruntime (1.2x+) queues telemetry on import, with a
+  hashed device id, OS and CPU, in ~/.cache/Microsoft. It is not a dependency, and an inert stand-in
+  satisfies the import so that it never loads even where it happens to be installed.
+- `openwakeword.custom_verifier_model`: imported by the package for training custom verifiers; it
+  pulls in scikit-learn and SciPy (about 110 MB and 1.6 s of every start). A stand-in loads the real
+  module only when a verifier is actually trained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import types
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from device import OPENWAKEWORD_REQUIREMENT
+from device.core.config import WakeSettings
+from device.core.errors import ModelError, describe
+from device.storage.models import FEATURE_FILES, ModelStore
+
+log = logging.getLogger(__name__)
+
+
+class WakeDetector(Protocol):
+    names: list[str]
+
+    def scores(self, samples: np.ndarray) -> Mapping[str, float]:
+        """Per-model score (0..1) for one 80 ms frame."""
+        ...
+
+
+def use_litert_as_tflite_runtime() -> None:
+    """Make `import tflite_runtime.interpreter` resolve to ai-edge-litert's interpreter."""
+    if "tflite_runtime.interpreter" in sys.modules:
+        return
+    try:
+        from ai_edge_litert import interpreter
+    except ImportError as exc:
+        raise ModelError(f"ai-edge-litert is not installed ({exc}); run: {sys.executable} -m pip "
+                         "install ai-edge-litert") from None
+    package = types.ModuleType("tflite_runtime")
+    package.interpreter = interpreter  # type: ignore[attr-defined]
+    sys.modules["tflite_runtime"] = package
+    sys.modules["tflite_runtime.interpreter"] = interpreter
+
+
+class _NoOnnxRuntime(types.ModuleType):
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ModelError(
+            f"onnxruntime.{name} was used, but edge-recorder runs only .tflite wake-word models "
+            "(onnxruntime is kept out: it sends telemetry with a device id)"
+        )
+
+
+def keep_onnxruntime_out() -> None:
+    """Satisfy openwakeword's `import onnxruntime` without loading onnxruntime."""
+    sys.modules.setdefault("onnxruntime", _NoOnnxRuntime("onnxruntime"))
+
+
+VERIFIER_MODULE = "openwakeword.custom_verifier_model"
+
+
+def _real_verifier_module() -> Any:
+    import importlib
+
+    sys.modules.pop(VERIFIER_MODULE, None)
+    return importlib.import_module(VERIFIER_MODULE)
+
+
+class _LazyVerifierModule(types.ModuleType):
+    """Stands in for openwakeword's verifier-training module until it is really used. The package
+    imports `train_custom_verifier` from it at import time: that name is a wrapper here."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+
+        def train_custom_verifier(*args: Any, **kwargs: Any) -> Any:
+            return _real_verifier_module().train_custom_verifier(*args, **kwargs)
+
+        self.train_custom_verifier = train_custom_verifier
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(_real_verifier_module(), name)
+
+
+def defer_verifier_imports() -> None:
+    """Keep scikit-learn and SciPy out of every start: openwakeword imports them only to train."""
+    sys.modules.setdefault(VERIFIER_MODULE, _LazyVerifierModule(VERIFIER_MODULE))
+
+
+DOWNLOAD_HELPERS = ("requests", "tqdm")
+"""openwakeword.utils imports these for its model downloader, which edge-recorder never calls
+(models come pinned from `models fetch`): 8 MB of a start that a Pi Zero 2 W can use better."""
+
+
+@contextlib.contextmanager
+def _download_helpers_left_out() -> Iterator[None]:
+    """While openwakeword is imported, its download helpers resolve to inert stand-ins; they are
+    taken out of sys.modules again afterwards, so edge-recorder's own `import requests` (uploads,
+    `models fetch`) still gets the real one."""
+    stand_ins = {name: _Unused(name) for name in DOWNLOAD_HELPERS if name not in sys.modules}
+    sys.modules.update(stand_ins)
+    try:
+        yield
+    finally:
+        for name, module in stand_ins.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+
+
+class _Unused(types.ModuleType):
+    """Any name imported from it is a function that refuses to run."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def unused(*args: Any, **kwargs: Any) -> Any:
+            raise ModelError(f"{self.__name__}.{name} was used by openwakeword's downloader; "
+                             "edge-recorder installs models with `edge-recorder models fetch`")
+
+        return unused
+
+
+def install_hint() -> str:
+    """The exact command that installs openwakeword into the Python running now."""
+    return (f"{sys.executable} -m pip install --no-deps '{OPENWAKEWORD_REQUIREMENT}' (its metadata "
+            "requires tflite-runtime, which edge-recorder replaces with ai-edge-litert)")
+
+
+def load_openwakeword_model(wake_paths: list[str], store: ModelStore) -> Any:
+    """An `openwakeword.model.Model` over verified files, on ai-edge-litert."""
+    use_litert_as_tflite_runtime()
+    keep_onnxruntime_out()
+    defer_verifier_imports()
+    try:
+        with _download_helpers_left_out():
+            from openwakeword.model import Model
+    except ImportError:
+        raise ModelError(f"openwakeword is not installed in this environment; run: {install_hint()}"
+                         ) from None
+    lighter_start_up()
+    melspec = store.verified_file(FEATURE_FILES["melspectrogram"])
+    embedding = store.verified_file(FEATURE_FILES["embedding"])
+    try:
+        return Model(
+            wakeword_models=wake_paths,
+            inference_framework="tflite",
+            melspec_model_path=str(melspec),
+            embedding_model_path=str(embedding),
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"cannot load wake-word model(s) {', '.join(wake_paths)}: not an "
+                         f"openWakeWord wake-word model? ({describe(exc)})") from None
+
+
+FILLER_SAMPLES = 16000
+"""Audio the start-up filler embeddings are computed from: one second (see lighter_start_up)."""
+
+
+def lighter_start_up() -> None:
+    """openWakeWord fills its feature buffer at start (and at every reset) with the embeddings of 4 s
+    of random noise, computed as one batch: TFLite's arenas grow to that batch and stay grown, about
+    25 MB of resident memory that streaming (80 ms at a time) never needs. Here the filler comes
+    from 1 s of noise, its rows repeated to the same number: noise either way, filling the models'
+    1.28 s window for the first frames exactly as openWakeWord's own filler does (the first
+    `wake.startup_quiet_s` cannot wake). Only that filler call is changed: streaming uses another
+    path."""
+    from openwakeword.utils import AudioFeatures
+
+    original = AudioFeatures._get_embeddings
+    if getattr(original, "lighter", False):
+        return
+
+    def filler(self: Any, x: np.ndarray, window_size: int = 76, step_size: int = 8,
+               **kwargs: Any) -> np.ndarray:
+        if len(x) <= FILLER_SAMPLES:
+            return original(self, x, window_size, step_size, **kwargs)  # type: ignore[no-any-return]
+        rows = original(self, x[:FILLER_SAMPLES], window_size, step_size, **kwargs)
+        frames = len(x) // 160 - 3  # mel frames openWakeWord computes for len(x) samples
+        return np.resize(rows, ((frames - window_size) // step_size + 1, rows.shape[1]))
+
+    filler.lighter = True  # type: ignore[attr-defined]
+    AudioFeatures._get_embeddings = filler
+
+
+class OpenWakeWordDetector:
+    """All configured wake words in one openWakeWord model (they share the feature front end)."""
+
+    def __init__(self, settings: WakeSettings, store: ModelStore) -> None:
+        resolved = [store.wake_model(m) for m in settings.models]
+        self.names = [name for name, _ in resolved]
+        self._model = load_openwakeword_model([str(path) for _, path in resolved], store)
+        # openwakeword keys predictions by file stem (e.g. hey_jarvis_v0.1); report config names.
+        self._keys = {path.stem: name for name, path in resolved}
+        log.info("wake words: %s", ", ".join(self.names))
+
+    def scores(self, samples: np.ndarray) -> dict[str, float]:
+        raw = self._model.predict(samples)
+        return {self._keys.get(k, k): float(v) for k, v in raw.items()}
+
+    def features(self, name: str) -> np.ndarray:
+        """The embedding features `name`'s model scored last (16 x 96 for the bundled models):
+        what openWakeWord's custom verifier looks at."""
+        key = next(k for k, v in self._keys.items() if v == name)
+        return np.asarray(self._model.preprocessor.get_features(self._model.model_inputs[key]))[0]
+
+    def reset(self) -> None:
+        """Forget all audio heard so far, as at start (openWakeWord's reset)."""
+        self._model.reset()

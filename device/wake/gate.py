@@ -1,0 +1,83 @@
+"""Gated listening: in a quiet room the wake-word models do not run on every frame.
+
+openWakeWord runs three models on every 80 ms frame (melspectrogram, embedding, wake word), which
+holds a Pi Zero 2 W core busy even in silence. The gate keeps only what is cheap rolling: the frame
+energy against an adaptive noise floor, and the last `preroll_s` of audio in RAM. When a frame
+rises `margin_db` above the floor, the buffered audio is replayed through the models first (so
+they see the same context as if they had never stopped: it spans about 2.1 s of audio)
+and then every frame is scored until `hangover_s` after the last loud one. While a recording is
+open the gate stays open. The floor follows the room: it is a low percentile of the last 30 s of
+frame levels, so a fan or a fridge becomes the floor (and does not hold the gate open) while speech
+stands above it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from device.core.config import WakeSettings
+from device.core.frames import frames_for
+from device.wake.detector import WakeDetector
+
+FLOOR_WINDOW_S = 30.0
+FLOOR_PERCENTILE = 5
+"""The noise floor: this percentile of the frame levels in the last FLOOR_WINDOW_S."""
+SILENCE_DB = -100.0
+
+
+def frame_db(samples: np.ndarray) -> float:
+    rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) / 32768.0
+    return 20 * np.log10(rms) if rms > 0 else SILENCE_DB
+
+
+class GatedDetector:
+    """A WakeDetector that scores frames only while the room is not quiet (or while recording)."""
+
+    def __init__(self, inner: WakeDetector, settings: WakeSettings,
+                 keep_open: Callable[[], bool] = lambda: False) -> None:
+        self.names = inner.names
+        self._inner = inner
+        self._margin_db = settings.gate_margin_db
+        self._hangover = frames_for(settings.gate_hangover_s)
+        self._keep_open = keep_open
+        self._buffer: deque[np.ndarray] = deque(maxlen=frames_for(settings.gate_preroll_s))
+        self._levels: deque[float] = deque(maxlen=frames_for(FLOOR_WINDOW_S))
+        self._open_for = 0
+        self._quiet = {name: 0.0 for name in inner.names}
+        self.frames = 0
+        self.scored = 0
+        """Frames seen and frames the models ran on (replays included), for benchmarks and tests."""
+
+    @property
+    def open(self) -> bool:
+        return self._open_for > 0
+
+    def scores(self, samples: np.ndarray) -> Mapping[str, float]:
+        self.frames += 1
+        level = frame_db(samples)
+        self._levels.append(level)
+        loud = level > self.floor_db() + self._margin_db
+        if loud or self._keep_open():
+            if not self.open:
+                self._replay()
+            self._open_for = self._hangover
+        elif self._open_for > 0:
+            self._open_for -= 1
+        if not self.open:
+            self._buffer.append(samples)
+            return self._quiet
+        self.scored += 1
+        return self._inner.scores(samples)
+
+    def floor_db(self) -> float:
+        return float(np.percentile(self._levels, FLOOR_PERCENTILE))
+
+    def _replay(self) -> None:
+        """Bring the models' buffers up to date with the audio they skipped (scores discarded:
+        those frames were quiet)."""
+        while self._buffer:
+            self.scored += 1
+            self._inner.scores(self._buffer.popleft())

@@ -1,0 +1,65 @@
+"""`edge-recorder listen --meter`: input level, voice activity and every wake word's score, live.
+
+For tuning thresholds with a real microphone. It keeps nothing: no store, no light, no network.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import IO
+
+import numpy as np
+
+from device.audio.sources import AudioSource
+from device.audio.vad import SpeechDetector
+from device.core.config import Settings
+from device.wake.detector import WakeDetector
+
+BAR_WIDTH = 30
+FLOOR_DB = -90.0
+PRINT_EVERY_FRAMES = 6
+"""Without a terminal, one line per ~0.5 s instead of redrawing in place."""
+
+
+def dbfs(samples: np.ndarray) -> float:
+    rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) / 32768.0
+    return max(FLOOR_DB, 20 * math.log10(rms)) if rms > 0 else FLOOR_DB
+
+
+def render(level_db: float, speech: bool, scores: dict[str, float], settings: Settings) -> str:
+    filled = round(BAR_WIDTH * (level_db - FLOOR_DB) / -FLOOR_DB)
+    bar = "#" * filled + "." * (BAR_WIDTH - filled)
+    words = "  ".join(
+        f"{name} {score:.2f}{'*' if score > settings.wake.threshold_for(name) else ' '}"
+        for name, score in scores.items()
+    )
+    return f"level {level_db:6.1f} dBFS [{bar}] {'speech' if speech else 'quiet '}  {words}"
+
+
+def run_meter(settings: Settings, source: AudioSource, detector: WakeDetector, out: IO[str],
+              stop: threading.Event, seconds: float | None = None) -> dict[str, float]:
+    """Show the meter until stop, the input ends, or `seconds` of audio. Returns peak scores."""
+    vad = SpeechDetector(settings.recorder.vad_aggressiveness)
+    live = out.isatty()
+    peaks: dict[str, float] = {}
+    for n, frame in enumerate(source.frames(stop)):
+        scores = dict(detector.scores(frame.samples))
+        for name, score in scores.items():
+            peaks[name] = max(peaks.get(name, 0.0), score)
+        line = render(dbfs(frame.samples), vad.is_speech(frame.samples), scores, settings)
+        if live:
+            out.write("\r\x1b[2K" + line)
+            out.flush()
+        elif n % PRINT_EVERY_FRAMES == 0 or any(
+            s > settings.wake.threshold_for(k) for k, s in scores.items()
+        ):
+            out.write(f"{frame.t:7.2f}s {line}\n")
+        if seconds is not None and frame.end / 16000 >= seconds:
+            break
+    if live:
+        out.write("\n")
+    summary = ", ".join(f"{k} {v:.2f} (threshold {settings.wake.threshold_for(k):.2f})"
+                        for k, v in peaks.items())
+    out.write(f"peak scores: {summary}\n")
+    return peaks

@@ -1,0 +1,68 @@
+"""The phrase check: a second look that knows the whole wake phrase, for anyone's voice.
+
+hey_jarvis wakes on the bare name "Jarvis" about half the time (real recordings from many
+speakers score as high as the phrase). A speaker-independent verifier, openWakeWord's custom-verifier
+recipe again (device/wake/verifier.py), trained by scripts/train-phrase-check on real bare "Jarvis"
+recordings against the same recordings with a real "hey" before them, tells the two apart from the
+16 x 96 embedding features the wake model has just scored. It ships as plain arrays in
+device/data/<wake_word>.phrase.npz and costs one dot product per waking frame.
+
+It is on at the strict level by default (`wake.phrase_check`): a wake it doubts is looked at again
+on the next waking frames, then discarded (`not_phrase`) before the light, like the owner
+verifier's. Models without a bundled phrase check are never doubted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from device.core.config import WakeSettings
+from device.wake.trigger import Wake
+from device.wake.verifier import Weights, bundled_file
+
+log = logging.getLogger(__name__)
+
+NOT_PHRASE = "not_phrase"
+"""The `discarded` reason of a wake the phrase check turned away."""
+PROBABILITY = 0.5
+"""A wake whose features give the whole phrase a lower probability than this is doubted."""
+
+
+def bundled(name: str) -> Weights | None:
+    """The phrase check shipped for a wake-word model, if there is one."""
+    path = bundled_file(name, ".phrase.npz")
+    return None if path is None else Weights.read(path)
+
+
+class PhraseCheck:
+    """Asked by the recorder at each wake (before the owner verifier), with the features just scored."""
+
+    def __init__(self, settings: WakeSettings, features: Callable[[str], np.ndarray],
+                 level: Callable[[], str]) -> None:
+        self._mode = settings.phrase_check
+        self._features = features
+        self._level = level
+        self._weights = {name: w for name in settings.models if (w := bundled(name)) is not None}
+        self.probabilities: deque[float] = deque(maxlen=1000)
+        """The latest probabilities computed (for benchmarks and tests)."""
+
+    def active(self, name: str) -> bool:
+        on = self._mode == "always" or (self._mode == "strict" and self._level() == "strict")
+        return on and name in self._weights
+
+    def second_look(self, wake: Wake) -> str | None:
+        """None if the wake may go on; else why not."""
+        if not self.active(wake.wake_word):
+            return None
+        p = self._weights[wake.wake_word].probability(
+            np.asarray(self._features(wake.wake_word), dtype=np.float32))
+        self.probabilities.append(p)
+        if p < PROBABILITY:
+            log.info("wake %s doubted: the phrase check gives %.2f (< %.2f)", wake.wake_word, p,
+                     PROBABILITY)
+            return NOT_PHRASE
+        return None
