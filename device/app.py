@@ -20,9 +20,10 @@ from device.control.mute import MuteState
 from device.control.save_mode import SaveState
 from device.control.sensitivity import SensitivityState
 from device.core import events as ev
-from device.core.config import Settings, resolve_models_dir
+from device.core.config import Settings, duration_s, resolve_models_dir
 from device.core.errors import EdgeRecorderError, StoreError
 from device.core.events import EventSink
+from device.core.frames import frames_for
 from device.integrations.service import Notifier, Watchdog
 from device.recording.indicator import Confirmer, Indicator, MuteControls
 from device.recording.pipeline import ClipWriter, Counters, Listener
@@ -117,6 +118,8 @@ class StatsCounter:
 
     def __call__(self, event: ev.Event) -> None:
         name = {ev.Wake: "wakes", ev.Clip: "kept", ev.Voice: "voice_commands"}.get(type(event))
+        if isinstance(event, ev.Voice) and event.outcome not in ("done", "confirmed"):
+            name = None  # one count per command carried out
         if isinstance(event, ev.Discarded):
             name = f"discarded_{event.reason}"
         if name and not isinstance(event, ev.Voice) and self._save_mode() == "nothing":
@@ -167,9 +170,9 @@ def run_pipeline(
                               settings.voice.confirm_sound, pin_factory)
         stack.callback(confirmer.close)
 
-        def on_command(command: str, t: float) -> None:
+        def on_command(command: str, t: float, request_id: str | None, outcome: str) -> None:
             try:
-                done = controller.voice(command, t)
+                done = controller.voice(command, t, request_id, outcome)
             except EdgeRecorderError as exc:
                 log.error("voice command %s failed: %s", command, exc)
                 events.emit(ev.Error(t=t, code=getattr(exc, "code", "voice_failed"),
@@ -179,10 +182,13 @@ def run_pipeline(
             for event in done:
                 events.emit(event)
 
+        spotter = make_spotter(settings, transcriber)
         writer = ClipWriter(transcriber, store, events, counters,
                             eligible=lambda: consent.read(store).covers,
-                            spotter=make_spotter(settings, transcriber), on_command=on_command,
-                            save_mode=save.mode, share_transcripts=settings.mqtt.publish_transcripts)
+                            spotter=spotter, on_command=on_command,
+                            save_mode=save.mode, share_transcripts=settings.mqtt.publish_transcripts,
+                            feedback=confirmer,
+                            answer_end_frames=frames_for(settings.recorder.trailing_silence_s))
         stack.callback(writer.close)
         events.subscribe(StatsCounter(store, save.mode))
         recorder, verifier = make_recorder(settings, state_dir, scorer, sensitivity.level)
@@ -190,12 +196,14 @@ def run_pipeline(
             detector = GatedDetector(detector, settings.wake,
                                      keep_open=lambda: recorder.state is not State.LISTENING)
         listener = Listener(
-            open_source, detector, SpeechDetector(settings.recorder.vad_aggressiveness),
+            open_source, detector,
+            SpeechDetector(settings.recorder.vad_aggressiveness, settings.recorder.vad_margin_db),
             recorder, indicator, writer, events, counters, mute,
             can_record=lambda: store.space_problem(settings.retention.min_free_bytes),
             retry=(settings.audio.retry_initial_s, settings.audio.retry_max_s) if retry_source else None,
             on_ready=lambda: notifier.send("READY=1\nSTATUS=listening"),
             show_muted=buttons.show, wake_features=verifier.features_of,
+            answer_s=duration_s(settings.voice.confirm_within) if spotter else 0.0,
         )
         watchdog = Watchdog(notifier, lambda: listener.alive_at)
         watchdog.start()

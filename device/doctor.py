@@ -295,9 +295,9 @@ def check_voice(settings: Settings, state_dir: Path) -> Check:
     missing = unknown_words(path, settings.voice)
     commands = sorted(c for c, p in settings.voice.phrases.items() if p)
     if missing:
-        return Check("voice", False, f"the Vosk model does not know these words of voice.phrases: "
-                     f"{', '.join(missing)} (a phrase with them can never be recognized)",
-                     "rephrase those commands in voice.phrases with words the model knows")
+        return Check("voice", False, f"the Vosk model does not know these words of voice.phrases "
+                     f"or voice.confirm_words: {', '.join(missing)} (a phrase with them can never "
+                     "be recognized)", "rephrase them with words the model knows")
     return Check("voice", True, f"voice commands on: {', '.join(commands)}")
 
 

@@ -307,10 +307,13 @@ class Controller:
         return events.Save(request_id=request_id, mode=now.mode, until=now.until_iso(),
                            configured=self.save.configured)
 
-    def voice(self, command: str, t: float) -> list[events.Event]:
-        """A spoken privacy command: the `voice` event, then what it did (deleted, save)."""
-        rid = f"voice-{uuid.uuid4().hex[:16]}"
-        done: list[events.Event] = [events.Voice(t=t, command=command, request_id=rid)]
+    def voice(self, command: str, t: float, request_id: str | None = None,
+              outcome: str = "done") -> list[events.Event]:
+        """A spoken privacy command: the `voice` event, then what it did (deleted, save).
+        `request_id`: the id its `waiting` event had, when it was confirmed first."""
+        rid = request_id or f"voice-{uuid.uuid4().hex[:16]}"
+        done: list[events.Event] = [events.Voice(t=t, command=command, request_id=rid,
+                                                 outcome=outcome)]
         newest = self.store.newest_since(
             datetime.now(UTC) - timedelta(seconds=duration_s(self.voice_settings.delete_last_within))
         ) if command in ("delete_last", "reject") else []

@@ -141,6 +141,9 @@ class RecorderSettings(_Section):
     """Less voiced audio than this in a recording counts as no speech: discarded."""
     vad_aggressiveness: int = Field(default=2, ge=0, le=3)
     """webrtcvad mode: 0 keeps the most audio as speech, 3 the least."""
+    vad_margin_db: float = Field(default=8.0, ge=0.0, le=30.0)
+    """Speech must also be this far over the room's level, learned while idle, so that steady
+    noise (a tap, a fan) does not keep a recording open; 0 = webrtcvad alone."""
     keep_wake_word_audio: bool = False
     """Keep up to `preroll_s` of audio from before the light went on. Relaxes invariant I1."""
     preroll_s: float = Field(default=0.0, ge=0.0, le=MAX_PREROLL_S)
@@ -209,6 +212,11 @@ class VoiceSettings(_Section):
     """An LED that blinks twice when a command is done; None = the mute LED, if there is one."""
     confirm_sound: bool = False
     """Also play a short tone through the default output when a command is done."""
+    confirm_words: list[Phrase] = Field(default_factory=lambda: ["yes"], min_length=1)
+    """The answer that lets a command which deletes more than the last recording go ahead, when
+    the wake was not verified as the owner's voice; heard as strictly as the phrases."""
+    confirm_within: str = Field(default="6s", pattern=DURATION_PATTERN)
+    """How long after such a command its yes is listened for; then it is dropped."""
 
     @model_validator(mode="after")
     def _distinct(self) -> VoiceSettings:

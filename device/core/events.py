@@ -94,20 +94,30 @@ class Heard(Event):
     transcript: str | None
 
 
+VOICE_OUTCOMES = ("done", "waiting", "confirmed", "not_confirmed")
+"""What became of a spoken command: carried out at once (`done`); asking for a spoken yes before
+it acts (`waiting`: the feedback LED blinks slowly); carried out after that yes (`confirmed`);
+dropped because no yes came in time (`not_confirmed`: nothing was done)."""
+
+
 @dataclass(frozen=True)
 class Voice(Event):
     """A privacy command was spoken (its name only: what was said is never in an event). The
-    events it caused (deleted, save) follow with the same request id."""
+    events it caused (deleted, save) follow with the same request id; a command that waits for a
+    yes has one `voice` event for the wait and one for its end (confirmed or not), same id."""
 
     type: ClassVar[str] = "voice"
     t: float
     command: str
     request_id: str
+    outcome: str = "done"
 
 
 @dataclass(frozen=True)
 class Discarded(Event):
-    """A recording ended without storing anything (no_speech, muted, ...)."""
+    """A recording ended without storing anything (no_speech, muted, ...; `near_command`: it came
+    close to a spoken command without being surely one, so it was dropped and the feedback LED
+    said "didn't catch that")."""
 
     type: ClassVar[str] = "discarded"
     t: float

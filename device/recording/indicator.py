@@ -107,14 +107,23 @@ class MuteControls:
 
 
 BLINK_S = 0.15
+"""Done: two blinks of this long, with as long between them."""
+NOT_CAUGHT_S, NOT_CAUGHT_N = 0.05, 5
+"""Didn't catch that: five short flickers (half a second), unlike the two slow blinks of done."""
+WAITING_S = 0.5
+"""Waiting for a spoken yes: a slow, even blink (one a second) until it comes or the time is up."""
 TONE_HZ, TONE_S = (880.0, 1320.0), 0.09
 
 
 class Confirmer:
-    """Says "done" when a spoken command has been carried out, without the recording light (which
-    means one thing only): two blinks of the confirm LED (voice.confirm_led_pin, else the mute LED
-    when there is one), and with voice.confirm_sound two short rising tones through the default
-    output. Failures are logged, never raised: the command is done either way."""
+    """The feedback LED, never the recording light (which means one thing only, I3): the confirm
+    LED (voice.confirm_led_pin), else the mute LED when there is one. Three patterns:
+    - done: a spoken command was carried out: two blinks (and with voice.confirm_sound two rising
+      tones through the default output);
+    - not caught: an utterance came close to a command but was not surely one, so it was dropped:
+      five short flickers (with the sound: two falling tones), to say it again;
+    - waiting: a command asks for a spoken yes: slow blinking until done or cancelled.
+    Failures are logged, never raised: the command is done (or dropped) either way."""
 
     def __init__(self, led_pin: str | int | None, mute_led: Any, sound: bool,
                  pin_factory: Any = None) -> None:
@@ -131,16 +140,37 @@ class Confirmer:
         self._sound = sound
 
     def confirm(self) -> None:
+        self._blink(BLINK_S, BLINK_S, 2)
+        self._play(tones(rising=True))
+
+    def not_caught(self) -> None:
+        self._blink(NOT_CAUGHT_S, NOT_CAUGHT_S, NOT_CAUGHT_N)
+        self._play(tones(rising=False))
+
+    def waiting(self) -> None:
+        self._blink(WAITING_S, WAITING_S, None)
+
+    def cancelled(self) -> None:
+        """No yes came: stop the waiting blink."""
         if self._led is not None:
             try:
-                self._led.blink(on_time=BLINK_S, off_time=BLINK_S, n=2, background=True)
+                self._led.off()
+            except Exception as exc:
+                log.warning("could not turn the confirm LED off: %s", exc)
+
+    def _blink(self, on_s: float, off_s: float, n: int | None) -> None:
+        if self._led is not None:
+            try:
+                self._led.blink(on_time=on_s, off_time=off_s, n=n, background=True)
             except Exception as exc:
                 log.warning("could not blink the confirm LED: %s", exc)
+
+    def _play(self, sound: Any) -> None:
         if self._sound:
             try:
                 import sounddevice
 
-                sounddevice.play(tones(), SAMPLE_RATE_HZ)  # returns at once; plays in the background
+                sounddevice.play(sound, SAMPLE_RATE_HZ)  # returns at once; plays in the background
             except Exception as exc:  # no output device is not a reason to fail a delete
                 log.warning("could not play the confirm tone: %s", exc)
 
@@ -149,10 +179,11 @@ class Confirmer:
             self._own.close()
 
 
-def tones() -> Any:
+def tones(rising: bool = True) -> Any:
     import numpy as np
 
     t = np.arange(int(TONE_S * SAMPLE_RATE_HZ)) / SAMPLE_RATE_HZ
     fade = np.minimum(1.0, np.minimum(t, TONE_S - t) / 0.01)
     parts = [0.3 * np.sin(2 * np.pi * hz * t) * fade for hz in TONE_HZ]
-    return np.concatenate([parts[0], np.zeros(len(t) // 2), parts[1]]).astype(np.float32)
+    first, second = parts if rising else parts[::-1]
+    return np.concatenate([first, np.zeros(len(t) // 2), second]).astype(np.float32)

@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,10 +26,16 @@ from device.control.mute import MuteState
 from device.core import events
 from device.core.errors import AudioError, EdgeRecorderError, IndicatorError
 from device.core.events import EventSink
-from device.core.frames import Frame, seconds
+from device.core.frames import Frame, frames_for, seconds
 from device.recording.recorder import Discarded, Finished, Recorder, State, Utterance, Wake
 from device.speech.asr import Transcriber, TranscriptStream
-from device.speech.voice import CommandSpotter, CommandStream
+from device.speech.voice import (
+    NEAR_COMMAND,
+    NEEDS_CONFIRMATION,
+    AnswerStream,
+    CommandSpotter,
+    CommandStream,
+)
 from device.storage.clips import ClipStore
 from device.wake.detector import WakeDetector
 
@@ -41,6 +48,32 @@ class Light(Protocol):
     def recording(self) -> None: ...
 
     def idle(self) -> None: ...
+
+
+class Feedback(Protocol):
+    """The feedback LED (device/recording/indicator.py: Confirmer), never the recording light."""
+
+    def not_caught(self) -> None: ...
+
+    def waiting(self) -> None: ...
+
+    def cancelled(self) -> None: ...
+
+
+class NoFeedback:
+    def not_caught(self) -> None:
+        pass
+
+    def waiting(self) -> None:
+        pass
+
+    def cancelled(self) -> None:
+        pass
+
+
+OnCommand = Callable[[str, float, str | None, str], None]
+"""on_command(name, t, request_id, outcome): carry out a spoken command (request_id None = a new
+one; outcome "done", or "confirmed" after a spoken yes)."""
 
 
 @dataclass
@@ -62,24 +95,44 @@ class _Finish:
     queued_at: float = field(default_factory=time.perf_counter)
 
 
+@dataclass
+class _Asking:
+    """A command waiting for a spoken yes, and what has been heard of the answer so far."""
+
+    command: str
+    request_id: str
+    answer: AnswerStream
+    t: float
+    spoke: bool = False
+    quiet_frames: int = 0
+
+
 class ClipWriter:
     """Feeds ASR while recording and, on its own thread, decides what a finished utterance becomes:
-    a spoken privacy command (executed; nothing of it is stored), or what the save mode says (a
-    clip, a transcript only, or nothing but an event)."""
+    a spoken privacy command (executed, or first confirmed by a spoken yes; nothing of it is
+    stored), an utterance that came close to a command (dropped: "didn't catch that"), or what the
+    save mode says (a clip, a transcript only, or nothing but an event)."""
 
     def __init__(
         self, transcriber: Transcriber, store: ClipStore, events: EventSink, counters: Counters,
         eligible: Callable[[], str | None] | None = None,
         spotter: CommandSpotter | None = None,
-        on_command: Callable[[str, float], None] = lambda command, t: None,
+        on_command: OnCommand = lambda command, t, request_id, outcome: None,
         save_mode: Callable[[], str] = lambda: "audio",
         share_transcripts: bool = False,
+        feedback: Feedback | None = None,
+        answer_end_frames: int = 10,
     ) -> None:
-        """`on_command(name, t)` runs a spoken command; `share_transcripts`: a `heard` event (save
-        mode "nothing") carries the transcript (mqtt.publish_transcripts)."""
+        """`on_command` runs a spoken command; `share_transcripts`: a `heard` event (save mode
+        "nothing") carries the transcript (mqtt.publish_transcripts); `feedback` shows "didn't
+        catch that" and "waiting for a yes"; `answer_end_frames`: frames of silence after speech
+        that end a spoken answer (recorder.trailing_silence_s)."""
         self._transcriber = transcriber
         self._eligible = eligible
         self._spotter, self._on_command = spotter, on_command
+        self._feedback = feedback or NoFeedback()
+        self._answer_end_frames = answer_end_frames
+        self._asking: _Asking | None = None
         self._save_mode, self._share_transcripts = save_mode, share_transcripts
         self._commands: CommandStream | None = None
         self._wake_features: np.ndarray | None = None
@@ -107,10 +160,55 @@ class ClipWriter:
     def cancel(self) -> None:
         self._jobs.put(("cancel", None))
 
+    def follow(self, frame: Frame, speech: bool) -> None:
+        """A frame heard after an utterance ended (nothing is kept): the answer to a command that
+        asks for a yes, if the last utterance was one; dropped at once otherwise."""
+        self._jobs.put(("follow", (frame, speech)))
+
+    def end_follow(self) -> None:
+        """The time for an answer is over (or a wake, mute or the input's end cut it short)."""
+        self._jobs.put(("end_follow", None))
+
     def close(self) -> None:
         if self._thread.is_alive():
+            self._jobs.put(("end_follow", None))  # a question still open is answered "no"
             self._jobs.put(("stop", None))
             self._thread.join()
+
+    def _command(self, command: str, t: float) -> None:
+        """Carry it out, or first ask for a yes: a command that deletes more than the last
+        recording, when the wake was not verified as the owner's voice."""
+        owner = self._wake_features is not None  # the owner verifier passed this wake
+        if command not in NEEDS_CONFIRMATION or owner or self._spotter is None:
+            log.info("voice command: %s (nothing of it is kept)", command)
+            self._on_command(command, t, None, "done")
+            return
+        rid = f"voice-{uuid.uuid4().hex[:16]}"
+        log.info("voice command: %s, waiting for a spoken yes", command)
+        self._asking = _Asking(command, rid, self._spotter.start_answer(), t)
+        self._feedback.waiting()
+        self._events.emit(events.Voice(t=t, command=command, request_id=rid, outcome="waiting"))
+
+    def _hear_answer(self, frame: Frame, speech: bool) -> None:
+        asking = self._asking
+        assert asking is not None
+        asking.answer.accept(frame.samples)
+        asking.spoke |= speech
+        asking.quiet_frames = 0 if speech else asking.quiet_frames + 1
+        if asking.spoke and asking.quiet_frames >= self._answer_end_frames:
+            self._answered()
+
+    def _answered(self) -> None:
+        asking, self._asking = self._asking, None
+        assert asking is not None
+        if asking.answer.yes():
+            log.info("voice command %s confirmed", asking.command)
+            self._on_command(asking.command, asking.t, asking.request_id, "confirmed")
+            return
+        log.info("voice command %s: no yes heard, nothing done", asking.command)
+        self._feedback.cancelled()
+        self._events.emit(events.Voice(t=asking.t, command=asking.command,
+                                       request_id=asking.request_id, outcome="not_confirmed"))
 
     def _run(self) -> None:
         while True:
@@ -120,7 +218,7 @@ class ClipWriter:
             try:
                 self._handle(kind, payload)
             except Exception as exc:  # the writer must outlive any one bad clip
-                self._stream = self._commands = None
+                self._stream = self._commands = self._asking = None
                 self._counters.errors += 1
                 code = "store_failed" if isinstance(exc, EdgeRecorderError) else "writer_failed"
                 self._counters.store_ok = False
@@ -129,6 +227,8 @@ class ClipWriter:
 
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "begin":
+            if self._asking is not None:  # a wake cut the answer's time short (the listener
+                self._answered()          # says so first; this only guards the order)
             self._wake_features = payload
             self._stream = self._transcriber.start()
             self._commands = self._spotter.start() if self._spotter else None
@@ -140,15 +240,25 @@ class ClipWriter:
             self._finish(payload)
         elif kind == "cancel":
             self._stream = self._commands = None
+        elif kind == "follow" and self._asking is not None:
+            self._hear_answer(*payload)
+        elif kind == "end_follow" and self._asking is not None:
+            self._answered()
 
     def _finish(self, job: _Finish) -> None:
         stream, self._stream = self._stream, None
         commands, self._commands = self._commands, None
         u = job.utterance
-        if commands is not None and (command := commands.command()):
-            log.info("voice command: %s (nothing of it is kept)", command)
-            self._on_command(command, seconds(u.end))
+        hearing = commands.hear() if commands is not None else None
+        if hearing is not None and hearing.command:
+            self._command(hearing.command, seconds(u.end))
             self.command_latencies_s.append(time.perf_counter() - job.queued_at)
+            return
+        if hearing is not None and hearing.near:
+            log.info("utterance came close to a command: dropped, nothing kept")
+            self._counters.discarded += 1
+            self._feedback.not_caught()
+            self._events.emit(events.Discarded(t=seconds(u.end), reason=NEAR_COMMAND))
             return
         transcript = stream.result() if stream is not None else None
         mode = in_force = self._save_mode()
@@ -187,11 +297,17 @@ class Listener:
         on_ready: Callable[[], None] = lambda: None,
         show_muted: Callable[[bool], None] = lambda muted: None,
         wake_features: Callable[[Wake], np.ndarray | None] = lambda wake: None,
+        answer_s: float = 0.0,
     ) -> None:
         """`retry` = (initial, max) backoff seconds to wait out a lost microphone; None = an input
         error ends the run (a file). `show_muted` drives a mute LED. `wake_features(wake)`: what
-        the owner verifier saw of a wake, kept sealed with its clip (a reject teaches it)."""
+        the owner verifier saw of a wake, kept sealed with its clip (a reject teaches it).
+        `answer_s`: for this long after each utterance, frames also go to the writer (with the
+        VAD's view), which listens in them for a yes when the utterance asked for one
+        (voice.confirm_within); 0 = never."""
         self.wake_features = wake_features
+        self._answer_frames = frames_for(answer_s) if answer_s > 0 else 0
+        self._follow_left = 0
         self._open_source = open_source
         self._can_record = can_record
         self._retry = retry
@@ -242,15 +358,18 @@ class Listener:
             if self._retry is None:
                 raise
             self._act(self.recorder.end_of_stream(self._last_end))
+            self._stop_following()
             self._mic_lost(exc, stop)
             return True
         finally:
             source.close()
+        self._stop_following()
         if self.mute.muted and not stop.is_set():
             self._act(self.recorder.mute())  # an open recording is discarded, not kept
             self.events.emit(events.Indicator(t=seconds(self._last_end), state="muted"))
             return True
         self._act(self.recorder.end_of_stream(self._last_end))
+        self._stop_following()  # the input ended: no answer can come
         return stop.is_set()
 
     def _sit_out_mute(self, stop: threading.Event) -> None:
@@ -296,13 +415,29 @@ class Listener:
         self._last_end = frame.end
         scores = self.detector.scores(frame.samples)
         recording = self.recorder.state is State.RECORDING
-        speech = self.speech.is_speech(frame.samples) if recording else None
+        following = not recording and self._follow_left > 0
+        speech = self.speech.is_speech(frame.samples) if recording or following else None
+        if not (recording or following):
+            self.speech.idle(frame.samples)
         decision = self.recorder.on_frame(frame, scores, speech)
         for wake, reason in self.recorder.take_turned_away():
             self._turn_away(wake, reason)
+        if following and decision is None:
+            self._follow(frame, bool(speech))
         self._feed_kept()
         self._act(decision)
         self.counters.overflows += self._overflow_delta()
+
+    def _follow(self, frame: Frame, speech: bool) -> None:
+        self.writer.follow(frame, speech)
+        self._follow_left -= 1
+        if self._follow_left == 0:
+            self.writer.end_follow()
+
+    def _stop_following(self) -> None:
+        if self._follow_left > 0:
+            self._follow_left = 0
+            self.writer.end_follow()
 
     def _overflow_delta(self) -> int:
         seen = self.source.overflows if self.source else 0
@@ -316,6 +451,7 @@ class Listener:
             self._on_stop(decision)
 
     def _on_wake(self, wake: Wake) -> None:
+        self._stop_following()
         self.counters.wakes += 1
         self.events.emit(events.Wake(t=seconds(wake.at), wake_word=wake.wake_word,
                                      score=round(wake.score, 4)))
@@ -359,6 +495,7 @@ class Listener:
         if isinstance(decision, Finished):
             lag_s = (self._clock() - decision.utterance.start) / SAMPLE_RATE_HZ
             self.writer.finish(decision.utterance, datetime.now(UTC) - timedelta(seconds=lag_s))
+            self._follow_left = self._answer_frames
         else:
             self.writer.cancel()
             self.counters.discarded += 1

