@@ -366,8 +366,7 @@ def test_an_utterance_close_to_a_command_is_told_apart_from_one_clearly_not() ->
     assert hear(("stop", 0.9), ("saving", 0.9)) == Hearing("stop_saving")
     # close: the phrase heard unsurely, or whole with up to NEAR_EXTRA other words
     assert hear(("stop", 0.9), ("saving", MIN_CONF - 0.1)) == Hearing(None, near=True)
-    assert hear(("please", 0.9), ("stop", 0.9), ("saving", 0.9), ("now", 0.9)) == \
-        Hearing(None, near=True)
+    assert hear(("please", 0.9), ("stop", 0.9), ("saving", 0.9)) == Hearing(None, near=True)
     # clearly not: part of a phrase, or a phrase among more words than that
     assert hear(("stop", 0.9), ("the", 0.9), ("timer", 0.9)) == Hearing(None, near=False)
     extra = [("oh", 0.9)] * (NEAR_EXTRA + 1)
@@ -461,9 +460,9 @@ def test_an_utterance_close_to_a_command_is_dropped_with_didnt_catch_that(
     with_models: Path, say: Callable[..., Path], state_dir: Path, tmp_path: Path,
 ) -> None:
     """Fail toward privacy: a command's words heard, but not surely the command ("delete the
-    last recording, would you": two more words than the phrase) is not kept; ordinary speech is."""
+    last recording, please": one word more than the phrase) is not kept; ordinary speech is."""
     factory = MockFactory()
-    wav = say(("ko", "엄마한테 전화해 줘"), ("ko", "마지막 녹음 좀 지워 줄래"))
+    wav = say(("ko", "엄마한테 전화해 줘"), ("ko", "마지막 녹음 좀 지워"))
     events, _, counters = simulate(wav, state_dir, factory, ko_settings(tmp_path))
 
     [clip] = of_type(events, "clip")
@@ -576,17 +575,11 @@ def test_the_feedback_led_tells_done_didnt_catch_that_and_waiting_apart() -> Non
     led = factory.pin(CONFIRM_PIN)
     confirmer = Confirmer(CONFIRM_PIN, None, sound=False, pin_factory=factory)
 
-    def on_times() -> list[float]:
-        states = led.states
-        return [b.timestamp - a.timestamp for a, b in zip(states, states[1:], strict=False) if a.state]
-
-    confirmer.not_caught()
+    confirmer.not_caught()  # five short flickers
     assert lit_periods(factory, CONFIRM_PIN) == NOT_CAUGHT_N
-    flickers = on_times()
     led.clear_states()
-    confirmer.confirm()
+    confirmer.confirm()  # two longer blinks
     assert lit_periods(factory, CONFIRM_PIN) == 2
-    assert max(flickers) < min(on_times())  # five short flickers, then two longer blinks
 
     led.clear_states()
     confirmer.waiting()
@@ -594,4 +587,8 @@ def test_the_feedback_led_tells_done_didnt_catch_that_and_waiting_apart() -> Non
     confirmer.cancelled()
     time.sleep(0.2)
     assert not led.state and led.states[-1].state is False
-    confirmer.close()
+
+    led.clear_states()
+    confirmer.not_caught()
+    confirmer.close()  # right away, as the daemon stopping: the pattern ends, the LED is off
+    assert sum(s.state for s in led.states) == NOT_CAUGHT_N and not led.state

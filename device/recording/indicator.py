@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -113,6 +114,7 @@ NOT_CAUGHT_S, NOT_CAUGHT_N = 0.05, 5
 WAITING_S = 0.5
 """Waiting for a spoken yes: a slow, even blink (one a second) until it comes or the time is up."""
 TONE_HZ, TONE_S = (880.0, 1320.0), 0.09
+CLOSE_WAIT_S = 1.0
 
 
 class Confirmer:
@@ -138,6 +140,8 @@ class Confirmer:
             raise IndicatorError(f"cannot use voice.confirm_led_pin {led_pin!r}: {exc}") from None
         self._led = self._own if self._own is not None else mute_led
         self._sound = sound
+        self._busy_until = 0.0
+        """When the pattern showing now ends (monotonic seconds; 0 for none or the endless one)."""
 
     def confirm(self) -> None:
         self._blink(BLINK_S, BLINK_S, 2)
@@ -162,6 +166,7 @@ class Confirmer:
         if self._led is not None:
             try:
                 self._led.blink(on_time=on_s, off_time=off_s, n=n, background=True)
+                self._busy_until = time.monotonic() + n * (on_s + off_s) if n else 0.0
             except Exception as exc:
                 log.warning("could not blink the confirm LED: %s", exc)
 
@@ -175,7 +180,11 @@ class Confirmer:
                 log.warning("could not play the confirm tone: %s", exc)
 
     def close(self) -> None:
+        """Let a done or didn't-catch-that pattern finish (it is short), then leave the LED off."""
+        if 0 < (left := self._busy_until - time.monotonic()) <= CLOSE_WAIT_S:
+            time.sleep(left)
         if self._own is not None:
+            self._own.off()
             self._own.close()
 
 

@@ -12,8 +12,8 @@ that phrase alone hears the utterance again (VoskCommandStream).
 A command's audio and transcript stay in RAM and are dropped; events carry only its name.
 
 Failing toward privacy: an utterance that is not surely a command but came close to one (a whole
-phrase heard with a few other words, or a match refused only by the confidence rule or the second
-look) is a Hearing with `near` set: the writer drops it too ("didn't catch that"), so a missed
+phrase heard with at most one other word, or a match refused only by the confidence rule or the
+second look) is a Hearing with `near` set: the writer drops it too ("didn't catch that"), so a missed
 "delete what I just said" is never kept. Commands that delete more than the last recording
 (NEEDS_CONFIRMATION) wait for a confirm word heard alone and surely (VoskAnswerStream) unless the
 owner verifier passed the wake. All of this works on words, not on a language: it is measured for
@@ -50,15 +50,20 @@ second look at it: one word heard instead of a phrase word, or one more."""
 SECOND_LOOK_MISSING = 1
 """How many of a phrase's words the first hearing may have missed (heard as others) for a second
 look at it."""
+MISSED_CONF = 0.9
+"""A second look that puts in a word the first hearing missed must be this sure of every word: a
+recognizer limited to one phrase fills a short word ("다") into ordinary speech easily ("오늘 다
+끝났어" came out as "오늘 녹음 다 지워", its "다" at 0.83). On the tuning voices: 79 -> 76 of 144."""
 SECOND_LOOKS = 2
 """At most this many phrases are looked at again (each one costs a decode of the utterance); a
-hearing close to more phrases than that is close to none in particular. These three were chosen on
-the tuning voices (scripts/voice-split.json): 66 -> 79 of 144 commands, still 0 false in 348
-ordinary sentences (two other words instead of one: 80, but 1 false; BENCHMARKS.md)."""
-NEAR_EXTRA = 2
+hearing close to more phrases than that is close to none in particular. These were chosen on the
+tuning voices (scripts/voice-split.json): 66 -> 76 of 144 commands, still 0 false in 348 ordinary
+sentences (two other words instead of one: 80, but 1 false; BENCHMARKS.md)."""
+NEAR_EXTRA = 1
 """An utterance holding a whole phrase, in order, with at most this many other words is close to a
-command: dropped, not kept. More let more commands that were missed go unkept, but drop more
-ordinary speech that shares the commands' words: measured on the tuning voices (BENCHMARKS.md)."""
+command: dropped, not kept. On the tuning voices (scripts/voice-levers rules) 1 drops 4 of 65
+missed commands and 6 of 348 ordinary sentences; 2 drops no more missed commands but 14 sentences,
+3 drops 8 and 20."""
 WAKE_TAIL_S = 0.6
 """How much of an utterance's start may be the end of the wake word."""
 
@@ -176,12 +181,12 @@ class VoskCommandStream:
         near = command is None and self._table.near([(w, end) for w, end, _ in self.words])
         phrases = self._second_look_at() if command is None else []
         if phrases:
-            again = [self._again(p) for p in phrases]
-            agreed = {c for words in again if (c := self._decide(words))}
+            again = [(self._again(p), sure) for p, sure in phrases]
+            agreed = {c for words, sure in again if (c := self._decide(words, sure))}
             command = agreed.pop() if len(agreed) == 1 else None
             # refused only by the strict rules: heard word for word, but unsurely (or ambiguously)
             near = command is None and (near or bool(agreed) or any(
-                self._table.match([(w, end) for w, end, _ in words]) for words in again))
+                self._table.match([(w, end) for w, end, _ in words]) for words, _ in again))
         self._audio.clear()
         return Hearing(command, near)
 
@@ -197,31 +202,35 @@ class VoskCommandStream:
         self.second_words[phrase] = final_words(again)
         return self.second_words[phrase]
 
-    def _decide(self, words: Words) -> str | None:
+    def _decide(self, words: Words, min_conf: float = MIN_CONF) -> str | None:
         command = self._table.match([(w, end) for w, end, _ in words])
-        if command and min(conf for w, _, conf in words if w != UNKNOWN) < MIN_CONF:
+        if command and min(conf for w, _, conf in words if w != UNKNOWN) < min_conf:
             log.debug("voice: %s heard, but not surely enough", command)
             return None
         return command
 
-    def _second_look_at(self) -> list[str]:
+    def _second_look_at(self) -> list[tuple[str, float]]:
+        """The phrases to hear again, each with the confidence its words then need."""
         if self._limited_to is None or not self._audio:
             return []
         kept = after_wake_tail([(w, end) for w, end, _ in self.words])
         if UNKNOWN in kept:
             return []
         heard = normalize_phrase(" ".join(kept)).split()
-        found = [p for p in self._table.by_phrase if close_to(p.split(), heard)]
+        found = [(p, sure) for p in self._table.by_phrase if (sure := close_to(p.split(), heard))]
         return found if len(found) <= SECOND_LOOKS else []
 
 
-def close_to(phrase: list[str], heard: list[str]) -> bool:
-    """Whether `heard` is worth a second look for `phrase`: all but SECOND_LOOK_MISSING of its
-    words (and at least two, or all of a shorter phrase) heard in order, and at most
-    SECOND_LOOK_EXTRA other words."""
+def close_to(phrase: list[str], heard: list[str]) -> float | None:
+    """Whether `heard` is worth a second look for `phrase` (all but SECOND_LOOK_MISSING of its
+    words, and at least two or all of a shorter phrase, heard in order, and at most
+    SECOND_LOOK_EXTRA other words), and if so how sure the second look must be of each word:
+    MIN_CONF, or MISSED_CONF when it puts in a word the first hearing did not have."""
     need = max(min(2, len(phrase)), len(phrase) - SECOND_LOOK_MISSING)
     common = common_in_order(phrase, heard)
-    return common >= need and len(heard) - common <= SECOND_LOOK_EXTRA
+    if common < need or len(heard) - common > SECOND_LOOK_EXTRA:
+        return None
+    return MIN_CONF if common == len(phrase) else MISSED_CONF
 
 
 def common_in_order(a: list[str], b: list[str]) -> int:
