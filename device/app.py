@@ -16,6 +16,7 @@ from device.audio.sources import AudioSource
 from device.audio.vad import SpeechDetector
 from device.control import consent
 from device.control.commands import Controller
+from device.control.handoff import HandoffServer
 from device.control.mute import MuteState
 from device.control.save_mode import SaveState
 from device.control.sensitivity import SensitivityState
@@ -128,6 +129,19 @@ class StatsCounter:
                 log.warning("could not count a %s: %s", event.type, exc)
 
 
+def serve_the_web_page(state_dir: Path, controller: Controller, mqtt: Any) -> HandoffServer:
+    """Commands from the web page (`edge-recorder web`, its own process) reach MQTT through the
+    daemon: it runs them and announces each reply as it does an MQTT command's (evt + status)."""
+
+    def announce(reply: ev.Event) -> None:
+        mqtt.publish_event(reply)
+        mqtt.publish_status()
+
+    server = HandoffServer(state_dir, controller, announce)
+    server.start()
+    return server
+
+
 def run_pipeline(
     settings: Settings,
     state_dir: Path,
@@ -236,6 +250,7 @@ def run_pipeline(
             save.on_change(mqtt.publish_status)
             mqtt.start()
             stack.callback(mqtt.close)
+            stack.callback(serve_the_web_page(state_dir, controller, mqtt).close)
         try:
             listener.run(stop)
         finally:

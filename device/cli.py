@@ -138,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     consub.add_parser("revoke", parents=[common], help="stop all uploads now; purge the upload queue")
     consub.add_parser("status", parents=[common], help="the consent record")
 
+    web = sub.add_parser("web", parents=[common],
+                         help="the local web page: play, delete and export clips, see what left "
+                              "the device (see web.host)")
+    web.add_argument("--insecure-lan", action="store_true",
+                     help="allow plain HTTP on a non-loopback web.host (warned at every start)")
+    wsub = web.add_subparsers(dest="web_command")
+    passwd = wsub.add_parser("passwd", parents=[common],
+                             help="set the page's password (read twice from the terminal, or "
+                                  "once from standard input)")
+    passwd.add_argument("--remove", action="store_true", help="remove the password")
+
     models = sub.add_parser("models", parents=[common], help="install and verify models")
     msub = models.add_subparsers(dest="models_command", required=True)
     fetch = msub.add_parser("fetch", parents=[common], help="install models (default: all)")
@@ -522,6 +533,46 @@ def cmd_consent(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    from device.core.errors import ConfigError
+
+    settings, state_dir = _settings(args)
+    try:
+        from device.web import server
+    except ImportError as exc:
+        raise ConfigError(f"the web page needs the `web` extra ({exc.name} is missing): "
+                          "pip install 'edge-recorder[web]', or scripts/install.sh --web") from None
+    if args.web_command == "passwd":
+        return web_passwd(state_dir, args.remove)
+    server.serve(settings, state_dir, args.insecure_lan,
+                 on_ready=lambda url: print(f"edge-recorder: the page is at {url}", file=sys.stderr))
+    return 0
+
+
+def web_passwd(state_dir: Path, remove: bool) -> int:
+    import getpass
+
+    from device.core.errors import ConfigError
+    from device.web import auth, policy
+
+    with _opened_store(state_dir):
+        pass  # a state directory that is edge-recorder's, owner-only, before anything goes in
+    path = policy.password_path(state_dir)
+    if remove:
+        path.unlink(missing_ok=True)
+        print("the page's password is removed: it opens on this device only (loopback)")
+        return 0
+    if sys.stdin.isatty():
+        password = getpass.getpass("new password for the web page: ")
+        if getpass.getpass("again: ") != password:
+            raise ConfigError("the two passwords differ; nothing was changed")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    auth.set_password(path, password)
+    print(f"password set (argon2id hash in {path}); a running page asks for it from now on")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     settings, state_dir = _settings(args)
     models = ModelStore(resolve_models_dir(settings, state_dir))
@@ -577,7 +628,7 @@ COMMANDS = {
     "wipe": cmd_wipe, "enroll": cmd_enroll,
     "uploads": cmd_uploads, "stats": cmd_stats, "sensitivity": cmd_sensitivity,
     "save": cmd_save,
-    "mqtt": cmd_mqtt,
+    "mqtt": cmd_mqtt, "web": cmd_web,
 }
 CLIP_COMMANDS = {
     "list": clips_list, "show": clips_show, "export": clips_export, "delete": clips_delete,

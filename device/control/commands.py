@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import re
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -280,7 +281,9 @@ class Controller:
         self.save = save
         self.voice_settings = voice or VoiceSettings()
 
-    def execute(self, command: _Command) -> events.Event:
+    def execute(self, command: _Command, local: bool = False) -> events.Event:
+        """`local`: the command comes from the device itself (the CLI's rights: sensitivity and
+        the save mode may go back up to the configured level); otherwise it may only reduce (P5)."""
         if isinstance(command, DeleteCommand):
             return self.delete(command)
         if isinstance(command, ConsentCommand):
@@ -290,12 +293,13 @@ class Controller:
         if isinstance(command, RejectCommand):
             return self.reject(command)
         if isinstance(command, SensitivityCommand) and self.sensitivity is not None:
-            level = self.sensitivity.set(command.level, remote=True, request_id=command.request_id)
+            level = self.sensitivity.set(command.level, remote=not local,
+                                         request_id=command.request_id)
             return events.Sensitivity(request_id=command.request_id, level=level,
                                       configured=self.sensitivity.configured)
         if isinstance(command, SaveCommand) and self.save is not None:
             for_s = duration_s(command.for_) if command.for_ else None
-            return self.set_save(command.mode, remote=True, for_s=for_s,
+            return self.set_save(command.mode, remote=not local, for_s=for_s,
                                  request_id=command.request_id)
         raise CommandError("unknown_command", type(command).__name__, command.request_id)
 
@@ -343,6 +347,7 @@ class Controller:
         if result["replayed"]:
             log.info("delete %s was already done; replying with its result", cmd.request_id)
         log.info("delete %s: %d clip(s) deleted", cmd.request_id, len(result["ids"]))
+        self._count_deleted(result)
         return events.Deleted(
             request_id=cmd.request_id, ids=tuple(result["ids"]), not_found=tuple(result["not_found"]),
             reason=reason, remote=events.Remote.for_pending(result.get("remote_pending", [])),
@@ -357,11 +362,20 @@ class Controller:
         log.info("reject %s: %d clip(s) deleted as false wakes", cmd.request_id, len(result["ids"]))
         if not result["replayed"]:
             self._teach([seen[i] for i in result["ids"] if i in seen])
+        self._count_deleted(result)
         return events.Deleted(
             request_id=cmd.request_id, ids=tuple(result["ids"]), not_found=tuple(result["not_found"]),
             reason="reject", remote=events.Remote.for_pending(result.get("remote_pending", [])),
             replayed=result["replayed"],
         )
+
+    def _count_deleted(self, result: dict[str, Any]) -> None:
+        """The owner's deletions per day (`stats`, the web page's day view); a replay is not one."""
+        if result["ids"] and not result["replayed"]:
+            try:
+                self.store.add_stats({"deleted": len(result["ids"])})
+            except (StoreError, sqlite3.Error) as exc:  # a count is never worth failing a delete
+                log.warning("could not count a delete: %s", exc)
 
     def _wake_features(self, ids: list[str]) -> dict[str, tuple[str, np.ndarray]]:
         """Read before the delete (which destroys the keys): each clip's wake features, if its

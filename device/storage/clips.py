@@ -44,7 +44,7 @@ from device.storage.upload_queue import UploadQueue
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATS_SCHEMA = """CREATE TABLE stats (
     day TEXT NOT NULL,               -- local date
     name TEXT NOT NULL,              -- wakes, kept, rejected, discarded_<reason>
@@ -55,6 +55,7 @@ MIGRATIONS = {
     2: "ALTER TABLE requests ADD COLUMN body_hash TEXT NOT NULL DEFAULT '';\n"
        "ALTER TABLE requests ADD COLUMN state TEXT NOT NULL DEFAULT 'done';",
     3: STATS_SCHEMA + "\nALTER TABLE uploads ADD COLUMN recorded_at REAL NOT NULL DEFAULT 0;",
+    4: upload_queue.SENT_SCHEMA,
 }
 """From version N-1 to N: run by the first process that opens an older index."""
 MAX_STORED_IDS = 200

@@ -10,12 +10,14 @@ answers the DELETE with 404, which also confirms it.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from device.storage.db import Database
 
@@ -38,6 +40,20 @@ CREATE TABLE remote_deletes (
     next_at REAL NOT NULL DEFAULT 0
 );
 """
+SENT_SCHEMA = """CREATE TABLE sent (
+    seq INTEGER PRIMARY KEY,
+    at REAL NOT NULL,               -- unix time the request went out
+    kind TEXT NOT NULL,             -- upload | remote_delete
+    clip_id TEXT NOT NULL,
+    host TEXT NOT NULL,             -- where to: the host (and port) of upload.url
+    metadata TEXT,                  -- an upload's metadata JSON as sent (a transcript: its length)
+    answer TEXT NOT NULL            -- the server's answer (HTTP 201 ...) or why there was none
+);"""
+"""What left the device: one row per request that went out, kept after its clip is deleted (it
+holds no audio and no transcript), so the owner can see where each recording went."""
+SCHEMA += SENT_SCHEMA
+MAX_SENT_ROWS = 10_000
+"""The log keeps the newest this many requests."""
 UPLOAD, REMOTE_DELETE = "upload", "remote_delete"
 TABLES = {UPLOAD: "uploads", REMOTE_DELETE: "remote_deletes"}
 MAYBE_ON_SERVER = ("uploaded", "sending")
@@ -85,10 +101,11 @@ class UploadQueue:
         return queued, sending
 
     def clear(self) -> None:
-        """Everything is being wiped: uploads go; remote deletes the owner was told are pending
-        stay (they hold no audio)."""
+        """Everything is being wiped: uploads and the log of what was sent go; remote deletes the
+        owner was told are pending stay (they hold no audio)."""
         with self._db.transaction() as tx:
             tx.execute("DELETE FROM uploads")
+            tx.execute("DELETE FROM sent")
 
     def salvage_remote_deletes(self, old_index: Path) -> int:
         """After a rebuild: carry over the remote deletes the owner was told are pending, from
@@ -214,6 +231,45 @@ class UploadQueue:
                  for c, st, a, n, e in rows]
                 + [{"id": c, "state": "remote_delete_pending", "attempts": a, "next_at": n,
                     "last_error": None} for c, a, n in remote])
+
+    def record_sent(self, kind: str, clip_id: str, host: str, answer: str,
+                    metadata: dict[str, Any] | None = None) -> None:
+        """A request went out (or was attempted): log it for "what left this device". A transcript
+        in the metadata is logged as its length only: the log outlives the clip and its key."""
+        meta = None
+        if metadata is not None:
+            shown = dict(metadata)
+            if isinstance(shown.get("transcript"), str):
+                shown["transcript"] = f"[{len(shown['transcript'])} characters]"
+            meta = json.dumps(shown, ensure_ascii=False)
+        with self._db.transaction() as tx:
+            tx.execute("INSERT INTO sent (at, kind, clip_id, host, metadata, answer) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (time.time(), kind, clip_id, host, meta, answer))
+            tx.execute("DELETE FROM sent WHERE seq <= (SELECT MAX(seq) FROM sent) - ?",
+                       (MAX_SENT_ROWS,))
+
+    def sent_log(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """What left the device, newest first: {"at", "kind", "clip_id", "host", "metadata",
+        "answer"}; plus, as "pending", the remote deletes not confirmed yet."""
+        rows = self._db.read("SELECT at, kind, clip_id, host, metadata, answer FROM sent "
+                             "ORDER BY seq DESC LIMIT ?", (limit,))
+        return [{"at": at, "kind": kind, "clip_id": cid, "host": host,
+                 "metadata": json.loads(meta) if meta else None, "answer": answer}
+                for at, kind, cid, host, meta, answer in rows]
+
+    def clip_states(self, hold_s: float) -> dict[str, str]:
+        """Each clip id the queue knows, with where its copy stands: held (inside the hold
+        window), queued, sending, uploaded, failed, remote_delete_pending or remote_deleted (the
+        server confirmed). A clip not named here never left the device."""
+        now = time.time()
+        states = {cid: "remote_deleted" for (cid,) in self._db.read(
+            "SELECT DISTINCT clip_id FROM sent WHERE kind = ? AND (answer LIKE 'HTTP 2%' OR "
+            "answer LIKE 'HTTP 404%')", (REMOTE_DELETE,))}
+        for cid, state, recorded_at in self._db.read(
+                "SELECT clip_id, state, recorded_at FROM uploads"):
+            states[cid] = "held" if state == "queued" and recorded_at > now - hold_s else state
+        states.update({cid: "remote_delete_pending" for cid in self.pending_remote()})
+        return states
 
     # -- status -------------------------------------------------------------------------------------
     def held(self, hold_s: float) -> int:
