@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +42,7 @@ def run_checks(settings: Settings, state_dir: Path, pin_factory: Any) -> list[Ch
         lambda: check_gpio(settings, pin_factory), lambda: check_broker(settings),
         lambda: check_upload(settings), lambda: check_store(settings, state_dir),
         lambda: check_machine(settings, state_dir), lambda: check_voice(settings, state_dir),
-        lambda: check_owner(settings, state_dir),
+        lambda: check_owner(settings, state_dir), lambda: check_web(settings, state_dir),
     ]
     return [guarded(c) for c in checks]
 
@@ -180,6 +181,29 @@ def check_store(settings: Settings, state_dir: Path) -> Check:
                      "or lower retention.min_free_bytes")
     return Check("storage", True, detail)
 
+
+
+def check_web(settings: Settings, state_dir: Path) -> Check:
+    """Whether the web page is on (something answers where it would listen), where, and who may
+    reach it. A page that is off is fine: it is off until the owner turns it on."""
+    from device.web import policy
+
+    w = settings.web
+    host = "127.0.0.1" if w.host in ("0.0.0.0", "::", "") else w.host.strip("[]")
+    try:
+        with socket.create_connection((host, w.port), timeout=NETWORK_TIMEOUT_S):
+            on = True
+    except OSError:
+        on = False
+    try:
+        where = policy.binding(w, state_dir, insecure_lan=True)
+    except EdgeRecorderError as exc:
+        return Check("web", False, f"the page {'is on but ' if on else ''}cannot start as "
+                     f"configured: {exc}", "set a password (`edge-recorder web passwd`) or put "
+                     "web.host back to 127.0.0.1")
+    state = f"on at {where.url}" if on else f"off (nothing listens on {where.host}:{where.port})"
+    hint = "" if on else "; `sudo systemctl enable --now edge-recorder-web` turns it on"
+    return Check("web", True, f"the page is {state}; reachable from {where.protection}{hint}")
 
 
 WAKE_MB = 90
