@@ -21,8 +21,8 @@ DEVICE = "0e2e0e2e0e2e"
 BASE = f"edge-recorder/{DEVICE}/"
 
 
-def retained_status(broker: Broker) -> dict[str, object]:
-    out = subprocess.run(["mosquitto_sub", *broker.client_args(), "-t", BASE + "status", "-C", "1",
+def retained_status(broker: Broker, base: str = BASE) -> dict[str, object]:
+    out = subprocess.run(["mosquitto_sub", *broker.client_args(), "-t", base + "status", "-C", "1",
                           "-W", "10"], capture_output=True, text=True, timeout=20)
     return json.loads(out.stdout) if out.stdout.strip() else {}
 
