@@ -175,40 +175,59 @@ class ClipWriter:
         ))
 
 
+@dataclass(frozen=True)
+class ListenerParts:
+    """What the loop drives, frame by frame."""
+
+    detector: WakeDetector
+    speech: SpeechDetector
+    recorder: Recorder
+    light: Light
+    writer: ClipWriter
+
+
+@dataclass(frozen=True)
+class ListenerHooks:
+    """What the loop asks of, and tells, the rest of the daemon."""
+
+    can_record: Callable[[], str | None] = lambda: None
+    """Why a wake cannot be recorded now (no space, read-only), or None."""
+    retry: tuple[float, float] | None = None
+    """(initial, max) backoff seconds to wait out a lost microphone; None: an input error ends the
+    run (a file)."""
+    on_ready: Callable[[], None] = lambda: None
+    """Called once, when the input first opened."""
+    show_muted: Callable[[bool], None] = lambda muted: None
+    """Drives a mute LED."""
+    wake_features: Callable[[Wake], np.ndarray | None] = lambda wake: None
+    """What the owner verifier saw of a wake, kept sealed with its clip (a reject teaches it)."""
+
+
 class Listener:
     """Owns the input stream: opens it, closes it while muted (nothing is captured), reopens it."""
 
-    def __init__(
-        self, open_source: Callable[[], AudioSource], detector: WakeDetector,
-        speech: SpeechDetector, recorder: Recorder, light: Light, writer: ClipWriter,
-        events: EventSink, counters: Counters, mute: MuteState | None = None,
-        can_record: Callable[[], str | None] = lambda: None,
-        retry: tuple[float, float] | None = None,
-        on_ready: Callable[[], None] = lambda: None,
-        show_muted: Callable[[bool], None] = lambda muted: None,
-        wake_features: Callable[[Wake], np.ndarray | None] = lambda wake: None,
-    ) -> None:
-        """`retry` = (initial, max) backoff seconds to wait out a lost microphone; None = an input
-        error ends the run (a file). `show_muted` drives a mute LED. `wake_features(wake)`: what
-        the owner verifier saw of a wake, kept sealed with its clip (a reject teaches it)."""
-        self.wake_features = wake_features
+    def __init__(self, open_source: Callable[[], AudioSource], parts: ListenerParts,
+                 events: EventSink, counters: Counters, mute: MuteState | None = None,
+                 hooks: ListenerHooks | None = None) -> None:
+        hooks = hooks or ListenerHooks()
+        self.wake_features = hooks.wake_features
         self._open_source = open_source
-        self._can_record = can_record
-        self._retry = retry
-        self._on_ready = on_ready
-        self._show_muted = show_muted
+        self._can_record = hooks.can_record
+        self._retry = hooks.retry
+        self._on_ready = hooks.on_ready
+        self._show_muted = hooks.show_muted
         self._opened_once = False
         self._lost_since: float | None = None
-        self._backoff_s = retry[0] if retry else 0.0
+        self._backoff_s = self._retry[0] if self._retry else 0.0
         self.alive_at = time.monotonic()
         """When the audio loop last showed it is alive (a frame, or a wait it chose to do)."""
         self.source: AudioSource | None = None
         self.mute = mute or MuteState()
-        self.detector = detector
-        self.speech = speech
-        self.recorder = recorder
-        self.light = light
-        self.writer = writer
+        self.detector = parts.detector
+        self.speech = parts.speech
+        self.recorder = parts.recorder
+        self.light = parts.light
+        self.writer = parts.writer
         self.events = events
         self.counters = counters
         self._last_end = 0
