@@ -117,7 +117,8 @@ class HandoffServer:
         except Exception as exc:  # e.g. the store locked too long: the page says so, the daemon goes on
             if not isinstance(exc, EdgeRecorderError):
                 log.exception("web commands: %s failed", kind)
-            reply = events.Error(t=None, code="failed", request_id=payload.get("request_id"),
+            reply = events.Error(t=None, code="store_failed" if isinstance(exc, StoreError)
+                                 else "internal", request_id=payload.get("request_id"),
                                  message=str(exc))
         self._announce(reply)
         with contextlib.suppress(OSError):  # the page gave up waiting: the effect stands
