@@ -4,6 +4,7 @@ commands to the daemon, the upload log, and the HTTP rules (CSRF, Host, ranges, 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import ssl
@@ -19,12 +20,12 @@ from device.control.commands import Controller
 from device.control.mute import MuteState
 from device.core import events
 from device.core.config import Settings, WebSettings
-from device.core.errors import ConfigError
+from device.core.errors import ConfigError, StoreError
 from device.doctor import check_web
 from device.storage.clips import ClipStore
 from device.storage.upload_queue import REMOTE_DELETE, UPLOAD
 from device.web import auth, policy
-from tests.conftest import spawn_cli
+from tests.conftest import run_cli, spawn_cli
 from tests.web_harness import WebServer, add_clip
 
 
@@ -49,7 +50,8 @@ def test_loopback_needs_nothing_the_network_needs_a_password_and_https(state_dir
         WebSettings(cert_file="/c.pem")
 
 
-def test_passwd_stores_an_owner_only_argon2id_hash(state_dir: Path) -> None:
+def test_passwd_stores_an_owner_only_argon2id_hash(state_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     proc = spawn_cli("web", "passwd", input="correct horse battery\n", timeout=60)
     assert proc.returncode == 0, proc.stderr
     path = policy.password_path(state_dir)
@@ -57,16 +59,18 @@ def test_passwd_stores_an_owner_only_argon2id_hash(state_dir: Path) -> None:
     assert path.read_text().startswith("$argon2id$") and "correct horse" not in path.read_text()
     assert auth.check_password(path, "correct horse battery")
     assert not auth.check_password(path, "correct horse battery!")
-    short = spawn_cli("web", "passwd", input="short\n", timeout=60)
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    short = run_cli("web", "passwd")
     assert short.returncode == 2 and short.stderr.count("\n") == 1 and "8 to 1024" in short.stderr
-    assert spawn_cli("web", "passwd", "--remove", timeout=60).returncode == 0
+    assert auth.check_password(path, "correct horse battery")  # unchanged
+    assert run_cli("web", "passwd", "--remove").returncode == 0
     assert not path.exists()
 
 
 def test_a_lan_page_without_a_password_does_not_start(tmp_path: Path) -> None:
     cfg = tmp_path / "lan.toml"
     cfg.write_text('[web]\nhost = "0.0.0.0"\n')
-    proc = spawn_cli("web", "--config", str(cfg), timeout=60)
+    proc = run_cli("web", "--config", str(cfg))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "set a password first with `edge-recorder web passwd`" in proc.stderr
 
@@ -239,3 +243,25 @@ def test_the_upload_log_keeps_where_and_what_but_never_the_transcript(state_dir:
         assert q.sent_log() == []
     finally:
         store.close()
+
+
+def test_a_daemon_that_never_answers_is_an_error_not_a_hang(state_dir: Path) -> None:
+    import socket
+
+    state_dir.mkdir()
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.bind(str(handoff.socket_path(state_dir)))
+    mute.listen(1)  # accepts (the kernel's backlog) and never replies
+    try:
+        with pytest.raises(StoreError, match="the daemon did not answer"):
+            handoff.send(state_dir, "delete", {"request_id": "h", "all": True}, False, timeout_s=0.3)
+    finally:
+        mute.close()
+
+
+def test_strangers_fetching_the_sign_in_page_cannot_push_the_owner_out() -> None:
+    sessions = auth.Sessions(idle_s=3600)
+    owner = sessions.new(signed_in=True)
+    for _ in range(auth.MAX_SESSIONS * 2):
+        sessions.new(signed_in=False)
+    assert sessions.get(owner.token) is owner

@@ -73,6 +73,9 @@ def test_sign_in_list_newest_first_play_and_export(browser: Any, site: WebServer
     longer = add_clip(site.store, transcript="what's the weather tomorrow", seconds=2.5)
     text_only = add_clip(site.store, transcript="remind me to call mum", audio=False)
     page = signed_in(browser, site)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url))
+    page.reload()
     assert listed(page) == [text_only.id, longer.id, markup.id]
     row = page.locator(f"#clip-{markup.id}")
     assert row.locator(".transcript").inner_text() == markup.transcript  # shown as text
@@ -91,6 +94,7 @@ def test_sign_in_list_newest_first_play_and_export(browser: Any, site: WebServer
     with page.expect_download() as download:
         page.click(f"#clip-{longer.id} a[download]")
     assert Path(download.value.path()).read_bytes() == site.store.read_audio(longer)
+    assert asked and all(url.startswith(site.url + "/") for url in asked)  # nothing third-party
     shot(page, "web-recordings.png")
     page.set_viewport_size(PHONE)  # a phone: the same page, nothing wider than the screen
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]

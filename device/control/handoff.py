@@ -26,7 +26,7 @@ from typing import Any
 
 from device.control.commands import MAX_PAYLOAD_BYTES, Controller, error_event, parse
 from device.core import events
-from device.core.errors import CommandError, EdgeRecorderError, StoreError
+from device.core.errors import CommandError, EdgeRecorderError, StoreError, describe
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,12 @@ def send(state_dir: Path, kind: str, payload: dict[str, Any], local: bool,
             sock.connect(str(socket_path(state_dir)))
         except (FileNotFoundError, ConnectionRefusedError):
             return None
-        sock.sendall(request)
-        reply = _read_line(sock)
+        try:
+            sock.sendall(request)
+            reply = _read_line(sock)
+        except OSError as exc:  # a daemon that hangs: the page says so and stays up
+            raise StoreError(f"the daemon did not answer the command ({describe(exc)}); see "
+                             "its log (journalctl -u edge-recorder)") from None
     if not reply:
         raise StoreError("the daemon closed the command socket without a reply; see its log")
     return dict(json.loads(reply))

@@ -31,7 +31,7 @@ from device.control import consent
 from device.control.save_mode import SAVE_MODES, SaveState
 from device.control.sensitivity import SensitivityState, rank
 from device.core.config import SENSITIVITY_LEVELS, Settings
-from device.core.errors import ConfigError, StoreError
+from device.core.errors import ConfigError, EdgeRecorderError, StoreError
 from device.storage.clips import ClipStore
 from device.web import auth, pages, policy
 from device.web.actions import Commands, describe
@@ -251,7 +251,11 @@ class WebApp:
         digest = hashlib.sha256(repr(sorted(body.items())).encode()).hexdigest()[:12]
         form_id = re.sub(r"[^0-9a-f]", "", ctx.first("form_id"))[:16] or secrets.token_hex(8)
         payload = {"request_id": f"web-{form_id}-{kind}-{digest}", **body}
-        reply = await run_in_threadpool(self.commands.run, kind, payload, ctx.local)
+        try:
+            reply = await run_in_threadpool(self.commands.run, kind, payload, ctx.local)
+        except EdgeRecorderError as exc:  # the store is busy too long, the daemon hangs
+            log.error("web: %s %s failed: %s", kind, payload["request_id"], exc)
+            reply = {"type": "error", "message": f"{exc}; reload the page to see what is kept now"}
         ctx.session.flash.append(describe(reply))
         return reply
 

@@ -73,8 +73,10 @@ class Sessions:
                           time.monotonic())
         with self._lock:
             self._expire()
-            if len(self._by_token) >= MAX_SESSIONS:  # the oldest goes
-                del self._by_token[min(self._by_token.values(), key=lambda s: s.seen_at).token]
+            if len(self._by_token) >= MAX_SESSIONS:  # the oldest goes, a signed-in one last:
+                # a stranger fetching the sign-in page over and over cannot sign the owner out
+                oldest = min(self._by_token.values(), key=lambda s: (s.signed_in, s.seen_at))
+                del self._by_token[oldest.token]
             self._by_token[session.token] = session
         return session
 
