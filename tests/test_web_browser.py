@@ -39,18 +39,43 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
-@pytest.fixture
-def site(state_dir: Path) -> Iterator[WebServer]:
-    srv = WebServer(state_dir, password=PASSWORD)
+@pytest.fixture(scope="module")
+def shared_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
+    srv = WebServer(tmp_path_factory.mktemp("web") / "state", password=PASSWORD)
     yield srv
     srv.close()
+
+
+@pytest.fixture(scope="module")
+def household(browser: Any, shared_site: WebServer) -> Iterator[Any]:
+    """One signed-in browser context for the module (a test opens its own page in it)."""
+    page = signed_in(browser, shared_site)
+    yield page.context
+    page.context.close()
+
+
+@pytest.fixture
+def site(shared_site: WebServer) -> WebServer:
+    """The module's page, with no clips left by an earlier test."""
+    shared_site.store.delete(everything=True)
+    return shared_site
+
+
+@pytest.fixture
+def page(household: Any, site: WebServer) -> Iterator[Any]:
+    tab = household.new_page()
+    tab.set_viewport_size({"width": 900, "height": 900})
+    tab.on("dialog", lambda d: d.accept())  # "Delete this recording?"
+    tab.goto(site.url + "/")
+    yield tab
+    tab.close()
 
 
 def signed_in(browser: Any, site: WebServer, viewport: dict[str, int] | None = None) -> Any:
     context = browser.new_context(viewport=viewport or {"width": 900, "height": 900},
                                   accept_downloads=True)
     page = context.new_page()
-    page.on("dialog", lambda d: d.accept())  # "Delete this recording?"
+    page.on("dialog", lambda d: d.accept())
     page.goto(site.url + "/")
     assert page.url.endswith("/login")
     page.fill("input[name=password]", PASSWORD)
@@ -123,9 +148,10 @@ def test_a_wrong_password_is_refused_and_then_held_back(browser: Any, state_dir:
         srv.close()
 
 
-def test_delete_one_selected_and_all(browser: Any, site: WebServer, state_dir: Path) -> None:
+def test_delete_one_selected_and_all(page: Any, site: WebServer) -> None:
+    state_dir = site.store.state_dir
     clips = [add_clip(site.store, transcript=f"clip {i}") for i in range(5)]
-    page = signed_in(browser, site)
+    page.reload()
     page.click(f"#clip-{clips[0].id} button.delete")
     page.wait_for_selector(".flash")
     assert "Deleted: 1 clip." in page.inner_text(".flash")
@@ -146,29 +172,30 @@ def test_delete_one_selected_and_all(browser: Any, site: WebServer, state_dir: P
     page.wait_for_selector(".empty")
     assert listed(page) == [] and site.store.all() == []
     assert list((state_dir / "clips").iterdir()) == []
-    page.context.close()
 
 
-def test_that_wasnt_for_me_deletes_and_counts_a_false_wake(browser: Any, site: WebServer) -> None:
+def test_that_wasnt_for_me_deletes_and_counts_a_false_wake(page: Any, site: WebServer) -> None:
     kept, rejected = add_clip(site.store), add_clip(site.store, transcript="<i>tv noise</i>")
-    page = signed_in(browser, site)
+    before = (site.store.stats(days=1) or [{}])[0]
+    page.reload()
     page.click(f"#clip-{rejected.id} button.reject")
     page.wait_for_selector(".flash")
     assert "counted as a false wake" in page.inner_text(".flash")
     assert listed(page) == [kept.id]
     today = site.store.stats(days=1)[0]
-    assert today["rejected"] == 1 and today["deleted"] == 1
+    assert today["rejected"] == before.get("rejected", 0) + 1
+    assert today["deleted"] == before.get("deleted", 0) + 1
     page.click("nav >> text=Days")
     row = page.locator("table.days tbody tr").first
-    assert row.locator(".false").inner_text() == "1" and row.locator(".deleted").inner_text() == "1"
+    assert row.locator(".false").inner_text() == str(today["rejected"])
+    assert row.locator(".deleted").inner_text() == str(today["deleted"])
     assert page.locator("svg.chart rect.bar-false_wakes").count() == 14
     shot(page, "web-days.png")
-    page.context.close()
 
 
-def test_forged_posts_are_refused(browser: Any, site: WebServer) -> None:
+def test_forged_posts_are_refused(page: Any, browser: Any, site: WebServer) -> None:
     clip = add_clip(site.store)
-    page = signed_in(browser, site)
+    page.reload()
     forged = page.request.post(site.url + "/clips/delete", form={"ids": clip.id, "form_id": "1"})
     assert forged.status == 403  # the session cookie went along, the CSRF token did not
     other = browser.new_page()  # a page of another site that posts to the speaker
@@ -179,11 +206,10 @@ def test_forged_posts_are_refused(browser: Any, site: WebServer) -> None:
     assert "Refused" in other.content()
     assert [c.id for c in site.store.all()] == [clip.id]
     other.close()
-    page.context.close()
 
 
-def test_settings_sensitivity_save_mode_and_consent(browser: Any, site: WebServer) -> None:
-    page = signed_in(browser, site)
+def test_settings_sensitivity_save_mode_and_consent(page: Any, site: WebServer) -> None:
+    page.reload()
     page.click("nav >> text=Settings")
     page.select_option("select[name=level]", "strict")
     page.click("form[action='/settings/sensitivity'] button")
@@ -202,10 +228,9 @@ def test_settings_sensitivity_save_mode_and_consent(browser: Any, site: WebServe
     page.wait_for_selector("#grant")
     assert page.inner_text("#consent") == "off" and "waiting upload(s) were cancelled" in \
         page.inner_text(".flash")
-    page.context.close()
 
 
-def test_what_left_this_device(browser: Any, site: WebServer) -> None:
+def test_what_left_this_device(page: Any, site: WebServer) -> None:
     clip = add_clip(site.store, transcript="a private sentence")
     q = site.store.uploads
     meta = {"clip_id": clip.id, "recorded_hour": "2026-11-30T09:00:00Z", "duration_s": TONE_S,
@@ -213,7 +238,7 @@ def test_what_left_this_device(browser: Any, site: WebServer) -> None:
     q.record_sent(UPLOAD, clip.id, "uploads.home.example", "none: ConnectionError: refused", meta)
     q.record_sent(UPLOAD, clip.id, "uploads.home.example", "HTTP 201 Created", meta)
     q.record_sent(REMOTE_DELETE, clip.id, "uploads.home.example", "HTTP 204 No Content")
-    page = signed_in(browser, site)
+    page.reload()
     assert "remote copy deleted (confirmed by the server)" in page.inner_text(f"#clip-{clip.id}")
     page.click("nav >> text=What left this device")
     rows = page.locator("table.sent tbody tr")
@@ -222,7 +247,6 @@ def test_what_left_this_device(browser: Any, site: WebServer) -> None:
     assert "uploads.home.example" in rows.nth(1).inner_text()
     assert "a private sentence" not in page.content() and "[18 characters]" in rows.nth(1).inner_text()
     shot(page, "web-sent.png")
-    page.context.close()
 
 
 # -- beside the running daemon, with a real broker ------------------------------------------------
