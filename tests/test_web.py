@@ -3,6 +3,7 @@ commands to the daemon, the upload log, and the HTTP rules (CSRF, Host, ranges, 
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import io
 import json
@@ -12,10 +13,11 @@ import stat
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from device.control import handoff
+from device.control import consent, handoff
 from device.control.commands import Controller
 from device.control.mute import MuteState
 from device.core import events
@@ -265,3 +267,53 @@ def test_strangers_fetching_the_sign_in_page_cannot_push_the_owner_out() -> None
     for _ in range(auth.MAX_SESSIONS * 2):
         sessions.new(signed_in=False)
     assert sessions.get(owner.token) is owner
+
+
+# -- from the network: only what reduces ------------------------------------------------------------
+
+def asgi_call(app: Any, method: str, path: str, client: str, cookie: str,
+              form: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One request straight into the ASGI app, from `client` (a LAN address cannot be bound here)."""
+    body = urllib.parse.urlencode(form or {}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "client": (client, 50000), "server": ("192.168.1.2", 8380),
+             "headers": [(b"host", b"speaker.local:8380"), (b"cookie", cookie.encode()),
+                         (b"content-type", b"application/x-www-form-urlencoded")]}
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_from_the_network_the_page_only_reduces(state_dir: Path) -> None:
+    srv = WebServer(state_dir, password="a long enough password")
+    try:
+        app, session = srv.app.asgi(), srv.app.sessions.new(signed_in=True)
+        cookie = f"er_session={session.token}"
+        lan, here = "192.168.1.30", "127.0.0.1"
+        status, html = asgi_call(app, "GET", "/settings", lan, cookie)
+        assert status == 200 and b'id="grant"' not in html and b"only be given on the speaker" in html
+        grant = {"csrf": session.csrf, "action": "grant", "scope": "audio"}
+        assert asgi_call(app, "POST", "/settings/consent", lan, cookie, grant)[0] == 303
+        assert consent.read(srv.store).covers is None  # P1: never granted from the network
+        assert "only be granted on the device" in session.flash[-1]
+        save = {"csrf": session.csrf, "mode": "nothing", "form_id": "01"}
+        asgi_call(app, "POST", "/settings/save", lan, cookie, save)
+        assert srv.app.save.refresh().mode == "nothing"  # saving less: allowed
+        asgi_call(app, "POST", "/settings/save", lan, cookie, {**save, "mode": "audio"})
+        assert srv.app.save.refresh().mode == "nothing" and "saving can only be reduced" in \
+            session.flash[-1]
+        asgi_call(app, "POST", "/settings/save", here, cookie, {**save, "mode": "audio"})
+        assert srv.app.save.refresh().mode == "audio"  # on the device: as the CLI may
+        asgi_call(app, "POST", "/settings/consent", here, cookie, grant)
+        assert consent.read(srv.store).covers == "audio"
+        assert asgi_call(app, "GET", "/", lan, "")[0] == 303  # not signed in: to the sign-in page
+    finally:
+        srv.close()
