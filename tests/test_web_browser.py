@@ -90,7 +90,7 @@ def shot(page: Any, name: str) -> None:
 
 
 def listed(page: Any) -> list[str]:
-    return page.eval_on_selector_all("li.clip", "els => els.map(e => e.dataset.id)")
+    return page.eval_on_selector_all("li.clip", "els => els.map(e => e.id.slice(5))")
 
 
 def test_sign_in_list_newest_first_play_and_export(browser: Any, site: WebServer) -> None:
