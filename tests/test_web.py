@@ -317,3 +317,15 @@ def test_from_the_network_the_page_only_reduces(state_dir: Path) -> None:
         assert asgi_call(app, "GET", "/", lan, "")[0] == 303  # not signed in: to the sign-in page
     finally:
         srv.close()
+
+
+def test_a_state_directory_too_deep_for_a_socket_leaves_the_daemon_running(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "state"
+    store = ClipStore(deep)
+    server = handoff.HandoffServer(deep, Controller(store, MuteState()), lambda e: None)
+    try:
+        server.start()  # AF_UNIX paths stop at 107 bytes: a warning, not a crash
+        assert handoff.send(deep, "delete", {"request_id": "d", "all": True}, False) is None
+    finally:
+        server.close()
+        store.close()

@@ -48,7 +48,7 @@ def send(state_dir: Path, kind: str, payload: dict[str, Any], local: bool,
         sock.settimeout(timeout_s)
         try:
             sock.connect(str(socket_path(state_dir)))
-        except (FileNotFoundError, ConnectionRefusedError):
+        except OSError:  # no daemon (or none this user may reach): the caller runs it itself
             return None
         try:
             sock.sendall(request)
@@ -83,13 +83,20 @@ class HandoffServer:
         self._thread = threading.Thread(target=self._serve, name="web-commands", daemon=True)
 
     def start(self) -> None:
+        """Listen; if the socket cannot be made (a state directory path longer than a Unix socket
+        allows), say so and go on: the page then runs its commands itself, unannounced."""
         self._path.unlink(missing_ok=True)  # left by a daemon that was killed
         old = os.umask(0o177)
         try:
             self._sock.bind(str(self._path))
+            os.chmod(self._path, 0o600)
+        except OSError as exc:
+            log.warning("web commands: cannot listen on %s (%s); commands from the web page will "
+                        "not reach MQTT", self._path, describe(exc))
+            self._stop.set()
+            return
         finally:
             os.umask(old)
-        os.chmod(self._path, 0o600)
         self._sock.listen(4)
         self._sock.settimeout(0.5)
         self._thread.start()
@@ -129,7 +136,8 @@ class HandoffServer:
             conn.sendall(reply.to_json().encode() + b"\n")
 
     def close(self) -> None:
-        if self._stop.is_set():
+        if self._stop.is_set() and not self._thread.is_alive():
+            self._sock.close()
             return
         self._stop.set()
         self._sock.close()

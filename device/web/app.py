@@ -14,7 +14,6 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -402,7 +401,3 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int]:
 async def _chunks(data: bytes, start: int, end: int) -> AsyncIterator[bytes]:
     for at in range(start, end, CHUNK):
         yield data[at:min(at + CHUNK, end)]
-
-
-def static_dir() -> Path:
-    return Path(__file__).with_name("static")
