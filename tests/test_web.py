@@ -77,6 +77,29 @@ def test_a_lan_page_without_a_password_does_not_start(tmp_path: Path) -> None:
     assert "set a password first with `edge-recorder web passwd`" in proc.stderr
 
 
+def test_a_missing_or_wrong_certificate_is_one_line(tmp_path: Path, tls_material: dict[str, Path]) -> None:
+    for cert, key in (("/nonexistent.pem", "/nonexistent.key"),
+                      (tls_material["cert"], tls_material["ca"])):  # a key that is not the key
+        cfg = tmp_path / "tls.toml"
+        cfg.write_text(f'[web]\ncert_file = "{cert}"\nkey_file = "{key}"\nport = 9\n')
+        proc = run_cli("web", "--config", str(cfg))
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "cannot load them" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        cfg = tmp_path / "port.toml"
+        cfg.write_text(f"[web]\nport = {taken.getsockname()[1]}\n")
+        proc = run_cli("web", "--config", str(cfg))
+    assert proc.returncode == 2 and "is another program using it?" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_failed_logins_are_limited_per_address_and_in_all() -> None:
     limiter = auth.LoginLimiter()
     for _ in range(auth.FAILS_PER_CLIENT):

@@ -4,6 +4,7 @@ no reload), on the address the binding rules allow (device/web/policy.py)."""
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from device.control.commands import Controller
 from device.control.mute import MuteState
 from device.control.save_mode import SaveState
 from device.control.sensitivity import SensitivityState
-from device.core.config import Settings
-from device.core.errors import ConfigError
+from device.core.config import Settings, WebSettings
+from device.core.errors import ConfigError, describe
 from device.storage.clips import ClipStore
 from device.web import policy
 from device.web.actions import Commands
@@ -35,9 +36,22 @@ def build(settings: Settings, store: ClipStore, binding: policy.Binding) -> WebA
     return WebApp(settings, store, Commands(controller), sensitivity, save, binding)
 
 
+def check_certificate(web: WebSettings) -> None:
+    """Load the certificate and key once, so a wrong path or file is one clear line."""
+    if web.cert_file is None or web.key_file is None:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(web.cert_file,
+                                                                            web.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"web.cert_file '{web.cert_file}' and web.key_file '{web.key_file}': "
+                          f"cannot load them: {describe(exc)}") from None
+
+
 def serve(settings: Settings, state_dir: Path, insecure_lan: bool,
           on_ready: Callable[[str], None] = lambda url: None) -> None:
     binding = policy.binding(settings.web, state_dir, insecure_lan)
+    check_certificate(settings.web)
     if binding.warning:
         log.warning("%s", binding.warning)
     store = ClipStore(state_dir)
