@@ -5,18 +5,25 @@ test injects the fault with real parts (mosquitto, the loopback HTTPS server, SQ
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from device.control.commands import Controller, Signing, parse
 from device.control.mute import MuteState
 from device.control.save_mode import SaveState
 from device.control.sensitivity import SensitivityState
-from device.core.config import WakeSettings
+from device.core.config import MqttSettings, Settings, WakeSettings
 from device.core.errors import CommandError
 from device.storage.clips import ClipStore
+from tests.conftest import ROOT, Broker, free_port, port_open, wait_until
 from tests.test_commands import SECRET, add_clip, indexed, run, signed
+from tests.test_mqtt import BASE, DEVICE, WAIT_S, Speaker
 
 # -- 7. remote sensitivity and replayed settings ----------------------------------------------------
 
@@ -89,3 +96,138 @@ def test_an_absurd_duration_or_timestamp_is_a_bad_request_naming_the_field(state
         assert reply["code"] == "bad_request" and reply["message"].startswith("ts: ")
         assert len(reply["message"]) < 200
     assert indexed(store) == {keep}
+
+
+# -- 6. the shipped broker configuration starts and keeps its promises -------------------------------
+
+SHIPPED_CONF, SHIPPED_ACL = (ROOT / "config" / f"mosquitto-edge-recorder.{ext}" for ext in ("conf", "acl"))
+PASSWORDS = {"homeassistant": "ha-password", "speaker": "speaker-password", "guest": "guest-password"}
+
+
+class ShippedBroker(Broker):
+    """mosquitto started on exactly the shipped conf and acl. Only what a test must change is
+    changed: the listener's port (and loopback address), the paths of the TLS files, the password
+    file and the acl file, and `user root` (mosquitto otherwise drops to its own user, which cannot
+    read the test's files). Persistence goes to the working directory, as the conf leaves it."""
+
+    def __init__(self, workdir: Path, tls: dict[str, Path]) -> None:
+        self.workdir, self.tls, self.port, self.proc = workdir, tls, free_port(), None
+        passwd = workdir / "passwd"
+        for i, (user, password) in enumerate(PASSWORDS.items()):
+            subprocess.run(["mosquitto_passwd", *(["-c"] if i == 0 else []), "-b", str(passwd), user,
+                            password], check=True, capture_output=True, timeout=30)
+        acl = workdir / "edge-recorder.acl"
+        shutil.copyfile(SHIPPED_ACL, acl)
+        rewrites = {"listener 8883": f"listener {self.port} 127.0.0.1",
+                    "/etc/mosquitto/certs/ca.crt": str(tls["ca"]),
+                    "/etc/mosquitto/certs/broker.crt": str(tls["cert"]),
+                    "/etc/mosquitto/certs/broker.key": str(tls["key"]),
+                    "/etc/mosquitto/passwd": str(passwd),
+                    "/etc/mosquitto/edge-recorder.acl": str(acl)}
+        text = SHIPPED_CONF.read_text()
+        for shipped, here in rewrites.items():
+            assert shipped in text, f"the shipped conf no longer has {shipped!r}"
+            text = text.replace(shipped, here)
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text("user root\n" + text)
+        self.log = workdir / "mosquitto.log"
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], cwd=self.workdir,
+                                         stdout=log, stderr=log)
+        wait_until(lambda: port_open(self.port) or self.proc.poll() is not None, 10,  # type: ignore[union-attr]
+                   "mosquitto did not start")
+        assert self.proc.poll() is None, f"mosquitto exited: {self.log.read_text()[-500:]}"
+
+
+class Watcher:
+    """A plain MQTT 3.1.1 client logged in as one user: subscribes (again on every connect) and
+    records what arrives."""
+
+    def __init__(self, broker: Broker, user: str | None, topics: list[str]) -> None:
+        self.got: list[tuple[str, bytes]] = []
+        self.refused: list[str] = []
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{user}")
+        if user:
+            c.username_pw_set(user, PASSWORDS[user])
+        c.tls_set(ca_certs=str(broker.tls["ca"]))
+        c.reconnect_delay_set(1, 1)
+        c.on_connect = lambda cl, u, f, rc, p: (self.refused.append(str(rc)) if rc.is_failure else
+                                                cl.subscribe([(t, 1) for t in topics]) if topics
+                                                else None)
+        c.on_message = lambda cl, u, m: self.got.append((m.topic, bytes(m.payload)))
+        c.connect_async("127.0.0.1", broker.port)
+        c.loop_start()
+        self.client = c
+
+    def topics(self) -> set[str]:
+        return {t for t, _ in self.got}
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def shipped_broker(tmp_path: Path, tls_material: dict[str, Path]) -> Iterator[ShippedBroker]:
+    workdir = tmp_path / "shipped-broker"
+    workdir.mkdir()
+    b = ShippedBroker(workdir, tls_material)
+    b.start()
+    yield b
+    b.stop()
+
+
+def speaker_settings(broker: Broker, user: str = "speaker") -> MqttSettings:
+    return Settings.model_validate({"mqtt": {
+        "host": "127.0.0.1", "port": broker.port, "username": user, "password": PASSWORDS[user],
+        "reconnect_min_s": 0.2, "reconnect_max_s": 1.0,
+        "tls": {"enabled": True, "ca_file": str(broker.tls["ca"])}}}).mqtt
+
+
+def test_the_shipped_broker_config_starts_and_keeps_its_promises(
+    shipped_broker: ShippedBroker, state_dir: Path
+) -> None:
+    ha = Watcher(shipped_broker, "homeassistant", [BASE + "#", "homeassistant/#"])
+    guest = Watcher(shipped_broker, "guest", ["edge-recorder/#", "homeassistant/#"])
+    snoop = Watcher(shipped_broker, "speaker", [BASE + "evt/#", BASE + "status"])
+    anonymous = Watcher(shipped_broker, None, [])
+    speaker = Speaker(state_dir, speaker_settings(shipped_broker))
+    try:
+        # the speaker works as the user the ACL names: status, discovery, a command and its reply
+        doomed, kept = add_clip(speaker.store), add_clip(speaker.store)
+        wait_until(lambda: {BASE + "status", f"homeassistant/device/{DEVICE}/config"} <= ha.topics(),
+                   WAIT_S, "Home Assistant never saw the speaker's status and discovery")
+        ha.client.publish(BASE + "cmd/delete", json.dumps({"request_id": "d1", "ids": [doomed]}), 1)
+        wait_until(lambda: BASE + "evt/deleted" in ha.topics(), WAIT_S, "no evt/deleted")
+        assert indexed(speaker.store) == {kept}
+        # the speaker cannot send itself (or any speaker) commands
+        ha.got.clear()
+        snoop.client.publish(BASE + "cmd/delete", json.dumps({"request_id": "d2", "all": True}), 1)
+        # the size limit: 120,000 bytes pass; 140,000 (over max_packet_size 131072) never arrive
+        for size in (120_000, 140_000):
+            subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(shipped_broker.port),
+                            "--cafile", str(shipped_broker.tls["ca"]), "-u", "homeassistant", "-P",
+                            PASSWORDS["homeassistant"], "-q", "1", "-t", f"{BASE}size/{size}", "-s"],
+                           input=b"x" * size, capture_output=True, timeout=30)
+        ha.client.publish(BASE + "size/after", b"after", 1)
+        wait_until(lambda: BASE + "size/after" in ha.topics(), WAIT_S, "no message after the big one")
+        assert {t for t in ha.topics() if "/size/" in t} == {BASE + "size/120000", BASE + "size/after"}
+        assert BASE + "cmd/delete" not in ha.topics()
+        assert indexed(speaker.store) == {kept}
+        # nobody else reads what the speaker says; the speaker reads no events; no anonymous login
+        assert guest.got == [] and snoop.got == []  # (mosquitto grants, then filters delivery)
+        wait_until(lambda: anonymous.refused, WAIT_S, "an anonymous client was not refused")
+        assert not anonymous.client.is_connected()
+        # commands wait for a speaker that is off, across a restart of the broker (persistence)
+        speaker.close()
+        ha.client.publish(BASE + "cmd/delete", json.dumps({"request_id": "d3", "ids": [kept]}),
+                          1).wait_for_publish(WAIT_S)  # the broker has it
+        shipped_broker.restart()
+        speaker = Speaker(state_dir, speaker_settings(shipped_broker))
+        wait_until(lambda: not indexed(speaker.store), WAIT_S, "the command sent while away was lost")
+    finally:
+        speaker.close()
+        for watcher in (ha, guest, snoop, anonymous):
+            watcher.close()
