@@ -5,15 +5,18 @@ test injects the fault with real parts (mosquitto, the loopback HTTPS server, SQ
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from device.control import consent
 from device.control.commands import Controller, Signing, parse
 from device.control.mute import MuteState
 from device.control.save_mode import SaveState
@@ -21,9 +24,12 @@ from device.control.sensitivity import SensitivityState
 from device.core.config import MqttSettings, Settings, WakeSettings
 from device.core.errors import CommandError
 from device.storage.clips import ClipStore
-from tests.conftest import ROOT, Broker, free_port, port_open, wait_until
+from tests.conftest import MQTT_PASSWORD, MQTT_USER, ROOT, Broker, free_port, port_open, wait_until
 from tests.test_commands import SECRET, add_clip, indexed, run, signed
-from tests.test_mqtt import BASE, DEVICE, WAIT_S, Speaker
+from tests.test_mqtt import BASE, DEVICE, WAIT_S, Speaker, settings_for
+from tests.test_upload import Running, record
+from tests.test_upload import settings as upload_settings
+from tests.upload_server import UploadServer
 
 # -- 7. remote sensitivity and replayed settings ----------------------------------------------------
 
@@ -145,12 +151,13 @@ class Watcher:
     """A plain MQTT 3.1.1 client logged in as one user: subscribes (again on every connect) and
     records what arrives."""
 
-    def __init__(self, broker: Broker, user: str | None, topics: list[str]) -> None:
+    def __init__(self, broker: Broker, user: str | None, topics: list[str],
+                 password: str | None = None) -> None:
         self.got: list[tuple[str, bytes]] = []
         self.refused: list[str] = []
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{user}")
         if user:
-            c.username_pw_set(user, PASSWORDS[user])
+            c.username_pw_set(user, password or PASSWORDS[user])
         c.tls_set(ca_certs=str(broker.tls["ca"]))
         c.reconnect_delay_set(1, 1)
         c.on_connect = lambda cl, u, f, rc, p: (self.refused.append(str(rc)) if rc.is_failure else
@@ -163,6 +170,9 @@ class Watcher:
 
     def topics(self) -> set[str]:
         return {t for t, _ in self.got}
+
+    def replies(self, topic: str) -> list[dict[str, Any]]:
+        return [json.loads(p) for t, p in self.got if t == BASE + topic]
 
     def close(self) -> None:
         self.client.disconnect()
@@ -231,3 +241,73 @@ def test_the_shipped_broker_config_starts_and_keeps_its_promises(
         speaker.close()
         for watcher in (ha, guest, snoop, anonymous):
             watcher.close()
+
+
+# -- 5. bounded reads: MQTT 5 Maximum Packet Size, persistent session -------------------------------
+
+
+def rss_kb(field: str) -> int:
+    match = re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    assert match, field
+    return int(match.group(1))
+
+
+def publish_with_mosquitto_pub(broker: Broker, topic: str, payload: bytes) -> None:
+    subprocess.run(["mosquitto_pub", *broker.client_args(), "-q", "1", "-t", topic, "-s"],
+                   input=payload, capture_output=True, timeout=60, check=True)
+
+
+def test_an_oversized_message_never_reaches_the_speaker_even_without_a_broker_limit(
+    broker: Broker, state_dir: Path
+) -> None:
+    """The test broker has no max_packet_size (mosquitto then takes up to 256 MB). A 37 MB command
+    must not reach the speaker's handler nor its memory: this process's peak RSS (the speaker runs
+    in it; the sender is mosquitto_pub) stays within a few MB."""
+    evt = Watcher(broker, MQTT_USER, [BASE + "evt/#", BASE + "status"], MQTT_PASSWORD)
+    speaker = Speaker(state_dir, settings_for(broker))
+    try:
+        keep = add_clip(speaker.store)
+        wait_until(lambda: BASE + "status" in evt.topics(), WAIT_S, "speaker never came online")
+        huge = json.dumps({"request_id": "huge", "ids": ["a" * 32] * 1_000_000}).encode()
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak RSS
+        before_kb = rss_kb("VmRSS")
+        publish_with_mosquitto_pub(broker, BASE + "cmd/delete", huge)
+        publish_with_mosquitto_pub(broker, BASE + "cmd/delete",
+                                   json.dumps({"request_id": "after", "ids": [keep]}).encode())
+        wait_until(lambda: evt.replies("evt/deleted"), WAIT_S, "the next command was not served")
+        growth_mb = (rss_kb("VmHWM") - before_kb) / 1024
+        assert evt.replies("evt/error") == []  # the handler never saw it (it would say too_large)
+        assert growth_mb < 8, f"peak RSS grew by {growth_mb:.0f} MB for a {len(huge) >> 20} MB message"
+        assert "Dropping too large outgoing PUBLISH" in (broker.workdir / "mosquitto.log").read_text()
+    finally:
+        speaker.close()
+        evt.close()
+
+
+@pytest.mark.parametrize("request_kind", ["upload", "remote delete"])
+def test_a_reply_that_never_ends_is_cut_off_after_a_few_kilobytes(
+    state_dir: Path, https_server: UploadServer, tls_material: dict[str, Path], request_kind: str
+) -> None:
+    """The server answers 200 and then sends a body without end (a 1 TB Content-Length). The
+    speaker takes the status, reads at most 64 KiB of the body and hangs up: done on the first
+    request, and the server could write only a little before the connection was gone (read in
+    full, the reply would be cut by the 3 s deadline, the request retried, and memory would grow
+    with every byte)."""
+    store = ClipStore(state_dir)
+    consent.grant(store, ("audio",))
+    running = Running(store, upload_settings(https_server, tls_material, timeout_s=3.0))
+    try:
+        if request_kind == "upload":
+            https_server.script.append("endless")
+        clip = record(store)
+        wait_until(lambda: running.of("uploaded"), WAIT_S, "not uploaded")
+        if request_kind == "remote delete":
+            https_server.script.append("endless")
+            store.delete(ids=[clip], request_id="gone")
+            wait_until(lambda: [e for e in running.events if e["type"] == "deleted"
+                                and e["remote"]["status"] == "confirmed"], WAIT_S, "not confirmed")
+        method = "POST" if request_kind == "upload" else "DELETE"
+        assert [r.method for r in https_server.requests].count(method) == 1  # the first did it
+        assert https_server.reply_bytes < 1 << 20, f"{https_server.reply_bytes} bytes written"
+    finally:
+        running.close()

@@ -1,7 +1,11 @@
 """All paho-mqtt use: the control plane's one adapter.
 
-Persistent session (clean_session=False, a client id made from the random device id) and QoS 1, so a
-command sent while the speaker is offline is delivered when it reconnects. Messages are acknowledged
+MQTT 5 (or 3.1.1 where a broker cannot speak 5). Persistent session (MQTT 5: clean_start=False and a
+Session Expiry Interval that never ends; 3.1.1: clean_session=False), a client id made from the
+random device id, and QoS 1, so a command sent while the speaker is offline is delivered when it
+reconnects. With MQTT 5 the broker is told the largest packet the speaker takes (Maximum Packet
+Size) and drops bigger messages for it, and how many unacknowledged commands it may hand over at
+once (Receive Maximum). Messages are acknowledged
 by hand, only after the command is executed and durable: a crash before the ack makes the broker
 deliver it again, and request-id idempotency keeps it from running twice. paho's callbacks run on its
 network thread and only hand messages over; one worker executes them in order.
@@ -25,9 +29,19 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from device import __version__
-from device.control.commands import CommandError, Controller, Signing, error_event, parse, request_id_in
+from device.control.commands import (
+    MAX_PAYLOAD_BYTES,
+    CommandError,
+    Controller,
+    Signing,
+    error_event,
+    parse,
+    request_id_in,
+)
 from device.core import events
 from device.core.config import MqttSettings
 from device.core.errors import ConfigError, StoreError
@@ -39,6 +53,16 @@ from device.storage.clips import ClipStore
 log = logging.getLogger(__name__)
 
 QOS = 1
+MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 4096
+"""MQTT 5 Maximum Packet Size: the largest command payload plus room for its topic and headers.
+The broker drops bigger messages for this client: they never reach the speaker's memory."""
+RECEIVE_MAXIMUM = 20
+"""MQTT 5 Receive Maximum: QoS 1 commands the broker hands over before the speaker acknowledges
+(the rest wait at the broker, in the persistent session). MQTT 3.1.1 brokers have their own limit
+(mosquitto: max_inflight_messages, 20)."""
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+"""MQTT 5 Session Expiry Interval: as MQTT 3.1.1's clean_session=False, commands wait for a
+speaker that is off however long it is off."""
 RETRY_INITIAL_S, RETRY_MAX_S = 0.2, 10.0
 """Backoff while a command cannot complete yet (it stays unacknowledged meanwhile)."""
 RATE_PER_S, BURST = 20.0, 100
@@ -133,7 +157,8 @@ class MqttControl:
         port = port_of(s)
         log.info("mqtt: connecting to %s:%d as %s", s.host, port, self.base)
         self._worker.start()
-        self._client.connect_async(str(s.host), port, keepalive=s.keepalive_s)
+        self._client.connect_async(str(s.host), port, keepalive=s.keepalive_s,
+                                   **connect_options(s, persistent=True))
         self._client.loop_start()
 
     def close(self) -> None:
@@ -288,10 +313,16 @@ def signing_of(settings: MqttSettings) -> Signing | None:
 
 
 def make_client(settings: MqttSettings, client_id: str, persistent: bool) -> mqtt.Client:
-    """A paho client with the owner's login, TLS and reconnect settings (daemon and doctor)."""
+    """A paho client with the owner's protocol, login, TLS and reconnect settings (daemon and
+    doctor). Connect it with `connect_options` (MQTT 5 sets the session there)."""
     s = settings
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         clean_session=not persistent, manual_ack=persistent)
+    if s.protocol == "5":
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv5, manual_ack=persistent)
+    else:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv311, clean_session=not persistent,
+                             manual_ack=persistent)
     password = s.password or read_secret(s.password_file, "mqtt.password")
     if s.username:
         client.username_pw_set(s.username, password)
@@ -307,6 +338,20 @@ def make_client(settings: MqttSettings, client_id: str, persistent: bool) -> mqt
     # broker is down.
     client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)  # type: ignore[arg-type]
     return client
+
+
+def connect_options(settings: MqttSettings, persistent: bool) -> dict[str, Any]:
+    """MQTT 5's session and limits, for every connect and reconnect (paho keeps them). A persistent
+    session must not start clean: paho's default cleans it on the first connect of every process,
+    which would drop the commands sent while the speaker was off."""
+    if settings.protocol != "5":
+        return {}
+    props = Properties(PacketTypes.CONNECT)
+    props.MaximumPacketSize = MAX_PACKET_BYTES
+    props.ReceiveMaximum = RECEIVE_MAXIMUM
+    if persistent:
+        props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+    return {"clean_start": not persistent, "properties": props}
 
 
 def port_of(settings: MqttSettings) -> int:
@@ -326,7 +371,7 @@ def probe(settings: MqttSettings, timeout_s: float) -> tuple[bool, str]:
     client.on_connect = on_connect
     host, port = str(settings.host), port_of(settings)
     try:
-        client.connect(host, port, keepalive=10)
+        client.connect(host, port, keepalive=10, **connect_options(settings, persistent=False))
     except (OSError, ssl.SSLError) as exc:
         return False, f"cannot reach {host}:{port}: {exc}"
     client.loop_start()
@@ -348,7 +393,8 @@ def forget(settings: MqttSettings, state_dir: Path, timeout_s: float = 10.0) -> 
     done = threading.Event()
     client.on_connect = lambda *args: done.set()
     try:
-        client.connect(str(settings.host), port_of(settings), keepalive=10)
+        client.connect(str(settings.host), port_of(settings), keepalive=10,
+                       **connect_options(settings, persistent=False))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot reach {settings.host}:{port_of(settings)}: {exc}") from None
     client.loop_start()
