@@ -8,6 +8,9 @@ import json
 import re
 import shutil
 import subprocess
+import threading
+import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +28,16 @@ from device.core.config import MqttSettings, Settings, WakeSettings
 from device.core.errors import CommandError
 from device.storage.clips import ClipStore
 from tests.conftest import MQTT_PASSWORD, MQTT_USER, ROOT, Broker, free_port, port_open, wait_until
-from tests.test_commands import SECRET, add_clip, indexed, run, signed
-from tests.test_mqtt import BASE, DEVICE, WAIT_S, Speaker, settings_for
+from tests.test_commands import SECRET, add_clip, indexed, on_disk, run, signed
+from tests.test_mqtt import (
+    BASE,
+    DEVICE,
+    WAIT_S,
+    Owner,
+    Speaker,
+    owner,  # noqa: F401  (the fixture)
+    settings_for,
+)
 from tests.test_upload import Running, record
 from tests.test_upload import settings as upload_settings
 from tests.upload_server import UploadServer
@@ -311,3 +322,106 @@ def test_a_reply_that_never_ends_is_cut_off_after_a_few_kilobytes(
         assert https_server.reply_bytes < 1 << 20, f"{https_server.reply_bytes} bytes written"
     finally:
         running.close()
+
+
+# -- 4. rate limits after authentication: a flood never costs the owner a command -------------------
+
+
+class Flood:
+    """Another client on the broker publishing `payloads` (QoS 1) at `per_s` on cmd topics, from
+    a thread, as fast as a real flood would (not all at once)."""
+
+    def __init__(self, broker: Broker, payloads: list[tuple[str, bytes]], per_s: float) -> None:
+        self.sent = 0
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-flood")
+        c.username_pw_set(MQTT_USER, MQTT_PASSWORD)
+        c.tls_set(ca_certs=str(broker.tls["ca"]))
+        c.max_queued_messages_set(0)
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        wait_until(c.is_connected, WAIT_S, "the flood could not connect")
+        self.client, self._payloads, self._per_s = c, payloads, per_s
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        for i, (command, payload) in enumerate(self._payloads):
+            time.sleep(max(0.0, start + i / self._per_s - time.monotonic()))
+            self.client.publish(BASE + f"cmd/{command}", payload, qos=1)
+            self.sent += 1
+
+    def join(self) -> None:
+        self._thread.join(timeout=60)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def junk(n: int, signing: bool) -> list[tuple[str, bytes]]:
+    """What anyone who can publish can send that is not a valid command: not JSON, unknown keys,
+    wrong types, unknown commands; with signing also unsigned and badly signed deletes."""
+    forms = [("delete", b'{not json %d'), ("delete", b'{"request_id": "junk-%d", "everything": 1}'),
+             ("delete", b'{"request_id": "junk-%d", "ids": "nope"}'), ("reboot", b'{"n": %d}')]
+    if signing:
+        forms += [("delete", b'{"request_id": "junk-%d", "all": true}'),
+                  ("delete", b'{"request_id": "junk-%d", "all": true, "ts": 1, "nonce": '
+                             b'"abcdefgh", "sig": "00"}')]
+    return [(forms[i % len(forms)][0], forms[i % len(forms)][1] % i) for i in range(n)]
+
+
+@pytest.mark.parametrize("signing", [True, False], ids=["signed", "unsigned"])
+def test_a_junk_flood_never_costs_the_owner_a_delete(
+    broker: Broker, owner: Owner, tmp_path: Path, signing: bool  # noqa: F811
+) -> None:
+    """150 junk messages a second for 3 s; the owner's delete in the middle of it runs (it was
+    refused as rate_limited, acknowledged, and the clip stayed). Junk is answered only up to its
+    own rate, with one rate_limited notice, not echoed message for message."""
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET.decode())
+    extra = f'[mqtt.signing]\nsecret_file = "{secret}"\n' if signing else ""
+    toml = broker.config_toml() + extra
+    speaker = Speaker(tmp_path / "state", Settings.model_validate(tomllib.loads(toml)).mqtt)
+    try:
+        doomed, kept = add_clip(speaker.store), add_clip(speaker.store)
+        wait_until(lambda: owner.replies("status"), WAIT_S, "speaker never came online")
+        flood = Flood(broker, junk(450, signing), per_s=150)
+        time.sleep(1.5)  # 225 junk messages in: far past any burst allowance
+        body = {"request_id": "owner-1", "ids": [doomed]}
+        owner.send("delete", signed("delete", body) if signing else body)
+        flood.join()
+        assert owner.reply("evt/deleted", "owner-1")["ids"] == [doomed]
+        assert indexed(speaker.store) == on_disk(speaker.store) == {kept}
+        wait_until(lambda: speaker.control._inbox.empty(), WAIT_S, "the flood was not worked off")
+        errors = owner.replies("evt/error")
+        assert not [e for e in errors if e["request_id"] == "owner-1"]
+        assert [e["request_id"] for e in errors if e["code"] == "rate_limited"] == [None]
+        assert len(errors) < flood.sent / 4, f"{len(errors)} replies to {flood.sent} junk messages"
+    finally:
+        speaker.close()
+
+
+def test_a_flood_of_valid_commands_is_paced_and_each_one_is_done_before_its_ack(
+    broker: Broker, owner: Owner, state_dir: Path, request: pytest.FixtureRequest  # noqa: F811
+) -> None:
+    """Without signing, whoever the broker lets publish is authenticated. 180 valid mute commands
+    at 150 a second, and the owner's delete after 150 of them: none is refused; beyond 20 a second
+    they wait their turn unacknowledged (the broker holds the rest), and each is answered once it
+    is done (they were refused as rate_limited and acknowledged, the delete too)."""
+    speaker = Speaker(state_dir, settings_for(broker))
+    request.addfinalizer(speaker.close)
+    doomed = add_clip(speaker.store)
+    wait_until(lambda: owner.replies("status"), WAIT_S, "speaker never came online")
+    mutes = [("mute", json.dumps({"request_id": f"m{i}", "muted": i % 2 == 0}).encode())
+             for i in range(180)]
+    started = time.monotonic()
+    flood = Flood(broker, mutes, per_s=150)
+    time.sleep(1.0)
+    owner.send("delete", {"request_id": "owner-1", "ids": [doomed]})
+    flood.join()
+    assert owner.reply("evt/deleted", "owner-1")["ids"] == [doomed]
+    assert doomed not in indexed(speaker.store) | on_disk(speaker.store)
+    wait_until(lambda: len(owner.replies("evt/mute")) == 180, WAIT_S, "mute commands went unanswered")
+    took_s = time.monotonic() - started
+    assert owner.replies("evt/error") == []
+    assert sorted(int(r["request_id"][1:]) for r in owner.replies("evt/mute")) == list(range(180))
+    assert took_s >= (181 - 100) / 20 * 0.9, f"{took_s:.1f} s: not paced"
