@@ -2,7 +2,7 @@
 
     scripts/bench-upload-reply [--reply-mb 1536] [--repo PATH]
 
-Starts an HTTPS server on loopback (a throwaway CA made with openssl) that answers every POST and
+Starts an HTTPS server on loopback (the tests' throwaway CA, made with openssl) that answers every POST and
 DELETE with 200 and a body of --reply-mb MiB (Content-Length set, sent in 1 MiB writes). Each side
 runs in a fresh child process, so its peak RSS (ru_maxrss) is its own:
 - `uploader`: edge-recorder's Uploader as the daemon runs it (a ClipStore, consent granted, one
@@ -28,21 +28,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 MIB = 1 << 20
 
-
-def make_tls(d: Path) -> dict[str, Path]:
-    def ssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    ssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
-        "-subj", "/CN=bench CA")
-    ssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "san.ext")
-    return {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key"}
+from tests.upload_server import make_test_tls  # noqa: E402  (the tests' throwaway CA)
 
 
 class HugeReplies(ThreadingHTTPServer):
@@ -100,8 +89,13 @@ def child_uploader(url: str, ca: str, state: str) -> dict[str, Any]:
     done = threading.Event()
     statuses: list[str] = []
     sink = EventSink()
-    sink.subscribe(lambda e: (statuses.append(getattr(e, "status", "")), done.set())
-                   if e.type == "upload" else None)
+
+    def on_event(event: Any) -> None:
+        if event.type == "upload":
+            statuses.append(event.status)
+            done.set()
+
+    sink.subscribe(on_event)
     uploader = Uploader(UploadSettings(url=url, ca_file=ca, hold_s=0, timeout_s=600), store, sink)
     base = rss_now_mb()
     started = time.monotonic()
@@ -165,7 +159,7 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        tls = make_tls(work)
+        tls = make_test_tls(work)
         server = HugeReplies(tls, args.reply_mb * MIB)
         url = f"https://127.0.0.1:{server.server_address[1]}/clips"
         result: dict[str, Any] = {"reply_mb": args.reply_mb, "repo": str(args.repo)}
