@@ -268,7 +268,7 @@ def test_the_page_while_the_daemon_records_and_evt_deleted_on_mqtt(
     events = tmp_path / "events.jsonl"
     daemon = subprocess.Popen(
         [str(ENTRY_POINT), "simulate", "--realtime", "--config", str(cfg), "--events", str(events),
-         str(speech(WAKE_SENTENCE, lead_s=3.0, tail_s=60.0))],
+         str(speech(WAKE_SENTENCE, tail_s=60.0))],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def seen(kind: str, **fields: str) -> list[dict[str, Any]]:
