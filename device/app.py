@@ -35,7 +35,7 @@ from device.storage.retention import Sweeper
 from device.wake.detector import OpenWakeWordDetector, WakeDetector
 from device.wake.gate import GatedDetector
 from device.wake.phrase import PhraseCheck
-from device.wake.verifier import OwnerVerifier, VerifierFiles
+from device.wake.verifier import WEIGHTS_DAMAGED, OwnerVerifier, VerifierFiles
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,18 @@ def make_transcriber(settings: Settings, models: ModelStore) -> Transcriber:
 
 
 def make_recorder(settings: Settings, state_dir: Path, scorer: OpenWakeWordDetector,
-                  level: Callable[[], str]) -> tuple[Recorder, OwnerVerifier]:
+                  level: Callable[[], str], events: EventSink | None = None
+                  ) -> tuple[Recorder, OwnerVerifier]:
     """The recorder with the daemon's second looks before the light: the phrase check, then the
-    owner verifier (which also says from which score an enrolled owner is listened for)."""
+    owner verifier (which also says from which score an enrolled owner is listened for). Weights
+    of theirs that cannot be used become an `error` event on `events`."""
+    def report(message: str) -> None:
+        if events is not None:
+            events.emit(ev.Error(t=None, code=WEIGHTS_DAMAGED, request_id=None, message=message))
+
     verifier = OwnerVerifier(VerifierFiles(state_dir), scorer.features,
-                             settings.wake.verifier_threshold)
-    phrase = PhraseCheck(settings.wake, scorer.features, level)
+                             settings.wake.verifier_threshold, report)
+    phrase = PhraseCheck(settings.wake, scorer.features, level, report)
     recorder = Recorder(settings.recorder, settings.wake, level=level,
                         second_look=lambda w: phrase.second_look(w) or verifier.second_look(w),
                         owner=verifier.listens_lower)
@@ -185,7 +191,7 @@ def run_pipeline(
                             save_mode=save.mode, share_transcripts=settings.mqtt.publish_transcripts)
         stack.callback(writer.close)
         events.subscribe(StatsCounter(store, save.mode))
-        recorder, verifier = make_recorder(settings, state_dir, scorer, sensitivity.level)
+        recorder, verifier = make_recorder(settings, state_dir, scorer, sensitivity.level, events)
         if settings.wake.gate:
             detector = GatedDetector(detector, settings.wake,
                                      keep_open=lambda: recorder.state is not State.LISTENING)

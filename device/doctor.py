@@ -16,7 +16,7 @@ import numpy as np
 from device import FRAME_SAMPLES
 from device.control import consent
 from device.core.config import Settings, resolve_models_dir
-from device.core.errors import EdgeRecorderError
+from device.core.errors import EdgeRecorderError, ModelError
 
 MIC_SECONDS = 0.5
 NETWORK_TIMEOUT_S = 5.0
@@ -260,8 +260,14 @@ def check_owner(settings: Settings, state_dir: Path) -> Check:
                      "look your voice, which turns most false wakes away before the light")
     parts = []
     for name in enrolled:
-        known = files.features(name)
-        weights = files.weights(name)
+        try:
+            known = files.features(name)
+            weights = files.weights(name)
+        except ModelError as exc:
+            return Check("owner", False, f"the owner verifier for {name} cannot be used: {exc}; "
+                         f"every wake of {name} is discarded meanwhile",
+                         f"enroll again (`edge-recorder enroll {name} ...`) or remove it "
+                         f"(`edge-recorder enroll --remove {name}`)")
         lower = (f", against {weights.impostors} impostor frames: it hears wakes from "
                  f"{settings.wake.preset(name, owner=True)[0]:g} at {settings.wake.sensitivity}"
                  if weights is not None and weights.impostors else "")
