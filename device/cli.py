@@ -223,24 +223,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from gpiozero.pins.mock import MockFactory
 
     from device.app import run_pipeline
-    from device.audio.sources import WavSource, load_portaudio
+    from device.audio.sources import FileInput, load_portaudio
 
     settings, state_dir = _settings(args)
     if settings.voice.confirm_sound:
         load_portaudio()  # the confirm tone plays through it; before any thread
     path = args.file or sample_wav()
-    source = WavSource(path, args.realtime, settings.audio.queue_s)  # fail fast on a bad file
+    source = FileInput(path, args.realtime, settings.audio.queue_s)  # reopened after a mute
     events = EventSink(args.events)
     try:
         with _stop_on_signals() as stop:
             counters = run_pipeline(
-                settings, state_dir, lambda: source, events, MockFactory(), stop,
+                settings, state_dir, source, events, MockFactory(), stop,
                 control_plane=True,  # the identical pipeline: MQTT and uploads too, when configured
             )
     finally:
         events.close()
     print(
-        f"edge-recorder: simulated {source.duration_s:.1f} s of '{path.name}': "
+        f"edge-recorder: simulated {source.source.duration_s:.1f} s of '{path.name}': "
         f"{counters.wakes} wake(s), {counters.clips} clip(s), {counters.discarded} discarded; "
         f"clips are in {state_dir}",
         file=sys.stderr,
