@@ -5,25 +5,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import sqlite3
 import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from device import __version__
 from device.core.config import Settings, load_settings, resolve_models_dir, resolve_state_dir
-from device.core.errors import EdgeRecorderError
+from device.core.errors import EdgeRecorderError, describe
 from device.core.events import EventSink
 from device.storage.models import VOSK_EN, ModelStore, describe_status
 
 log = logging.getLogger("device")
 
 EXIT_INTERRUPTED = 130
+EXIT_FILE_ERROR = 1
 
 
 def sample_wav() -> Path:
@@ -73,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id")
     export = csub.add_parser("export", parents=[common], help="copy a clip's WAV out")
     export.add_argument("id")
-    export.add_argument("dest", type=Path)
+    export.add_argument("dest", type=Path, help="a file, or a folder for <id>.wav")
+    export.add_argument("--force", action="store_true", help="replace the file if it exists")
     delete = csub.add_parser("delete", parents=[common],
                              help="delete clips (the same forms as MQTT cmd/delete)")
     delete.add_argument("ids", nargs="*", help="clip ids")
@@ -158,10 +162,34 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return COMMANDS[args.command](args)
         except EdgeRecorderError as exc:
-            print(f"edge-recorder: error: {exc}", file=sys.stderr)
-            return exc.exit_code
+            return _error(str(exc), exc.exit_code)
+        except BrokenPipeError:  # e.g. `clips list | head -1`: the reader left; nothing to say
+            return _stdout_gone()
+        except (OSError, sqlite3.Error) as exc:  # a missing or read-only folder, a full disk
+            return _error(_describe_file_error(exc), EXIT_FILE_ERROR)
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
+
+
+def _error(message: str, code: int) -> int:
+    print(f"edge-recorder: error: {message}", file=sys.stderr)
+    return code
+
+
+def _describe_file_error(exc: OSError | sqlite3.Error) -> str:
+    """One line for a file-system error no command turned into one of its own."""
+    if isinstance(exc, sqlite3.Error):
+        return f"the clip store cannot be used: {describe(exc)}"
+    names = " -> ".join(f"'{name}'" for name in (exc.filename, exc.filename2) if name is not None)
+    return f"{names}: {exc.strerror or describe(exc)}" if names else describe(exc)
+
+
+def _stdout_gone() -> int:
+    """As Python's documentation advises for SIGPIPE: stdout goes to /dev/null, so the
+    interpreter's own flush at exit does not fail again."""
+    with suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_FILE_ERROR
 
 
 @contextmanager
@@ -284,10 +312,15 @@ def cmd_listen(args: argparse.Namespace) -> int:
 def cmd_devices(args: argparse.Namespace) -> int:
     from device.audio.sources import list_input_devices
 
-    for d in list_input_devices():
+    inputs = list_input_devices()
+    for d in inputs:
         print(f"{d['index']:>3}  {d['name']}  ({d['max_input_channels']} ch, "
               f"default {int(d['default_samplerate'])} Hz)")
-    return 0
+    if not inputs:
+        print("edge-recorder: no audio inputs: PortAudio sees no device that can record (is the "
+              "microphone plugged in? `arecord -l` lists what ALSA sees; the user must be in the "
+              "`audio` group)", file=sys.stderr)
+    return 0 if inputs else 1
 
 
 def cmd_clips(args: argparse.Namespace) -> int:
@@ -310,7 +343,16 @@ def clips_show(store: Any, args: argparse.Namespace) -> int:
 def clips_export(store: Any, args: argparse.Namespace) -> int:
     clip = store.get(args.id)
     dest = args.dest / f"{clip.id}.wav" if args.dest.is_dir() else args.dest
-    print(store.export(clip, dest))
+    if dest.exists() and not args.force:
+        raise EdgeRecorderError(f"'{dest}' exists: nothing was written (--force replaces it)")
+    try:
+        print(store.export(clip, dest))
+    except OSError as exc:
+        where = Path(exc.filename) if exc.filename is not None else dest
+        if dest.parent not in (where, where.parent):
+            raise  # not the writing: the main error boundary names the file
+        reason = exc.strerror or describe(exc)
+        raise EdgeRecorderError(f"cannot write '{dest}': {reason}; nothing was written") from None
     return 0
 
 
@@ -342,13 +384,16 @@ def cmd_uploads(args: argparse.Namespace) -> int:
 
 
 def clips_reject(store: Any, args: argparse.Namespace) -> int:
-    from device.control.commands import Controller, RejectCommand
+    from device.control.commands import Controller, RejectCommand, local_clip_ids
     from device.control.mute import MuteState
 
-    form: dict[str, Any] = {"last": True} if args.which == ["last"] else {"ids": args.which}
+    last = args.which == ["last"]
+    form: dict[str, Any] = {"last": True} if last else {"ids": local_clip_ids(args.which)}
     command = RejectCommand(request_id=f"cli-{uuid.uuid4().hex}", **form)
     reply = Controller(store, MuteState(), wait_for_training=True).reject(command)
     _print_json(reply.to_dict())
+    if last and not reply.ids:
+        print("edge-recorder: nothing to reject: there is no clip", file=sys.stderr)
     return 0 if reply.ids and not reply.not_found else 1
 
 
@@ -422,19 +467,17 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     from device.wake.detector import OpenWakeWordDetector
 
     detector = OpenWakeWordDetector(settings.wake, ModelStore(resolve_models_dir(settings, state_dir)))
-    name = args.wake_word or detector.names[0]
-    if name not in detector.names:
-        raise ConfigError(f"{name!r} is not a configured wake word ({', '.join(detector.names)})")
+    name, paths = _wake_word_and_samples(args.wake_word, args.samples, detector.names)
     if args.record:
-        if args.samples or args.other:
+        if paths or args.other:
             raise ConfigError("give audio files or --record, not both")
         samples, other = _record_enrollment(settings, name, args.record)
     else:
-        if not args.samples:
+        if not paths:
             raise ConfigError("give audio files of the wake word (and --other), or --record N")
-        samples, other = [_read(p) for p in args.samples], [_read(p) for p in args.other]
+        samples, other = [_read(p) for p in paths], [_read(p) for p in args.other]
     found = enrollment_features(detector, name, samples, other)
-    missed = [str(p) for p, ok in zip(args.samples, found.woke, strict=False) if not ok]
+    missed = [str(p) for p, ok in zip(paths, found.woke, strict=False) if not ok]
     weights = files.enroll(name, found.pos, found.neg, add=args.add)
     seen = [weights.probability(f) for f in found.pos]
     print(f"enrolled {name}: {sum(found.woke)} of {len(samples)} samples used "
@@ -444,6 +487,29 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if missed:
         print(f"these did not wake {name} and were left out: {', '.join(missed)}", file=sys.stderr)
     return 0
+
+
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"})
+
+
+def _wake_word_and_samples(given: str | None, samples: list[Path],
+                           names: list[str]) -> tuple[str, list[Path]]:
+    """WAKE_WORD may be left out (`enroll a.wav b.wav c.wav`): argparse then takes the first file
+    for it. A first argument that is no configured wake word but a file (or names one) is a sample."""
+    from device.core.errors import ConfigError
+
+    if given is not None and given not in names and _names_a_file(given):
+        samples = [Path(given), *samples]
+        given = None
+    name = given or names[0]
+    if name not in names:
+        raise ConfigError(f"{name!r} is not a configured wake word ({', '.join(names)})")
+    return name, samples
+
+
+def _names_a_file(text: str) -> bool:
+    path = Path(text)
+    return path.exists() or "/" in text or path.suffix.lower() in AUDIO_SUFFIXES
 
 
 def _read(path: Path) -> Any:

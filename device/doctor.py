@@ -124,7 +124,8 @@ def check_gpio(settings: Settings, pin_factory: Any) -> Check:
     try:
         led.recording()
         led.idle()
-        return Check("gpio", True, f"recording LED on {settings.indicator.pin} switches and reads back")
+        return Check("gpio", True, f"recording LED on {settings.indicator.pin} switches and reads "
+                                   f"back (pin driver: {led.driver})")
     except EdgeRecorderError as exc:
         return Check("gpio", False, str(exc), "check the LED's wiring and indicator.active_high")
     finally:

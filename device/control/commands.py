@@ -48,7 +48,8 @@ MIN_YEAR, MAX_YEAR = 1970, 9998
 SIGNATURE_FIELDS = ("ts", "nonce", "sig")
 
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.:@-]+$")]
-ClipId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+CLIP_ID_PATTERN = r"^[0-9a-f]{32}$"
+ClipId = Annotated[str, StringConstraints(pattern=CLIP_ID_PATTERN)]
 Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
 
 
@@ -180,21 +181,60 @@ def sign(kind: str, payload: dict[str, Any], secret: bytes) -> str:
     return hmac.new(secret, canonical(kind, payload), hashlib.sha256).hexdigest()
 
 
+LOCAL_DELETE_FORMS = ("clip ids (`edge-recorder clips list` shows them), --last DURATION, "
+                      "--from ISO8601 --to ISO8601, or --all")
+
+
 def local_delete_payload(ids: list[str], everything: bool, since: str | None, until: str | None,
                          last: str | None, request_id: str | None) -> bytes:
-    """`clips delete` arguments as the same JSON an MQTT client would send."""
+    """`clips delete` arguments as the same JSON an MQTT client would send, checked first in the
+    CLI's own terms (its options, what an id looks like): CommandError says what to type."""
+    given = [form for form, on in (("ids", bool(ids)), ("--all", everything), ("--last", last),
+                                   ("--from/--to", since or until)) if on]
+    if len(given) != 1:
+        raise CommandError("bad_request", f"say which clips to delete: {LOCAL_DELETE_FORMS}"
+                           + (f" (one of them, not {' and '.join(given)})" if given else ""))
     payload: dict[str, Any] = {"request_id": request_id or f"cli-{uuid.uuid4().hex}"}
     if ids:
-        payload["ids"] = ids
+        payload["ids"] = local_clip_ids(ids)
     if everything:
         payload["all"] = True
-    if since is not None:
-        payload["from"] = since
-    if until is not None:
-        payload["to"] = until
+    if since or until:
+        payload["from"], payload["to"] = _local_range(since, until)
     if last is not None:
+        if not re.fullmatch(DURATION_PATTERN, last):
+            raise CommandError("bad_request", f"--last takes a duration such as 15m, 24h or 7d "
+                               f"(a number and s, m, h or d), not {last!r}")
         payload["last"] = last
     return json.dumps(payload).encode()
+
+
+def local_clip_ids(ids: list[str]) -> list[str]:
+    """Clip ids typed on the command line, or CommandError naming the first that is not one."""
+    for cid in ids:
+        if not re.fullmatch(CLIP_ID_PATTERN, cid):
+            raise CommandError("bad_request", f"{cid!r} is not a clip id: an id is 32 hex "
+                               "characters (0-9, a-f); `edge-recorder clips list` shows them")
+    return ids
+
+
+def _local_range(since: str | None, until: str | None) -> tuple[str, str]:
+    """--from and --to as ISO 8601 times with their zone, from before to."""
+    if not since or not until:
+        raise CommandError("bad_request", "--from and --to go together: give both")
+    times = []
+    for option, text in (("--from", since), ("--to", until)):
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            raise CommandError("bad_request", f"{option} takes an ISO 8601 time with its zone, "
+                               f"such as 2026-03-01T08:00:00+01:00 or ...Z, not {text!r}")
+        times.append(when)
+    if times[0] >= times[1]:
+        raise CommandError("bad_request", "--from must be before --to")
+    return times[0].isoformat(), times[1].isoformat()
 
 
 def parse(kind: str, raw: bytes, signing: Signing | None, store: ClipStore) -> _Command:

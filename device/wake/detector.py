@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
+import tempfile
 import types
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
@@ -157,15 +159,52 @@ def load_openwakeword_model(wake_paths: list[str], store: ModelStore) -> Any:
     melspec = store.verified_file(FEATURE_FILES["melspectrogram"])
     embedding = store.verified_file(FEATURE_FILES["embedding"])
     try:
-        return Model(
-            wakeword_models=wake_paths,
-            inference_framework="tflite",
-            melspec_model_path=str(melspec),
-            embedding_model_path=str(embedding),
-        )
+        with tflite_info_left_out():
+            return Model(
+                wakeword_models=wake_paths,
+                inference_framework="tflite",
+                melspec_model_path=str(melspec),
+                embedding_model_path=str(embedding),
+            )
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load wake-word model(s) {', '.join(wake_paths)}: not an "
                          f"openWakeWord wake-word model? ({describe(exc)})") from None
+
+
+TFLITE_INFO = b"INFO: "
+"""How TFLite's C++ logger starts a line of INFO severity on stderr."""
+
+
+@contextlib.contextmanager
+def tflite_info_left_out() -> Iterator[None]:
+    """TFLite's C++ logger writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+    straight to file descriptor 2 when the first interpreter is built: on every command that
+    loads the models. Its threshold can only be raised from C++ (tflite's MinimalLogger::
+    SetMinimumLogSeverity, which ai-edge-litert's libraries do not export), and
+    TF_CPP_MIN_LOG_LEVEL governs TensorFlow's other logger, not this one. So while the models
+    load, descriptor 2 goes to a temporary file; then everything in it but TFLite's INFO lines is
+    written to stderr: its warnings and errors, and anything another thread wrote meanwhile."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to keep clean
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            _write_all(2, b"".join(ln for ln in caught if not ln.startswith(TFLITE_INFO)))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 FILLER_SAMPLES = 16000
