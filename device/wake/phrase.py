@@ -27,14 +27,15 @@ import numpy as np
 
 from device.core.config import WakeSettings
 from device.core.errors import ModelError
+from device.core.events import DiscardReason
 from device.wake.trigger import Wake
 from device.wake.verifier import BUNDLED_FEATURES, Weights, bundled_file, report_damage
 
 log = logging.getLogger(__name__)
 
-NOT_PHRASE = "not_phrase"
+NOT_PHRASE: DiscardReason = "not_phrase"
 """The `discarded` reason of a wake the phrase check turned away."""
-PHRASE_CHECK_DAMAGED = "phrase_check_damaged"
+PHRASE_CHECK_DAMAGED: DiscardReason = "phrase_check_damaged"
 """The `discarded` reason of a wake the phrase check would have looked at, when its file is damaged."""
 PROBABILITY = 0.5
 """A wake whose features give the whole phrase a lower probability than this is doubted."""
@@ -78,7 +79,7 @@ class PhraseCheck:
         on = self._mode == "always" or (self._mode == "strict" and self._level() == "strict")
         return on and name in self._weights
 
-    def second_look(self, wake: Wake) -> str | None:
+    def second_look(self, wake: Wake) -> DiscardReason | None:
         """None if the wake may go on; else why not."""
         name = wake.wake_word
         if not self.active(name):

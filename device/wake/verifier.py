@@ -41,7 +41,8 @@ from typing import Protocol
 
 import numpy as np
 
-from device.core.errors import ModelError, describe
+from device.core.errors import ErrorCode, ModelError, describe
+from device.core.events import DiscardReason
 from device.core.files import atomic_write, ensure_private_dir
 from device.wake.trigger import Wake
 
@@ -52,11 +53,11 @@ FEATURES, WEIGHTS = ".features.npz", ".weights.npz"
 REGULARISATION_C = 0.001
 """openWakeWord's own choice for its custom verifier: a strongly regularised model, since a few
 utterances of one voice are all it ever sees."""
-TURNED_AWAY = "not_owner"
+TURNED_AWAY: DiscardReason = "not_owner"
 """The `discarded` reason of a wake the verifier turned away."""
-VERIFIER_DAMAGED = "verifier_damaged"
+VERIFIER_DAMAGED: DiscardReason = "verifier_damaged"
 """The `discarded` reason of a wake whose owner verifier's weights cannot be used: never kept."""
-WEIGHTS_DAMAGED = "weights_damaged"
+WEIGHTS_DAMAGED: ErrorCode = "weights_damaged"
 """The `error` code when a second look's weights file cannot be used (said once per file version)."""
 WEIGHT_ARRAYS = ("mean", "scale", "coef", "intercept")
 NPZ_MAGIC = b"PK\x03\x04"
@@ -463,7 +464,7 @@ class OwnerVerifier:
         weights = self._weights(name)
         return isinstance(weights, Weights) and weights.impostors > 0
 
-    def second_look(self, wake: Wake) -> str | None:
+    def second_look(self, wake: Wake) -> DiscardReason | None:
         """None if the wake may light the light; else why not."""
         self._last = None
         weights = self._weights(wake.wake_word)
