@@ -208,6 +208,13 @@ def _logging_to_stderr(level: int) -> Iterator[None]:
         log.propagate = True
 
 
+def _load_tflite(settings: Settings, state_dir: Path) -> None:
+    """Before any thread: TFLite's once-per-process INFO line is left out (see its docstring)."""
+    from device.wake.detector import load_tflite
+
+    load_tflite(ModelStore(resolve_models_dir(settings, state_dir)))
+
+
 def _settings(args: argparse.Namespace) -> tuple[Settings, Path]:
     return (load_settings(getattr(args, "config", None)),
             resolve_state_dir(getattr(args, "state_dir", None)))
@@ -232,6 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings, state_dir = _settings(args)
     load_portaudio()  # before any thread: see its docstring
+    _load_tflite(settings, state_dir)
     a = settings.audio
     events = EventSink(args.events)
     try:
@@ -256,6 +264,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     settings, state_dir = _settings(args)
     if settings.voice.confirm_sound:
         load_portaudio()  # the confirm tone plays through it; before any thread
+    _load_tflite(settings, state_dir)
     path = args.file or sample_wav()
     source = FileInput(path, args.realtime, settings.audio.queue_s)  # reopened after a mute
     events = EventSink(args.events)
@@ -281,6 +290,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from device.recording.indicator import make_pin_factory
 
     settings, state_dir = _settings(args)
+    _load_tflite(settings, state_dir)
     checks = run_checks(settings, state_dir, make_pin_factory(settings.indicator.pin_factory))
     for check in checks:
         print(check.line())

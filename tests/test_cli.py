@@ -16,7 +16,7 @@ from gpiozero.pins.mock import MockFactory
 
 from device.core.config import Settings
 from device.recording.indicator import Indicator
-from device.wake.detector import tflite_info_left_out
+from device.wake.detector import TFLITE_INFO, stderr_without
 from tests.conftest import (
     PLAIN_SENTENCE,
     WAKE_SENTENCE,
@@ -344,7 +344,7 @@ def test_doctor_says_once_which_pin_driver_it_tried_and_nothing_else_on_stderr(
 def test_tflite_info_lines_are_left_out_but_its_errors_are_not(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    with tflite_info_left_out():
+    with stderr_without(TFLITE_INFO):
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
         os.write(2, b"ERROR: a real problem\nWARNING: a real warning\n")
     assert capfd.readouterr().err == "ERROR: a real problem\nWARNING: a real warning\n"

@@ -171,6 +171,7 @@ def test_simulate_realtime_survives_a_mute_and_unmute_over_mqtt(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0 and "Traceback" not in err, err
+    assert "INFO: Created TensorFlow Lite" not in err  # item 17, with threads running
     seen = events_in(events)
     assert [e.get("state") or e["type"] for e in seen] == [
         "muted", "idle", "wake", "recording", "idle", "clip"]

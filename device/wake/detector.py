@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import types
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
@@ -177,13 +178,26 @@ TFLITE_INFO = b"INFO: "
 
 @contextlib.contextmanager
 def tflite_info_left_out() -> Iterator[None]:
-    """TFLite's C++ logger writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-    straight to file descriptor 2 when the first interpreter is built: on every command that
-    loads the models. Its threshold can only be raised from C++ (tflite's MinimalLogger::
-    SetMinimumLogSeverity, which ai-edge-litert's libraries do not export), and
-    TF_CPP_MIN_LOG_LEVEL governs TensorFlow's other logger, not this one. So while the models
-    load, descriptor 2 goes to a temporary file; then everything in it but TFLite's INFO lines is
-    written to stderr: its warnings and errors, and anything another thread wrote meanwhile."""
+    """TFLite's C++ logger writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." once
+    per process, straight to file descriptor 2, when the first interpreter is built: on every
+    command that loads the models. Its threshold can only be raised from C++ (tflite's
+    MinimalLogger::SetMinimumLogSeverity, which ai-edge-litert's libraries do not export), and
+    TF_CPP_MIN_LOG_LEVEL governs TensorFlow's other logger, not this one. So while an interpreter
+    is built, stderr is filtered (stderr_without) - but only while this is the process's only
+    thread: moving descriptor 2 while another thread might write to it is what once lost the
+    daemon's "mqtt: cannot reach" line (see audio.sources.load_portaudio). `run`, `simulate` and
+    `doctor` build one interpreter first for that reason (load_tflite)."""
+    if threading.active_count() > 1:
+        yield
+        return
+    with stderr_without(TFLITE_INFO):
+        yield
+
+
+@contextlib.contextmanager
+def stderr_without(prefix: bytes) -> Iterator[None]:
+    """Descriptor 2 goes to a temporary file meanwhile; then everything in it but the lines that
+    start with `prefix` is written to stderr (a library's warnings and errors still show)."""
     sys.stderr.flush()
     try:
         saved = os.dup(2)
@@ -198,7 +212,22 @@ def tflite_info_left_out() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             caught.seek(0)
-            _write_all(2, b"".join(ln for ln in caught if not ln.startswith(TFLITE_INFO)))
+            _write_all(2, b"".join(ln for ln in caught if not ln.startswith(prefix)))
+
+
+def load_tflite(store: ModelStore) -> None:
+    """Build one small interpreter (the embedding model: about 13 ms) while this is the process's
+    only thread, so that TFLite's once-per-process INFO line is said, and left out, before any
+    thread starts (see tflite_info_left_out). Without the model nothing happens here: loading the
+    pipeline says what is missing."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        path = store.verified_file(FEATURE_FILES["embedding"])
+        with tflite_info_left_out():
+            Interpreter(model_path=str(path)).allocate_tensors()
+    except (ImportError, ModelError, OSError, ValueError, RuntimeError) as exc:
+        log.debug("TFLite not loaded ahead: %s", describe(exc))
 
 
 def _write_all(fd: int, data: bytes) -> None:
