@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     clips = sub.add_parser("clips", parents=[common], help="read the clip store")
     csub = clips.add_subparsers(dest="clips_command", required=True)
-    csub.add_parser("list", parents=[common], help="list clips as JSON lines")
+    clist = csub.add_parser("list", parents=[common], help="list clips as JSON lines")
+    clist.add_argument("--quarantined", action="store_true",
+                       help="list what was set aside because it could not be read instead")
     show = csub.add_parser("show", parents=[common], help="one clip's metadata")
     show.add_argument("id")
     export = csub.add_parser("export", parents=[common], help="copy a clip's WAV out")
@@ -82,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--to", dest="until", metavar="ISO8601", help="recorded before")
     delete.add_argument("--last", metavar="DURATION", help="recorded in the last 15m, 24h, 7d...")
     delete.add_argument("--request-id", help="repeat a request safely (idempotent)")
+    delete.add_argument("--quarantined", action="store_true",
+                        help="destroy everything quarantined (--all includes it)")
     reject = csub.add_parser("reject", parents=[common],
                              help='"that wasn\'t for you": delete a clip and count it as a false wake')
     reject.add_argument("which", nargs="+", help="clip ids, or `last` for the most recent clip")
@@ -297,8 +301,9 @@ def cmd_clips(args: argparse.Namespace) -> int:
 
 
 def clips_list(store: Any, args: argparse.Namespace) -> int:
-    for clip in store.all():
-        _print_json(clip.summary())
+    for row in ([i.summary() for i in store.quarantine.items()] if args.quarantined
+                else [c.summary() for c in store.all()]):
+        _print_json(row)
     return 0
 
 
@@ -318,6 +323,10 @@ def clips_delete(store: Any, args: argparse.Namespace) -> int:
     from device.control.commands import Controller, local_delete_payload, parse_delete
     from device.control.mute import MuteState
 
+    if args.quarantined:
+        _print_json({"quarantined_destroyed": [i.name for i in store.quarantine.destroy()]})
+        if not (args.ids or args.all or args.since or args.until or args.last):
+            return 0
     raw = local_delete_payload(args.ids, args.all, args.since, args.until, args.last,
                                args.request_id)
     reply = Controller(store, MuteState()).delete(parse_delete(raw, store))

@@ -35,16 +35,17 @@ from typing import Any
 import numpy as np
 
 from device import SAMPLE_RATE_HZ
-from device.core.errors import CommandError, StoreError, describe
+from device.core.errors import CommandError, StoreBusy, StoreError, describe
 from device.core.files import PRIVATE_FILE, atomic_write, ensure_private_dir, fsync_dir
-from device.storage import crypto, upload_queue
-from device.storage.db import Database, connect
+from device.storage import crypto, db, upload_queue
+from device.storage.db import Database, connect, integrity_problem, is_busy, is_damaged
 from device.storage.keystore import KeyStore
+from device.storage.quarantine import INDEX_SET_ASIDE, Quarantine
 from device.storage.upload_queue import UploadQueue
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATS_SCHEMA = """CREATE TABLE stats (
     day TEXT NOT NULL,               -- local date
     name TEXT NOT NULL,              -- wakes, kept, rejected, discarded_<reason>
@@ -55,6 +56,7 @@ MIGRATIONS = {
     2: "ALTER TABLE requests ADD COLUMN body_hash TEXT NOT NULL DEFAULT '';\n"
        "ALTER TABLE requests ADD COLUMN state TEXT NOT NULL DEFAULT 'done';",
     3: STATS_SCHEMA + "\nALTER TABLE uploads ADD COLUMN recorded_at REAL NOT NULL DEFAULT 0;",
+    4: upload_queue.MIGRATION_4,
 }
 """From version N-1 to N: run by the first process that opens an older index."""
 MAX_STORED_IDS = 200
@@ -103,6 +105,10 @@ COLUMNS = ("id", "recorded_at", "start_s", "end_s", "wake_word", "wake_score", "
            "sample_rate", "audio_file")
 
 
+class Unreadable(Exception):
+    """The index is proven unreadable: missing beside clip files, or it fails its integrity check."""
+
+
 @dataclass(frozen=True)
 class Clip:
     id: str
@@ -132,17 +138,18 @@ class ClipStore:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.clips_dir = state_dir / "clips"
-        self.quarantine_dir = state_dir / "quarantine"
+        self.quarantine = Quarantine(state_dir)
+        self._lockfile = -1
         try:
             refuse_foreign_dir(state_dir)
             ensure_private_dir(state_dir)
             ensure_private_dir(self.clips_dir)
             # Every process using the store holds a shared lock; only one that has it alone (no
             # daemon running) may repair: otherwise a clip being written by another process
-            # would look like a crash leftover.
+            # would look like a crash leftover, and a database it has open would be moved away.
             self._lockfile = _open_lock(state_dir / LOCK_FILE)
             self.alone = _try_flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self.keys = KeyStore(state_dir)
+            self.keys = KeyStore(state_dir, may_repair=self.alone)
             self._index = Database(self._open_index(state_dir / "index.sqlite"))
             self.uploads = UploadQueue(self._index)
             self._unerased: set[str] = set()
@@ -151,32 +158,61 @@ class ClipStore:
                 self._sweep()
                 self._keep_reserve()
             fcntl.flock(self._lockfile, fcntl.LOCK_SH)
-        except (OSError, sqlite3.Error) as exc:
+        except BaseException as exc:
+            self._close_opened()
+            if is_busy(exc):
+                raise StoreBusy(f"the store in '{state_dir}' is in use by another process; "
+                                "nothing was changed (try again)") from None
+            if isinstance(exc, StoreError) or not isinstance(exc, (OSError, sqlite3.Error)):
+                raise
             raise StoreError(
                 f"state directory '{state_dir}' is not usable: {describe(exc)}; pass --state-dir "
                 "or set EDGE_RECORDER_STATE_DIR to a writable directory"
             ) from None
 
+    def _close_opened(self) -> None:
+        """After a failed open: let go of what was opened (the lock above all)."""
+        for part in (getattr(self, "_index", None), getattr(self, "keys", None)):
+            with contextlib.suppress(sqlite3.Error, OSError):
+                if part is not None:
+                    part.close()
+        if self._lockfile >= 0:
+            os.close(self._lockfile)
+            self._lockfile = -1
+
     def _open_index(self, path: Path) -> sqlite3.Connection:
         try:
-            if self._index_lost(path):
-                raise sqlite3.DatabaseError("it is missing or empty, but clip files are present")
-            db = connect(path)
-            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("quick_check failed")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                db.executescript(f"BEGIN;\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
-            for target in range(version + 1, SCHEMA_VERSION + 1) if version else ():
-                db.executescript(f"BEGIN;\n{MIGRATIONS[target]}\nPRAGMA user_version={target};\nCOMMIT;")
-            return db
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise
+            return self._index_at(path)
+        except (sqlite3.DatabaseError, Unreadable) as exc:
+            if is_busy(exc):
+                raise StoreBusy("the index is in use by another process; nothing was changed "
+                                f"({path} stayed locked for {db.BUSY_TIMEOUT_S:.0f} s; try again)"
+                                ) from None
+            if not (isinstance(exc, Unreadable) or is_damaged(exc)):
+                raise  # an I/O error or a permission: nothing says the file is damaged
             if not self.alone:
-                raise StoreError(f"the index {path} is corrupt ({exc}); stop the daemon and run "
+                raise StoreError(f"the index {path} is corrupt ({exc}); nothing was changed while "
+                                 "another edge-recorder process uses it: stop that one and run "
                                  "any edge-recorder command to rebuild it") from None
             return self._rebuild_index(path, exc)
+
+    def _index_at(self, path: Path) -> sqlite3.Connection:
+        if self._index_lost(path):
+            raise Unreadable("it is missing or empty, but clip files are present")
+        conn = connect(path)
+        try:
+            if problem := integrity_problem(conn):
+                raise Unreadable(problem)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                conn.executescript(f"BEGIN;\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
+            for target in range(version + 1, SCHEMA_VERSION + 1) if version else ():
+                conn.executescript(f"BEGIN;\n{MIGRATIONS[target]}\nPRAGMA user_version={target};\n"
+                                   "COMMIT;")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def _index_lost(self, path: Path) -> bool:
         """No index (or a zero-length one) beside clip files: rebuild it, never erase the clips."""
@@ -184,9 +220,11 @@ class ClipStore:
         return empty and any(self.clips_dir.glob(f"*{CLIP_SUFFIX}"))
 
     def _rebuild_index(self, path: Path, exc: Exception) -> sqlite3.Connection:
-        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-        if path.exists():
+        aside = path.with_name(f"{INDEX_SET_ASIDE}{int(time.time())}")
+        if _size(path):
             os.replace(path, aside)
+        else:  # missing or zero-length: nothing in it to keep or to carry over
+            path.unlink(missing_ok=True)
         Path(f"{path}-journal").unlink(missing_ok=True)
         log.error("the index %s is unusable (%s): rebuilt it from the clip files%s", path, exc,
                   f" (the old one is {aside.name})" if aside.exists() else "")
@@ -195,16 +233,17 @@ class ClipStore:
         rebuilding = Database(db)
         for f in sorted(self.clips_dir.glob(f"*{CLIP_SUFFIX}")):
             key = self.keys.get(f.stem)
-            if key is None:
-                continue
             try:
+                if key is None:  # a set-aside key store may still hold it: never erase it here
+                    raise crypto.TamperedError(f"clip {f.stem} has no key")
                 meta, _ = crypto.unseal(key, f.stem, f.read_bytes())
             except crypto.TamperedError:
                 self._quarantine_file(f.stem, f.name)
                 continue
             with rebuilding.transaction() as tx:
                 _insert_row(tx, Clip(**{k: meta[k] for k in META_FIELDS}, audio_file=f.name), key)
-        UploadQueue(rebuilding).salvage_remote_deletes(aside)
+        if aside.exists():
+            UploadQueue(rebuilding).salvage_remote_deletes(aside)
         return db
 
     # -- adding -----------------------------------------------------------------------------------
@@ -313,11 +352,8 @@ class ClipStore:
         log.error("clip %s failed authentication and was quarantined", clip_id)
 
     def _quarantine_file(self, clip_id: str, filename: str) -> None:
-        ensure_private_dir(self.quarantine_dir)
-        src = self.clips_dir / filename
-        if filename and src.exists():
-            os.replace(src, self.quarantine_dir / filename)
-            fsync_dir(self.clips_dir)
+        if filename:
+            self.quarantine.put(self.clips_dir / filename)
         self.keys.destroy([clip_id])
 
     def export(self, clip: Clip, dest: Path) -> Path:
@@ -414,7 +450,17 @@ class ClipStore:
         result, state = outcome["result"], outcome["state"]
         if state == "erasing":
             self._erase(result["ids"], request_id)
+        if everything and not outcome["replayed"]:
+            self._destroy_quarantine()
         return {**result, "replayed": outcome["replayed"]}
+
+    def _destroy_quarantine(self) -> None:
+        """Everything set aside goes with "everything" (see quarantine.py)."""
+        try:
+            self.quarantine.destroy()
+        except OSError as exc:
+            raise StoreError(f"the clips are deleted, but what was quarantined could not be "
+                             f"destroyed yet ({describe(exc)}); run the delete again") from None
 
     def _delete_rows(self, ids: list[str] | None, since: datetime | None, until: datetime | None,
                      everything: bool, request_id: str | None, remote: bool, body_hash: str,
@@ -542,10 +588,9 @@ class ClipStore:
                 n = self.count()
                 self._with_reserve(lambda: self.keys.destroy(list(self.keys.ids())),
                                    doomed=lambda: [c.id for c in self.all()])
+                self.quarantine.destroy()  # set-aside key stores: crypto-erased first
                 self._with_reserve(self._clear_index)
-                for folder in (self.clips_dir, self.quarantine_dir):
-                    if folder.exists():
-                        self._remove_files(list(folder.iterdir()))
+                self._remove_files(list(self.clips_dir.iterdir()))
                 try:  # compacting needs room: on a full disk it waits for another day
                     self._index.conn.execute("VACUUM")
                     self.keys.vacuum()
@@ -558,7 +603,7 @@ class ClipStore:
     def _clear_index(self) -> None:
         with self._index.transaction() as tx:
             self.uploads.clear()
-            for table in ("clips", "requests", "nonces", "settings"):
+            for table in ("clips", "requests", "nonces", "settings", "stats"):
                 tx.execute(f"DELETE FROM {table}")
 
     # -- requests, nonces, settings ---------------------------------------------------------------
@@ -641,24 +686,19 @@ class ClipStore:
         lost = [cid for cid, f in rows.items()
                 if cid not in keys or (f and not (self.clips_dir / f).exists())]
         if lost:
-            log.warning("dropping %d index row(s) whose audio or key is missing", len(lost))
+            keyless = [self.clips_dir / rows[i] for i in lost if i not in keys and rows[i]]
+            log.warning("dropping %d index row(s) whose audio or key is missing; %d clip file(s) "
+                        "without their key are quarantined", len(lost), len(keyless))
             with self._index.transaction() as tx:
                 self.uploads.forget(lost, None, remote=False)
                 tx.executemany("DELETE FROM clips WHERE id = ?", [(i,) for i in lost])
             self.keys.destroy(lost)
-            files = [self.clips_dir / rows[i] for i in lost if rows[i]]
-            if self.keys.problem:  # the key store was unreadable: keep what cannot be read aside
-                for f in files:
-                    if f.exists():
-                        self._quarantine_file(f.stem, f.name)
-            else:
-                self._remove_files(files)
+            for f in keyless:  # never erased here: a set-aside key store may still open it
+                self.quarantine.put(f)
 
     def close(self) -> None:
         with self._index.lock:
-            self._index.close()
-            self.keys.close()
-            os.close(self._lockfile)
+            self._close_opened()
 
 
 BUSY_RETRY_S = 60.0
@@ -673,8 +713,7 @@ def retry_busy(action: Callable[[], None], within_s: float = BUSY_RETRY_S) -> No
             action()
             return
         except sqlite3.OperationalError as exc:
-            busy = "locked" in str(exc) or "busy" in str(exc)
-            if not busy or time.monotonic() + delay > deadline:
+            if not is_busy(exc) or time.monotonic() + delay > deadline:
                 raise
             if not reported:
                 log.warning("the store is locked by another process; waiting (%s)", exc)
