@@ -111,8 +111,9 @@ class StatsCounter:
     """Counts what the owner sees with `edge-recorder stats` (on the event sink's thread). While
     the save mode is "nothing", nothing is counted either: nothing touches the disk."""
 
-    def __init__(self, store: ClipStore, save_mode: Callable[[], str] = lambda: "audio") -> None:
-        self._store = store
+    def __init__(self, count: Callable[[dict[str, int]], None],
+                 save_mode: Callable[[], str] = lambda: "audio") -> None:
+        self._count = count
         self._save_mode = save_mode
 
     def __call__(self, event: ev.Event) -> None:
@@ -123,7 +124,7 @@ class StatsCounter:
             return
         if name:
             try:
-                self._store.add_stats({name: 1})
+                self._count({name: 1})
             except (OSError, StoreError, sqlite3.Error) as exc:  # a count is never worth a crash
                 log.warning("could not count a %s: %s", event.type, exc)
 
@@ -156,13 +157,14 @@ def run_pipeline(
                                mute.toggle_hardware, pin_factory)
         stack.callback(buttons.close)
         notifier = Notifier()
-        sensitivity = SensitivityState(settings.wake, store.setting, store.set_setting)
+        controller = Controller(store, mute, voice=settings.voice)
+        sensitivity = SensitivityState(settings.wake, controller.preference, controller.set_preference)
         sensitivity.start()
         stack.callback(sensitivity.close)
-        save = SaveState(settings.recorder.save, store.setting, store.set_setting)
+        save = SaveState(settings.recorder.save, controller.preference, controller.set_preference)
         save.start()
         stack.callback(save.close)
-        controller = Controller(store, mute, sensitivity, save, settings.voice)
+        controller.sensitivity, controller.save = sensitivity, save
         confirmer = Confirmer(settings.voice.confirm_led_pin, buttons.led,
                               settings.voice.confirm_sound, pin_factory)
         stack.callback(confirmer.close)
@@ -184,7 +186,7 @@ def run_pipeline(
                             spotter=make_spotter(settings, transcriber), on_command=on_command,
                             save_mode=save.mode, share_transcripts=settings.mqtt.publish_transcripts)
         stack.callback(writer.close)
-        events.subscribe(StatsCounter(store, save.mode))
+        events.subscribe(StatsCounter(controller.count, save.mode))
         recorder, verifier = make_recorder(settings, state_dir, scorer, sensitivity.level)
         if settings.wake.gate:
             detector = GatedDetector(detector, settings.wake,
@@ -215,7 +217,7 @@ def run_pipeline(
             from device.integrations.mqtt import MqttControl
 
             def status() -> dict[str, Any]:
-                today = (store.stats(days=1) or [{}])[0]
+                today = (controller.stats(days=1) or [{}])[0]
                 false_wakes = sum(today.get("discarded", {}).values()) + today.get("rejected", 0)
                 return {"state": recorder.state.value,
                         "clips": store.count(),

@@ -201,6 +201,16 @@ def _opened_store(state_dir: Path) -> Iterator[Any]:
         store.close()
 
 
+@contextmanager
+def _opened_controller(state_dir: Path) -> Iterator[Any]:
+    """The control plane's door to what the store keeps (stats, preferences), for one command."""
+    from device.control.commands import Controller
+    from device.control.mute import MuteState
+
+    with _opened_store(state_dir) as store:
+        yield Controller(store, MuteState())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from device.app import run_pipeline
     from device.audio.sources import MicSource, load_portaudio
@@ -376,8 +386,8 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     _, state_dir = _settings(args)
-    with _opened_store(state_dir) as store:
-        for row in store.stats():
+    with _opened_controller(state_dir) as controller:
+        for row in controller.stats():
             _print_json(row)
     return 0
 
@@ -386,8 +396,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from device.control.sensitivity import SensitivityState
 
     settings, state_dir = _settings(args)
-    with _opened_store(state_dir) as store:
-        state = SensitivityState(settings.wake, store.setting, store.set_setting)
+    with _opened_controller(state_dir) as controller:
+        state = SensitivityState(settings.wake, controller.preference, controller.set_preference)
         if args.level:
             state.set(args.level, remote=False)
         _print_json({"level": state.level(), "configured": state.configured})
@@ -404,8 +414,8 @@ def cmd_save(args: argparse.Namespace) -> int:
     settings, state_dir = _settings(args)
     if args.for_ is not None and (args.mode is None or not re.fullmatch(DURATION_PATTERN, args.for_)):
         raise ConfigError("--for needs a mode and a duration such as 30m or 1h")
-    with _opened_store(state_dir) as store:
-        state = SaveState(settings.recorder.save, store.setting, store.set_setting)
+    with _opened_controller(state_dir) as controller:
+        state = SaveState(settings.recorder.save, controller.preference, controller.set_preference)
         if args.mode:
             state.set(args.mode, remote=False, for_s=duration_s(args.for_) if args.for_ else None)
         _print_json(state.current().summary(state.configured))

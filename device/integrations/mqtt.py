@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device import __version__
-from device.control.commands import CommandError, Controller, Signing, error_event, parse, request_id_in
+from device.control.commands import CommandError, Controller, Signing, error_event, request_id_in
 from device.core import events
 from device.core.config import MqttSettings
 from device.core.errors import ConfigError, StoreError
@@ -96,7 +96,6 @@ class MqttControl:
         self.settings = settings
         self.device_id = device_id(store.state_dir)
         self.base = f"{settings.prefix}/{self.device_id}/"
-        self._store = store
         self._controller = controller
         self._status = status
         self._signing = signing_of(settings)
@@ -227,7 +226,7 @@ class MqttControl:
             return events.Error(t=None, code="rate_limited", request_id=request_id_in(payload),
                                 message=f"more than {RATE_PER_S:.0f} commands a second; try again")
         try:
-            return self._controller.execute(parse(kind, payload, self._signing, self._store))
+            return self._controller.execute(self._controller.parse(kind, payload, self._signing))
         except CommandError as exc:
             log.warning("mqtt: refused %s command: %s", kind, exc)
             return error_event(exc)

@@ -1,9 +1,10 @@
-"""One SQLite database file shared by the modules that own its tables (the store owns clips,
-requests, nonces and settings; the upload queue owns uploads and remote deletes).
+"""One SQLite database file shared by the modules that own its tables: clip_rows (clips),
+upload_queue (uploads, remote deletes), requests (request records, nonces), preferences
+(settings) and stats (per-day counts). device/storage/index.py opens it.
 
 Each owner runs its own SQL through `transaction()` and `read()`; no raw SQL crosses a module's
 public API. Transactions are re-entrant on one thread, so one owner's changes can join another's
-(a delete drops the clip rows and queues its remote deletes in one commit).
+(a delete drops the clip rows, queues its remote deletes and records its request in one commit).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,8 @@ class Database:
 def has_table(db: sqlite3.Connection, name: str) -> bool:
     row = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone()
     return row is not None
+
+
+def iso(when: datetime) -> str:
+    """The one text form of a time in the index: UTC, milliseconds (so text order = time order)."""
+    return when.astimezone(UTC).isoformat(timespec="milliseconds")

@@ -39,6 +39,7 @@ CREATE TABLE remote_deletes (
     next_at REAL NOT NULL DEFAULT 0
 );
 """
+MIGRATION_3 = "ALTER TABLE uploads ADD COLUMN recorded_at REAL NOT NULL DEFAULT 0;\n"
 MIGRATION_4 = ("ALTER TABLE uploads ADD COLUMN maybe_sent INTEGER NOT NULL DEFAULT 0;\n"
                "UPDATE uploads SET maybe_sent = 1 WHERE attempts > 0 OR state <> 'queued';")
 """Uploads tried before this column existed may be on the server: counted as sent."""
