@@ -50,7 +50,7 @@ from device.core.config import Settings, load_settings  # noqa: E402
 from device.core.events import Event, EventSink  # noqa: E402
 from device.core.frames import Frame  # noqa: E402
 from device.recording.indicator import Indicator  # noqa: E402
-from device.recording.pipeline import ClipWriter, Counters, Listener  # noqa: E402
+from device.recording.pipeline import ClipWriter, Counters, Listener, ListenerHooks, ListenerParts  # noqa: E402
 from device.recording.recorder import State  # noqa: E402
 from device.speech.asr import NoTranscriber, Transcriber, VoskTranscriber  # noqa: E402
 from device.storage.clips import ClipStore  # noqa: E402
@@ -116,9 +116,10 @@ def build_listener(settings: Settings, models: ModelStore, state: Path, source: 
     if gated:
         detector = GatedDetector(detector, settings.wake,
                                  keep_open=lambda: recorder.state is not State.LISTENING)
-    listener = Listener(lambda: source, detector, SpeechDetector(settings.recorder.vad_aggressiveness),
-                        recorder, indicator, writer, sink, counters,
-                        wake_features=verifier.features_of)
+    parts = ListenerParts(detector, SpeechDetector(settings.recorder.vad_aggressiveness), recorder,
+                          indicator, writer)
+    listener = Listener(lambda: source, parts, sink, counters,
+                        hooks=ListenerHooks(wake_features=verifier.features_of))
     return listener, writer, events, indicator
 
 
