@@ -158,8 +158,9 @@ class StatsCounter:
     """Counts what the owner sees with `edge-recorder stats` (on the event sink's thread). While
     the save mode is "nothing", nothing is counted either: nothing touches the disk."""
 
-    def __init__(self, store: ClipStore, save_mode: Callable[[], str] = lambda: "audio") -> None:
-        self._store = store
+    def __init__(self, count: Callable[[dict[str, int]], None],
+                 save_mode: Callable[[], str] = lambda: "audio") -> None:
+        self._count = count
         self._save_mode = save_mode
 
     def __call__(self, event: ev.Event) -> None:
@@ -170,7 +171,7 @@ class StatsCounter:
             return
         if name:
             try:
-                self._store.add_stats({name: 1})
+                self._count({name: 1})
             except (OSError, StoreError, sqlite3.Error) as exc:  # a count is never worth a crash
                 log.warning("could not count a %s: %s", event.type, exc)
 
@@ -183,7 +184,7 @@ class Status:
 
     def __call__(self) -> dict[str, Any]:
         s = self._shared
-        today = (s.store.stats(days=1) or [{}])[0]
+        today = (s.controller.stats(days=1) or [{}])[0]
         false_wakes = sum(today.get("discarded", {}).values()) + today.get("rejected", 0)
         return {"state": self._recorder.state.value,
                 "clips": s.store.count(),
@@ -202,13 +203,14 @@ def open_shared(stack: ExitStack, w: Wiring, mute: MuteState | None) -> Shared:
     """The store and the run-time states, each closed by `stack`."""
     store = ClipStore(w.state_dir)
     stack.callback(store.close)
-    sensitivity = SensitivityState(w.settings.wake, store.setting, store.set_setting)
-    save = SaveState(w.settings.recorder.save, store.setting, store.set_setting)
+    mute = mute or MuteState()
+    controller = Controller(store, mute, voice=w.settings.voice)  # preferences are read through it
+    sensitivity = SensitivityState(w.settings.wake, controller.preference, controller.set_preference)
+    save = SaveState(w.settings.recorder.save, controller.preference, controller.set_preference)
     for state in (sensitivity, save):
         state.start()
         stack.callback(state.close)
-    mute = mute or MuteState()
-    controller = Controller(store, mute, sensitivity, save, w.settings.voice)
+    controller.sensitivity, controller.save = sensitivity, save
     models = ModelStore(resolve_models_dir(w.settings, w.state_dir))
     return Shared(store, models, mute, sensitivity, save, controller, Counters())
 
@@ -319,7 +321,7 @@ def run_pipeline(
         shared = open_shared(stack, w, mute)
         notifier = Notifier()
         listener = build_listener(stack, w, shared, notifier)
-        events.subscribe(StatsCounter(shared.store, shared.save.mode))
+        events.subscribe(StatsCounter(shared.controller.count, shared.save.mode))
         start_services(stack, w, shared, listener, notifier, control_plane)
         try:
             listener.run(stop)

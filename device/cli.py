@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     clips = sub.add_parser("clips", parents=[common], help="read the clip store")
     csub = clips.add_subparsers(dest="clips_command", required=True)
-    csub.add_parser("list", parents=[common], help="list clips as JSON lines")
+    clist = csub.add_parser("list", parents=[common], help="list clips as JSON lines")
+    clist.add_argument("--quarantined", action="store_true",
+                       help="list what was set aside because it could not be read instead")
     show = csub.add_parser("show", parents=[common], help="one clip's metadata")
     show.add_argument("id")
     export = csub.add_parser("export", parents=[common], help="copy a clip's WAV out")
@@ -86,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--to", dest="until", metavar="ISO8601", help="recorded before")
     delete.add_argument("--last", metavar="DURATION", help="recorded in the last 15m, 24h, 7d...")
     delete.add_argument("--request-id", help="repeat a request safely (idempotent)")
+    delete.add_argument("--quarantined", action="store_true",
+                        help="destroy everything quarantined (--all includes it)")
     reject = csub.add_parser("reject", parents=[common],
                              help='"that wasn\'t for you": delete a clip and count it as a false wake')
     reject.add_argument("which", nargs="+", help="clip ids, or `last` for the most recent clip")
@@ -232,6 +236,16 @@ def _opened_store(state_dir: Path) -> Iterator[Any]:
         store.close()
 
 
+@contextmanager
+def _opened_controller(state_dir: Path) -> Iterator[Any]:
+    """The control plane's door to what the store keeps (stats, preferences), for one command."""
+    from device.control.commands import Controller
+    from device.control.mute import MuteState
+
+    with _opened_store(state_dir) as store:
+        yield Controller(store, MuteState())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from device.app import run_pipeline
     from device.audio.sources import MicSource, load_portaudio
@@ -340,8 +354,9 @@ def cmd_clips(args: argparse.Namespace) -> int:
 
 
 def clips_list(store: Any, args: argparse.Namespace) -> int:
-    for clip in store.all():
-        _print_json(clip.summary())
+    for row in ([i.summary() for i in store.quarantine.items()] if args.quarantined
+                else [c.summary() for c in store.all()]):
+        _print_json(row)
     return 0
 
 
@@ -370,6 +385,10 @@ def clips_delete(store: Any, args: argparse.Namespace) -> int:
     from device.control.commands import Controller, local_delete_payload, parse_delete
     from device.control.mute import MuteState
 
+    if args.quarantined:
+        _print_json({"quarantined_destroyed": [i.name for i in store.quarantine.destroy()]})
+        if not (args.ids or args.all or args.since or args.until or args.last):
+            return 0
     raw = local_delete_payload(args.ids, args.all, args.since, args.until, args.last,
                                args.request_id)
     reply = Controller(store, MuteState()).delete(parse_delete(raw, store))
@@ -422,8 +441,8 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     _, state_dir = _settings(args)
-    with _opened_store(state_dir) as store:
-        for row in store.stats():
+    with _opened_controller(state_dir) as controller:
+        for row in controller.stats():
             _print_json(row)
     return 0
 
@@ -432,8 +451,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from device.control.sensitivity import SensitivityState
 
     settings, state_dir = _settings(args)
-    with _opened_store(state_dir) as store:
-        state = SensitivityState(settings.wake, store.setting, store.set_setting)
+    with _opened_controller(state_dir) as controller:
+        state = SensitivityState(settings.wake, controller.preference, controller.set_preference)
         if args.level:
             state.set(args.level, remote=False)
         _print_json({"level": state.level(), "configured": state.configured})
@@ -450,8 +469,8 @@ def cmd_save(args: argparse.Namespace) -> int:
     settings, state_dir = _settings(args)
     if args.for_ is not None and (args.mode is None or not re.fullmatch(DURATION_PATTERN, args.for_)):
         raise ConfigError("--for needs a mode and a duration such as 30m or 1h")
-    with _opened_store(state_dir) as store:
-        state = SaveState(settings.recorder.save, store.setting, store.set_setting)
+    with _opened_controller(state_dir) as controller:
+        state = SaveState(settings.recorder.save, controller.preference, controller.set_preference)
         if args.mode:
             state.set(args.mode, remote=False, for_s=duration_s(args.for_) if args.for_ else None)
         _print_json(state.current().summary(state.configured))

@@ -173,6 +173,9 @@ def check_store(settings: Settings, state_dir: Path) -> Check:
         problem = store.space_problem(settings.retention.min_free_bytes)
         c = consent.read(store).summary()
         detail = f"{store.count()} clip(s) in {state_dir}; uploads consent: {c['state']}"
+        if set_aside := store.quarantine.count():
+            detail += (f"; {set_aside} item(s) quarantined (`edge-recorder clips list "
+                       "--quarantined`; they expire with retention)")
     finally:
         store.close()
     if problem:

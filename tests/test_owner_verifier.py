@@ -157,7 +157,7 @@ def test_a_reject_teaches_the_verifier_and_the_features_go_with_the_clip(
     assert len(now[1]) == len(known[1]) + 1 and np.array_equal(now[1][-1], features)
     assert retrained.probability(features) < before  # the same sound is less likely to wake it
     assert not list((state_dir / "clips").iterdir())  # the clip, and the features sealed in it
-    assert ClipStore(state_dir).stats()[0]["rejected"] == 1
+    assert ClipStore(state_dir).state.stats.days()[0]["rejected"] == 1
 
 
 def test_wipe_removes_the_verifier(enroll: Callable[..., str], state_dir: Path) -> None:

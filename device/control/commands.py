@@ -338,7 +338,8 @@ def verify(kind: str, payload: dict[str, Any], signing: Signing, store: ClipStor
     if abs(time.time() - ts) > signing.max_skew_s:
         raise CommandError("stale", f"ts is more than {signing.max_skew_s:.0f} s from the device's "
                            "clock", request_id)
-    if store.nonce_used(nonce) and not (request_id and store.request_known(request_id, digest)):
+    requests = store.state.requests
+    if requests.nonce_used(nonce) and not (request_id and requests.known(request_id, digest)):
         raise CommandError("replayed", "this nonce was already used", request_id)
     return nonce
 
@@ -357,6 +358,26 @@ class Controller:
         self.sensitivity = sensitivity
         self.save = save
         self.voice_settings = voice or VoiceSettings()
+
+    # -- what the store keeps for the control plane (the CLI, MQTT and the status ask here) --------
+    def parse(self, kind: str, raw: bytes, signing: Signing | None) -> _Command:
+        """A command from the network, validated and authenticated (nonces are the store's)."""
+        return parse(kind, raw, signing, self.store)
+
+    def preference(self, name: str, default: str) -> str:
+        """A setting kept across restarts (what SensitivityState and SaveState read)."""
+        return self.store.state.preferences.get(name, default)
+
+    def set_preference(self, name: str, value: str) -> None:
+        self.store.state.preferences.set(name, value)
+
+    def stats(self, days: int = 7) -> list[dict[str, Any]]:
+        """Per local day, newest first (`edge-recorder stats`, the status's `today`)."""
+        return self.store.state.stats.days(days)
+
+    def count(self, counts: dict[str, int]) -> None:
+        """Add to today's counters."""
+        self.store.state.stats.add(counts)
 
     def execute(self, command: _Command) -> events.Event:
         if isinstance(command, DeleteCommand):
@@ -488,4 +509,4 @@ class Controller:
         """After a setting took effect: its signed message cannot be replayed. (Setting it again is
         idempotent, so a crash between the two only lets the broker's redelivery set it again.)"""
         if cmd.signed_nonce:
-            self.store.record_nonce(cmd.signed_nonce)
+            self.store.state.requests.use_nonce(cmd.signed_nonce)

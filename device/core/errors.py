@@ -49,6 +49,12 @@ class StoreError(EdgeRecorderError, IOError):
     """The clip store cannot be opened, written or read."""
 
 
+class StoreBusy(StoreError):
+    """Another process holds one of the store's databases locked: nothing was changed; try again."""
+
+    exit_code = 75  # EX_TEMPFAIL: a temporary failure, the same command can simply be repeated
+
+
 class CommandError(EdgeRecorderError):
     """A refused command: becomes an `error` event with the request id when one could be read."""
 
