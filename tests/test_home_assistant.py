@@ -151,7 +151,7 @@ def test_nothing_in_discovery_can_widen_what_is_kept_or_sent(
             assert body.get("action", "revoke") == "revoke"  # consent: revoke only
             assert body.get("level", "strict") in ("strict", "balanced")  # never more sensitive
             if key == "save":  # Home Assistant may ask for more; the device refuses it remotely
-                save = SaveState("audio", store.setting, store.set_setting)
+                save = SaveState("audio", store.state.preferences.get, store.state.preferences.set)
                 save.set("nothing", remote=True)
                 with pytest.raises(CommandError, match="only be reduced"):
                     Controller(store, MuteState(), save=save).execute(command)

@@ -175,13 +175,13 @@ def test_delete_one_selected_and_all(page: Any, site: WebServer) -> None:
 
 def test_that_wasnt_for_me_deletes_and_counts_a_false_wake(page: Any, site: WebServer) -> None:
     kept, rejected = add_clip(site.store), add_clip(site.store, transcript="<i>tv noise</i>")
-    before = (site.store.stats(days=1) or [{}])[0]
+    before = (site.store.state.stats.days(1) or [{}])[0]
     page.reload()
     page.click(f"#clip-{rejected.id} button.reject")
     page.wait_for_selector(".flash")
     assert "counted as a false wake" in page.inner_text(".flash")
     assert listed(page) == [kept.id]
-    today = site.store.stats(days=1)[0]
+    today = site.store.state.stats.days(1)[0]
     assert today["rejected"] == before.get("rejected", 0) + 1
     assert today["deleted"] == before.get("deleted", 0) + 1
     page.click("nav >> text=Days")

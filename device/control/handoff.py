@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from device.control.commands import MAX_PAYLOAD_BYTES, Controller, error_event, parse
+from device.control.commands import MAX_PAYLOAD_BYTES, Controller, error_event
 from device.core import events
 from device.core.errors import CommandError, EdgeRecorderError, StoreError, describe
 
@@ -65,7 +65,7 @@ def run(controller: Controller, kind: str, payload: dict[str, Any], local: bool)
     """One command through the controller (daemon side, or the web process without a daemon)."""
     raw = json.dumps(payload).encode()
     try:
-        return controller.execute(parse(kind, raw, None, controller.store), local=local)
+        return controller.execute(controller.parse(kind, raw, None), local=local)
     except CommandError as exc:
         return error_event(exc)
 

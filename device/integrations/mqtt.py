@@ -39,7 +39,6 @@ from device.control.commands import (
     Controller,
     Signing,
     error_event,
-    parse,
     request_id_in,
 )
 from device.core import events
@@ -152,7 +151,6 @@ class MqttControl:
         self.settings = settings
         self.device_id = device_id(store.state_dir)
         self.base = f"{settings.prefix}/{self.device_id}/"
-        self._store = store
         self._controller = controller
         self._status = status
         self._signing = signing_of(settings)
@@ -295,7 +293,7 @@ class MqttControl:
         acknowledged), Closing when the control plane closes while it waits its turn."""
         kind = topic.removeprefix(self.topic("cmd/"))
         try:
-            command = parse(kind, payload, self._signing, self._store)
+            command = self._controller.parse(kind, payload, self._signing)
         except CommandError as exc:
             return self._refused(kind, exc)
         except (StoreError, sqlite3.OperationalError) as exc:

@@ -197,7 +197,7 @@ class WebApp:
                            uploads=self.settings.upload.url is not None)
 
     async def days(self, request: Request, ctx: Context) -> Response:
-        rows = await run_in_threadpool(pages.days, self.store)
+        rows = await run_in_threadpool(pages.days, self.commands.controller.stats)
         return self.render("days.html", ctx, rows=rows, chart=pages.chart(rows), page="days")
 
     async def sent(self, request: Request, ctx: Context) -> Response:

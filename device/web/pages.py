@@ -3,6 +3,7 @@ data for the templates (which escape every value they print)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -73,9 +74,10 @@ class Day:
     kept: int
 
 
-def days(store: ClipStore, n: int = 14) -> list[Day]:
-    """The last n local days, oldest first, every day present (0 when nothing happened)."""
-    by_day = {row["day"]: row for row in store.stats(days=n)}
+def days(stats: Callable[[int], list[dict[str, Any]]], n: int = 14) -> list[Day]:
+    """The last n local days, oldest first, every day present (0 when nothing happened);
+    `stats(days)` is the Controller's per-day counts."""
+    by_day = {row["day"]: row for row in stats(n)}
     today = datetime.now().astimezone().date()
     out = []
     for i in range(n - 1, -1, -1):

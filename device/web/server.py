@@ -30,9 +30,10 @@ MAX_CONNECTIONS = 32
 def build(settings: Settings, store: ClipStore, binding: policy.Binding) -> WebApp:
     """The page over an open store: the same Controller as the CLI (it waits for nothing: a
     reject's training runs in a child process)."""
-    sensitivity = SensitivityState(settings.wake, store.setting, store.set_setting)
-    save = SaveState(settings.recorder.save, store.setting, store.set_setting)
-    controller = Controller(store, MuteState(), sensitivity, save, settings.voice)
+    controller = Controller(store, MuteState(), voice=settings.voice)
+    sensitivity = SensitivityState(settings.wake, controller.preference, controller.set_preference)
+    save = SaveState(settings.recorder.save, controller.preference, controller.set_preference)
+    controller.sensitivity, controller.save = sensitivity, save
     return WebApp(settings, store, Commands(controller), sensitivity, save, binding)
 
 
