@@ -352,3 +352,18 @@ def test_a_state_directory_too_deep_for_a_socket_leaves_the_daemon_running(tmp_p
     finally:
         server.close()
         store.close()
+
+
+def test_an_index_from_before_the_upload_log_gains_it(state_dir: Path) -> None:
+    import sqlite3
+
+    ClipStore(state_dir).close()
+    old = sqlite3.connect(state_dir / "index.sqlite")  # as version 4 left it: no `sent` table
+    old.executescript("DROP TABLE sent;\nPRAGMA user_version = 4;")
+    old.close()
+    store = ClipStore(state_dir)
+    try:
+        store.uploads.record_sent(UPLOAD, "0" * 32, "uploads.example", "HTTP 201 Created")
+        assert [r["answer"] for r in store.uploads.sent_log()] == ["HTTP 201 Created"]
+    finally:
+        store.close()

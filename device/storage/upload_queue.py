@@ -57,7 +57,8 @@ SENT_SCHEMA = """CREATE TABLE sent (
 """What left the device: one row per request that went out, kept after its clip is deleted (it
 holds no audio and no transcript), so the owner can see where each recording went."""
 SCHEMA += SENT_SCHEMA
-MIGRATION_5 = SENT_SCHEMA
+MIGRATION_5 = SENT_SCHEMA.replace("CREATE TABLE sent", "CREATE TABLE IF NOT EXISTS sent")
+"""Idempotent: an index rolled back by hand to an older version may already hold the table."""
 MAX_SENT_ROWS = 10_000
 """The log keeps the newest this many requests."""
 UPLOAD, REMOTE_DELETE = "upload", "remote_delete"
