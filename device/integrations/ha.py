@@ -4,14 +4,17 @@ Pure data: the payload is built from settings and topics and published by device
 connect and whenever Home Assistant announces itself (`<prefix>/status` = `online`). The device
 block carries the random device id only: no serial number, no MAC, no host name (P2).
 
-Every entity reads the retained `status` topic (republished after every change) or an event topic,
-and every command entity sends a command that can only reduce what is kept or sent (P5), with a
-request id made by Home Assistant's template at each press (`ha-<timestamp>`), so a second press is a
-new command, never a replay of the first.
+Every entity reads the retained `status` topic (republished after every change) or an event topic;
+whether the speaker is there at all is the retained `availability` topic (`online` on connect,
+`offline` on a clean stop and as the broker's last will), so a disconnect never puts anything but
+state where the entities' templates read. Every command entity sends a command that can only reduce
+what is kept or sent (P5), with a request id made by Home Assistant's template at each press
+(`ha-<timestamp>`), so a second press is a new command, never a replay of the first.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from device import __version__
@@ -20,7 +23,10 @@ from device.core.config import SENSITIVITY_LEVELS, VOICE_COMMANDS, MqttSettings
 
 PRESS_ID = "ha-{{ now().timestamp() }}"
 """A request id per press: Home Assistant renders it when the button is pressed."""
-ONLINE = "{{ 'online' if value_json.online else 'offline' }}"
+AVAILABILITY = "availability"
+"""<prefix>/<device id>/availability, retained: ONLINE (the birth) or OFFLINE (a clean stop or the
+last will). Home Assistant's default availability payloads."""
+ONLINE, OFFLINE = "online", "offline"
 
 
 def discovery_topic(settings: MqttSettings, device_id: str) -> str:
@@ -34,6 +40,12 @@ def discovery_payload(settings: MqttSettings, device_id: str, base: str,
 
     def sensor(name: str, template: str, **extra: Any) -> dict[str, Any]:
         return {"p": "sensor", "name": name, "stat_t": status, "val_tpl": template, **extra}
+
+    def daily(name: str, counter: str, **extra: Any) -> dict[str, Any]:
+        """A count since the device's local midnight: `total` with `last_reset` at that midnight,
+        so Home Assistant's long-term sum keeps counting across the daily reset."""
+        return sensor(name, "{{ value_json.today." + counter + " | default(0) }}", stat_cla="total",
+                      lrst_val_tpl="{{ value_json.today.since }}", **extra)
 
     def button(name: str, command: str, body: str, **extra: Any) -> dict[str, Any]:
         return {"p": "button", "name": name, "cmd_t": f"{base}cmd/{command}",
@@ -57,12 +69,11 @@ def discovery_payload(settings: MqttSettings, device_id: str, base: str,
                           dev_cla="data_size", stat_cla="measurement"),
         "waiting": sensor("Waiting to upload", "{{ value_json.waiting_uploads }}",
                           stat_cla="measurement", ic="mdi:cloud-upload"),
-        "wakes_today": sensor("Wakes today", "{{ value_json.today.wakes | default(0) }}",
-                              stat_cla="total", ic="mdi:account-voice"),
-        "false_wakes_today": sensor("False wakes today",
-                                    "{{ value_json.today.false_wakes | default(0) }}",
-                                    stat_cla="total", ic="mdi:account-voice-off"),
-        "consent": sensor("Upload consent", "{{ value_json.consent.state }}", ic="mdi:handshake"),
+        "wakes_today": daily("Wakes today", "wakes", ic="mdi:account-voice"),
+        "false_wakes_today": daily("False wakes today", "false_wakes", ic="mdi:account-voice-off"),
+        "upload_consent": {"p": "binary_sensor", "name": "Upload consent", "stat_t": status,
+                           "val_tpl": "{{ 'ON' if value_json.consent.state == 'on' else 'OFF' }}",
+                           "ic": "mdi:handshake"},
         "revoke_consent": button("Revoke consent", "consent", '"action": "revoke"',
                                  ic="mdi:cancel"),
         "delete_last": button("Delete last clip", "delete", '"newest": 1', ic="mdi:delete"),
@@ -99,7 +110,30 @@ def discovery_payload(settings: MqttSettings, device_id: str, base: str,
         "dev": {"ids": [uid], "name": f"edge-recorder {device_id}", "mf": "edge-recorder",
                 "mdl": "privacy-first voice front end", "sw": __version__},
         "o": {"name": "edge-recorder", "sw": __version__},
-        "avty_t": status, "avty_tpl": ONLINE,
+        "avty_t": f"{base}{AVAILABILITY}",
         "qos": 1,
         "cmps": cmps,
     }
+
+
+def status_paths(payload: dict[str, Any], status_topic: str) -> set[tuple[str, ...]]:
+    """Every `value_json` path that an entity's template reads from the status topic. The status
+    must always carry each one: a missing one is an error line in Home Assistant's log."""
+    paths = set()
+    for c in payload["cmps"].values():
+        if c.get("stat_t") == status_topic:
+            for template in (c.get("val_tpl", ""), c.get("lrst_val_tpl", "")):
+                for m in re.finditer(r"value_json((?:\.\w+)+)", template):
+                    paths.add(tuple(m.group(1).lstrip(".").split(".")))
+    return paths
+
+
+def renders(status: Any, paths: set[tuple[str, ...]]) -> bool:
+    """Whether every template could render this status (a parsed status payload)."""
+    for path in paths:
+        node = status
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                return False
+            node = node[key]
+    return True
