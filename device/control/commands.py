@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import (
@@ -37,6 +37,7 @@ from device.control.sensitivity import SensitivityState
 from device.core import events
 from device.core.config import DURATION_PATTERN, VoiceSettings, describe_validation_error, duration_s
 from device.core.errors import CommandError, StoreError, describe
+from device.core.events import DeleteReason
 from device.storage.clips import ClipStore
 from device.wake.verifier import VerifierFiles, retrain_in_child
 
@@ -62,6 +63,8 @@ class _Command(BaseModel):
     ts: int | None = None
     nonce: str | None = Field(default=None, min_length=8, max_length=128)
     sig: str | None = Field(default=None, max_length=128)
+    reply: ClassVar[type[events.Event] | None] = None
+    """The event type the command is answered with (on MQTT: evt/<type>)."""
     _body_hash: str = PrivateAttr(default="")
     _signed_nonce: str | None = PrivateAttr(default=None)
 
@@ -81,6 +84,8 @@ class _Command(BaseModel):
 class DeleteCommand(_Command):
     """Exactly one of: ids, from + to, last (a duration), newest (the N most recent clips),
     today (since local midnight on the device), all."""
+
+    reply = events.Deleted
 
     ids: list[ClipId] | None = Field(default=None, min_length=1, max_length=MAX_IDS)
     from_: AwareDatetime | None = Field(default=None, alias="from")
@@ -118,16 +123,28 @@ class DeleteCommand(_Command):
 
 
 class ConsentCommand(_Command):
+    """Revoke upload consent: uploads stop now and the queue is purged. Granting is only possible
+    on the device."""
+
+    reply = events.Consent
+
     action: Literal["revoke"]
 
 
 class MuteCommand(_Command):
+    """The software mute: muted closes the input stream. A hardware mute is lifted only by its
+    button."""
+
+    reply = events.Mute
+
     muted: bool
 
 
 class RejectCommand(_Command):
     """"That wasn't for you": delete the clip(s) exactly as delete does and count a false wake.
     Exactly one of: ids, last (the most recent clip)."""
+
+    reply = events.Deleted
 
     ids: list[ClipId] | None = Field(default=None, min_length=1, max_length=100)
     last: Literal[True] | None = None
@@ -140,12 +157,18 @@ class RejectCommand(_Command):
 
 
 class SensitivityCommand(_Command):
+    """The wake sensitivity: remotely only less sensitive than the level in force."""
+
+    reply = events.Sensitivity
+
     level: Literal["sensitive", "balanced", "strict"]
 
 
 class SaveCommand(_Command):
     """Save less: "transcript" or "nothing" (or "audio" when that is already in force), optionally
     `for` a while, after which the configured mode returns by itself."""
+
+    reply = events.Save
 
     mode: Literal["audio", "transcript", "nothing"]
     for_: Duration | None = Field(default=None, alias="for")
@@ -334,7 +357,7 @@ class Controller:
             done.append(self.set_save(mode, remote=False, for_s=pause, request_id=rid))
         return done
 
-    def delete(self, cmd: DeleteCommand, reason: str = "command") -> events.Deleted:
+    def delete(self, cmd: DeleteCommand, reason: DeleteReason = "command") -> events.Deleted:
         since, until = cmd.window(datetime.now(UTC))
         ids = self.store.latest_ids(cmd.newest) if cmd.newest is not None else cmd.ids
         result = self.store.delete(ids=ids, since=since, until=until,

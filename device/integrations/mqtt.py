@@ -66,6 +66,14 @@ DEVICE_ID_FILE = "device_id"
 FORWARDED = (events.Upload, events.Deleted, events.Wake, events.Indicator, events.Discarded,
              events.Audio, events.Sensitivity, events.Save, events.Voice, events.Heard)
 """Events published as they are (evt/<type>); each is followed by a fresh status."""
+PUBLISHED: list[tuple[str, str, str]] = [
+    ("status", "JSON object, retained",
+     "the speaker's state (version, listening/recording, clips, bytes used, consent, mute, uploads "
+     "waiting, sensitivity, save mode, today's counts), republished on every change"),
+    ("evt/<type>", "one event as a JSON object (docs/architecture.md, events)",
+     "every event of the listening loop, each command's reply, and `error` for refused commands"),
+]
+"""What the speaker publishes under <prefix>/<device id>/ (docs/mqtt.md is generated from it)."""
 STATUS_REFRESH_S = 30.0
 """The status is also republished this often when it changed (e.g. consent granted by the CLI)."""
 

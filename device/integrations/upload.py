@@ -37,7 +37,7 @@ from device.control import consent
 from device.core import events
 from device.core.config import UploadSettings
 from device.core.errors import ConfigError, StoreError, describe
-from device.core.events import EventSink
+from device.core.events import EventSink, UploadStatus
 from device.core.files import read_secret
 from device.storage.clips import Clip, ClipStore
 from device.storage.upload_queue import REMOTE_DELETE, UPLOAD
@@ -327,7 +327,7 @@ class Uploader:
         log.info("uploads: %s uploaded", clip.id)
         self._events.emit(events.Upload(id=clip.id, status="uploaded"))
 
-    def _finish(self, clip_id: str, status: str, reason: str) -> None:
+    def _finish(self, clip_id: str, status: UploadStatus, reason: str) -> None:
         if status == "withheld":
             self._queue.withhold(clip_id)
         else:

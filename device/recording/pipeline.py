@@ -23,8 +23,8 @@ from device.audio.sources import AnyOf, AudioSource
 from device.audio.vad import SpeechDetector
 from device.control.mute import MuteState
 from device.core import events
-from device.core.errors import AudioError, EdgeRecorderError, IndicatorError
-from device.core.events import EventSink
+from device.core.errors import AudioError, EdgeRecorderError, ErrorCode, IndicatorError
+from device.core.events import DiscardReason, EventSink
 from device.core.frames import Frame, seconds
 from device.recording.recorder import Discarded, Finished, Recorder, State, Utterance, Wake
 from device.speech.asr import Transcriber, TranscriptStream
@@ -122,7 +122,7 @@ class ClipWriter:
             except Exception as exc:  # the writer must outlive any one bad clip
                 self._stream = self._commands = None
                 self._counters.errors += 1
-                code = "store_failed" if isinstance(exc, EdgeRecorderError) else "writer_failed"
+                code: ErrorCode = "store_failed" if isinstance(exc, EdgeRecorderError) else "writer_failed"
                 self._counters.store_ok = False
                 log.error("%s: %s", code, exc)
                 self._events.emit(events.Error(t=None, code=code, request_id=None, message=str(exc)))
@@ -357,7 +357,7 @@ class Listener:
         self.writer.begin(self.wake_features(wake))
         self._feed_kept()
 
-    def _turn_away(self, wake: Wake, reason: str) -> None:
+    def _turn_away(self, wake: Wake, reason: DiscardReason) -> None:
         """A wake the second look did not believe: announced and counted, nothing else."""
         self.counters.wakes += 1
         self.counters.discarded += 1
@@ -365,7 +365,7 @@ class Listener:
         self.events.emit(events.Wake(t=t, wake_word=wake.wake_word, score=round(wake.score, 4)))
         self.events.emit(events.Discarded(t=t, reason=reason))
 
-    def _refuse(self, wake: Wake, code: str, problem: str) -> None:
+    def _refuse(self, wake: Wake, code: ErrorCode, problem: str) -> None:
         self.counters.errors += 1
         log.error("not recording: %s", problem)
         self.events.emit(events.Error(t=seconds(wake.at), code=code, request_id=None,
