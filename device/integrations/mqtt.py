@@ -69,7 +69,11 @@ FORWARDED = (events.Upload, events.Deleted, events.Wake, events.Indicator, event
 PUBLISHED: list[tuple[str, str, str]] = [
     ("status", "JSON object, retained",
      "the speaker's state (version, listening/recording, clips, bytes used, consent, mute, uploads "
-     "waiting, sensitivity, save mode, today's counts), republished on every change"),
+     "waiting, sensitivity, save mode, today's counts and the local midnight they count from), "
+     "republished on every change; state only, every field always present"),
+    (ha.AVAILABILITY, f"`{ha.ONLINE}` or `{ha.OFFLINE}`, retained",
+     f"`{ha.ONLINE}` on connect and when Home Assistant starts; `{ha.OFFLINE}` on a clean stop and "
+     "as the last will (the broker publishes it when the connection dies)"),
     ("evt/<type>", "one event as a JSON object (docs/architecture.md, events)",
      "every event of the listening loop, each command's reply, and `error` for refused commands"),
 ]
