@@ -45,7 +45,7 @@ from device.storage.retention import Sweeper
 from device.wake.detector import OpenWakeWordDetector, WakeDetector
 from device.wake.gate import GatedDetector
 from device.wake.phrase import PhraseCheck
-from device.wake.verifier import OwnerVerifier, VerifierFiles
+from device.wake.verifier import WEIGHTS_DAMAGED, OwnerVerifier, VerifierFiles
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +111,18 @@ def make_transcriber(settings: Settings, models: ModelStore) -> Transcriber:
 
 
 def make_recorder(settings: Settings, state_dir: Path, scorer: OpenWakeWordDetector,
-                  level: Callable[[], str]) -> tuple[Recorder, OwnerVerifier]:
+                  level: Callable[[], str], events: EventSink | None = None
+                  ) -> tuple[Recorder, OwnerVerifier]:
     """The recorder with the daemon's second looks before the light: the phrase check, then the
-    owner verifier (which also says from which score an enrolled owner is listened for)."""
+    owner verifier (which also says from which score an enrolled owner is listened for). Weights
+    of theirs that cannot be used become an `error` event on `events`."""
+    def report(message: str) -> None:
+        if events is not None:
+            events.emit(ev.Error(t=None, code=WEIGHTS_DAMAGED, request_id=None, message=message))
+
     verifier = OwnerVerifier(VerifierFiles(state_dir), scorer.features,
-                             settings.wake.verifier_threshold)
-    phrase = PhraseCheck(settings.wake, scorer.features, level)
+                             settings.wake.verifier_threshold, report)
+    phrase = PhraseCheck(settings.wake, scorer.features, level, report)
     recorder = Recorder(settings.recorder, settings.wake, level=level,
                         second_look=lambda w: phrase.second_look(w) or verifier.second_look(w),
                         owner=verifier.listens_lower)
@@ -153,8 +159,9 @@ class StatsCounter:
     """Counts what the owner sees with `edge-recorder stats` (on the event sink's thread). While
     the save mode is "nothing", nothing is counted either: nothing touches the disk."""
 
-    def __init__(self, store: ClipStore, save_mode: Callable[[], str] = lambda: "audio") -> None:
-        self._store = store
+    def __init__(self, count: Callable[[dict[str, int]], None],
+                 save_mode: Callable[[], str] = lambda: "audio") -> None:
+        self._count = count
         self._save_mode = save_mode
 
     def __call__(self, event: ev.Event) -> None:
@@ -165,7 +172,7 @@ class StatsCounter:
             return
         if name:
             try:
-                self._store.add_stats({name: 1})
+                self._count({name: 1})
             except (OSError, StoreError, sqlite3.Error) as exc:  # a count is never worth a crash
                 log.warning("could not count a %s: %s", event.type, exc)
 
@@ -178,7 +185,7 @@ class Status:
 
     def __call__(self) -> dict[str, Any]:
         s = self._shared
-        today = (s.store.stats(days=1) or [{}])[0]
+        today = (s.controller.stats(days=1) or [{}])[0]
         false_wakes = sum(today.get("discarded", {}).values()) + today.get("rejected", 0)
         today = {"wakes": 0, **today, "false_wakes": false_wakes,
                  "since": local_midnight(today.get("day"))}
@@ -206,13 +213,14 @@ def open_shared(stack: ExitStack, w: Wiring, mute: MuteState | None) -> Shared:
     """The store and the run-time states, each closed by `stack`."""
     store = ClipStore(w.state_dir)
     stack.callback(store.close)
-    sensitivity = SensitivityState(w.settings.wake, store.setting, store.set_setting)
-    save = SaveState(w.settings.recorder.save, store.setting, store.set_setting)
+    mute = mute or MuteState()
+    controller = Controller(store, mute, voice=w.settings.voice)  # preferences are read through it
+    sensitivity = SensitivityState(w.settings.wake, controller.preference, controller.set_preference)
+    save = SaveState(w.settings.recorder.save, controller.preference, controller.set_preference)
     for state in (sensitivity, save):
         state.start()
         stack.callback(state.close)
-    mute = mute or MuteState()
-    controller = Controller(store, mute, sensitivity, save, w.settings.voice)
+    controller.sensitivity, controller.save = sensitivity, save
     models = ModelStore(resolve_models_dir(w.settings, w.state_dir))
     return Shared(store, models, mute, sensitivity, save, controller, Counters())
 
@@ -255,7 +263,8 @@ def build_listener(stack: ExitStack, w: Wiring, shared: Shared, notifier: Notifi
                           w.pin_factory)
     stack.callback(confirmer.close)
     writer = make_writer(stack, w, shared, confirmer)
-    recorder, verifier = make_recorder(settings, w.state_dir, scorer, shared.sensitivity.level)
+    recorder, verifier = make_recorder(settings, w.state_dir, scorer, shared.sensitivity.level,
+                                       w.events)
     parts = ListenerParts(make_detector(settings, scorer, recorder),
                           SpeechDetector(settings.recorder.vad_aggressiveness), recorder, indicator, writer)
     a = settings.audio
@@ -322,7 +331,7 @@ def run_pipeline(
         shared = open_shared(stack, w, mute)
         notifier = Notifier()
         listener = build_listener(stack, w, shared, notifier)
-        events.subscribe(StatsCounter(shared.store, shared.save.mode))
+        events.subscribe(StatsCounter(shared.controller.count, shared.save.mode))
         start_services(stack, w, shared, listener, notifier, control_plane)
         try:
             listener.run(stop)

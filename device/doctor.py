@@ -16,7 +16,7 @@ import numpy as np
 from device import FRAME_SAMPLES
 from device.control import consent
 from device.core.config import Settings, resolve_models_dir
-from device.core.errors import EdgeRecorderError
+from device.core.errors import EdgeRecorderError, ModelError
 
 MIC_SECONDS = 0.5
 NETWORK_TIMEOUT_S = 5.0
@@ -124,7 +124,8 @@ def check_gpio(settings: Settings, pin_factory: Any) -> Check:
     try:
         led.recording()
         led.idle()
-        return Check("gpio", True, f"recording LED on {settings.indicator.pin} switches and reads back")
+        return Check("gpio", True, f"recording LED on {settings.indicator.pin} switches and reads "
+                                   f"back (pin driver: {led.driver})")
     except EdgeRecorderError as exc:
         return Check("gpio", False, str(exc), "check the LED's wiring and indicator.active_high")
     finally:
@@ -172,6 +173,9 @@ def check_store(settings: Settings, state_dir: Path) -> Check:
         problem = store.space_problem(settings.retention.min_free_bytes)
         c = consent.read(store).summary()
         detail = f"{store.count()} clip(s) in {state_dir}; uploads consent: {c['state']}"
+        if set_aside := store.quarantine.count():
+            detail += (f"; {set_aside} item(s) quarantined (`edge-recorder clips list "
+                       "--quarantined`; they expire with retention)")
     finally:
         store.close()
     if problem:
@@ -260,8 +264,14 @@ def check_owner(settings: Settings, state_dir: Path) -> Check:
                      "look your voice, which turns most false wakes away before the light")
     parts = []
     for name in enrolled:
-        known = files.features(name)
-        weights = files.weights(name)
+        try:
+            known = files.features(name)
+            weights = files.weights(name)
+        except ModelError as exc:
+            return Check("owner", False, f"the owner verifier for {name} cannot be used: {exc}; "
+                         f"every wake of {name} is discarded meanwhile",
+                         f"enroll again (`edge-recorder enroll {name} ...`) or remove it "
+                         f"(`edge-recorder enroll --remove {name}`)")
         lower = (f", against {weights.impostors} impostor frames: it hears wakes from "
                  f"{settings.wake.preset(name, owner=True)[0]:g} at {settings.wake.sensitivity}"
                  if weights is not None and weights.impostors else "")

@@ -161,7 +161,7 @@ def test_nothing_in_discovery_can_widen_what_is_kept_or_sent(
             assert body.get("action", "revoke") == "revoke"  # consent: revoke only
             assert body.get("level", "strict") in ("strict", "balanced")  # never more sensitive
             if key == "save":  # Home Assistant may ask for more; the device refuses it remotely
-                save = SaveState("audio", store.setting, store.set_setting)
+                save = SaveState("audio", store.state.preferences.get, store.state.preferences.set)
                 save.set("nothing", remote=True)
                 with pytest.raises(CommandError, match="only be reduced"):
                     Controller(store, MuteState(), save=save).execute(command)
@@ -284,7 +284,7 @@ def test_the_daily_counters_start_a_new_cycle_at_the_devices_midnight(
         with monkeypatch.context() as clock:  # the device's clock (its time zone), moved below
             clock.setenv("TZ", "UTC0")
             time.tzset()
-            ClipStore(state_dir).add_stats({"wakes": 3, "discarded_no_speech": 1})
+            ClipStore(state_dir).state.stats.add({"wakes": 3, "discarded_no_speech": 1})
             owner.send("mute", {"request_id": "m1", "muted": True})  # republishes the status
             wait_until(lambda: last_status(owner).get("today", {}).get("wakes") == 3, WAIT_S,
                        "no count")

@@ -269,6 +269,10 @@ class MqttSettings(_Section):
     """The login's password, written in the configuration (prefer password_file)."""
     password_file: str | None = None
     """Read the password from this file instead (keep it 0600)."""
+    protocol: Literal["5", "3.1.1"] = "5"
+    """MQTT version. With "5" the speaker tells the broker the largest message it takes (Maximum
+    Packet Size) and the broker drops bigger ones; "3.1.1" only for a broker that cannot speak 5,
+    where only the broker's own max_packet_size keeps a huge message from the speaker."""
     keepalive_s: int = Field(default=60, ge=5, le=3600)
     """MQTT keepalive: the broker declares the speaker gone (and publishes its last will) after
     about 1.5 times this without a packet."""

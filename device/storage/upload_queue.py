@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from device.storage.db import Database
+from device.storage.db import Database, has_table
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ CREATE TABLE uploads (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_at REAL NOT NULL DEFAULT 0,
     last_error TEXT,
-    recorded_at REAL NOT NULL DEFAULT 0  -- unix time: the hold window counts from here
+    recorded_at REAL NOT NULL DEFAULT 0, -- unix time: the hold window counts from here
+    maybe_sent INTEGER NOT NULL DEFAULT 0 -- 1 once a request with it went out: the server may hold it
 );
 CREATE TABLE remote_deletes (
     clip_id TEXT PRIMARY KEY,
@@ -38,9 +39,15 @@ CREATE TABLE remote_deletes (
     next_at REAL NOT NULL DEFAULT 0
 );
 """
+MIGRATION_3 = "ALTER TABLE uploads ADD COLUMN recorded_at REAL NOT NULL DEFAULT 0;\n"
+MIGRATION_4 = ("ALTER TABLE uploads ADD COLUMN maybe_sent INTEGER NOT NULL DEFAULT 0;\n"
+               "UPDATE uploads SET maybe_sent = 1 WHERE attempts > 0 OR state <> 'queued';")
+"""Uploads tried before this column existed may be on the server: counted as sent."""
 UPLOAD, REMOTE_DELETE = "upload", "remote_delete"
 TABLES = {UPLOAD: "uploads", REMOTE_DELETE: "remote_deletes"}
-MAYBE_ON_SERVER = ("uploaded", "sending")
+MAYBE_ON_SERVER = "state IN ('uploaded', 'sending') OR maybe_sent = 1"
+"""A copy is, or may be, on the server: uploaded; on the wire; or sent before and then timed out
+(retried later, or failed for good) after the server may have stored it."""
 
 
 class UploadQueue:
@@ -62,8 +69,8 @@ class UploadQueue:
         delete for each copy that is, or may be, on the server. Returns the remote deletes queued."""
         with self._db.transaction() as tx:
             remote_ids = [cid for cid in clip_ids if remote and tx.execute(
-                "SELECT 1 FROM uploads WHERE clip_id = ? AND state IN (?, ?)",
-                (cid, *MAYBE_ON_SERVER)).fetchone()]
+                f"SELECT 1 FROM uploads WHERE clip_id = ? AND ({MAYBE_ON_SERVER})", (cid,)
+            ).fetchone()]
             tx.executemany("INSERT OR IGNORE INTO remote_deletes (clip_id, request_id) VALUES (?, ?)",
                            [(cid, request_id) for cid in remote_ids])
             tx.executemany("DELETE FROM uploads WHERE clip_id = ?", [(c,) for c in clip_ids])
@@ -97,10 +104,14 @@ class UploadQueue:
             return 0
         try:
             old = sqlite3.connect(f"file:{old_index}?mode=ro", uri=True)
-            rows = old.execute("SELECT clip_id, request_id FROM remote_deletes").fetchall()
-            old.close()
-        except sqlite3.DatabaseError:
-            log.error("pending remote deletes could not be carried over from the old index")
+            try:
+                rows = old.execute("SELECT clip_id, request_id FROM remote_deletes").fetchall() \
+                    if has_table(old, "remote_deletes") else []
+            finally:
+                old.close()
+        except sqlite3.DatabaseError as exc:
+            log.error("pending remote deletes could not be carried over from the old index (%s)",
+                      exc)
             return 0
         with self._db.transaction() as tx:
             tx.executemany("INSERT OR IGNORE INTO remote_deletes (clip_id, request_id) VALUES (?, ?)",
@@ -135,8 +146,8 @@ class UploadQueue:
 
     def _mark_sending(self, clip_id: str) -> bool:
         with self._db.transaction() as tx:
-            return bool(tx.execute("UPDATE uploads SET state = 'sending' WHERE clip_id = ? "
-                                   "AND state = 'queued'", (clip_id,)).rowcount)
+            return bool(tx.execute("UPDATE uploads SET state = 'sending', maybe_sent = 1 "
+                                   "WHERE clip_id = ? AND state = 'queued'", (clip_id,)).rowcount)
 
     def wait(self, timeout_s: float) -> None:
         self._changed.wait(timeout_s)
