@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,8 @@ class Status:
         s = self._shared
         today = (s.controller.stats(days=1) or [{}])[0]
         false_wakes = sum(today.get("discarded", {}).values()) + today.get("rejected", 0)
+        today = {"wakes": 0, **today, "false_wakes": false_wakes,
+                 "since": local_midnight(today.get("day"))}
         return {"state": self._recorder.state.value,
                 "clips": s.store.count(),
                 "bytes_used": sum(size for _, _, size in s.store.bytes_used()),
@@ -196,8 +199,15 @@ class Status:
                 "held_uploads": s.store.uploads.held(self._hold_s),
                 "sensitivity": s.sensitivity.level(),
                 "save": s.save.current().summary(s.save.configured),
-                "today": {**today, "false_wakes": false_wakes},
+                "today": today,
                 "counters": vars(s.counters).copy()}
+
+
+def local_midnight(day: str | None) -> str:
+    """When the counters of `day` (an ISO date; None: today) began: its local midnight, ISO 8601 with
+    the offset. Home Assistant's `last_reset`: a new value starts a new cycle of the daily counts."""
+    d = date.fromisoformat(day) if day else datetime.now().astimezone().date()
+    return datetime.combine(d, time()).astimezone().isoformat()
 
 
 def open_shared(stack: ExitStack, w: Wiring, mute: MuteState | None) -> Shared:

@@ -50,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edge-recorder {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_listening, _add_clips, _add_owner, _add_control, _add_web, _add_models):
+        add(sub, common)
+    return parser
 
+
+def _add_listening(sub: Any, common: argparse.ArgumentParser) -> None:
+    """run, simulate, listen, devices, doctor: the loop and its checks."""
     run = sub.add_parser("run", parents=[common], help="listen on the microphone")
     run.add_argument("--events", help="write events as JSON lines to PATH, or - for stdout")
 
@@ -69,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("doctor", parents=[common],
                    help="check microphone, models, GPIO, broker, upload endpoint and storage")
 
+
+def _add_clips(sub: Any, common: argparse.ArgumentParser) -> None:
+    """clips list, show, export, delete, reject: the store."""
     clips = sub.add_parser("clips", parents=[common], help="read the clip store")
     csub = clips.add_subparsers(dest="clips_command", required=True)
     clist = csub.add_parser("list", parents=[common], help="list clips as JSON lines")
@@ -94,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help='"that wasn\'t for you": delete a clip and count it as a false wake')
     reject.add_argument("which", nargs="+", help="clip ids, or `last` for the most recent clip")
 
+
+def _add_owner(sub: Any, common: argparse.ArgumentParser) -> None:
+    """enroll, stats, sensitivity, save: what the owner tunes on the device."""
     enroll = sub.add_parser(
         "enroll", parents=[common],
         help="teach the second look your voice (openWakeWord's custom verifier): a wake that does "
@@ -125,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     save.add_argument("--for", dest="for_", metavar="DURATION",
                       help="return to the configured mode after this long (e.g. 30m, 1h)")
 
+
+def _add_control(sub: Any, common: argparse.ArgumentParser) -> None:
+    """mqtt, uploads, wipe, consent: what leaves the device, and forgetting."""
     mqtt_cmd = sub.add_parser("mqtt", parents=[common], help="the MQTT control plane")
     mqsub = mqtt_cmd.add_subparsers(dest="mqtt_command", required=True)
     mqsub.add_parser("forget", parents=[common],
@@ -146,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     consub.add_parser("revoke", parents=[common], help="stop all uploads now; purge the upload queue")
     consub.add_parser("status", parents=[common], help="the consent record")
 
+
+def _add_web(sub: Any, common: argparse.ArgumentParser) -> None:
+    """web, web passwd: the local page."""
     web = sub.add_parser("web", parents=[common],
                          help="the local web page: play, delete and export clips, see what left "
                               "the device (see web.host)")
@@ -157,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "once from standard input)")
     passwd.add_argument("--remove", action="store_true", help="remove the password")
 
+
+def _add_models(sub: Any, common: argparse.ArgumentParser) -> None:
+    """models fetch, list."""
     models = sub.add_parser("models", parents=[common], help="install and verify models")
     msub = models.add_subparsers(dest="models_command", required=True)
     fetch = msub.add_parser("fetch", parents=[common], help="install models (default: all)")
@@ -167,7 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--vosk-model", type=Path, help="register a Vosk model directory")
     fetch.add_argument("--vosk-url", default=VOSK_EN.url, help="mirror of the English model")
     msub.add_parser("list", parents=[common], help="installed models, verified")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,10 +23,15 @@ DEVICE = "0e2e0e2e0e2e"
 BASE = f"edge-recorder/{DEVICE}/"
 
 
-def retained_status(broker: Broker, base: str = BASE) -> dict[str, object]:
-    out = subprocess.run(["mosquitto_sub", *broker.client_args(), "-t", base + "status", "-C", "1",
+def retained(broker: Broker, topic: str, base: str = BASE) -> str:
+    out = subprocess.run(["mosquitto_sub", *broker.client_args(), "-t", base + topic, "-C", "1",
                           "-W", "10"], capture_output=True, text=True, timeout=20)
-    return json.loads(out.stdout) if out.stdout.strip() else {}
+    return out.stdout.strip()
+
+
+def retained_status(broker: Broker, base: str = BASE) -> dict[str, object]:
+    text = retained(broker, "status", base)
+    return json.loads(text) if text else {}
 
 
 class Daemon:
@@ -37,7 +42,7 @@ class Daemon:
     def start(self, broker: Broker) -> None:
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wait_until(lambda: retained_status(broker).get("online") is True, 60, "daemon not online")
+        wait_until(lambda: retained(broker, "availability") == "online", 60, "daemon not online")
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
         assert self.proc is not None
@@ -87,7 +92,7 @@ def test_delete_over_mqtt_is_durable_across_kill_9(
     assert not (state_dir / "clips" / f"{doomed}.clip").exists()
     rows = sqlite3.connect(state_dir / "index.sqlite").execute("SELECT id FROM clips").fetchall()
     assert rows == [(kept,)]
-    wait_until(lambda: retained_status(broker).get("online") is False, 30, "no last will")
+    wait_until(lambda: retained(broker, "availability") == "offline", 30, "no last will")
 
     daemon.start(broker)
     listed = [json.loads(x)["id"] for x in run_cli("clips", "list").stdout.splitlines()]
@@ -95,7 +100,7 @@ def test_delete_over_mqtt_is_durable_across_kill_9(
     assert retained_status(broker)["clips"] == 1
     code, err = daemon.stop()
     assert code == 0 and "Traceback" not in err
-    assert retained_status(broker)["online"] is False
+    assert retained(broker, "availability") == "offline"
 
 
 def test_a_broker_that_is_down_never_stops_listening(
