@@ -1,13 +1,16 @@
 """The web page in a real browser: Debian's Chromium, headless, driven by Playwright (the system
 browser; nothing is downloaded). One browser for the module; each test has its own context.
-The screenshots in docs/images/ are made here, so they show the page as it is."""
+The screenshots in docs/images/ are made here, so they show the page as it is:
+`EDGE_RECORDER_SCREENSHOTS=docs .venv/bin/pytest tests/test_web_browser.py` renews them."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORD = "the household's password"
 IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+SHOTS = Path(tempfile.gettempdir()) / "edge-recorder-screenshots"
 PHONE = {"width": 390, "height": 844}
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is missing")
@@ -84,8 +88,11 @@ def signed_in(browser: Any, site: WebServer, viewport: dict[str, int] | None = N
 
 
 def shot(page: Any, name: str) -> None:
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMAGES / name), full_page=True)
+    """Every run takes the screenshots; `EDGE_RECORDER_SCREENSHOTS=docs` writes them over the ones
+    in docs/images/ (each run's clips have new times, so a plain test run leaves the tree clean)."""
+    folder = IMAGES if os.environ.get("EDGE_RECORDER_SCREENSHOTS") == "docs" else SHOTS
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / name), full_page=True)
 
 
 def listed(page: Any) -> list[str]:
