@@ -47,10 +47,10 @@ from device.control.mute import MuteState  # noqa: E402
 from device.control.save_mode import SaveState  # noqa: E402
 from device.core import events as ev  # noqa: E402
 from device.core.config import Settings, duration_s  # noqa: E402
-from device.core.events import Event, EventSink  # noqa: E402
+from device.core.events import Event, EventSink, VoiceOutcome  # noqa: E402
 from device.core.frames import Frame, frames_for  # noqa: E402
 from device.recording.indicator import Indicator  # noqa: E402
-from device.recording.pipeline import ClipWriter, Counters, Listener  # noqa: E402
+from device.recording.pipeline import ClipWriter, Counters, Listener, ListenerHooks, ListenerParts  # noqa: E402
 from device.recording.recorder import State  # noqa: E402
 from device.speech.asr import NoTranscriber, Transcriber, VoskTranscriber  # noqa: E402
 from device.storage.clips import ClipStore  # noqa: E402
@@ -101,10 +101,11 @@ def build_listener(settings: Settings, models: ModelStore, state: Path, source: 
     store = ClipStore(state)
     if voice and spotter is None:
         spotter = make_spotter(settings, transcriber)
-    save = SaveState(settings.recorder.save, store.setting, store.set_setting)
-    controller = Controller(store, MuteState(), save=save, voice=settings.voice)
+    controller = Controller(store, MuteState(), voice=settings.voice)
+    save = SaveState(settings.recorder.save, controller.preference, controller.set_preference)
+    controller.save = save
 
-    def on_command(command: str, t: float, request_id: str | None, outcome: str) -> None:
+    def on_command(command: str, t: float, request_id: str | None, outcome: VoiceOutcome) -> None:
         for event in controller.voice(command, t, request_id, outcome):
             sink.emit(event)
 
@@ -119,9 +120,10 @@ def build_listener(settings: Settings, models: ModelStore, state: Path, source: 
         detector = GatedDetector(detector, settings.wake,
                                  keep_open=lambda: recorder.state is not State.LISTENING)
     speech = SpeechDetector(settings.recorder.vad_aggressiveness, settings.recorder.vad_margin_db)
-    listener = Listener(lambda: source, detector, speech, recorder, indicator, writer, sink, counters,
-                        wake_features=verifier.features_of,
-                        answer_s=duration_s(settings.voice.confirm_within) if spotter else 0.0)
+    parts = ListenerParts(detector, speech, recorder, indicator, writer)
+    hooks = ListenerHooks(wake_features=verifier.features_of,
+                          answer_s=duration_s(settings.voice.confirm_within) if spotter else 0.0)
+    listener = Listener(lambda: source, parts, sink, counters, hooks=hooks)
     return listener, writer, events, indicator
 
 

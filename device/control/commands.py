@@ -12,11 +12,12 @@ import hmac
 import json
 import logging
 import re
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import (
@@ -27,6 +28,7 @@ from pydantic import (
     PrivateAttr,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -37,6 +39,7 @@ from device.control.sensitivity import SensitivityState
 from device.core import events
 from device.core.config import DURATION_PATTERN, VoiceSettings, describe_validation_error, duration_s
 from device.core.errors import CommandError, StoreError, describe
+from device.core.events import DeleteReason
 from device.storage.clips import ClipStore
 from device.wake.verifier import VerifierFiles, retrain_in_child
 
@@ -45,10 +48,15 @@ log = logging.getLogger(__name__)
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_IDS = 10_000
 MIN_YEAR, MAX_YEAR = 1970, 9998
+MAX_TS = 253_402_300_799
+"""The last second of the year 9999: a signed command's `ts` lies between 0 and this."""
+MAX_LAST = "36500d"
+"""`last` reaches back at most 100 years (`all` deletes everything)."""
 SIGNATURE_FIELDS = ("ts", "nonce", "sig")
 
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.:@-]+$")]
-ClipId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+CLIP_ID_PATTERN = r"^[0-9a-f]{32}$"
+ClipId = Annotated[str, StringConstraints(pattern=CLIP_ID_PATTERN)]
 Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
 
 
@@ -59,9 +67,11 @@ def error_event(exc: CommandError) -> events.Error:
 class _Command(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
     request_id: RequestId
-    ts: int | None = None
+    ts: int | None = Field(default=None, ge=0, le=MAX_TS)
     nonce: str | None = Field(default=None, min_length=8, max_length=128)
     sig: str | None = Field(default=None, max_length=128)
+    reply: ClassVar[type[events.Event] | None] = None
+    """The event type the command is answered with (on MQTT: evt/<type>)."""
     _body_hash: str = PrivateAttr(default="")
     _signed_nonce: str | None = PrivateAttr(default=None)
 
@@ -82,6 +92,8 @@ class DeleteCommand(_Command):
     """Exactly one of: ids, from + to, last (a duration), newest (the N most recent clips),
     today (since local midnight on the device), all."""
 
+    reply = events.Deleted
+
     ids: list[ClipId] | None = Field(default=None, min_length=1, max_length=MAX_IDS)
     from_: AwareDatetime | None = Field(default=None, alias="from")
     to: AwareDatetime | None = None
@@ -89,6 +101,13 @@ class DeleteCommand(_Command):
     newest: int | None = Field(default=None, ge=1, le=MAX_IDS)
     today: Literal[True] | None = None
     all: Literal[True] | None = None
+
+    @field_validator("last")
+    @classmethod
+    def _within_a_century(cls, last: str | None) -> str | None:
+        if last is not None and duration_s(last) > duration_s(MAX_LAST):
+            raise ValueError(f"at most {MAX_LAST} (100 years); to delete everything, use all")
+        return last
 
     @model_validator(mode="after")
     def _one_form(self) -> DeleteCommand:
@@ -118,16 +137,28 @@ class DeleteCommand(_Command):
 
 
 class ConsentCommand(_Command):
+    """Revoke upload consent: uploads stop now and the queue is purged. Granting is only possible
+    on the device."""
+
+    reply = events.Consent
+
     action: Literal["revoke"]
 
 
 class MuteCommand(_Command):
+    """The software mute: muted closes the input stream. A hardware mute is lifted only by its
+    button."""
+
+    reply = events.Mute
+
     muted: bool
 
 
 class RejectCommand(_Command):
     """"That wasn't for you": delete the clip(s) exactly as delete does and count a false wake.
     Exactly one of: ids, last (the most recent clip)."""
+
+    reply = events.Deleted
 
     ids: list[ClipId] | None = Field(default=None, min_length=1, max_length=100)
     last: Literal[True] | None = None
@@ -140,12 +171,18 @@ class RejectCommand(_Command):
 
 
 class SensitivityCommand(_Command):
+    """The wake sensitivity: remotely only less sensitive than the level in force."""
+
+    reply = events.Sensitivity
+
     level: Literal["sensitive", "balanced", "strict"]
 
 
 class SaveCommand(_Command):
     """Save less: "transcript" or "nothing" (or "audio" when that is already in force), optionally
     `for` a while, after which the configured mode returns by itself."""
+
+    reply = events.Save
 
     mode: Literal["audio", "transcript", "nothing"]
     for_: Duration | None = Field(default=None, alias="for")
@@ -180,21 +217,60 @@ def sign(kind: str, payload: dict[str, Any], secret: bytes) -> str:
     return hmac.new(secret, canonical(kind, payload), hashlib.sha256).hexdigest()
 
 
+LOCAL_DELETE_FORMS = ("clip ids (`edge-recorder clips list` shows them), --last DURATION, "
+                      "--from ISO8601 --to ISO8601, or --all")
+
+
 def local_delete_payload(ids: list[str], everything: bool, since: str | None, until: str | None,
                          last: str | None, request_id: str | None) -> bytes:
-    """`clips delete` arguments as the same JSON an MQTT client would send."""
+    """`clips delete` arguments as the same JSON an MQTT client would send, checked first in the
+    CLI's own terms (its options, what an id looks like): CommandError says what to type."""
+    given = [form for form, on in (("ids", bool(ids)), ("--all", everything), ("--last", last),
+                                   ("--from/--to", since or until)) if on]
+    if len(given) != 1:
+        raise CommandError("bad_request", f"say which clips to delete: {LOCAL_DELETE_FORMS}"
+                           + (f" (one of them, not {' and '.join(given)})" if given else ""))
     payload: dict[str, Any] = {"request_id": request_id or f"cli-{uuid.uuid4().hex}"}
     if ids:
-        payload["ids"] = ids
+        payload["ids"] = local_clip_ids(ids)
     if everything:
         payload["all"] = True
-    if since is not None:
-        payload["from"] = since
-    if until is not None:
-        payload["to"] = until
+    if since or until:
+        payload["from"], payload["to"] = _local_range(since, until)
     if last is not None:
+        if not re.fullmatch(DURATION_PATTERN, last):
+            raise CommandError("bad_request", f"--last takes a duration such as 15m, 24h or 7d "
+                               f"(a number and s, m, h or d), not {last!r}")
         payload["last"] = last
     return json.dumps(payload).encode()
+
+
+def local_clip_ids(ids: list[str]) -> list[str]:
+    """Clip ids typed on the command line, or CommandError naming the first that is not one."""
+    for cid in ids:
+        if not re.fullmatch(CLIP_ID_PATTERN, cid):
+            raise CommandError("bad_request", f"{cid!r} is not a clip id: an id is 32 hex "
+                               "characters (0-9, a-f); `edge-recorder clips list` shows them")
+    return ids
+
+
+def _local_range(since: str | None, until: str | None) -> tuple[str, str]:
+    """--from and --to as ISO 8601 times with their zone, from before to."""
+    if not since or not until:
+        raise CommandError("bad_request", "--from and --to go together: give both")
+    times = []
+    for option, text in (("--from", since), ("--to", until)):
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            raise CommandError("bad_request", f"{option} takes an ISO 8601 time with its zone, "
+                               f"such as 2026-03-01T08:00:00+01:00 or ...Z, not {text!r}")
+        times.append(when)
+    if times[0] >= times[1]:
+        raise CommandError("bad_request", "--from must be before --to")
+    return times[0].isoformat(), times[1].isoformat()
 
 
 def parse(kind: str, raw: bytes, signing: Signing | None, store: ClipStore) -> _Command:
@@ -255,12 +331,16 @@ def verify(kind: str, payload: dict[str, Any], signing: Signing, store: ClipStor
     if not isinstance(sig, str) or not isinstance(ts, int) or not isinstance(nonce, str):
         raise CommandError("unsigned", "signed commands are required: add ts, nonce and sig",
                            request_id)
+    if not 0 <= ts <= MAX_TS:
+        raise CommandError("bad_request", f"ts: must be unix seconds, 0 to {MAX_TS} (got a "
+                           f"{len(str(abs(ts)))}-digit number)", request_id)
     if not hmac.compare_digest(sig, sign(kind, payload, signing.secret)):
         raise CommandError("bad_signature", "the signature does not match", request_id)
     if abs(time.time() - ts) > signing.max_skew_s:
         raise CommandError("stale", f"ts is more than {signing.max_skew_s:.0f} s from the device's "
                            "clock", request_id)
-    if store.nonce_used(nonce) and not (request_id and store.request_known(request_id, digest)):
+    requests = store.state.requests
+    if requests.nonce_used(nonce) and not (request_id and requests.known(request_id, digest)):
         raise CommandError("replayed", "this nonce was already used", request_id)
     return nonce
 
@@ -280,7 +360,29 @@ class Controller:
         self.save = save
         self.voice_settings = voice or VoiceSettings()
 
-    def execute(self, command: _Command) -> events.Event:
+    # -- what the store keeps for the control plane (the CLI, MQTT and the status ask here) --------
+    def parse(self, kind: str, raw: bytes, signing: Signing | None) -> _Command:
+        """A command from the network, validated and authenticated (nonces are the store's)."""
+        return parse(kind, raw, signing, self.store)
+
+    def preference(self, name: str, default: str) -> str:
+        """A setting kept across restarts (what SensitivityState and SaveState read)."""
+        return self.store.state.preferences.get(name, default)
+
+    def set_preference(self, name: str, value: str) -> None:
+        self.store.state.preferences.set(name, value)
+
+    def stats(self, days: int = 7) -> list[dict[str, Any]]:
+        """Per local day, newest first (`edge-recorder stats`, the status's `today`)."""
+        return self.store.state.stats.days(days)
+
+    def count(self, counts: dict[str, int]) -> None:
+        """Add to today's counters."""
+        self.store.state.stats.add(counts)
+
+    def execute(self, command: _Command, local: bool = False) -> events.Event:
+        """`local`: the command comes from the device itself (the CLI's rights: sensitivity and
+        the save mode may go back up to the configured level); otherwise it may only reduce (P5)."""
         if isinstance(command, DeleteCommand):
             return self.delete(command)
         if isinstance(command, ConsentCommand):
@@ -290,13 +392,17 @@ class Controller:
         if isinstance(command, RejectCommand):
             return self.reject(command)
         if isinstance(command, SensitivityCommand) and self.sensitivity is not None:
-            level = self.sensitivity.set(command.level, remote=True, request_id=command.request_id)
+            level = self.sensitivity.set(command.level, remote=not local,
+                                         request_id=command.request_id)
+            self._spend_nonce(command)
             return events.Sensitivity(request_id=command.request_id, level=level,
                                       configured=self.sensitivity.configured)
         if isinstance(command, SaveCommand) and self.save is not None:
             for_s = duration_s(command.for_) if command.for_ else None
-            return self.set_save(command.mode, remote=True, for_s=for_s,
-                                 request_id=command.request_id)
+            saved = self.set_save(command.mode, remote=not local, for_s=for_s,
+                                  request_id=command.request_id)
+            self._spend_nonce(command)
+            return saved
         raise CommandError("unknown_command", type(command).__name__, command.request_id)
 
     def set_save(self, mode: str, remote: bool, for_s: float | None = None,
@@ -308,7 +414,7 @@ class Controller:
                            configured=self.save.configured)
 
     def voice(self, command: str, t: float, request_id: str | None = None,
-              outcome: str = "done") -> list[events.Event]:
+              outcome: events.VoiceOutcome = "done") -> list[events.Event]:
         """A spoken privacy command: the `voice` event, then what it did (deleted, save).
         `request_id`: the id its `waiting` event had, when it was confirmed first."""
         rid = request_id or f"voice-{uuid.uuid4().hex[:16]}"
@@ -337,7 +443,7 @@ class Controller:
             done.append(self.set_save(mode, remote=False, for_s=pause, request_id=rid))
         return done
 
-    def delete(self, cmd: DeleteCommand, reason: str = "command") -> events.Deleted:
+    def delete(self, cmd: DeleteCommand, reason: DeleteReason = "command") -> events.Deleted:
         since, until = cmd.window(datetime.now(UTC))
         ids = self.store.latest_ids(cmd.newest) if cmd.newest is not None else cmd.ids
         result = self.store.delete(ids=ids, since=since, until=until,
@@ -346,6 +452,7 @@ class Controller:
         if result["replayed"]:
             log.info("delete %s was already done; replying with its result", cmd.request_id)
         log.info("delete %s: %d clip(s) deleted", cmd.request_id, len(result["ids"]))
+        self._count_deleted(result)
         return events.Deleted(
             request_id=cmd.request_id, ids=tuple(result["ids"]), not_found=tuple(result["not_found"]),
             reason=reason, remote=events.Remote.for_pending(result.get("remote_pending", [])),
@@ -360,11 +467,20 @@ class Controller:
         log.info("reject %s: %d clip(s) deleted as false wakes", cmd.request_id, len(result["ids"]))
         if not result["replayed"]:
             self._teach([seen[i] for i in result["ids"] if i in seen])
+        self._count_deleted(result)
         return events.Deleted(
             request_id=cmd.request_id, ids=tuple(result["ids"]), not_found=tuple(result["not_found"]),
             reason="reject", remote=events.Remote.for_pending(result.get("remote_pending", [])),
             replayed=result["replayed"],
         )
+
+    def _count_deleted(self, result: dict[str, Any]) -> None:
+        """The owner's deletions per day (`stats`, the web page's day view); a replay is not one."""
+        if result["ids"] and not result["replayed"]:
+            try:
+                self.count({"deleted": len(result["ids"])})
+            except (StoreError, sqlite3.Error) as exc:  # a count is never worth failing a delete
+                log.warning("could not count a delete: %s", exc)
 
     def _wake_features(self, ids: list[str]) -> dict[str, tuple[str, np.ndarray]]:
         """Read before the delete (which destroys the keys): each clip's wake features, if its
@@ -401,8 +517,13 @@ class Controller:
             raise CommandError("refused", "a hardware mute can only be lifted by the mute button",
                                cmd.request_id)
         self.mute.set(software=cmd.muted)  # idempotent: a redelivery sets the same state
-        if cmd.signed_nonce:
-            self.store.record_nonce(cmd.signed_nonce)
+        self._spend_nonce(cmd)
         log.info("software mute %s (%s)", "on" if cmd.muted else "off", cmd.request_id)
         return events.Mute(request_id=cmd.request_id, muted=self.mute.muted,
                            software=self.mute.software, hardware=self.mute.hardware)
+
+    def _spend_nonce(self, cmd: _Command) -> None:
+        """After a setting took effect: its signed message cannot be replayed. (Setting it again is
+        idempotent, so a crash between the two only lets the broker's redelivery set it again.)"""
+        if cmd.signed_nonce:
+            self.store.state.requests.use_nonce(cmd.signed_nonce)

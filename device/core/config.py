@@ -35,7 +35,7 @@ def duration_s(text: str) -> float:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 def _check_order(low: float, high: float, low_name: str, high_name: str) -> None:
@@ -51,8 +51,10 @@ class AudioSettings(_Section):
     queue_s: float = Field(default=2.0, gt=0.0, le=120.0)
     """Audio buffered between the capture callback and the listener before frames are dropped."""
     retry_initial_s: float = Field(default=1.0, gt=0.0)
+    """First wait, in seconds, before reopening a microphone that was working and is gone
+    (unplugged); each further try waits twice as long, up to retry_max_s."""
     retry_max_s: float = Field(default=30.0, gt=0.0)
-    """Backoff while a microphone that was working is gone (unplugged), until it is back."""
+    """Longest wait between tries while a lost microphone is away."""
 
     @model_validator(mode="after")
     def _ordered(self) -> AudioSettings:
@@ -82,8 +84,8 @@ class WakeSettings(_Section):
     models: list[str] = Field(default_factory=lambda: ["hey_jarvis"], min_length=1)
     """Installed model names (hey_jarvis, alexa, hey_mycroft, hey_rhasspy, ok_nabu) or .tflite paths."""
     sensitivity: Sensitivity = "balanced"
-    """A preset (threshold and patience per model), or "custom" to use threshold,
-    patience_frames and thresholds below."""
+    """A preset (threshold and patience per model), or "custom" to use the keys threshold,
+    patience_frames and thresholds."""
     threshold: Probability = 0.5
     """With sensitivity = "custom": the score a frame must exceed to count towards a wake."""
     thresholds: dict[str, Probability] = Field(default_factory=dict)
@@ -209,7 +211,8 @@ class VoiceSettings(_Section):
     pause_for: str = Field(default="1h", pattern=DURATION_PATTERN)
     """How long "don't save anything for an hour" saves nothing before saving returns by itself."""
     confirm_led_pin: str | int | None = None
-    """An LED that blinks twice when a command is done; None = the mute LED, if there is one."""
+    """The feedback LED: two blinks when a command is done, five quick flickers for "didn't catch
+    that", slow blinking while a yes is awaited; None = the mute LED, if there is one."""
     confirm_sound: bool = False
     """Also play a short tone through the default output when a command is done."""
     confirm_words: list[Phrase] = Field(default_factory=lambda: ["yes"], min_length=1)
@@ -250,6 +253,7 @@ class MqttTlsSettings(_Section):
     cert_file: str | None = None
     """Client certificate, when the broker wants one."""
     key_file: str | None = None
+    """The client certificate's private key (keep it 0600)."""
     verify: bool = True
     """Check the broker's certificate and host name. Turn off only to debug."""
 
@@ -269,12 +273,22 @@ class MqttSettings(_Section):
     prefix: str = Field(default="edge-recorder", pattern=r"^[^#+/][^#+]*$")
     """Topic prefix; topics are <prefix>/<device id>/..."""
     username: str | None = None
+    """Broker login; None = connect without one."""
     password: str | None = None
+    """The login's password, written in the configuration (prefer password_file)."""
     password_file: str | None = None
     """Read the password from this file instead (keep it 0600)."""
+    protocol: Literal["5", "3.1.1"] = "5"
+    """MQTT version. With "5" the speaker tells the broker the largest message it takes (Maximum
+    Packet Size) and the broker drops bigger ones; "3.1.1" only for a broker that cannot speak 5,
+    where only the broker's own max_packet_size keeps a huge message from the speaker."""
     keepalive_s: int = Field(default=60, ge=5, le=3600)
+    """MQTT keepalive: the broker declares the speaker gone (and publishes its last will) after
+    about 1.5 times this without a packet."""
     reconnect_min_s: float = Field(default=1.0, gt=0)
+    """First wait before reconnecting to a broker that is down; doubled up to reconnect_max_s."""
     reconnect_max_s: float = Field(default=60.0, gt=0)
+    """Longest wait between reconnects."""
     publish_transcripts: bool = False
     """Include transcripts in evt/clip. Off: only metadata leaves the device."""
     discovery: bool = True
@@ -294,11 +308,13 @@ class UploadSettings(_Section):
     url: str | None = Field(default=None, pattern=r"^https://[^\s/]+(/\S*)?$")
     """The owner's HTTPS endpoint. Unset: nothing is ever uploaded, consent or not."""
     token: str | None = None
+    """Bearer token sent with every upload and remote delete (prefer token_file)."""
     token_file: str | None = None
-    """Bearer token, or a file holding it (keep it 0600)."""
+    """A file holding the bearer token (keep it 0600)."""
     ca_file: str | None = None
     """CA certificate(s) to trust for url; None = the system's."""
     verify: bool = True
+    """Check the server's certificate and host name. Turn off only to debug."""
     hold_s: float = Field(default=600.0, ge=0.0, le=7 * 86400)
     """A clip is uploaded no sooner than this after it was recorded: a delete or a "that wasn't
     for you" within it means it never leaves the device."""
@@ -307,12 +323,19 @@ class UploadSettings(_Section):
     redact: bool = True
     """Replace digit runs of 4+ and e-mail addresses in transcripts before upload."""
     max_attempts: int = Field(default=8, ge=1, le=100)
+    """Tries with growing backoff; after these an `upload` event (`retrying`) says what fails, and
+    the clip is tried again every backoff_max_s for as long as it is kept."""
     backoff_initial_s: float = Field(default=2.0, gt=0)
+    """First wait after a failed try; doubled (with jitter) up to backoff_max_s, or the server's
+    Retry-After."""
     backoff_max_s: float = Field(default=600.0, gt=0)
+    """Longest wait between tries."""
     timeout_s: float = Field(default=30.0, gt=0)
+    """Connect and read timeout of one request."""
     max_bytes_per_s: int = Field(default=0, ge=0)
     """Upload bandwidth limit; 0 = unlimited."""
     concurrency: int = Field(default=1, ge=1, le=8)
+    """Uploads sent at the same time."""
 
     @model_validator(mode="after")
     def _ordered(self) -> UploadSettings:
@@ -334,6 +357,24 @@ class RetentionSettings(_Section):
         return duration_s(self.max_age)
 
 
+class WebSettings(_Section):
+    host: str = Field(default="127.0.0.1", min_length=1)
+    """Where `edge-recorder web` listens. Loopback (the default) = this device only; any other
+    address needs a password (`edge-recorder web passwd`) and cert_file + key_file (HTTPS)."""
+    port: int = Field(default=8380, gt=0, lt=65536)
+    cert_file: str | None = None
+    """PEM certificate (chain) for HTTPS; with key_file."""
+    key_file: str | None = None
+    session_hours: float = Field(default=12.0, gt=0.0, le=24 * 30)
+    """A login lasts this long without use."""
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> WebSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file, or neither")
+        return self
+
+
 class Settings(_Section):
     audio: AudioSettings = AudioSettings()
     wake: WakeSettings = WakeSettings()
@@ -346,6 +387,7 @@ class Settings(_Section):
     upload: UploadSettings = UploadSettings()
     retention: RetentionSettings = RetentionSettings()
     voice: VoiceSettings = VoiceSettings()
+    web: WebSettings = WebSettings()
 
 
 def load_settings(path: Path | None) -> Settings:

@@ -1,5 +1,21 @@
 """One error root. Library errors are converted at the boundary and name the offending value."""
 
+from __future__ import annotations
+
+from typing import Literal
+
+ErrorCode = Literal[
+    # a command refused (MQTT, the CLI, a spoken command): nothing changed
+    "bad_json", "bad_request", "too_large", "unknown_command", "unsigned", "bad_signature", "stale",
+    "replayed", "request_id_reused", "refused", "rate_limited", "internal",
+    # the listening loop: nothing was kept
+    "indicator_failed", "store_unavailable", "store_failed", "writer_failed", "mic_lost",
+    "voice_failed",
+    # a second look's weights file cannot be used: the wakes it would judge are discarded
+    "weights_damaged",
+]
+"""Every `code` an `error` event can carry (docs/architecture.md lists them from here)."""
+
 
 class EdgeRecorderError(Exception):
     """Base class: a problem the user can fix; the CLI prints it as one line."""
@@ -33,12 +49,18 @@ class StoreError(EdgeRecorderError, IOError):
     """The clip store cannot be opened, written or read."""
 
 
+class StoreBusy(StoreError):
+    """Another process holds one of the store's databases locked: nothing was changed; try again."""
+
+    exit_code = 75  # EX_TEMPFAIL: a temporary failure, the same command can simply be repeated
+
+
 class CommandError(EdgeRecorderError):
     """A refused command: becomes an `error` event with the request id when one could be read."""
 
     exit_code = 2
 
-    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, request_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.request_id = request_id

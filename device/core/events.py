@@ -19,9 +19,28 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, Literal
 
-from device.core.errors import EdgeRecorderError
+from device.core.errors import EdgeRecorderError, ErrorCode
+
+IndicatorState = Literal["recording", "idle", "muted"]
+"""The recording light: on while audio is kept; idle; muted (the input is closed). A light that
+cannot be switched on is an `error` event (`indicator_failed`), and nothing is kept."""
+DiscardReason = Literal["no_speech", "muted", "superseded", "not_owner", "not_phrase",
+                        "verifier_damaged", "phrase_check_damaged", "near_command"]
+"""Why a wake kept nothing: no speech followed; muted while recording; a new wake word started a
+new recording; the owner verifier or the phrase check turned the wake away before the light; or
+that second look's weights file cannot be used (a `weights_damaged` error said why), so the wake
+was discarded before the light rather than kept without it; or what was said came close to a
+spoken command without surely being one (`near_command`: dropped, the feedback LED said "didn't
+catch that")."""
+DeleteReason = Literal["command", "retention", "voice", "reject"]
+"""Who deleted: a command (CLI, MQTT), the retention sweep, a spoken command, or a reject
+("that wasn't for you", which also counts a false wake)."""
+UploadStatus = Literal["uploaded", "retrying", "failed", "withheld"]
+RemoteStatus = Literal["none_uploaded", "pending", "confirmed", "not_requested"]
+AudioState = Literal["mic_back"]
+ConsentState = Literal["on", "off"]
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +78,11 @@ class Wake(Event):
 
 @dataclass(frozen=True)
 class Indicator(Event):
-    """The recording light changed: recording, idle, muted (the input is closed) or error."""
+    """The recording light changed: recording, idle, or muted (the input is closed)."""
 
     type: ClassVar[str] = "indicator"
     t: float
-    state: str
+    state: IndicatorState
 
 
 @dataclass(frozen=True)
@@ -94,7 +113,7 @@ class Heard(Event):
     transcript: str | None
 
 
-VOICE_OUTCOMES = ("done", "waiting", "confirmed", "not_confirmed")
+VoiceOutcome = Literal["done", "waiting", "confirmed", "not_confirmed"]
 """What became of a spoken command: carried out at once (`done`); asking for a spoken yes before
 it acts (`waiting`: the feedback LED blinks slowly); carried out after that yes (`confirmed`);
 dropped because no yes came in time (`not_confirmed`: nothing was done)."""
@@ -110,18 +129,16 @@ class Voice(Event):
     t: float
     command: str
     request_id: str
-    outcome: str = "done"
+    outcome: VoiceOutcome = "done"
 
 
 @dataclass(frozen=True)
 class Discarded(Event):
-    """A recording ended without storing anything (no_speech, muted, ...; `near_command`: it came
-    close to a spoken command without being surely one, so it was dropped and the feedback LED
-    said "didn't catch that")."""
+    """A recording ended without storing anything (no_speech, muted, ...)."""
 
     type: ClassVar[str] = "discarded"
     t: float
-    reason: str
+    reason: DiscardReason
 
 
 @dataclass(frozen=True)
@@ -130,7 +147,7 @@ class Audio(Event):
 
     type: ClassVar[str] = "audio"
     t: float
-    state: str
+    state: AudioState
     away_s: float
 
 
@@ -140,7 +157,7 @@ class Upload(Event):
 
     type: ClassVar[str] = "upload"
     id: str
-    status: str
+    status: UploadStatus
     reason: str | None = None
 
 
@@ -150,7 +167,7 @@ class Remote:
     deletes queued for `pending`), `confirmed` (the server deleted `confirmed`) or
     `not_requested` (retention never touches remote copies)."""
 
-    status: str
+    status: RemoteStatus
     pending: tuple[str, ...] = ()
     confirmed: tuple[str, ...] = ()
 
@@ -168,21 +185,26 @@ class Deleted(Event):
     request_id: str | None
     ids: tuple[str, ...]
     not_found: tuple[str, ...]
-    reason: str
+    reason: DeleteReason
     remote: Remote
     replayed: bool = False
 
 
 @dataclass(frozen=True)
 class Consent(Event):
+    """Upload consent changed (a revoke over MQTT answers with this); `purged`: uploads it removed
+    from the queue."""
+
     type: ClassVar[str] = "consent"
     request_id: str | None
-    state: str
+    state: ConsentState
     purged: int
 
 
 @dataclass(frozen=True)
 class Mute(Event):
+    """The mute state after a mute command: muted if either the software or the hardware mute is on."""
+
     type: ClassVar[str] = "mute"
     request_id: str | None
     muted: bool
@@ -218,7 +240,7 @@ class Error(Event):
 
     type: ClassVar[str] = "error"
     t: float | None
-    code: str
+    code: ErrorCode
     request_id: str | None
     message: str
 

@@ -31,7 +31,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 import numpy as np
 
@@ -68,7 +68,7 @@ WAKE_TAIL_S = 0.6
 """How much of an utterance's start may be the end of the wake word."""
 
 
-NEAR_COMMAND = "near_command"
+NEAR_COMMAND: Final = "near_command"
 """The `discarded` reason of an utterance that came close to a command: dropped, never kept."""
 NEEDS_CONFIRMATION = frozenset({"delete_today"})
 """Commands that delete more than the last recording: they wait for a spoken yes unless the owner
