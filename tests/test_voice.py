@@ -484,25 +484,26 @@ def test_deleting_the_day_waits_for_a_yes_and_a_television_saying_it_deletes_not
     settings = ko_settings(tmp_path)
     ask = say(("ko", PHRASES["delete_today"]))
 
-    # A television: the phrase, then more talk and no yes.
+    # A television: the phrase, then more talk and no yes. Then the person: the phrase, then "네"
+    # (no wake word needed) within voice.confirm_within.
     factory = MockFactory()
-    tv = concat_wavs(tmp_path / "tv.wav", ask, speech("내일 아침에 비가 온대요", voice="ko", lead_s=0.3))
-    events, _, _ = simulate(tv, state_dir, factory, settings)
-    assert [(v["command"], v["outcome"]) for v in of_type(events, "voice")] == \
-        [("delete_today", "waiting"), ("delete_today", "not_confirmed")]
-    assert not of_type(events, "deleted") and set(clip_files(state_dir)) == {kept}
-    # blinked while waiting (faster than real time here, so once or twice), then went off
-    assert lit_periods(factory, CONFIRM_PIN) >= 1
-    assert [s.state for s in factory.pin(PIN).states].count(True) == 1  # the wake only
+    wav = concat_wavs(tmp_path / "tv-then-you.wav",
+                      ask, speech("내일 아침에 비가 온대요", voice="ko", lead_s=0.3),
+                      ask, speech("네", voice="ko", lead_s=0.5))
+    events, _, _ = simulate(wav, state_dir, factory, settings)
 
-    # The person: the phrase, then "네" (no wake word needed) within voice.confirm_within.
-    yes = concat_wavs(tmp_path / "yes.wav", ask, speech("네", voice="ko", lead_s=0.5))
-    events, _, _ = simulate(yes, state_dir, MockFactory(), settings)
-    waiting, confirmed = of_type(events, "voice")
-    assert (waiting["outcome"], confirmed["outcome"]) == ("waiting", "confirmed")
-    [deleted] = of_type(events, "deleted")
-    assert deleted["ids"] == [kept] and deleted["request_id"] == waiting["request_id"]
+    tv_wait, tv_end, wait, end = of_type(events, "voice")
+    assert [(v["command"], v["outcome"]) for v in (tv_wait, tv_end, wait, end)] == [
+        ("delete_today", "waiting"), ("delete_today", "not_confirmed"),
+        ("delete_today", "waiting"), ("delete_today", "confirmed")]
+    assert tv_wait["request_id"] == tv_end["request_id"] != wait["request_id"] == end["request_id"]
+    [deleted] = of_type(events, "deleted")  # only after the yes: the television deleted nothing
+    assert deleted["ids"] == [kept] and deleted["request_id"] == wait["request_id"]
     assert clip_files(state_dir) == {}
+    # The feedback LED blinked while waiting and then for done; the recording light only ever lit
+    # for the two wakes.
+    assert lit_periods(factory, CONFIRM_PIN) >= 3
+    assert [s.state for s in factory.pin(PIN).states].count(True) == 2
 
 
 def test_the_owners_voice_on_the_wake_deletes_the_day_without_asking(
