@@ -190,6 +190,8 @@ def test_the_mute_button_closes_the_stream_and_only_the_button_lifts_it(
         button.drive_high()
         wait_until(lambda: sources[0].closed, 10, "the stream was not closed")
         wait_until(lambda: led.state, 10, "the mute LED is not lit")
+        # events reach subscribers on the sink's own thread: wait for it, then check nothing else came
+        wait_until(lambda: [e for e in events if e["type"] == "indicator"], 10, "no indicator event")
         assert [e["state"] for e in events if e["type"] == "indicator"] == ["muted"]
         assert not factory.pin("GPIO17").state  # the recording light stays off
 
