@@ -32,8 +32,8 @@ from device.speech.voice import CommandSpotter, supports_grammar
 from device.storage.clips import ClipStore
 from device.storage.models import ModelStore
 from device.storage.retention import Sweeper
+from device.wake.confirm import make_detector
 from device.wake.detector import OpenWakeWordDetector, WakeDetector
-from device.wake.gate import GatedDetector
 from device.wake.phrase import PhraseCheck
 from device.wake.verifier import OwnerVerifier, VerifierFiles
 
@@ -186,9 +186,7 @@ def run_pipeline(
         stack.callback(writer.close)
         events.subscribe(StatsCounter(store, save.mode))
         recorder, verifier = make_recorder(settings, state_dir, scorer, sensitivity.level)
-        if settings.wake.gate:
-            detector = GatedDetector(detector, settings.wake,
-                                     keep_open=lambda: recorder.state is not State.LISTENING)
+        detector = make_detector(settings.wake, scorer, lambda: recorder.state is not State.LISTENING)
         listener = Listener(
             open_source, detector, SpeechDetector(settings.recorder.vad_aggressiveness),
             recorder, indicator, writer, events, counters, mute,

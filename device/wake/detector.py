@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from device import OPENWAKEWORD_REQUIREMENT
+from device import FRAME_SAMPLES, OPENWAKEWORD_REQUIREMENT
 from device.core.config import WakeSettings
 from device.core.errors import ModelError, describe
 from device.storage.models import FEATURE_FILES, ModelStore
@@ -32,10 +32,19 @@ log = logging.getLogger(__name__)
 
 
 class WakeDetector(Protocol):
+    """A wake-word engine, or a combination of them, as the listener asks it."""
+
     names: list[str]
+    frame_samples: int
+    """The audio step the engine works in: `scores` takes any whole number of them (the pipeline
+    passes FRAME_SAMPLES, 80 ms)."""
 
     def scores(self, samples: np.ndarray) -> Mapping[str, float]:
-        """Per-model score (0..1) for one 80 ms frame."""
+        """Per-model score (0..1) for one frame."""
+        ...
+
+    def reset(self) -> None:
+        """Forget all audio heard so far."""
         ...
 
 
@@ -200,6 +209,8 @@ def lighter_start_up() -> None:
 
 class OpenWakeWordDetector:
     """All configured wake words in one openWakeWord model (they share the feature front end)."""
+
+    frame_samples = FRAME_SAMPLES
 
     def __init__(self, settings: WakeSettings, store: ModelStore) -> None:
         resolved = [store.wake_model(m) for m in settings.models]

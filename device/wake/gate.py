@@ -9,6 +9,9 @@ and then every frame is scored until `hangover_s` after the last loud one. While
 open the gate stays open. The floor follows the room: it is a low percentile of the last 30 s of
 frame levels, so a fan or a fridge becomes the floor (and does not hold the gate open) while speech
 stands above it.
+
+The same gate, opened by microWakeWord's probability instead of the frame's energy, is the cascade
+(device/wake/confirm.py): openWakeWord then runs only around what microWakeWord half-heard.
 """
 
 from __future__ import annotations
@@ -34,12 +37,16 @@ def frame_db(samples: np.ndarray) -> float:
 
 
 class GatedDetector:
-    """A WakeDetector that scores frames only while the room is not quiet (or while recording)."""
+    """A WakeDetector that scores frames only while the room is not quiet (or while recording).
+    `opens(samples)`, if given, decides instead of the frame's energy."""
 
     def __init__(self, inner: WakeDetector, settings: WakeSettings,
-                 keep_open: Callable[[], bool] = lambda: False) -> None:
+                 keep_open: Callable[[], bool] = lambda: False,
+                 opens: Callable[[np.ndarray], bool] | None = None) -> None:
         self.names = inner.names
+        self.frame_samples = inner.frame_samples
         self._inner = inner
+        self._opens = opens or self._loud
         self._margin_db = settings.gate_margin_db
         self._hangover = frames_for(settings.gate_hangover_s)
         self._keep_open = keep_open
@@ -57,10 +64,7 @@ class GatedDetector:
 
     def scores(self, samples: np.ndarray) -> Mapping[str, float]:
         self.frames += 1
-        level = frame_db(samples)
-        self._levels.append(level)
-        loud = level > self.floor_db() + self._margin_db
-        if loud or self._keep_open():
+        if self._opens(samples) or self._keep_open():
             if not self.open:
                 self._replay()
             self._open_for = self._hangover
@@ -72,8 +76,20 @@ class GatedDetector:
         self.scored += 1
         return self._inner.scores(samples)
 
+    def _loud(self, samples: np.ndarray) -> bool:
+        level = frame_db(samples)
+        self._levels.append(level)
+        return level > self.floor_db() + self._margin_db
+
     def floor_db(self) -> float:
         return float(np.percentile(self._levels, FLOOR_PERCENTILE))
+
+    def reset(self) -> None:
+        """Forget all audio heard so far: the buffer, the room's levels, and the models'."""
+        self._buffer.clear()
+        self._levels.clear()
+        self._open_for = 0
+        self._inner.reset()
 
     def _replay(self) -> None:
         """Bring the models' buffers up to date with the audio they skipped (scores discarded:
