@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,14 @@ class FrameList:
         pass
 
 
+def bare_openwakeword(models: ModelStore, name: str = "hey_jarvis") -> Any:
+    """openWakeWord's own Model for `name`, as its users run it: with its stock 10 s raw-audio
+    buffer (the daemon keeps 1 s: device/wake/detector.py, shorter_raw_buffer)."""
+    model = load_openwakeword_model([str(models.wake_model(name)[1])], models)
+    model.preprocessor.raw_data_buffer = deque(maxlen=16000 * 10)
+    return model
+
+
 def cpu_of(fn: Any) -> float:
     start = time.process_time()
     fn()
@@ -166,11 +175,10 @@ def bench_listening(frames: list[Frame], models: ModelStore, rounds: int, tmp: P
     """Bare openWakeWord, the daemon's listener, and the same with an enrolled owner (whose
     verifier is asked from lower scores), alternated."""
     settings = Settings()
-    wake_path = str(models.wake_model("hey_jarvis")[1])
     bare: list[float] = []
     piped: dict[str, list[float]] = {"pipeline": [], "owner": []}
     for r in range(rounds):
-        model = load_openwakeword_model([wake_path], models)
+        model = bare_openwakeword(models)
         bare.append(cpu_of(lambda m=model: [m.predict(f.samples) for f in frames]))
         for kind, template in (("pipeline", None), ("owner", owner)):
             listener, writer, events, indicator = build_listener(
@@ -194,7 +202,7 @@ def bench_light_latency(models: ModelStore, tmp: Path, owner: Path) -> dict[str,
     rest = speak(tmp / "rest.wav", "turn on the kitchen light", lead=0.1, tail=1.5)
     audio = np.concatenate([hey, rest])
     wake_end_s = last_voiced_sample(hey) / 16000
-    model = load_openwakeword_model([str(models.wake_model("hey_jarvis")[1])], models)
+    model = bare_openwakeword(models)
     threshold = Settings().wake.threshold
     bare_hit = next(f.end / 16000 for f in to_frames(audio)
                     if max(model.predict(f.samples).values()) > threshold)
@@ -245,7 +253,7 @@ def bench_gated_day(models: ModelStore, minutes: float, tmp: Path) -> dict[str, 
     audio, planted = day_stream(minutes, tmp)
     frames = to_frames(audio)
     settings = Settings.model_validate({"wake": {"sensitivity": "custom", "threshold": 0.5}})
-    model = load_openwakeword_model([str(models.wake_model("hey_jarvis")[1])], models)
+    model = bare_openwakeword(models)
     model.reset()
     bare_cpu = cpu_of(lambda: [model.predict(f.samples) for f in frames])
     out: dict[str, Any] = {"day_audio_h": round(len(audio) / 16000 / 3600, 3), "day_wakes_planted": planted,
@@ -296,7 +304,7 @@ def bench_confirm(models: ModelStore, minutes: float, tmp: Path) -> dict[str, An
         for kind, (audio, planted) in (("speech", speech_stream(minutes, tmp, wake)),
                                        ("day", day_stream(2 * minutes, tmp, wake=wake))):
             frames = to_frames(audio)
-            model = load_openwakeword_model([str(models.wake_model(name)[1])], models)
+            model = bare_openwakeword(models, name)
             model.reset()
             bare_cpu = cpu_of(lambda m=model, fs=frames: [m.predict(f.samples) for f in fs])
             row: dict[str, Any] = {"audio_h": round(len(audio) / 16000 / 3600, 3), "planted": planted,

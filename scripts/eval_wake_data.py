@@ -25,6 +25,9 @@ OUT gets five eval-wake data directories:
   OUT/jarvis  positives/hey_jarvis/: Picovoice's real recordings of the bare name "Jarvis" (how
               often the bare name wakes hey_jarvis), and the same owners, tested on those recordings
   OUT/heldout negatives/ only (talk and singing that nothing was tuned on), and the same owners
+  OUT/splices positives/hey_jarvis/: each real bare "Jarvis" after a real "hey" of other speakers
+              (Precise's "hey savant" takes, cut as scripts/train-phrase-check cuts them): real
+              speech saying "hey jarvis" (testing only: CC BY-NC-SA)
   OUT/more    negatives/<source>/ only: the 20 hours above, one folder per source, file names
               keeping the speaker or session (e.g. read-english/SPEAKER0001__...)
 and, for scripts/train-phrase-check, OUT/phrase/hey_jarvis/: bare/ (the same bare "Jarvis"), hey/
@@ -200,6 +203,25 @@ def more(out: Path, repo: Callable[[str], Path | None]) -> dict[str, int]:
     return counts
 
 
+def splices(out: Path) -> int:
+    """OUT/splices/positives/hey_jarvis/: real "hey" + real "Jarvis" (scripts/train-phrase-check's
+    held-out splices, one per bare name, seed 0)."""
+    import numpy as np
+    import soundfile
+    from train_phrase_check import RATE, heys, load, splice, trimmed
+
+    root = out / "phrase" / "hey_jarvis"
+    other = heys(root / "hey-heldout")
+    into = out / "splices" / "positives" / "hey_jarvis"
+    into.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = sorted((root / "bare").iterdir())
+    for name in names:
+        joined = splice(other[int(rng.integers(len(other)))], trimmed(load(name)), rng)
+        soundfile.write(str(into / f"{name.stem}.wav"), joined, RATE, subtype="PCM_16")
+    return len(names)
+
+
 def main() -> int:
     if len(sys.argv) != 3:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
@@ -238,6 +260,7 @@ def main() -> int:
             (linked / "test").symlink_to(bare_name)
         if precise:
             phrase_data(out, main_dir / "negatives" / "precise", bare_name)
+            counts["hey + jarvis splices"] = splices(out)
     if digits := repo("Jakobovski/free-spoken-digit-dataset"):
         counts["spoken digits"] = export(digits, main_dir / "negatives" / "digits", "recordings/")
     if noise := repo("chaeyoung-lee/wids_tutorial"):

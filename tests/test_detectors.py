@@ -248,3 +248,28 @@ def test_detections_further_apart_than_the_window_are_each_turned_away() -> None
     wakes, away = gate_over(frames)
     assert not wakes
     assert [(w.at // 1280, why) for w, why in away] == [(6, "not_confirmed"), (32, "not_confirmed")]
+
+
+def test_openwakeword_keeps_one_second_of_raw_audio_and_scores_the_same(
+    with_models: Path, speech: Callable[..., Path]
+) -> None:
+    """Memory (issue 26): openWakeWord's stock 10 s raw-audio deque of Python ints (about 6 MB once
+    full) is cut to the second its streaming melspectrogram can read from; scores are unchanged."""
+    from collections import deque
+
+    from device.storage.models import ModelStore
+    from device.wake.detector import RAW_SAMPLES_KEPT
+    from tests.conftest import REAL_LOAD_OPENWAKEWORD
+
+    audio, _ = read_wav(speech(ALEXA))
+    store = ModelStore(with_models)
+    runs = []
+    for kept in (RAW_SAMPLES_KEPT, 16000 * 10):
+        np.random.seed(0)
+        model: Any = REAL_LOAD_OPENWAKEWORD([str(store.wake_model("alexa")[1])], store)
+        assert model.preprocessor.raw_data_buffer.maxlen == RAW_SAMPLES_KEPT
+        model.preprocessor.raw_data_buffer = deque(maxlen=kept)
+        looped = np.tile(audio, 4)  # longer than 10 s, so the stock deque fills up
+        runs.append([model.predict(looped[i:i + 1280])["alexa_v0.1"]
+                     for i in range(0, len(looped) - 1279, 1280)])
+    assert runs[0] == runs[1] and max(runs[0]) > 0.9
