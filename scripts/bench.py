@@ -282,15 +282,15 @@ VOICES = ("en", "en-us+f2", "en-gb", "en+m3")
 
 def speech_stream(minutes: float, tmp: Path, wake: str) -> tuple[np.ndarray, int]:
     """A speech-heavy stream (a television or a talkative room): sentences in four voices back to
-    back, with the wake phrase once a minute. Returns (audio, wakes)."""
+    back, with the wake phrase once every five minutes. Returns (audio, wakes)."""
     talk = [speak(tmp / f"t{v}{i}.wav", text, voice=v, lead=0.1, tail=0.2)
             for v in VOICES for i, text in enumerate(SENTENCES)]
     take = speak(tmp / f"w{wake[:5]}.wav", wake, lead=0.3, tail=0.5)
-    pieces, at, next_wake, wakes, i = [], 0, 30 * 16000, 0, 0
+    pieces, at, next_wake, wakes, i = [], 0, 150 * 16000, 0, 0
     while at < minutes * 60 * 16000:
         piece = talk[i % len(talk)]
         if at >= next_wake:
-            piece, next_wake, wakes = take, next_wake + 60 * 16000, wakes + 1
+            piece, next_wake, wakes = take, next_wake + 300 * 16000, wakes + 1
         pieces.append(piece)
         at, i = at + len(piece), i + 1
     return np.concatenate(pieces), wakes
@@ -513,7 +513,7 @@ def main() -> int:
     parser.add_argument("--only-day", action="store_true", help="only the gated-listening figure")
     parser.add_argument("--only-confirm", action="store_true",
                         help="only the second-detector rows (wake.confirm none/agree/cascade)")
-    parser.add_argument("--confirm-minutes", type=float, default=5.0,
+    parser.add_argument("--confirm-minutes", type=float, default=10.0,
                         help="length of the speech-heavy stream (the day-like one is twice as long)")
     parser.add_argument("--only-voice", action="store_true",
                         help="only the voice-command figures (Korean model and phrases)")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from pathlib import Path
@@ -135,7 +134,7 @@ def main() -> int:
     settings = [(o, m) for o in args.oww for m in args.mww]
     for row in evaluate(Path(args.scores), args.model, args.split, settings):
         print(json.dumps(row))
-    return 0 if not math.isnan(0.0) else 1
+    return 0
 
 
 if __name__ == "__main__":
