@@ -1,4 +1,12 @@
-"""Wiring: build the pipeline's parts from settings, run it, close everything in reverse."""
+"""Wiring: build the daemon's parts from settings, run the listener, close everything in reverse.
+
+Three steps, one function each, every part closed by the same ExitStack in reverse order:
+- `open_shared`: the store and the run-time states that commands change and the loop reads (mute,
+  sensitivity, save mode) with the one `Controller` every command goes through;
+- `build_listener`: source → wake detector → second looks → recorder → light → clip writer;
+- `start_services`: the watchdog, retention, and (for the one process that serves the state
+  directory) uploads and MQTT.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +34,14 @@ from device.core.errors import EdgeRecorderError, StoreError
 from device.core.events import EventSink
 from device.integrations.service import Notifier, Watchdog
 from device.recording.indicator import Confirmer, Indicator, MuteControls
-from device.recording.pipeline import ClipWriter, Counters, Listener
+from device.recording.pipeline import ClipWriter, Counters, Listener, ListenerHooks, ListenerParts
 from device.recording.recorder import Recorder, State
 from device.speech.asr import NoTranscriber, Transcriber, VoskTranscriber
 from device.speech.voice import CommandSpotter, supports_grammar
 from device.storage.clips import ClipStore
 from device.storage.models import ModelStore
 from device.storage.retention import Sweeper
-from device.wake.confirm import make_detector
+from device.wake.confirm import build_detector
 from device.wake.detector import OpenWakeWordDetector, WakeDetector
 from device.wake.phrase import PhraseCheck
 from device.wake.verifier import OwnerVerifier, VerifierFiles
@@ -44,6 +53,33 @@ NO_VOSK_WARNING = (
     "with `edge-recorder models fetch --vosk`, or register one with "
     "`edge-recorder models fetch --vosk-model DIR`"
 )
+CONTROL_LOCK = ".control.lock"
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """The world the daemon runs in, as its caller supplies it."""
+
+    settings: Settings
+    state_dir: Path
+    open_source: Callable[[], AudioSource]
+    events: EventSink
+    pin_factory: Any
+    retry_source: bool = False
+    """Wait out a lost microphone with backoff (`run`); False: an input error ends the run (a file)."""
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What every other part is handed: the store, the run-time states, the controller."""
+
+    store: ClipStore
+    models: ModelStore
+    mute: MuteState
+    sensitivity: SensitivityState
+    save: SaveState
+    controller: Controller
+    counters: Counters
 
 
 def make_spotter(settings: Settings, transcriber: Transcriber) -> CommandSpotter | None:
@@ -86,7 +122,11 @@ def make_recorder(settings: Settings, state_dir: Path, scorer: OpenWakeWordDetec
     return recorder, verifier
 
 
-CONTROL_LOCK = ".control.lock"
+def make_detector(settings: Settings, scorer: OpenWakeWordDetector, recorder: Recorder) -> WakeDetector:
+    """The wake detector the loop asks on every frame: the models (microWakeWord beside openWakeWord
+    where wake.confirm says so), behind the energy gate when it is on (it keeps the models running
+    while a recording is open)."""
+    return build_detector(settings.wake, scorer, keep_open=lambda: recorder.state is not State.LISTENING)
 
 
 def _serve_alone(stack: ExitStack, state_dir: Path, settings: Settings) -> bool:
@@ -128,6 +168,130 @@ class StatsCounter:
                 log.warning("could not count a %s: %s", event.type, exc)
 
 
+class Status:
+    """The retained status that MQTT publishes (and Home Assistant shows): read afresh each time."""
+
+    def __init__(self, shared: Shared, recorder: Recorder, hold_s: float) -> None:
+        self._shared, self._recorder, self._hold_s = shared, recorder, hold_s
+
+    def __call__(self) -> dict[str, Any]:
+        s = self._shared
+        today = (s.store.stats(days=1) or [{}])[0]
+        false_wakes = sum(today.get("discarded", {}).values()) + today.get("rejected", 0)
+        return {"state": self._recorder.state.value,
+                "clips": s.store.count(),
+                "bytes_used": sum(size for _, _, size in s.store.bytes_used()),
+                "consent": consent.read(s.store).summary(),
+                "muted": {"software": s.mute.software, "hardware": s.mute.hardware},
+                "waiting_uploads": s.store.uploads.waiting(),
+                "held_uploads": s.store.uploads.held(self._hold_s),
+                "sensitivity": s.sensitivity.level(),
+                "save": s.save.current().summary(s.save.configured),
+                "today": {**today, "false_wakes": false_wakes},
+                "counters": vars(s.counters).copy()}
+
+
+def open_shared(stack: ExitStack, w: Wiring, mute: MuteState | None) -> Shared:
+    """The store and the run-time states, each closed by `stack`."""
+    store = ClipStore(w.state_dir)
+    stack.callback(store.close)
+    sensitivity = SensitivityState(w.settings.wake, store.setting, store.set_setting)
+    save = SaveState(w.settings.recorder.save, store.setting, store.set_setting)
+    for state in (sensitivity, save):
+        state.start()
+        stack.callback(state.close)
+    mute = mute or MuteState()
+    controller = Controller(store, mute, sensitivity, save, w.settings.voice)
+    models = ModelStore(resolve_models_dir(w.settings, w.state_dir))
+    return Shared(store, models, mute, sensitivity, save, controller, Counters())
+
+
+def make_writer(stack: ExitStack, w: Wiring, shared: Shared, confirmer: Confirmer) -> ClipWriter:
+    """The clip writer (ASR, spoken commands, storing) on its own thread."""
+    settings, store = w.settings, shared.store
+    transcriber = make_transcriber(settings, shared.models)
+
+    def on_command(command: str, t: float) -> None:
+        try:
+            done = shared.controller.voice(command, t)
+        except EdgeRecorderError as exc:
+            log.error("voice command %s failed: %s", command, exc)
+            w.events.emit(ev.Error(t=t, code=getattr(exc, "code", "voice_failed"),
+                                   request_id=getattr(exc, "request_id", None), message=str(exc)))
+            return
+        confirmer.confirm()
+        for event in done:
+            w.events.emit(event)
+
+    writer = ClipWriter(transcriber, store, w.events, shared.counters,
+                        eligible=lambda: consent.read(store).covers,
+                        spotter=make_spotter(settings, transcriber), on_command=on_command,
+                        save_mode=shared.save.mode, share_transcripts=settings.mqtt.publish_transcripts)
+    stack.callback(writer.close)
+    return writer
+
+
+def build_listener(stack: ExitStack, w: Wiring, shared: Shared, notifier: Notifier) -> Listener:
+    """Source → detector → second looks → recorder → light → writer, wired to the shared states."""
+    settings = w.settings
+    scorer = OpenWakeWordDetector(settings.wake, shared.models)  # first: a missing model fails early
+    indicator = Indicator(settings.indicator, w.pin_factory)
+    stack.callback(indicator.close)
+    buttons = MuteControls(settings.mute.button_pin, settings.mute.led_pin,
+                           shared.mute.toggle_hardware, w.pin_factory)
+    stack.callback(buttons.close)
+    confirmer = Confirmer(settings.voice.confirm_led_pin, buttons.led, settings.voice.confirm_sound,
+                          w.pin_factory)
+    stack.callback(confirmer.close)
+    writer = make_writer(stack, w, shared, confirmer)
+    recorder, verifier = make_recorder(settings, w.state_dir, scorer, shared.sensitivity.level)
+    parts = ListenerParts(make_detector(settings, scorer, recorder),
+                          SpeechDetector(settings.recorder.vad_aggressiveness), recorder, indicator, writer)
+    a = settings.audio
+    hooks = ListenerHooks(
+        can_record=lambda: shared.store.space_problem(settings.retention.min_free_bytes),
+        retry=(a.retry_initial_s, a.retry_max_s) if w.retry_source else None,
+        on_ready=lambda: notifier.send("READY=1\nSTATUS=listening"),
+        show_muted=buttons.show, wake_features=verifier.features_of)
+    return Listener(w.open_source, parts, w.events, shared.counters, shared.mute, hooks)
+
+
+def start_services(stack: ExitStack, w: Wiring, shared: Shared, listener: Listener,
+                   notifier: Notifier, control_plane: bool) -> None:
+    """The watchdog and retention always; uploads and MQTT when `control_plane` and configured, in
+    the one process that serves this state directory."""
+    watchdog = Watchdog(notifier, lambda: listener.alive_at)
+    watchdog.start()
+    stack.callback(watchdog.close)
+    stack.callback(notifier.send, "STOPPING=1")
+    sweeper = Sweeper(shared.store, w.settings.retention, w.events)
+    sweeper.start()
+    stack.callback(sweeper.close)
+    if not (control_plane and _serve_alone(stack, w.state_dir, w.settings)):
+        return
+    if w.settings.upload.url:
+        from device.integrations.upload import Uploader
+
+        uploader = Uploader(w.settings.upload, shared.store, w.events)
+        uploader.start()
+        stack.callback(uploader.close)
+    if w.settings.mqtt.host:
+        start_mqtt(stack, w, shared, Status(shared, listener.recorder, w.settings.upload.hold_s),
+                   listener.detector.names)
+
+
+def start_mqtt(stack: ExitStack, w: Wiring, shared: Shared, status: Status,
+               wake_words: list[str]) -> None:
+    from device.integrations.mqtt import MqttControl
+
+    mqtt = MqttControl(w.settings.mqtt, shared.store, shared.controller, status, w.events,
+                       wake_words=wake_words)
+    for state in (shared.mute, shared.sensitivity, shared.save):
+        state.on_change(mqtt.publish_status)
+    mqtt.start()
+    stack.callback(mqtt.close)
+
+
 def run_pipeline(
     settings: Settings,
     state_dir: Path,
@@ -142,103 +306,18 @@ def run_pipeline(
     """Build every part (failing early with one clear error), then listen until `stop` or the
     input ends. With `control_plane`, MQTT commands are served (mqtt.host) and consented clips
     uploaded (upload.url) meanwhile."""
+    w = Wiring(settings, state_dir, open_source, events, pin_factory, retry_source)
     with ExitStack() as stack:
-        store = ClipStore(state_dir)
-        stack.callback(store.close)
-        models = ModelStore(resolve_models_dir(settings, state_dir))
-        scorer = OpenWakeWordDetector(settings.wake, models)
-        detector: WakeDetector = scorer
-        transcriber = make_transcriber(settings, models)
-        indicator = Indicator(settings.indicator, pin_factory)
-        stack.callback(indicator.close)
-        counters, mute = Counters(), mute or MuteState()
-        buttons = MuteControls(settings.mute.button_pin, settings.mute.led_pin,
-                               mute.toggle_hardware, pin_factory)
-        stack.callback(buttons.close)
+        shared = open_shared(stack, w, mute)
         notifier = Notifier()
-        sensitivity = SensitivityState(settings.wake, store.setting, store.set_setting)
-        sensitivity.start()
-        stack.callback(sensitivity.close)
-        save = SaveState(settings.recorder.save, store.setting, store.set_setting)
-        save.start()
-        stack.callback(save.close)
-        controller = Controller(store, mute, sensitivity, save, settings.voice)
-        confirmer = Confirmer(settings.voice.confirm_led_pin, buttons.led,
-                              settings.voice.confirm_sound, pin_factory)
-        stack.callback(confirmer.close)
-
-        def on_command(command: str, t: float) -> None:
-            try:
-                done = controller.voice(command, t)
-            except EdgeRecorderError as exc:
-                log.error("voice command %s failed: %s", command, exc)
-                events.emit(ev.Error(t=t, code=getattr(exc, "code", "voice_failed"),
-                                     request_id=getattr(exc, "request_id", None), message=str(exc)))
-                return
-            confirmer.confirm()
-            for event in done:
-                events.emit(event)
-
-        writer = ClipWriter(transcriber, store, events, counters,
-                            eligible=lambda: consent.read(store).covers,
-                            spotter=make_spotter(settings, transcriber), on_command=on_command,
-                            save_mode=save.mode, share_transcripts=settings.mqtt.publish_transcripts)
-        stack.callback(writer.close)
-        events.subscribe(StatsCounter(store, save.mode))
-        recorder, verifier = make_recorder(settings, state_dir, scorer, sensitivity.level)
-        detector = make_detector(settings.wake, scorer, lambda: recorder.state is not State.LISTENING)
-        listener = Listener(
-            open_source, detector, SpeechDetector(settings.recorder.vad_aggressiveness),
-            recorder, indicator, writer, events, counters, mute,
-            can_record=lambda: store.space_problem(settings.retention.min_free_bytes),
-            retry=(settings.audio.retry_initial_s, settings.audio.retry_max_s) if retry_source else None,
-            on_ready=lambda: notifier.send("READY=1\nSTATUS=listening"),
-            show_muted=buttons.show, wake_features=verifier.features_of,
-        )
-        watchdog = Watchdog(notifier, lambda: listener.alive_at)
-        watchdog.start()
-        stack.callback(watchdog.close)
-        stack.callback(notifier.send, "STOPPING=1")
-        sweeper = Sweeper(store, settings.retention, events)
-        sweeper.start()
-        stack.callback(sweeper.close)
-        control_plane = control_plane and _serve_alone(stack, state_dir, settings)
-        if control_plane and settings.upload.url:
-            from device.integrations.upload import Uploader
-
-            uploader = Uploader(settings.upload, store, events)
-            uploader.start()
-            stack.callback(uploader.close)
-        if control_plane and settings.mqtt.host:
-            from device.integrations.mqtt import MqttControl
-
-            def status() -> dict[str, Any]:
-                today = (store.stats(days=1) or [{}])[0]
-                false_wakes = sum(today.get("discarded", {}).values()) + today.get("rejected", 0)
-                return {"state": recorder.state.value,
-                        "clips": store.count(),
-                        "bytes_used": sum(size for _, _, size in store.bytes_used()),
-                        "consent": consent.read(store).summary(),
-                        "muted": {"software": mute.software, "hardware": mute.hardware},
-                        "waiting_uploads": store.uploads.waiting(),
-                        "held_uploads": store.uploads.held(settings.upload.hold_s),
-                        "sensitivity": sensitivity.level(),
-                        "save": save.current().summary(save.configured),
-                        "today": {**today, "false_wakes": false_wakes},
-                        "counters": vars(counters).copy()}
-
-            mqtt = MqttControl(settings.mqtt, store, controller, status,
-                               events, wake_words=detector.names)
-            mute.on_change(mqtt.publish_status)
-            sensitivity.on_change(mqtt.publish_status)
-            save.on_change(mqtt.publish_status)
-            mqtt.start()
-            stack.callback(mqtt.close)
+        listener = build_listener(stack, w, shared, notifier)
+        events.subscribe(StatsCounter(shared.store, shared.save.mode))
+        start_services(stack, w, shared, listener, notifier, control_plane)
         try:
             listener.run(stop)
         finally:
-            indicator.idle()
-            writer.close()  # the last clip is stored and announced while MQTT is still up
+            listener.light.idle()
+            listener.writer.close()  # the last clip is stored and announced while MQTT is still up
             events.flush()
     events.flush()
-    return counters
+    return shared.counters

@@ -92,7 +92,7 @@ def check_models(settings: Settings, state_dir: Path) -> Check:
     """The files against their pinned digests, then the wake-word runtime itself: the models are
     loaded and score a frame, as the daemon would."""
     from device.storage.models import ModelStore
-    from device.wake.confirm import make_detector
+    from device.wake.confirm import build_detector
     from device.wake.detector import OpenWakeWordDetector
 
     store = ModelStore(resolve_models_dir(settings, state_dir))
@@ -105,7 +105,7 @@ def check_models(settings: Settings, state_dir: Path) -> Check:
     try:
         scorer = OpenWakeWordDetector(settings.wake, store)
         detectors = detectors_used(settings, scorer)
-        make_detector(settings.wake, scorer).scores(np.zeros(FRAME_SAMPLES, dtype=np.int16))
+        build_detector(settings.wake, scorer).scores(np.zeros(FRAME_SAMPLES, dtype=np.int16))
     except EdgeRecorderError as exc:
         return Check("models", False, f"the wake-word runtime does not load: {exc}",
                      str(exc).rpartition("; ")[2] or "run scripts/setup")

@@ -51,12 +51,12 @@ from device.core.config import Settings, load_settings  # noqa: E402
 from device.core.events import Event, EventSink  # noqa: E402
 from device.core.frames import Frame  # noqa: E402
 from device.recording.indicator import Indicator  # noqa: E402
-from device.recording.pipeline import ClipWriter, Counters, Listener  # noqa: E402
+from device.recording.pipeline import ClipWriter, Counters, Listener, ListenerHooks, ListenerParts  # noqa: E402
 from device.recording.recorder import State  # noqa: E402
 from device.speech.asr import NoTranscriber, Transcriber, VoskTranscriber  # noqa: E402
 from device.storage.clips import ClipStore  # noqa: E402
 from device.storage.models import ModelStore  # noqa: E402
-from device.wake.confirm import make_detector  # noqa: E402
+from device.wake.confirm import build_detector  # noqa: E402
 from device.wake.detector import OpenWakeWordDetector, load_openwakeword_model  # noqa: E402
 from device.wake.micro import MicroWakeWordDetector  # noqa: E402
 
@@ -113,11 +113,12 @@ def build_listener(settings: Settings, models: ModelStore, state: Path, source: 
     indicator = Indicator(settings.indicator, MockFactory())
     scorer = OpenWakeWordDetector(settings.wake, models)
     recorder, verifier = make_recorder(settings, state, scorer, lambda: settings.wake.sensitivity)
-    detector = make_detector(settings.wake.model_copy(update={"gate": gated}), scorer,
+    detector = build_detector(settings.wake.model_copy(update={"gate": gated}), scorer,
                              lambda: recorder.state is not State.LISTENING)
-    listener = Listener(lambda: source, detector, SpeechDetector(settings.recorder.vad_aggressiveness),
-                        recorder, indicator, writer, sink, counters,
-                        wake_features=verifier.features_of)
+    parts = ListenerParts(detector, SpeechDetector(settings.recorder.vad_aggressiveness), recorder,
+                          indicator, writer)
+    listener = Listener(lambda: source, parts, sink, counters,
+                        hooks=ListenerHooks(wake_features=verifier.features_of))
     return listener, writer, events, indicator
 
 

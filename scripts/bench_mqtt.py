@@ -1,6 +1,6 @@
 """Delete latency through a real mosquitto, publish -> acknowledgement, next to a bare paho echo.
 
-    scripts/bench-mqtt [--rounds 30] [--clips 10000] [--down-s 10]
+    scripts/bench-mqtt [--rounds 30] [--clips 10000] [--down-s 10] [--flood-per-s 150]
 
 Starts mosquitto on a free loopback port (plain TCP, persistence on), runs the control plane as
 the daemon wires it (ClipStore + MqttControl), and measures from the owner's publish to the
@@ -8,7 +8,11 @@ evt/deleted reply: one clip at a time, and `all` over N clips. The floor is a ba
 (publish -> an echo client -> reply) through the same broker. Then, with the broker down (a
 loopback port that refuses), what the speaker's client spends reconnecting for --down-s seconds:
 connects tried and CPU seconds, at the tests' reconnect delays (0.2-1 s) and the defaults (1-60 s),
-next to a bare paho client at paho's own defaults. Prints tables and one JSON line.
+next to a bare paho client at paho's own defaults. Then a flood: another client publishes junk
+(unsigned deletes, not JSON, unknown keys) on cmd/delete at --flood-per-s while the owner sends
+signed deletes, one clip each, from 1 s into the flood (past any burst allowance): how many were
+done, and their publish -> reply latency, beside a bare paho round trip under the same flood.
+Prints tables and one JSON line.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from device.control.commands import Controller  # noqa: E402
+from device.control.commands import Controller, sign  # noqa: E402
 from device.control.mute import MuteState  # noqa: E402
 from device.core.config import MqttSettings  # noqa: E402
 from device.core.events import EventSink  # noqa: E402
@@ -190,11 +194,85 @@ def measure(rounds: int, clips: int, nodelay: bool) -> dict[str, Any]:
             "delete_all_s": round(all_s, 3), "clips_left": left}
 
 
+FLOOD_SECRET = "bench-secret-0123456789"
+JUNK = [b'{"request_id": "junk-%d", "all": true}', b'{not json %d',
+        b'{"request_id": "junk-%d", "everything": true}']
+
+
+def flood(port: int, topic: str, per_s: float, stop: threading.Event) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood")
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    start, i = time.monotonic(), 0
+    while not stop.is_set():
+        time.sleep(max(0.0, start + i / per_s - time.monotonic()))
+        client.publish(topic, JUNK[i % len(JUNK)] % i, qos=1)
+        i += 1
+    client.disconnect()
+    client.loop_stop()
+
+
+def under_flood(per_s: float, deletes: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        broker, port = start_broker(tmp, nodelay=True)
+        stop = threading.Event()
+        try:
+            (tmp / "secret").write_text(FLOOD_SECRET)
+            store = ClipStore(tmp / "state")
+            settings = MqttSettings(host="127.0.0.1", port=port,
+                                    signing={"secret_file": str(tmp / "secret")})  # type: ignore[arg-type]
+            control = MqttControl(settings, store, Controller(store, MuteState()),
+                                  lambda: {"clips": store.count()}, EventSink())
+            control.start()
+            owner = Waiter(port, "owner", control.topic("evt/#"))
+            echo = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="echo")
+            echo.on_connect = subscriber("bench/ping")
+            echo.on_message = lambda cl, u, m: None if cl.publish("bench/pong", m.payload, qos=1) \
+                else None
+            echo.connect("127.0.0.1", port)
+            echo.loop_start()
+            bare_owner = Waiter(port, "bare-owner", "bench/pong")
+            flooding = threading.Thread(target=flood, args=(port, control.topic("cmd/delete"),
+                                                            per_s, stop), daemon=True)
+            flooding.start()
+            time.sleep(1.0)
+            times, done, bare = [], 0, []
+            for i in range(deletes):
+                fill(store, 1)
+                [clip] = [c.id for c in store.all()]
+                body = {"request_id": f"owner-{i}", "ids": [clip], "ts": int(time.time()),
+                        "nonce": f"nonce-{i:04d}"}
+                body["sig"] = sign("delete", body, FLOOD_SECRET.encode())
+                times.append(owner.round_trip(control.topic("cmd/delete"), body))
+                if store.count() == 0:
+                    done += 1
+                else:
+                    store.delete(everything=True, request_id=f"cleanup-{i}")
+                bare.append(bare_owner.round_trip("bench/ping", {"request_id": f"p{i}"}))
+                time.sleep(0.2)
+            stop.set()
+            flooding.join()
+            echo.loop_stop()
+            control.close()
+        finally:
+            stop.set()
+            broker.terminate()
+            broker.wait(timeout=10)
+    return {"per_s": per_s, "owner_deletes": deletes, "done": done,
+            "delete_ms": round(1000 * statistics.median(times), 2),
+            "delete_max_ms": round(1000 * max(times), 2),
+            "bare_echo_ms": round(1000 * statistics.median(bare), 2)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--clips", type=int, default=10_000)
     parser.add_argument("--down-s", type=float, default=10.0)
+    parser.add_argument("--flood-per-s", type=float, default=150.0)
+    parser.add_argument("--flood-deletes", type=int, default=20)
     args = parser.parse_args()
     result: dict[str, Any] = {"rounds": args.rounds, "delete_all_clips": args.clips}
     for label, nodelay in (("default", False), ("nodelay", True)):
@@ -217,6 +295,10 @@ def main() -> int:
     print(f"\n{f'broker down for {args.down_s:g} s':<28}  {'connects':>8}  {'CPU s':>6}")
     for label, got in down.items():
         print(f"{label:<28}  {got['connects']:>8}  {got['cpu_s']:>6}")
+    result["flood"] = f = under_flood(args.flood_per_s, args.flood_deletes)
+    print(f"\njunk flood at {f['per_s']:g}/s: signed deletes done {f['done']} of "
+          f"{f['owner_deletes']}, publish -> reply median {f['delete_ms']} ms (max "
+          f"{f['delete_max_ms']}); bare paho round trip meanwhile {f['bare_echo_ms']} ms")
     print(json.dumps(result))
     return 0
 

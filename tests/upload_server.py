@@ -48,7 +48,9 @@ class UploadServer(ThreadingHTTPServer):
         self.socket = ctx.wrap_socket(self.socket, server_side=True)
         self.script: deque[str] = deque()
         """Answers for the next requests: "200", "503", "429:1", "reset", "sleep:S", "404",
-        "trickle" (the answer one byte at a time), "redirect:CODE:LOCATION"."""
+        "trickle" (the answer one byte at a time), "redirect:CODE:LOCATION", "endless" (a 200 whose
+        body never ends: 64 KiB every 10 ms, counted in reply_bytes, until the client goes)."""
+        self.reply_bytes = 0
         self.requests: list[Recorded] = []
         self.accepted: dict[str, int] = {}
         """Idempotency-Key -> how many times a complete POST with it was answered 2xx."""
@@ -119,6 +121,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         if answer.startswith("slowread"):
             answer = "200"
+        endless, answer = answer == "endless", "200" if answer == "endless" else answer
         status, _, retry_after = answer.partition(":")
         code = int(status)
         if 200 <= code < 300 and self.command == "POST":
@@ -131,8 +134,23 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         if retry_after:
             self.send_header("Retry-After", retry_after)
-        self.send_header("Content-Length", "0")
+        self.send_header("Content-Length", str(1 << 40) if endless else "0")
         self.end_headers()
+        if endless:
+            self._endless_body()
+
+    def _endless_body(self) -> None:
+        chunk = b"x" * 65536
+        while True:
+            try:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+            except OSError:
+                break
+            with self.server.lock:
+                self.server.reply_bytes += len(chunk)
+            time.sleep(0.01)
+        self.close_connection = True
 
     def _read_body(self, length: int, slow: bool) -> bytes:
         chunks, got = [], 0

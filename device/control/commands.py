@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import (
@@ -27,6 +27,7 @@ from pydantic import (
     PrivateAttr,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -37,6 +38,7 @@ from device.control.sensitivity import SensitivityState
 from device.core import events
 from device.core.config import DURATION_PATTERN, VoiceSettings, describe_validation_error, duration_s
 from device.core.errors import CommandError, StoreError, describe
+from device.core.events import DeleteReason
 from device.storage.clips import ClipStore
 from device.wake.verifier import VerifierFiles, retrain_in_child
 
@@ -45,6 +47,10 @@ log = logging.getLogger(__name__)
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_IDS = 10_000
 MIN_YEAR, MAX_YEAR = 1970, 9998
+MAX_TS = 253_402_300_799
+"""The last second of the year 9999: a signed command's `ts` lies between 0 and this."""
+MAX_LAST = "36500d"
+"""`last` reaches back at most 100 years (`all` deletes everything)."""
 SIGNATURE_FIELDS = ("ts", "nonce", "sig")
 
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.:@-]+$")]
@@ -59,9 +65,11 @@ def error_event(exc: CommandError) -> events.Error:
 class _Command(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
     request_id: RequestId
-    ts: int | None = None
+    ts: int | None = Field(default=None, ge=0, le=MAX_TS)
     nonce: str | None = Field(default=None, min_length=8, max_length=128)
     sig: str | None = Field(default=None, max_length=128)
+    reply: ClassVar[type[events.Event] | None] = None
+    """The event type the command is answered with (on MQTT: evt/<type>)."""
     _body_hash: str = PrivateAttr(default="")
     _signed_nonce: str | None = PrivateAttr(default=None)
 
@@ -82,6 +90,8 @@ class DeleteCommand(_Command):
     """Exactly one of: ids, from + to, last (a duration), newest (the N most recent clips),
     today (since local midnight on the device), all."""
 
+    reply = events.Deleted
+
     ids: list[ClipId] | None = Field(default=None, min_length=1, max_length=MAX_IDS)
     from_: AwareDatetime | None = Field(default=None, alias="from")
     to: AwareDatetime | None = None
@@ -89,6 +99,13 @@ class DeleteCommand(_Command):
     newest: int | None = Field(default=None, ge=1, le=MAX_IDS)
     today: Literal[True] | None = None
     all: Literal[True] | None = None
+
+    @field_validator("last")
+    @classmethod
+    def _within_a_century(cls, last: str | None) -> str | None:
+        if last is not None and duration_s(last) > duration_s(MAX_LAST):
+            raise ValueError(f"at most {MAX_LAST} (100 years); to delete everything, use all")
+        return last
 
     @model_validator(mode="after")
     def _one_form(self) -> DeleteCommand:
@@ -118,16 +135,28 @@ class DeleteCommand(_Command):
 
 
 class ConsentCommand(_Command):
+    """Revoke upload consent: uploads stop now and the queue is purged. Granting is only possible
+    on the device."""
+
+    reply = events.Consent
+
     action: Literal["revoke"]
 
 
 class MuteCommand(_Command):
+    """The software mute: muted closes the input stream. A hardware mute is lifted only by its
+    button."""
+
+    reply = events.Mute
+
     muted: bool
 
 
 class RejectCommand(_Command):
     """"That wasn't for you": delete the clip(s) exactly as delete does and count a false wake.
     Exactly one of: ids, last (the most recent clip)."""
+
+    reply = events.Deleted
 
     ids: list[ClipId] | None = Field(default=None, min_length=1, max_length=100)
     last: Literal[True] | None = None
@@ -140,12 +169,18 @@ class RejectCommand(_Command):
 
 
 class SensitivityCommand(_Command):
+    """The wake sensitivity: remotely only less sensitive than the level in force."""
+
+    reply = events.Sensitivity
+
     level: Literal["sensitive", "balanced", "strict"]
 
 
 class SaveCommand(_Command):
     """Save less: "transcript" or "nothing" (or "audio" when that is already in force), optionally
     `for` a while, after which the configured mode returns by itself."""
+
+    reply = events.Save
 
     mode: Literal["audio", "transcript", "nothing"]
     for_: Duration | None = Field(default=None, alias="for")
@@ -255,6 +290,9 @@ def verify(kind: str, payload: dict[str, Any], signing: Signing, store: ClipStor
     if not isinstance(sig, str) or not isinstance(ts, int) or not isinstance(nonce, str):
         raise CommandError("unsigned", "signed commands are required: add ts, nonce and sig",
                            request_id)
+    if not 0 <= ts <= MAX_TS:
+        raise CommandError("bad_request", f"ts: must be unix seconds, 0 to {MAX_TS} (got a "
+                           f"{len(str(abs(ts)))}-digit number)", request_id)
     if not hmac.compare_digest(sig, sign(kind, payload, signing.secret)):
         raise CommandError("bad_signature", "the signature does not match", request_id)
     if abs(time.time() - ts) > signing.max_skew_s:
@@ -291,12 +329,15 @@ class Controller:
             return self.reject(command)
         if isinstance(command, SensitivityCommand) and self.sensitivity is not None:
             level = self.sensitivity.set(command.level, remote=True, request_id=command.request_id)
+            self._spend_nonce(command)
             return events.Sensitivity(request_id=command.request_id, level=level,
                                       configured=self.sensitivity.configured)
         if isinstance(command, SaveCommand) and self.save is not None:
             for_s = duration_s(command.for_) if command.for_ else None
-            return self.set_save(command.mode, remote=True, for_s=for_s,
-                                 request_id=command.request_id)
+            saved = self.set_save(command.mode, remote=True, for_s=for_s,
+                                  request_id=command.request_id)
+            self._spend_nonce(command)
+            return saved
         raise CommandError("unknown_command", type(command).__name__, command.request_id)
 
     def set_save(self, mode: str, remote: bool, for_s: float | None = None,
@@ -334,7 +375,7 @@ class Controller:
             done.append(self.set_save(mode, remote=False, for_s=pause, request_id=rid))
         return done
 
-    def delete(self, cmd: DeleteCommand, reason: str = "command") -> events.Deleted:
+    def delete(self, cmd: DeleteCommand, reason: DeleteReason = "command") -> events.Deleted:
         since, until = cmd.window(datetime.now(UTC))
         ids = self.store.latest_ids(cmd.newest) if cmd.newest is not None else cmd.ids
         result = self.store.delete(ids=ids, since=since, until=until,
@@ -398,8 +439,13 @@ class Controller:
             raise CommandError("refused", "a hardware mute can only be lifted by the mute button",
                                cmd.request_id)
         self.mute.set(software=cmd.muted)  # idempotent: a redelivery sets the same state
-        if cmd.signed_nonce:
-            self.store.record_nonce(cmd.signed_nonce)
+        self._spend_nonce(cmd)
         log.info("software mute %s (%s)", "on" if cmd.muted else "off", cmd.request_id)
         return events.Mute(request_id=cmd.request_id, muted=self.mute.muted,
                            software=self.mute.software, hardware=self.mute.hardware)
+
+    def _spend_nonce(self, cmd: _Command) -> None:
+        """After a setting took effect: its signed message cannot be replayed. (Setting it again is
+        idempotent, so a crash between the two only lets the broker's redelivery set it again.)"""
+        if cmd.signed_nonce:
+            self.store.record_nonce(cmd.signed_nonce)

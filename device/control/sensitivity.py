@@ -1,6 +1,7 @@
 """The wake sensitivity in force: the configured level, or a less sensitive one chosen at run time
-(CLI, MQTT, Home Assistant). Remote changes may only make it less sensitive than the configuration
-(P5); the CLI on the device may also return it to the configured level. Kept in the store, so it
+(CLI, MQTT, Home Assistant). Remote changes may only make it less sensitive than the level in force
+(P5): after the owner chose `strict` on the device, no remote command can return it to `balanced`.
+The CLI on the device may also return it to the configured level. Kept in the store, so it
 survives a restart and a change made by the CLI reaches the running daemon within a few seconds."""
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class SensitivityState(FollowedSetting[str]):
         return self._value
 
     def set(self, level: str, remote: bool, request_id: str | None = None) -> str:
-        """Change the level; a remote (or any) change below the configured level is refused."""
+        """Change the level. Nothing is more sensitive than the configured level; a remote change
+        is never more sensitive than the level in force."""
         if level not in SENSITIVITY_LEVELS:
             raise CommandError("bad_request", f"sensitivity must be one of {', '.join(SENSITIVITY_LEVELS)}",
                                request_id)
@@ -45,5 +47,9 @@ class SensitivityState(FollowedSetting[str]):
             who = "remotely" if remote else "at run time"
             raise CommandError("refused", f"sensitivity cannot be raised {who} above the "
                                f"configured {self.configured!r} (edit wake.sensitivity)", request_id)
+        in_force = self.refresh()  # as the store has it now (the CLI may have just changed it)
+        if remote and rank(level) < rank(in_force):
+            raise CommandError("refused", f"remotely, wake sensitivity can only be made less sensitive (now "
+                               f"{in_force!r}); change it back on the device", request_id)
         self._write(SETTING, level)
         return self.refresh()

@@ -35,7 +35,7 @@ def duration_s(text: str) -> float:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 def _check_order(low: float, high: float, low_name: str, high_name: str) -> None:
@@ -51,8 +51,10 @@ class AudioSettings(_Section):
     queue_s: float = Field(default=2.0, gt=0.0, le=120.0)
     """Audio buffered between the capture callback and the listener before frames are dropped."""
     retry_initial_s: float = Field(default=1.0, gt=0.0)
+    """First wait, in seconds, before reopening a microphone that was working and is gone
+    (unplugged); each further try waits twice as long, up to retry_max_s."""
     retry_max_s: float = Field(default=30.0, gt=0.0)
-    """Backoff while a microphone that was working is gone (unplugged), until it is back."""
+    """Longest wait between tries while a lost microphone is away."""
 
     @model_validator(mode="after")
     def _ordered(self) -> AudioSettings:
@@ -100,8 +102,8 @@ class WakeSettings(_Section):
     models: list[str] = Field(default_factory=lambda: ["hey_jarvis"], min_length=1)
     """Installed model names (hey_jarvis, alexa, hey_mycroft, hey_rhasspy, ok_nabu) or .tflite paths."""
     sensitivity: Sensitivity = "balanced"
-    """A preset (threshold and patience per model), or "custom" to use threshold,
-    patience_frames and thresholds below."""
+    """A preset (threshold and patience per model), or "custom" to use the keys threshold,
+    patience_frames and thresholds."""
     threshold: Probability = 0.5
     """With sensitivity = "custom": the score a frame must exceed to count towards a wake."""
     thresholds: dict[str, Probability] = Field(default_factory=dict)
@@ -122,12 +124,12 @@ class WakeSettings(_Section):
     discarded (`not_phrase`) before the light comes on."""
     confirm: dict[str, Confirm] = Field(default_factory=dict)
     """Per wake word: "none" (openWakeWord alone), "agree" (microWakeWord must fire too, within
-    CONFIRM_WINDOW_S; the light comes on only when both have) or "cascade" (the same wakes as agree,
-    but openWakeWord runs only while microWakeWord's probability is over CASCADE_LEVEL). A wake word
-    not named here gets DEFAULT_CONFIRM's measured choice, or "none"."""
+    1.5 s; the light comes on only when both have) or "cascade" (the same wakes as agree, but
+    openWakeWord runs only once microWakeWord's probability rises over 0.1). A wake word not named
+    here gets the measured default: "cascade" for alexa, "none" for every other."""
     confirm_threshold: Probability | None = None
-    """microWakeWord's probability that confirms a wake, at every level; None = the level's own
-    (CONFIRM_PRESETS; with "custom", the balanced one)."""
+    """microWakeWord's probability that confirms a wake, at every level; unset = the level's own
+    (0.5 at sensitive and balanced, 0.9 at strict; with "custom", 0.5)."""
     gate: bool = True
     """In a quiet room, run the wake-word models only when a frame stands out from the noise floor
     (the skipped audio is replayed first, so no wake is lost at the onset of speech)."""
@@ -280,6 +282,7 @@ class MqttTlsSettings(_Section):
     cert_file: str | None = None
     """Client certificate, when the broker wants one."""
     key_file: str | None = None
+    """The client certificate's private key (keep it 0600)."""
     verify: bool = True
     """Check the broker's certificate and host name. Turn off only to debug."""
 
@@ -299,12 +302,22 @@ class MqttSettings(_Section):
     prefix: str = Field(default="edge-recorder", pattern=r"^[^#+/][^#+]*$")
     """Topic prefix; topics are <prefix>/<device id>/..."""
     username: str | None = None
+    """Broker login; None = connect without one."""
     password: str | None = None
+    """The login's password, written in the configuration (prefer password_file)."""
     password_file: str | None = None
     """Read the password from this file instead (keep it 0600)."""
+    protocol: Literal["5", "3.1.1"] = "5"
+    """MQTT version. With "5" the speaker tells the broker the largest message it takes (Maximum
+    Packet Size) and the broker drops bigger ones; "3.1.1" only for a broker that cannot speak 5,
+    where only the broker's own max_packet_size keeps a huge message from the speaker."""
     keepalive_s: int = Field(default=60, ge=5, le=3600)
+    """MQTT keepalive: the broker declares the speaker gone (and publishes its last will) after
+    about 1.5 times this without a packet."""
     reconnect_min_s: float = Field(default=1.0, gt=0)
+    """First wait before reconnecting to a broker that is down; doubled up to reconnect_max_s."""
     reconnect_max_s: float = Field(default=60.0, gt=0)
+    """Longest wait between reconnects."""
     publish_transcripts: bool = False
     """Include transcripts in evt/clip. Off: only metadata leaves the device."""
     discovery: bool = True
@@ -324,11 +337,13 @@ class UploadSettings(_Section):
     url: str | None = Field(default=None, pattern=r"^https://[^\s/]+(/\S*)?$")
     """The owner's HTTPS endpoint. Unset: nothing is ever uploaded, consent or not."""
     token: str | None = None
+    """Bearer token sent with every upload and remote delete (prefer token_file)."""
     token_file: str | None = None
-    """Bearer token, or a file holding it (keep it 0600)."""
+    """A file holding the bearer token (keep it 0600)."""
     ca_file: str | None = None
     """CA certificate(s) to trust for url; None = the system's."""
     verify: bool = True
+    """Check the server's certificate and host name. Turn off only to debug."""
     hold_s: float = Field(default=600.0, ge=0.0, le=7 * 86400)
     """A clip is uploaded no sooner than this after it was recorded: a delete or a "that wasn't
     for you" within it means it never leaves the device."""
@@ -337,12 +352,19 @@ class UploadSettings(_Section):
     redact: bool = True
     """Replace digit runs of 4+ and e-mail addresses in transcripts before upload."""
     max_attempts: int = Field(default=8, ge=1, le=100)
+    """Tries with growing backoff; after these an `upload` event (`retrying`) says what fails, and
+    the clip is tried again every backoff_max_s for as long as it is kept."""
     backoff_initial_s: float = Field(default=2.0, gt=0)
+    """First wait after a failed try; doubled (with jitter) up to backoff_max_s, or the server's
+    Retry-After."""
     backoff_max_s: float = Field(default=600.0, gt=0)
+    """Longest wait between tries."""
     timeout_s: float = Field(default=30.0, gt=0)
+    """Connect and read timeout of one request."""
     max_bytes_per_s: int = Field(default=0, ge=0)
     """Upload bandwidth limit; 0 = unlimited."""
     concurrency: int = Field(default=1, ge=1, le=8)
+    """Uploads sent at the same time."""
 
     @model_validator(mode="after")
     def _ordered(self) -> UploadSettings:

@@ -1,5 +1,19 @@
 """One error root. Library errors are converted at the boundary and name the offending value."""
 
+from __future__ import annotations
+
+from typing import Literal
+
+ErrorCode = Literal[
+    # a command refused (MQTT, the CLI, a spoken command): nothing changed
+    "bad_json", "bad_request", "too_large", "unknown_command", "unsigned", "bad_signature", "stale",
+    "replayed", "request_id_reused", "refused", "rate_limited", "internal",
+    # the listening loop: nothing was kept
+    "indicator_failed", "store_unavailable", "store_failed", "writer_failed", "mic_lost",
+    "voice_failed",
+]
+"""Every `code` an `error` event can carry (docs/architecture.md lists them from here)."""
+
 
 class EdgeRecorderError(Exception):
     """Base class: a problem the user can fix; the CLI prints it as one line."""
@@ -38,7 +52,7 @@ class CommandError(EdgeRecorderError):
 
     exit_code = 2
 
-    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, request_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.request_id = request_id

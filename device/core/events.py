@@ -19,9 +19,25 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, Literal
 
-from device.core.errors import EdgeRecorderError
+from device.core.errors import EdgeRecorderError, ErrorCode
+
+IndicatorState = Literal["recording", "idle", "muted"]
+"""The recording light: on while audio is kept; idle; muted (the input is closed). A light that
+cannot be switched on is an `error` event (`indicator_failed`), and nothing is kept."""
+DiscardReason = Literal["no_speech", "muted", "superseded", "not_owner", "not_phrase",
+                        "not_confirmed"]
+"""Why a wake kept nothing: no speech followed; muted while recording; a new wake word started a
+new recording; the owner verifier or the phrase check turned the wake away before the light; one
+of two detectors that must agree (wake.confirm) heard it alone."""
+DeleteReason = Literal["command", "retention", "voice", "reject"]
+"""Who deleted: a command (CLI, MQTT), the retention sweep, a spoken command, or a reject
+("that wasn't for you", which also counts a false wake)."""
+UploadStatus = Literal["uploaded", "retrying", "failed", "withheld"]
+RemoteStatus = Literal["none_uploaded", "pending", "confirmed", "not_requested"]
+AudioState = Literal["mic_back"]
+ConsentState = Literal["on", "off"]
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +75,11 @@ class Wake(Event):
 
 @dataclass(frozen=True)
 class Indicator(Event):
-    """The recording light changed: recording, idle, muted (the input is closed) or error."""
+    """The recording light changed: recording, idle, or muted (the input is closed)."""
 
     type: ClassVar[str] = "indicator"
     t: float
-    state: str
+    state: IndicatorState
 
 
 @dataclass(frozen=True)
@@ -111,7 +127,7 @@ class Discarded(Event):
 
     type: ClassVar[str] = "discarded"
     t: float
-    reason: str
+    reason: DiscardReason
 
 
 @dataclass(frozen=True)
@@ -120,7 +136,7 @@ class Audio(Event):
 
     type: ClassVar[str] = "audio"
     t: float
-    state: str
+    state: AudioState
     away_s: float
 
 
@@ -130,7 +146,7 @@ class Upload(Event):
 
     type: ClassVar[str] = "upload"
     id: str
-    status: str
+    status: UploadStatus
     reason: str | None = None
 
 
@@ -140,7 +156,7 @@ class Remote:
     deletes queued for `pending`), `confirmed` (the server deleted `confirmed`) or
     `not_requested` (retention never touches remote copies)."""
 
-    status: str
+    status: RemoteStatus
     pending: tuple[str, ...] = ()
     confirmed: tuple[str, ...] = ()
 
@@ -158,21 +174,26 @@ class Deleted(Event):
     request_id: str | None
     ids: tuple[str, ...]
     not_found: tuple[str, ...]
-    reason: str
+    reason: DeleteReason
     remote: Remote
     replayed: bool = False
 
 
 @dataclass(frozen=True)
 class Consent(Event):
+    """Upload consent changed (a revoke over MQTT answers with this); `purged`: uploads it removed
+    from the queue."""
+
     type: ClassVar[str] = "consent"
     request_id: str | None
-    state: str
+    state: ConsentState
     purged: int
 
 
 @dataclass(frozen=True)
 class Mute(Event):
+    """The mute state after a mute command: muted if either the software or the hardware mute is on."""
+
     type: ClassVar[str] = "mute"
     request_id: str | None
     muted: bool
@@ -208,7 +229,7 @@ class Error(Event):
 
     type: ClassVar[str] = "error"
     t: float | None
-    code: str
+    code: ErrorCode
     request_id: str | None
     message: str
 

@@ -1,7 +1,11 @@
 """All paho-mqtt use: the control plane's one adapter.
 
-Persistent session (clean_session=False, a client id made from the random device id) and QoS 1, so a
-command sent while the speaker is offline is delivered when it reconnects. Messages are acknowledged
+MQTT 5 (or 3.1.1 where a broker cannot speak 5). Persistent session (MQTT 5: clean_start=False and a
+Session Expiry Interval that never ends; 3.1.1: clean_session=False), a client id made from the
+random device id, and QoS 1, so a command sent while the speaker is offline is delivered when it
+reconnects. With MQTT 5 the broker is told the largest packet the speaker takes (Maximum Packet
+Size) and drops bigger messages for it, and how many unacknowledged commands it may hand over at
+once (Receive Maximum). Messages are acknowledged
 by hand, only after the command is executed and durable: a crash before the ack makes the broker
 deliver it again, and request-id idempotency keeps it from running twice. paho's callbacks run on its
 network thread and only hand messages over; one worker executes them in order.
@@ -25,9 +29,19 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from device import __version__
-from device.control.commands import CommandError, Controller, Signing, error_event, parse, request_id_in
+from device.control.commands import (
+    MAX_PAYLOAD_BYTES,
+    CommandError,
+    Controller,
+    Signing,
+    error_event,
+    parse,
+    request_id_in,
+)
 from device.core import events
 from device.core.config import MqttSettings
 from device.core.errors import ConfigError, StoreError
@@ -39,14 +53,36 @@ from device.storage.clips import ClipStore
 log = logging.getLogger(__name__)
 
 QOS = 1
+MAX_PACKET_BYTES = MAX_PAYLOAD_BYTES + 4096
+"""MQTT 5 Maximum Packet Size: the largest command payload plus room for its topic and headers.
+The broker drops bigger messages for this client: they never reach the speaker's memory."""
+RECEIVE_MAXIMUM = 20
+"""MQTT 5 Receive Maximum: QoS 1 commands the broker hands over before the speaker acknowledges
+(the rest wait at the broker, in the persistent session). MQTT 3.1.1 brokers have their own limit
+(mosquitto: max_inflight_messages, 20)."""
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+"""MQTT 5 Session Expiry Interval: as MQTT 3.1.1's clean_session=False, commands wait for a
+speaker that is off however long it is off."""
 RETRY_INITIAL_S, RETRY_MAX_S = 0.2, 10.0
 """Backoff while a command cannot complete yet (it stays unacknowledged meanwhile)."""
 RATE_PER_S, BURST = 20.0, 100
-"""Commands beyond this rate are refused with `rate_limited` (a flood never stalls the speaker)."""
+"""Authenticated commands beyond this rate wait their turn: paced, never refused. They stay
+unacknowledged meanwhile, so the broker holds the rest (Receive Maximum) in the session."""
+REFUSALS_PER_S, REFUSAL_BURST = 5.0, 20
+"""Error replies to messages that fail authentication or validation. Beyond this rate they are
+acknowledged without a reply (one `rate_limited` notice per flood): a flood is not echoed onto the
+broker, and it never takes the turn of an authenticated command."""
+MAX_WAITING_QOS0 = 1000
+"""QoS 0 messages ("at most once") waiting for the worker beyond this are dropped on arrival, so a
+QoS 0 flood cannot grow memory; QoS 1 ones are bounded by Receive Maximum and never dropped."""
 
 
 class TransientError(Exception):
     """A command could not take effect now (e.g. the store is locked or the disk is full)."""
+
+
+class Closing(Exception):
+    """The control plane is closing: the message in hand stays unacknowledged (redelivered)."""
 
 
 class TokenBucket:
@@ -54,18 +90,38 @@ class TokenBucket:
         self._rate, self._burst = rate_per_s, float(burst)
         self._tokens, self._at = float(burst), time.monotonic()
 
-    def take(self) -> bool:
+    def _refill(self) -> None:
         now = time.monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
         self._at = now
+
+    def take(self) -> bool:
+        self._refill()
         if self._tokens < 1:
             return False
         self._tokens -= 1
         return True
+
+    def next_in_s(self) -> float:
+        """Seconds until a token is there."""
+        self._refill()
+        return max(0.0, (1 - self._tokens) / self._rate)
+
+    def full(self) -> bool:
+        self._refill()
+        return self._tokens >= self._burst
 DEVICE_ID_FILE = "device_id"
 FORWARDED = (events.Upload, events.Deleted, events.Wake, events.Indicator, events.Discarded,
              events.Audio, events.Sensitivity, events.Save, events.Voice, events.Heard)
 """Events published as they are (evt/<type>); each is followed by a fresh status."""
+PUBLISHED: list[tuple[str, str, str]] = [
+    ("status", "JSON object, retained",
+     "the speaker's state (version, listening/recording, clips, bytes used, consent, mute, uploads "
+     "waiting, sensitivity, save mode, today's counts), republished on every change"),
+    ("evt/<type>", "one event as a JSON object (docs/architecture.md, events)",
+     "every event of the listening loop, each command's reply, and `error` for refused commands"),
+]
+"""What the speaker publishes under <prefix>/<device id>/ (docs/mqtt.md is generated from it)."""
 STATUS_REFRESH_S = 30.0
 """The status is also republished this often when it changed (e.g. consent granted by the CLI)."""
 
@@ -102,7 +158,13 @@ class MqttControl:
         self._signing = signing_of(settings)
         self._inbox: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
         self._stopping = threading.Event()
-        self._bucket = TokenBucket(RATE_PER_S, BURST)
+        self._authenticated = TokenBucket(RATE_PER_S, BURST)
+        """The one authenticated sender: with signing, whoever holds the secret; without, whoever
+        the broker lets publish on cmd/# (MQTT does not tell a receiver who published)."""
+        self._refusals = TokenBucket(REFUSALS_PER_S, REFUSAL_BURST)
+        self._flooded = False
+        """Refusals beyond their rate are going unanswered (announced once, logged once)."""
+        self._pacing = False
         self._wake_words = wake_words or []
         self._birth_topic = f"{settings.discovery_prefix}/status"
         self._last_status = ""
@@ -133,7 +195,8 @@ class MqttControl:
         port = port_of(s)
         log.info("mqtt: connecting to %s:%d as %s", s.host, port, self.base)
         self._worker.start()
-        self._client.connect_async(str(s.host), port, keepalive=s.keepalive_s)
+        self._client.connect_async(str(s.host), port, keepalive=s.keepalive_s,
+                                   **connect_options(s, persistent=True))
         self._client.loop_start()
 
     def close(self) -> None:
@@ -185,6 +248,8 @@ class MqttControl:
                 self.publish_discovery()
                 self.publish_status()
             return
+        if message.qos == 0 and self._inbox.qsize() >= MAX_WAITING_QOS0:
+            return  # at most once: a QoS 0 flood is shed here, before it takes memory
         self._inbox.put(message)
 
     # -- the worker -------------------------------------------------------------------------------
@@ -197,16 +262,19 @@ class MqttControl:
                 continue
             if message is None:
                 return
-            reply = self._until_done(message)
-            if reply is None:
-                return  # closing: the message stays unacknowledged; the broker delivers it again
-            self.publish_event(reply)
-            self._client.ack(message.mid, message.qos)  # only now: the command is durable
-            self.publish_status()
+            try:
+                reply = self._until_done(message)
+            except Closing:
+                return  # the message stays unacknowledged: the broker delivers it again
+            if reply is not None:
+                self.publish_event(reply)
+            self._client.ack(message.mid, message.qos)  # only now: done (or refused for good)
+            if reply is not None and not isinstance(reply, events.Error):
+                self.publish_status()
 
     def _until_done(self, message: mqtt.MQTTMessage) -> Event | None:
         """Run a command; while the store cannot complete it (a lock held by another process, a
-        full disk), retry in-process with backoff and do not acknowledge. None if closing."""
+        full disk), retry in-process with backoff and do not acknowledge. Raises Closing."""
         delay_s, reported = RETRY_INITIAL_S, False
         while True:
             try:
@@ -216,27 +284,66 @@ class MqttControl:
                     log.error("mqtt: %s; retrying before acknowledging", exc)
                     reported = True
                 if self._stopping.wait(delay_s):
-                    return None
+                    raise Closing from None
                 delay_s = min(RETRY_MAX_S, delay_s * 2)
 
-    def handle(self, topic: str, payload: bytes) -> Event:
-        """One command to its reply event. Raises TransientError when it could not take effect
-        now but may later (then it must not be acknowledged)."""
+    def handle(self, topic: str, payload: bytes) -> Event | None:
+        """One command to its reply event. The signature and the schema are checked first
+        (cheap); what fails them is refused, and only within REFUSALS_PER_S answered (None: no
+        reply). What passes is paced per sender, never refused for its rate. Raises
+        TransientError when it could not take effect now but may later (then it must not be
+        acknowledged), Closing when the control plane closes while it waits its turn."""
         kind = topic.removeprefix(self.topic("cmd/"))
-        if not self._bucket.take():
-            return events.Error(t=None, code="rate_limited", request_id=request_id_in(payload),
-                                message=f"more than {RATE_PER_S:.0f} commands a second; try again")
         try:
-            return self._controller.execute(parse(kind, payload, self._signing, self._store))
+            command = parse(kind, payload, self._signing, self._store)
         except CommandError as exc:
+            return self._refused(kind, exc)
+        except (StoreError, sqlite3.OperationalError) as exc:
+            raise TransientError(f"{kind} command could not be checked: {exc}") from exc
+        except Exception as exc:  # the control plane must outlive any one message
+            log.exception("mqtt: %s command could not be read", kind)
+            return self._refused(kind, CommandError("internal", str(exc), request_id_in(payload)))
+        self._take_turn()
+        try:
+            return self._controller.execute(command)
+        except CommandError as exc:  # authenticated: always answered
             log.warning("mqtt: refused %s command: %s", kind, exc)
             return error_event(exc)
         except (StoreError, sqlite3.OperationalError) as exc:
             raise TransientError(f"{kind} command could not complete: {exc}") from exc
         except Exception as exc:  # the control plane must outlive any one command
             log.exception("mqtt: %s command failed", kind)
-            return events.Error(t=None, code="internal", request_id=request_id_in(payload),
+            return events.Error(t=None, code="internal", request_id=command.request_id,
                                 message=str(exc))
+
+    def _take_turn(self) -> None:
+        """Wait until the authenticated sender may run another command (RATE_PER_S)."""
+        if self._pacing and self._authenticated.full():
+            self._pacing = False
+        while not self._authenticated.take():
+            if not self._pacing:
+                log.warning("mqtt: more than %.0f commands a second; running them in turn (the "
+                            "broker holds the rest)", RATE_PER_S)
+                self._pacing = True
+            if self._stopping.wait(self._authenticated.next_in_s()):
+                raise Closing
+
+    def _refused(self, kind: str, exc: CommandError) -> Event | None:
+        """The reply to a message that failed authentication or validation, or None beyond
+        REFUSALS_PER_S (announced once per flood, which ends when no refusal came for a while)."""
+        if self._flooded and self._refusals.full():
+            self._flooded = False
+        if self._refusals.take():
+            log.warning("mqtt: refused %s command: %s", kind, exc)
+            return error_event(exc)
+        if self._flooded:
+            return None
+        self._flooded = True
+        log.warning("mqtt: more than %.0f refused commands a second; refusing further ones "
+                    "without a reply until they stop", REFUSALS_PER_S)
+        return events.Error(t=None, code="rate_limited", request_id=None, message=(
+            f"more than {REFUSALS_PER_S:.0f} invalid or unauthenticated commands a second: "
+            "further ones are refused without a reply until they stop; valid commands still run"))
 
     # -- publishing -------------------------------------------------------------------------------
     def publish_event(self, ev: Event) -> None:
@@ -288,10 +395,16 @@ def signing_of(settings: MqttSettings) -> Signing | None:
 
 
 def make_client(settings: MqttSettings, client_id: str, persistent: bool) -> mqtt.Client:
-    """A paho client with the owner's login, TLS and reconnect settings (daemon and doctor)."""
+    """A paho client with the owner's protocol, login, TLS and reconnect settings (daemon and
+    doctor). Connect it with `connect_options` (MQTT 5 sets the session there)."""
     s = settings
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         clean_session=not persistent, manual_ack=persistent)
+    if s.protocol == "5":
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv5, manual_ack=persistent)
+    else:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv311, clean_session=not persistent,
+                             manual_ack=persistent)
     password = s.password or read_secret(s.password_file, "mqtt.password")
     if s.username:
         client.username_pw_set(s.username, password)
@@ -307,6 +420,20 @@ def make_client(settings: MqttSettings, client_id: str, persistent: bool) -> mqt
     # broker is down.
     client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)  # type: ignore[arg-type]
     return client
+
+
+def connect_options(settings: MqttSettings, persistent: bool) -> dict[str, Any]:
+    """MQTT 5's session and limits, for every connect and reconnect (paho keeps them). A persistent
+    session must not start clean: paho's default cleans it on the first connect of every process,
+    which would drop the commands sent while the speaker was off."""
+    if settings.protocol != "5":
+        return {}
+    props = Properties(PacketTypes.CONNECT)
+    props.MaximumPacketSize = MAX_PACKET_BYTES
+    props.ReceiveMaximum = RECEIVE_MAXIMUM
+    if persistent:
+        props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+    return {"clean_start": not persistent, "properties": props}
 
 
 def port_of(settings: MqttSettings) -> int:
@@ -326,7 +453,7 @@ def probe(settings: MqttSettings, timeout_s: float) -> tuple[bool, str]:
     client.on_connect = on_connect
     host, port = str(settings.host), port_of(settings)
     try:
-        client.connect(host, port, keepalive=10)
+        client.connect(host, port, keepalive=10, **connect_options(settings, persistent=False))
     except (OSError, ssl.SSLError) as exc:
         return False, f"cannot reach {host}:{port}: {exc}"
     client.loop_start()
@@ -348,7 +475,8 @@ def forget(settings: MqttSettings, state_dir: Path, timeout_s: float = 10.0) -> 
     done = threading.Event()
     client.on_connect = lambda *args: done.set()
     try:
-        client.connect(str(settings.host), port_of(settings), keepalive=10)
+        client.connect(str(settings.host), port_of(settings), keepalive=10,
+                       **connect_options(settings, persistent=False))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot reach {settings.host}:{port_of(settings)}: {exc}") from None
     client.loop_start()

@@ -5,7 +5,9 @@ workers take due jobs, re-check consent, and POST multipart `metadata` + `audio`
 `Idempotency-Key: <clip id>`. Retries use exponential backoff with jitter (429 honours Retry-After),
 bounded by max_attempts, then `failed` with a reason. Consent is re-checked while the body is sent,
 so a revoke stops even a request in flight. Remote deletes (`DELETE <url>/<id>`) retry until the
-server confirms with 2xx or 404.
+server confirms with 2xx or 404. Only a reply's status and headers are used: its body is read (and
+dropped) up to MAX_REPLY_BYTES, then the connection is closed, so a server that answers with a
+gigabyte cannot take the speaker's memory.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import requests
 import requests.adapters
 import urllib3
 import urllib3.connection
+import urllib3.exceptions
 from urllib3.filepost import encode_multipart_formdata
 
 from device import __version__
@@ -37,7 +40,7 @@ from device.control import consent
 from device.core import events
 from device.core.config import UploadSettings
 from device.core.errors import ConfigError, StoreError, describe
-from device.core.events import EventSink
+from device.core.events import EventSink, UploadStatus
 from device.core.files import read_secret
 from device.storage.clips import Clip, ClipStore
 from device.storage.upload_queue import REMOTE_DELETE, UPLOAD
@@ -46,6 +49,9 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5
 CHUNK = 16 * 1024
+MAX_REPLY_BYTES = 64 * 1024
+"""The most of a reply's body ever read. A short body is read to its end (the connection can be
+reused); a longer one is cut off by closing the connection."""
 PERMANENT_STATUS = {400, 404, 405, 410, 411, 413, 414, 415, 422}
 """The request itself is wrong: sending it again cannot help. Anything else (401 and 5xx included:
 a token can be fixed, a server can come back) is retried while the clip is kept."""
@@ -103,6 +109,23 @@ class GatedBody:
         chunk = self._data[self._sent : self._sent + n]
         self._sent += len(chunk)
         return chunk
+
+
+def drain(resp: requests.Response) -> None:
+    """Read and drop a streamed reply's body, at most MAX_REPLY_BYTES of it and as sent (a
+    compressed body is never inflated), then close it. Errors in the body change nothing: the
+    status line and headers have already said what happened."""
+    read = 0
+    try:
+        while read <= MAX_REPLY_BYTES:
+            chunk = resp.raw.read(CHUNK, decode_content=False)
+            if not chunk:
+                break
+            read += len(chunk)
+    except (urllib3.exceptions.HTTPError, OSError):
+        pass
+    finally:
+        resp.close()  # after the whole body: back to the pool; before: the connection is closed
 
 
 @dataclass(frozen=True)
@@ -282,9 +305,7 @@ class Uploader:
         )
         headers = {"Content-Type": content_type, "Idempotency-Key": clip.id, **self._auth()}
         try:
-            with deadline(self._deadline_s(len(body))):
-                resp = self._session.post(self.url, data=gated, headers=headers,
-                                          **self._request_options())
+            resp = self._send("POST", self.url, len(body), data=gated, headers=headers)
             outcome = classify(resp)
         except (requests.RequestException, Withdrawn) as exc:
             if gated.withdrawn:
@@ -327,7 +348,7 @@ class Uploader:
         log.info("uploads: %s uploaded", clip.id)
         self._events.emit(events.Upload(id=clip.id, status="uploaded"))
 
-    def _finish(self, clip_id: str, status: str, reason: str) -> None:
+    def _finish(self, clip_id: str, status: UploadStatus, reason: str) -> None:
         if status == "withheld":
             self._queue.withhold(clip_id)
         else:
@@ -338,9 +359,7 @@ class Uploader:
     # -- remote deletes ---------------------------------------------------------------------------
     def _remote_delete(self, clip_id: str) -> None:
         try:
-            with deadline(self._deadline_s(0)):
-                resp = self._session.delete(f"{self.url}/{clip_id}", headers=self._auth(),
-                                            **self._request_options())
+            resp = self._send("DELETE", f"{self.url}/{clip_id}", 0, headers=self._auth())
             confirmed = 200 <= resp.status_code < 300 or resp.status_code == 404
             reason = classify(resp).reason
         except requests.RequestException as exc:
@@ -355,6 +374,15 @@ class Uploader:
             request_id=request_id, ids=(), not_found=(), reason="command",
             remote=events.Remote("confirmed", confirmed=(clip_id,)),
         ))
+
+    def _send(self, method: str, url: str, body_bytes: int, **kwargs: Any) -> requests.Response:
+        """One request within its total deadline. The reply is streamed: its status and headers
+        are kept, its body is drained up to MAX_REPLY_BYTES and dropped."""
+        with deadline(self._deadline_s(body_bytes)):
+            resp = self._session.request(method, url, stream=True, **self._request_options(),
+                                         **kwargs)
+            drain(resp)
+        return resp
 
     def _deadline_s(self, body_bytes: int) -> float:
         """The whole request: timeout_s, plus the time the bandwidth limit needs for the body."""
@@ -379,7 +407,8 @@ def probe(settings: UploadSettings, timeout_s: float) -> tuple[bool, str]:
     """For `doctor`: reach the endpoint over HTTPS with an OPTIONS request; nothing is sent."""
     try:
         resp = requests.options(str(settings.url), timeout=timeout_s, verify=verify_setting(settings),
-                                allow_redirects=False)
+                                allow_redirects=False, stream=True)
+        drain(resp)
     except requests.RequestException as exc:
         return False, f"cannot reach {settings.url}: {type(exc).__name__}"
     return True, f"{settings.url} answers over HTTPS (HTTP {resp.status_code}); nothing was sent"

@@ -23,8 +23,8 @@ from device.audio.sources import AnyOf, AudioSource
 from device.audio.vad import SpeechDetector
 from device.control.mute import MuteState
 from device.core import events
-from device.core.errors import AudioError, EdgeRecorderError, IndicatorError
-from device.core.events import EventSink
+from device.core.errors import AudioError, EdgeRecorderError, ErrorCode, IndicatorError
+from device.core.events import DiscardReason, EventSink
 from device.core.frames import Frame, seconds
 from device.recording.recorder import Discarded, Finished, Recorder, State, Utterance, Wake
 from device.speech.asr import Transcriber, TranscriptStream
@@ -122,7 +122,7 @@ class ClipWriter:
             except Exception as exc:  # the writer must outlive any one bad clip
                 self._stream = self._commands = None
                 self._counters.errors += 1
-                code = "store_failed" if isinstance(exc, EdgeRecorderError) else "writer_failed"
+                code: ErrorCode = "store_failed" if isinstance(exc, EdgeRecorderError) else "writer_failed"
                 self._counters.store_ok = False
                 log.error("%s: %s", code, exc)
                 self._events.emit(events.Error(t=None, code=code, request_id=None, message=str(exc)))
@@ -175,40 +175,59 @@ class ClipWriter:
         ))
 
 
+@dataclass(frozen=True)
+class ListenerParts:
+    """What the loop drives, frame by frame."""
+
+    detector: WakeDetector
+    speech: SpeechDetector
+    recorder: Recorder
+    light: Light
+    writer: ClipWriter
+
+
+@dataclass(frozen=True)
+class ListenerHooks:
+    """What the loop asks of, and tells, the rest of the daemon."""
+
+    can_record: Callable[[], str | None] = lambda: None
+    """Why a wake cannot be recorded now (no space, read-only), or None."""
+    retry: tuple[float, float] | None = None
+    """(initial, max) backoff seconds to wait out a lost microphone; None: an input error ends the
+    run (a file)."""
+    on_ready: Callable[[], None] = lambda: None
+    """Called once, when the input first opened."""
+    show_muted: Callable[[bool], None] = lambda muted: None
+    """Drives a mute LED."""
+    wake_features: Callable[[Wake], np.ndarray | None] = lambda wake: None
+    """What the owner verifier saw of a wake, kept sealed with its clip (a reject teaches it)."""
+
+
 class Listener:
     """Owns the input stream: opens it, closes it while muted (nothing is captured), reopens it."""
 
-    def __init__(
-        self, open_source: Callable[[], AudioSource], detector: WakeDetector,
-        speech: SpeechDetector, recorder: Recorder, light: Light, writer: ClipWriter,
-        events: EventSink, counters: Counters, mute: MuteState | None = None,
-        can_record: Callable[[], str | None] = lambda: None,
-        retry: tuple[float, float] | None = None,
-        on_ready: Callable[[], None] = lambda: None,
-        show_muted: Callable[[bool], None] = lambda muted: None,
-        wake_features: Callable[[Wake], np.ndarray | None] = lambda wake: None,
-    ) -> None:
-        """`retry` = (initial, max) backoff seconds to wait out a lost microphone; None = an input
-        error ends the run (a file). `show_muted` drives a mute LED. `wake_features(wake)`: what
-        the owner verifier saw of a wake, kept sealed with its clip (a reject teaches it)."""
-        self.wake_features = wake_features
+    def __init__(self, open_source: Callable[[], AudioSource], parts: ListenerParts,
+                 events: EventSink, counters: Counters, mute: MuteState | None = None,
+                 hooks: ListenerHooks | None = None) -> None:
+        hooks = hooks or ListenerHooks()
+        self.wake_features = hooks.wake_features
         self._open_source = open_source
-        self._can_record = can_record
-        self._retry = retry
-        self._on_ready = on_ready
-        self._show_muted = show_muted
+        self._can_record = hooks.can_record
+        self._retry = hooks.retry
+        self._on_ready = hooks.on_ready
+        self._show_muted = hooks.show_muted
         self._opened_once = False
         self._lost_since: float | None = None
-        self._backoff_s = retry[0] if retry else 0.0
+        self._backoff_s = self._retry[0] if self._retry else 0.0
         self.alive_at = time.monotonic()
         """When the audio loop last showed it is alive (a frame, or a wait it chose to do)."""
         self.source: AudioSource | None = None
         self.mute = mute or MuteState()
-        self.detector = detector
-        self.speech = speech
-        self.recorder = recorder
-        self.light = light
-        self.writer = writer
+        self.detector = parts.detector
+        self.speech = parts.speech
+        self.recorder = parts.recorder
+        self.light = parts.light
+        self.writer = parts.writer
         self.events = events
         self.counters = counters
         self._last_end = 0
@@ -338,7 +357,7 @@ class Listener:
         self.writer.begin(self.wake_features(wake))
         self._feed_kept()
 
-    def _turn_away(self, wake: Wake, reason: str) -> None:
+    def _turn_away(self, wake: Wake, reason: DiscardReason) -> None:
         """A wake the second look did not believe: announced and counted, nothing else."""
         self.counters.wakes += 1
         self.counters.discarded += 1
@@ -346,7 +365,7 @@ class Listener:
         self.events.emit(events.Wake(t=t, wake_word=wake.wake_word, score=round(wake.score, 4)))
         self.events.emit(events.Discarded(t=t, reason=reason))
 
-    def _refuse(self, wake: Wake, code: str, problem: str) -> None:
+    def _refuse(self, wake: Wake, code: ErrorCode, problem: str) -> None:
         self.counters.errors += 1
         log.error("not recording: %s", problem)
         self.events.emit(events.Error(t=seconds(wake.at), code=code, request_id=None,

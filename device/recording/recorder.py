@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any
 
 from device.core.config import RecorderSettings, WakeSettings
+from device.core.events import DiscardReason
 from device.core.frames import Frame, frames_for, samples_for
 from device.wake.trigger import Wake, WakeGate
 
@@ -66,7 +67,7 @@ class Finished:
 @dataclass(frozen=True)
 class Discarded:
     at: int
-    reason: str
+    reason: DiscardReason
     next_wake: Wake | None = None
     """Set when a new wake ended the recording ("superseded"): record again from it."""
 
@@ -83,7 +84,7 @@ class Recorder:
         wake: WakeSettings,
         on_transition: Callable[[State, State], Any] | None = None,
         level: Callable[[], str] | None = None,
-        second_look: Callable[[Wake], str | None] | None = None,
+        second_look: Callable[[Wake], DiscardReason | None] | None = None,
         owner: Callable[[str], bool] | None = None,
     ) -> None:
         """`second_look(wake)` is asked at every wake, before anything else happens to it: it
@@ -145,7 +146,7 @@ class Recorder:
         self._pending = self._gate.update(frame, scores)
         return self._pending
 
-    def take_turned_away(self) -> list[tuple[Wake, str]]:
+    def take_turned_away(self) -> list[tuple[Wake, DiscardReason]]:
         """Wakes the second look turned away since the last call, with the reason."""
         away, self._gate.turned_away = self._gate.turned_away, []
         return away

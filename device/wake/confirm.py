@@ -72,7 +72,7 @@ def confirm_modes(settings: WakeSettings, names: list[str]) -> dict[str, str]:
     return modes
 
 
-def make_detector(settings: WakeSettings, scorer: OpenWakeWordDetector,
+def build_detector(settings: WakeSettings, scorer: OpenWakeWordDetector,
                   keep_open: Callable[[], bool] = lambda: False) -> WakeDetector:
     """What the listener asks every frame: openWakeWord (`scorer`), with microWakeWord beside it
     where wake.confirm says so, behind the energy gate (wake.gate)."""

@@ -21,12 +21,13 @@ from collections.abc import Callable
 import numpy as np
 
 from device.core.config import WakeSettings
+from device.core.events import DiscardReason
 from device.wake.trigger import Wake
 from device.wake.verifier import Weights, bundled_file
 
 log = logging.getLogger(__name__)
 
-NOT_PHRASE = "not_phrase"
+NOT_PHRASE: DiscardReason = "not_phrase"
 """The `discarded` reason of a wake the phrase check turned away."""
 PROBABILITY = 0.5
 """A wake whose features give the whole phrase a lower probability than this is doubted."""
@@ -54,7 +55,7 @@ class PhraseCheck:
         on = self._mode == "always" or (self._mode == "strict" and self._level() == "strict")
         return on and name in self._weights
 
-    def second_look(self, wake: Wake) -> str | None:
+    def second_look(self, wake: Wake) -> DiscardReason | None:
         """None if the wake may go on; else why not."""
         if not self.active(wake.wake_word):
             return None

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from device.core.config import CONFIRM_WINDOW_S, WakeSettings
+from device.core.events import DiscardReason
 from device.core.frames import Frame, samples_for
 
 
@@ -29,7 +30,7 @@ class Scores(dict[str, float]):
         self.confirm = dict(confirm)
 
 
-NOT_CONFIRMED = "not_confirmed"
+NOT_CONFIRMED: DiscardReason = "not_confirmed"
 """Why a wake heard by one detector alone was turned away (wake.confirm agree or cascade)."""
 
 
@@ -87,7 +88,7 @@ class WakeGate:
     """
 
     def __init__(self, settings: WakeSettings, level: Callable[[], str] | None = None,
-                 second_look: Callable[[Wake], str | None] | None = None,
+                 second_look: Callable[[Wake], DiscardReason | None] | None = None,
                  owner: Callable[[str], bool] | None = None) -> None:
         """`owner(name)`: whether an owner verifier takes the second look for `name` from the
         lower thresholds of config.OWNER_THRESHOLDS."""
@@ -101,9 +102,9 @@ class WakeGate:
         self._armed = True
         self._below = 0
         self._agreement = Agreement()
-        self._doubt: tuple[Wake, str, int] | None = None
+        self._doubt: tuple[Wake, DiscardReason, int] | None = None
         """The first doubted wake of a run of waking frames, why, and how often it was doubted."""
-        self.turned_away: list[tuple[Wake, str]] = []
+        self.turned_away: list[tuple[Wake, DiscardReason]] = []
 
     def update(self, frame: Frame, scores: Mapping[str, float]) -> Wake | None:
         fired, any_over = self._fired(scores)

@@ -36,6 +36,7 @@ from typing import Protocol
 import numpy as np
 
 from device.core.errors import ModelError
+from device.core.events import DiscardReason
 from device.core.files import atomic_write, ensure_private_dir
 from device.wake.trigger import Wake
 
@@ -46,7 +47,7 @@ FEATURES, WEIGHTS = ".features.npz", ".weights.npz"
 REGULARISATION_C = 0.001
 """openWakeWord's own choice for its custom verifier: a strongly regularised model, since a few
 utterances of one voice are all it ever sees."""
-TURNED_AWAY = "not_owner"
+TURNED_AWAY: DiscardReason = "not_owner"
 """The `discarded` reason of a wake the verifier turned away."""
 IMPOSTORS = ".impostors.npz"
 """Bundled with a wake-word model (device/data/<name>.impostors.npz, by scripts/make-impostors):
@@ -357,7 +358,7 @@ class OwnerVerifier:
         weights = self._weights(name)
         return weights is not None and weights.impostors > 0
 
-    def second_look(self, wake: Wake) -> str | None:
+    def second_look(self, wake: Wake) -> DiscardReason | None:
         """None if the wake may light the light; else why not."""
         weights = self._weights(wake.wake_word)
         if weights is None:
