@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -35,8 +34,8 @@ class ConfirmedDetector:
 
     frame_samples = FRAME_SAMPLES
 
-    def __init__(self, first: WakeDetector, second: Any, settings: WakeSettings, cascade: bool,
-                 keep_open: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, first: WakeDetector, second: WakeDetector, settings: WakeSettings,
+                 cascade: bool, keep_open: Callable[[], bool] = lambda: False) -> None:
         self.names = first.names
         self.second = second
         self._up = False
