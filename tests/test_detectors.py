@@ -273,3 +273,24 @@ def test_openwakeword_keeps_one_second_of_raw_audio_and_scores_the_same(
         runs.append([model.predict(looped[i:i + 1280])["alexa_v0.1"]
                      for i in range(0, len(looped) - 1279, 1280)])
     assert runs[0] == runs[1] and max(runs[0]) > 0.9
+
+
+def test_the_meter_shows_both_detectors_scores(with_models: Path, speech: Callable[..., Path]) -> None:
+    import io
+    import re
+    import threading
+
+    from device.audio.sources import WavSource
+    from device.storage.models import ModelStore
+    from device.wake.confirm import meter_detector
+    from device.wake.meter import run_meter
+
+    settings = Settings.model_validate({"wake": {"models": ["alexa", "hey_rhasspy"]}})
+    scorer = OpenWakeWordDetector(settings.wake, ModelStore(with_models))
+    out = io.StringIO()
+    peaks = run_meter(settings, WavSource(speech(ALEXA)), meter_detector(settings.wake, scorer), out,
+                      threading.Event())
+    assert re.search(r"alexa 0\.\d\d\* micro 0\.\d\d\*", out.getvalue())  # both over, both marked
+    assert "hey_rhasspy micro" not in out.getvalue()  # it has no microWakeWord model
+    assert peaks["alexa"] > 0.7 and peaks["alexa micro"] > 0.5
+    assert "alexa micro 0.99 (threshold 0.50)" in out.getvalue()
