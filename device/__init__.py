@@ -10,6 +10,7 @@ The folders follow the data flow, each importing only the ones listed before it:
     control/       the one command path (CLI, MQTT, voice, web), consent, mute, sensitivity, save mode
     recording/     the recorder state machine, the listening loop, the recording light
     integrations/  MQTT and Home Assistant, uploads, systemd
+    web/           the local page (`edge-recorder web`): beside integrations, importing none of it
 
 and on top the wiring: `app` (builds and runs the daemon), `cli` (the command line) and `doctor`.
 """

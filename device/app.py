@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from device.audio.sources import AudioSource
 from device.audio.vad import SpeechDetector
 from device.control import consent
 from device.control.commands import Controller
+from device.control.handoff import HandoffServer
 from device.control.mute import MuteState
 from device.control.save_mode import SaveState
 from device.control.sensitivity import SensitivityState
@@ -44,7 +46,7 @@ from device.storage.retention import Sweeper
 from device.wake.confirm import build_detector
 from device.wake.detector import OpenWakeWordDetector, WakeDetector
 from device.wake.phrase import PhraseCheck
-from device.wake.verifier import OwnerVerifier, VerifierFiles
+from device.wake.verifier import WEIGHTS_DAMAGED, OwnerVerifier, VerifierFiles
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +112,18 @@ def make_transcriber(settings: Settings, models: ModelStore) -> Transcriber:
 
 
 def make_recorder(settings: Settings, state_dir: Path, scorer: OpenWakeWordDetector,
-                  level: Callable[[], str]) -> tuple[Recorder, OwnerVerifier]:
+                  level: Callable[[], str], events: EventSink | None = None
+                  ) -> tuple[Recorder, OwnerVerifier]:
     """The recorder with the daemon's second looks before the light: the phrase check, then the
-    owner verifier (which also says from which score an enrolled owner is listened for)."""
+    owner verifier (which also says from which score an enrolled owner is listened for). Weights
+    of theirs that cannot be used become an `error` event on `events`."""
+    def report(message: str) -> None:
+        if events is not None:
+            events.emit(ev.Error(t=None, code=WEIGHTS_DAMAGED, request_id=None, message=message))
+
     verifier = OwnerVerifier(VerifierFiles(state_dir), scorer.features,
-                             settings.wake.verifier_threshold)
-    phrase = PhraseCheck(settings.wake, scorer.features, level)
+                             settings.wake.verifier_threshold, report)
+    phrase = PhraseCheck(settings.wake, scorer.features, level, report)
     recorder = Recorder(settings.recorder, settings.wake, level=level,
                         second_look=lambda w: phrase.second_look(w) or verifier.second_look(w),
                         owner=verifier.listens_lower)
@@ -151,8 +159,9 @@ class StatsCounter:
     """Counts what the owner sees with `edge-recorder stats` (on the event sink's thread). While
     the save mode is "nothing", nothing is counted either: nothing touches the disk."""
 
-    def __init__(self, store: ClipStore, save_mode: Callable[[], str] = lambda: "audio") -> None:
-        self._store = store
+    def __init__(self, count: Callable[[dict[str, int]], None],
+                 save_mode: Callable[[], str] = lambda: "audio") -> None:
+        self._count = count
         self._save_mode = save_mode
 
     def __call__(self, event: ev.Event) -> None:
@@ -163,7 +172,7 @@ class StatsCounter:
             return
         if name:
             try:
-                self._store.add_stats({name: 1})
+                self._count({name: 1})
             except (OSError, StoreError, sqlite3.Error) as exc:  # a count is never worth a crash
                 log.warning("could not count a %s: %s", event.type, exc)
 
@@ -176,8 +185,10 @@ class Status:
 
     def __call__(self) -> dict[str, Any]:
         s = self._shared
-        today = (s.store.stats(days=1) or [{}])[0]
+        today = (s.controller.stats(days=1) or [{}])[0]
         false_wakes = sum(today.get("discarded", {}).values()) + today.get("rejected", 0)
+        today = {"wakes": 0, **today, "false_wakes": false_wakes,
+                 "since": local_midnight(today.get("day"))}
         return {"state": self._recorder.state.value,
                 "clips": s.store.count(),
                 "bytes_used": sum(size for _, _, size in s.store.bytes_used()),
@@ -187,21 +198,29 @@ class Status:
                 "held_uploads": s.store.uploads.held(self._hold_s),
                 "sensitivity": s.sensitivity.level(),
                 "save": s.save.current().summary(s.save.configured),
-                "today": {**today, "false_wakes": false_wakes},
+                "today": today,
                 "counters": vars(s.counters).copy()}
+
+
+def local_midnight(day: str | None) -> str:
+    """When the counters of `day` (an ISO date; None: today) began: its local midnight, ISO 8601 with
+    the offset. Home Assistant's `last_reset`: a new value starts a new cycle of the daily counts."""
+    d = date.fromisoformat(day) if day else datetime.now().astimezone().date()
+    return datetime.combine(d, time()).astimezone().isoformat()
 
 
 def open_shared(stack: ExitStack, w: Wiring, mute: MuteState | None) -> Shared:
     """The store and the run-time states, each closed by `stack`."""
     store = ClipStore(w.state_dir)
     stack.callback(store.close)
-    sensitivity = SensitivityState(w.settings.wake, store.setting, store.set_setting)
-    save = SaveState(w.settings.recorder.save, store.setting, store.set_setting)
+    mute = mute or MuteState()
+    controller = Controller(store, mute, voice=w.settings.voice)  # preferences are read through it
+    sensitivity = SensitivityState(w.settings.wake, controller.preference, controller.set_preference)
+    save = SaveState(w.settings.recorder.save, controller.preference, controller.set_preference)
     for state in (sensitivity, save):
         state.start()
         stack.callback(state.close)
-    mute = mute or MuteState()
-    controller = Controller(store, mute, sensitivity, save, w.settings.voice)
+    controller.sensitivity, controller.save = sensitivity, save
     models = ModelStore(resolve_models_dir(w.settings, w.state_dir))
     return Shared(store, models, mute, sensitivity, save, controller, Counters())
 
@@ -244,7 +263,8 @@ def build_listener(stack: ExitStack, w: Wiring, shared: Shared, notifier: Notifi
                           w.pin_factory)
     stack.callback(confirmer.close)
     writer = make_writer(stack, w, shared, confirmer)
-    recorder, verifier = make_recorder(settings, w.state_dir, scorer, shared.sensitivity.level)
+    recorder, verifier = make_recorder(settings, w.state_dir, scorer, shared.sensitivity.level,
+                                       w.events)
     parts = ListenerParts(make_detector(settings, scorer, recorder),
                           SpeechDetector(settings.recorder.vad_aggressiveness), recorder, indicator, writer)
     a = settings.audio
@@ -290,6 +310,20 @@ def start_mqtt(stack: ExitStack, w: Wiring, shared: Shared, status: Status,
         state.on_change(mqtt.publish_status)
     mqtt.start()
     stack.callback(mqtt.close)
+    stack.callback(serve_the_web_page(w.state_dir, shared.controller, mqtt).close)
+
+
+def serve_the_web_page(state_dir: Path, controller: Controller, mqtt: Any) -> HandoffServer:
+    """Commands from the web page (`edge-recorder web`, its own process) reach MQTT through the
+    daemon: it runs them and announces each reply as it does an MQTT command's (evt + status)."""
+
+    def announce(reply: ev.Event) -> None:
+        mqtt.publish_event(reply)
+        mqtt.publish_status()
+
+    server = HandoffServer(state_dir, controller, announce)
+    server.start()
+    return server
 
 
 def run_pipeline(
@@ -311,7 +345,7 @@ def run_pipeline(
         shared = open_shared(stack, w, mute)
         notifier = Notifier()
         listener = build_listener(stack, w, shared, notifier)
-        events.subscribe(StatsCounter(shared.store, shared.save.mode))
+        events.subscribe(StatsCounter(shared.controller.count, shared.save.mode))
         start_services(stack, w, shared, listener, notifier, control_plane)
         try:
             listener.run(stop)

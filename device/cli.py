@@ -5,25 +5,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import sqlite3
 import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from device import __version__
 from device.core.config import Settings, load_settings, resolve_models_dir, resolve_state_dir
-from device.core.errors import EdgeRecorderError
+from device.core.errors import EdgeRecorderError, describe
 from device.core.events import EventSink
 from device.storage.models import VOSK_EN, ModelStore, describe_status
 
 log = logging.getLogger("device")
 
 EXIT_INTERRUPTED = 130
+EXIT_FILE_ERROR = 1
 
 
 def sample_wav() -> Path:
@@ -47,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edge-recorder {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_listening, _add_clips, _add_owner, _add_control, _add_web, _add_models):
+        add(sub, common)
+    return parser
 
+
+def _add_listening(sub: Any, common: argparse.ArgumentParser) -> None:
+    """run, simulate, listen, devices, doctor: the loop and its checks."""
     run = sub.add_parser("run", parents=[common], help="listen on the microphone")
     run.add_argument("--events", help="write events as JSON lines to PATH, or - for stdout")
 
@@ -66,14 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("doctor", parents=[common],
                    help="check microphone, models, GPIO, broker, upload endpoint and storage")
 
+
+def _add_clips(sub: Any, common: argparse.ArgumentParser) -> None:
+    """clips list, show, export, delete, reject: the store."""
     clips = sub.add_parser("clips", parents=[common], help="read the clip store")
     csub = clips.add_subparsers(dest="clips_command", required=True)
-    csub.add_parser("list", parents=[common], help="list clips as JSON lines")
+    clist = csub.add_parser("list", parents=[common], help="list clips as JSON lines")
+    clist.add_argument("--quarantined", action="store_true",
+                       help="list what was set aside because it could not be read instead")
     show = csub.add_parser("show", parents=[common], help="one clip's metadata")
     show.add_argument("id")
     export = csub.add_parser("export", parents=[common], help="copy a clip's WAV out")
     export.add_argument("id")
-    export.add_argument("dest", type=Path)
+    export.add_argument("dest", type=Path, help="a file, or a folder for <id>.wav")
+    export.add_argument("--force", action="store_true", help="replace the file if it exists")
     delete = csub.add_parser("delete", parents=[common],
                              help="delete clips (the same forms as MQTT cmd/delete)")
     delete.add_argument("ids", nargs="*", help="clip ids")
@@ -82,10 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--to", dest="until", metavar="ISO8601", help="recorded before")
     delete.add_argument("--last", metavar="DURATION", help="recorded in the last 15m, 24h, 7d...")
     delete.add_argument("--request-id", help="repeat a request safely (idempotent)")
+    delete.add_argument("--quarantined", action="store_true",
+                        help="destroy everything quarantined (--all includes it)")
     reject = csub.add_parser("reject", parents=[common],
                              help='"that wasn\'t for you": delete a clip and count it as a false wake')
     reject.add_argument("which", nargs="+", help="clip ids, or `last` for the most recent clip")
 
+
+def _add_owner(sub: Any, common: argparse.ArgumentParser) -> None:
+    """enroll, stats, sensitivity, save: what the owner tunes on the device."""
     enroll = sub.add_parser(
         "enroll", parents=[common],
         help="teach the second look your voice (openWakeWord's custom verifier): a wake that does "
@@ -117,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     save.add_argument("--for", dest="for_", metavar="DURATION",
                       help="return to the configured mode after this long (e.g. 30m, 1h)")
 
+
+def _add_control(sub: Any, common: argparse.ArgumentParser) -> None:
+    """mqtt, uploads, wipe, consent: what leaves the device, and forgetting."""
     mqtt_cmd = sub.add_parser("mqtt", parents=[common], help="the MQTT control plane")
     mqsub = mqtt_cmd.add_subparsers(dest="mqtt_command", required=True)
     mqsub.add_parser("forget", parents=[common],
@@ -138,6 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     consub.add_parser("revoke", parents=[common], help="stop all uploads now; purge the upload queue")
     consub.add_parser("status", parents=[common], help="the consent record")
 
+
+def _add_web(sub: Any, common: argparse.ArgumentParser) -> None:
+    """web, web passwd: the local page."""
+    web = sub.add_parser("web", parents=[common],
+                         help="the local web page: play, delete and export clips, see what left "
+                              "the device (see web.host)")
+    web.add_argument("--insecure-lan", action="store_true",
+                     help="allow plain HTTP on a non-loopback web.host (warned at every start)")
+    wsub = web.add_subparsers(dest="web_command")
+    passwd = wsub.add_parser("passwd", parents=[common],
+                             help="set the page's password (read twice from the terminal, or "
+                                  "once from standard input)")
+    passwd.add_argument("--remove", action="store_true", help="remove the password")
+
+
+def _add_models(sub: Any, common: argparse.ArgumentParser) -> None:
+    """models fetch, list."""
     models = sub.add_parser("models", parents=[common], help="install and verify models")
     msub = models.add_subparsers(dest="models_command", required=True)
     fetch = msub.add_parser("fetch", parents=[common], help="install models (default: all)")
@@ -148,7 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--vosk-model", type=Path, help="register a Vosk model directory")
     fetch.add_argument("--vosk-url", default=VOSK_EN.url, help="mirror of the English model")
     msub.add_parser("list", parents=[common], help="installed models, verified")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,10 +197,34 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return COMMANDS[args.command](args)
         except EdgeRecorderError as exc:
-            print(f"edge-recorder: error: {exc}", file=sys.stderr)
-            return exc.exit_code
+            return _error(str(exc), exc.exit_code)
+        except BrokenPipeError:  # e.g. `clips list | head -1`: the reader left; nothing to say
+            return _stdout_gone()
+        except (OSError, sqlite3.Error) as exc:  # a missing or read-only folder, a full disk
+            return _error(_describe_file_error(exc), EXIT_FILE_ERROR)
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
+
+
+def _error(message: str, code: int) -> int:
+    print(f"edge-recorder: error: {message}", file=sys.stderr)
+    return code
+
+
+def _describe_file_error(exc: OSError | sqlite3.Error) -> str:
+    """One line for a file-system error no command turned into one of its own."""
+    if isinstance(exc, sqlite3.Error):
+        return f"the clip store cannot be used: {describe(exc)}"
+    names = " -> ".join(f"'{name}'" for name in (exc.filename, exc.filename2) if name is not None)
+    return f"{names}: {exc.strerror or describe(exc)}" if names else describe(exc)
+
+
+def _stdout_gone() -> int:
+    """As Python's documentation advises for SIGPIPE: stdout goes to /dev/null, so the
+    interpreter's own flush at exit does not fail again."""
+    with suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_FILE_ERROR
 
 
 @contextmanager
@@ -178,6 +241,13 @@ def _logging_to_stderr(level: int) -> Iterator[None]:
     finally:
         log.removeHandler(handler)
         log.propagate = True
+
+
+def _load_tflite(settings: Settings, state_dir: Path) -> None:
+    """Before any thread: TFLite's once-per-process INFO line is left out (see its docstring)."""
+    from device.wake.detector import load_tflite
+
+    load_tflite(ModelStore(resolve_models_dir(settings, state_dir)))
 
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, Path]:
@@ -197,6 +267,16 @@ def _opened_store(state_dir: Path) -> Iterator[Any]:
         store.close()
 
 
+@contextmanager
+def _opened_controller(state_dir: Path) -> Iterator[Any]:
+    """The control plane's door to what the store keeps (stats, preferences), for one command."""
+    from device.control.commands import Controller
+    from device.control.mute import MuteState
+
+    with _opened_store(state_dir) as store:
+        yield Controller(store, MuteState())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from device.app import run_pipeline
     from device.audio.sources import MicSource, load_portaudio
@@ -204,6 +284,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings, state_dir = _settings(args)
     load_portaudio()  # before any thread: see its docstring
+    _load_tflite(settings, state_dir)
     a = settings.audio
     events = EventSink(args.events)
     try:
@@ -223,24 +304,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from gpiozero.pins.mock import MockFactory
 
     from device.app import run_pipeline
-    from device.audio.sources import WavSource, load_portaudio
+    from device.audio.sources import FileInput, load_portaudio
 
     settings, state_dir = _settings(args)
     if settings.voice.confirm_sound:
         load_portaudio()  # the confirm tone plays through it; before any thread
+    _load_tflite(settings, state_dir)
     path = args.file or sample_wav()
-    source = WavSource(path, args.realtime, settings.audio.queue_s)  # fail fast on a bad file
+    source = FileInput(path, args.realtime, settings.audio.queue_s)  # reopened after a mute
     events = EventSink(args.events)
     try:
         with _stop_on_signals() as stop:
             counters = run_pipeline(
-                settings, state_dir, lambda: source, events, MockFactory(), stop,
+                settings, state_dir, source, events, MockFactory(), stop,
                 control_plane=True,  # the identical pipeline: MQTT and uploads too, when configured
             )
     finally:
         events.close()
     print(
-        f"edge-recorder: simulated {source.duration_s:.1f} s of '{path.name}': "
+        f"edge-recorder: simulated {source.source.duration_s:.1f} s of '{path.name}': "
         f"{counters.wakes} wake(s), {counters.clips} clip(s), {counters.discarded} discarded; "
         f"clips are in {state_dir}",
         file=sys.stderr,
@@ -253,6 +335,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from device.recording.indicator import make_pin_factory
 
     settings, state_dir = _settings(args)
+    _load_tflite(settings, state_dir)
     checks = run_checks(settings, state_dir, make_pin_factory(settings.indicator.pin_factory))
     for check in checks:
         print(check.line())
@@ -286,10 +369,15 @@ def cmd_listen(args: argparse.Namespace) -> int:
 def cmd_devices(args: argparse.Namespace) -> int:
     from device.audio.sources import list_input_devices
 
-    for d in list_input_devices():
+    inputs = list_input_devices()
+    for d in inputs:
         print(f"{d['index']:>3}  {d['name']}  ({d['max_input_channels']} ch, "
               f"default {int(d['default_samplerate'])} Hz)")
-    return 0
+    if not inputs:
+        print("edge-recorder: no audio inputs: PortAudio sees no device that can record (is the "
+              "microphone plugged in? `arecord -l` lists what ALSA sees; the user must be in the "
+              "`audio` group)", file=sys.stderr)
+    return 0 if inputs else 1
 
 
 def cmd_clips(args: argparse.Namespace) -> int:
@@ -299,8 +387,9 @@ def cmd_clips(args: argparse.Namespace) -> int:
 
 
 def clips_list(store: Any, args: argparse.Namespace) -> int:
-    for clip in store.all():
-        _print_json(clip.summary())
+    for row in ([i.summary() for i in store.quarantine.items()] if args.quarantined
+                else [c.summary() for c in store.all()]):
+        _print_json(row)
     return 0
 
 
@@ -312,7 +401,16 @@ def clips_show(store: Any, args: argparse.Namespace) -> int:
 def clips_export(store: Any, args: argparse.Namespace) -> int:
     clip = store.get(args.id)
     dest = args.dest / f"{clip.id}.wav" if args.dest.is_dir() else args.dest
-    print(store.export(clip, dest))
+    if dest.exists() and not args.force:
+        raise EdgeRecorderError(f"'{dest}' exists: nothing was written (--force replaces it)")
+    try:
+        print(store.export(clip, dest))
+    except OSError as exc:
+        where = Path(exc.filename) if exc.filename is not None else dest
+        if dest.parent not in (where, where.parent):
+            raise  # not the writing: the main error boundary names the file
+        reason = exc.strerror or describe(exc)
+        raise EdgeRecorderError(f"cannot write '{dest}': {reason}; nothing was written") from None
     return 0
 
 
@@ -320,6 +418,10 @@ def clips_delete(store: Any, args: argparse.Namespace) -> int:
     from device.control.commands import Controller, local_delete_payload, parse_delete
     from device.control.mute import MuteState
 
+    if args.quarantined:
+        _print_json({"quarantined_destroyed": [i.name for i in store.quarantine.destroy()]})
+        if not (args.ids or args.all or args.since or args.until or args.last):
+            return 0
     raw = local_delete_payload(args.ids, args.all, args.since, args.until, args.last,
                                args.request_id)
     reply = Controller(store, MuteState()).delete(parse_delete(raw, store))
@@ -344,13 +446,16 @@ def cmd_uploads(args: argparse.Namespace) -> int:
 
 
 def clips_reject(store: Any, args: argparse.Namespace) -> int:
-    from device.control.commands import Controller, RejectCommand
+    from device.control.commands import Controller, RejectCommand, local_clip_ids
     from device.control.mute import MuteState
 
-    form: dict[str, Any] = {"last": True} if args.which == ["last"] else {"ids": args.which}
+    last = args.which == ["last"]
+    form: dict[str, Any] = {"last": True} if last else {"ids": local_clip_ids(args.which)}
     command = RejectCommand(request_id=f"cli-{uuid.uuid4().hex}", **form)
     reply = Controller(store, MuteState(), wait_for_training=True).reject(command)
     _print_json(reply.to_dict())
+    if last and not reply.ids:
+        print("edge-recorder: nothing to reject: there is no clip", file=sys.stderr)
     return 0 if reply.ids and not reply.not_found else 1
 
 
@@ -369,8 +474,8 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     _, state_dir = _settings(args)
-    with _opened_store(state_dir) as store:
-        for row in store.stats():
+    with _opened_controller(state_dir) as controller:
+        for row in controller.stats():
             _print_json(row)
     return 0
 
@@ -379,8 +484,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from device.control.sensitivity import SensitivityState
 
     settings, state_dir = _settings(args)
-    with _opened_store(state_dir) as store:
-        state = SensitivityState(settings.wake, store.setting, store.set_setting)
+    with _opened_controller(state_dir) as controller:
+        state = SensitivityState(settings.wake, controller.preference, controller.set_preference)
         if args.level:
             state.set(args.level, remote=False)
         _print_json({"level": state.level(), "configured": state.configured})
@@ -397,8 +502,8 @@ def cmd_save(args: argparse.Namespace) -> int:
     settings, state_dir = _settings(args)
     if args.for_ is not None and (args.mode is None or not re.fullmatch(DURATION_PATTERN, args.for_)):
         raise ConfigError("--for needs a mode and a duration such as 30m or 1h")
-    with _opened_store(state_dir) as store:
-        state = SaveState(settings.recorder.save, store.setting, store.set_setting)
+    with _opened_controller(state_dir) as controller:
+        state = SaveState(settings.recorder.save, controller.preference, controller.set_preference)
         if args.mode:
             state.set(args.mode, remote=False, for_s=duration_s(args.for_) if args.for_ else None)
         _print_json(state.current().summary(state.configured))
@@ -424,19 +529,17 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     from device.wake.detector import OpenWakeWordDetector
 
     detector = OpenWakeWordDetector(settings.wake, ModelStore(resolve_models_dir(settings, state_dir)))
-    name = args.wake_word or detector.names[0]
-    if name not in detector.names:
-        raise ConfigError(f"{name!r} is not a configured wake word ({', '.join(detector.names)})")
+    name, paths = _wake_word_and_samples(args.wake_word, args.samples, detector.names)
     if args.record:
-        if args.samples or args.other:
+        if paths or args.other:
             raise ConfigError("give audio files or --record, not both")
         samples, other = _record_enrollment(settings, name, args.record)
     else:
-        if not args.samples:
+        if not paths:
             raise ConfigError("give audio files of the wake word (and --other), or --record N")
-        samples, other = [_read(p) for p in args.samples], [_read(p) for p in args.other]
+        samples, other = [_read(p) for p in paths], [_read(p) for p in args.other]
     found = enrollment_features(detector, name, samples, other)
-    missed = [str(p) for p, ok in zip(args.samples, found.woke, strict=False) if not ok]
+    missed = [str(p) for p, ok in zip(paths, found.woke, strict=False) if not ok]
     weights = files.enroll(name, found.pos, found.neg, add=args.add)
     seen = [weights.probability(f) for f in found.pos]
     print(f"enrolled {name}: {sum(found.woke)} of {len(samples)} samples used "
@@ -446,6 +549,29 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if missed:
         print(f"these did not wake {name} and were left out: {', '.join(missed)}", file=sys.stderr)
     return 0
+
+
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"})
+
+
+def _wake_word_and_samples(given: str | None, samples: list[Path],
+                           names: list[str]) -> tuple[str, list[Path]]:
+    """WAKE_WORD may be left out (`enroll a.wav b.wav c.wav`): argparse then takes the first file
+    for it. A first argument that is no configured wake word but a file (or names one) is a sample."""
+    from device.core.errors import ConfigError
+
+    if given is not None and given not in names and _names_a_file(given):
+        samples = [Path(given), *samples]
+        given = None
+    name = given or names[0]
+    if name not in names:
+        raise ConfigError(f"{name!r} is not a configured wake word ({', '.join(names)})")
+    return name, samples
+
+
+def _names_a_file(text: str) -> bool:
+    path = Path(text)
+    return path.exists() or "/" in text or path.suffix.lower() in AUDIO_SUFFIXES
 
 
 def _read(path: Path) -> Any:
@@ -524,6 +650,46 @@ def cmd_consent(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    from device.core.errors import ConfigError
+
+    settings, state_dir = _settings(args)
+    try:
+        from device.web import server
+    except ImportError as exc:
+        raise ConfigError(f"the web page needs the `web` extra ({exc.name} is missing): "
+                          "pip install 'edge-recorder[web]', or scripts/install.sh --web") from None
+    if args.web_command == "passwd":
+        return web_passwd(state_dir, args.remove)
+    server.serve(settings, state_dir, args.insecure_lan,
+                 on_ready=lambda url: print(f"edge-recorder: the page is at {url}", file=sys.stderr))
+    return 0
+
+
+def web_passwd(state_dir: Path, remove: bool) -> int:
+    import getpass
+
+    from device.core.errors import ConfigError
+    from device.web import auth, policy
+
+    with _opened_store(state_dir):
+        pass  # a state directory that is edge-recorder's, owner-only, before anything goes in
+    path = policy.password_path(state_dir)
+    if remove:
+        path.unlink(missing_ok=True)
+        print("the page's password is removed: it opens on this device only (loopback)")
+        return 0
+    if sys.stdin.isatty():
+        password = getpass.getpass("new password for the web page: ")
+        if getpass.getpass("again: ") != password:
+            raise ConfigError("the two passwords differ; nothing was changed")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    auth.set_password(path, password)
+    print(f"password set (argon2id hash in {path}); a running page asks for it from now on")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     settings, state_dir = _settings(args)
     models = ModelStore(resolve_models_dir(settings, state_dir))
@@ -579,7 +745,7 @@ COMMANDS = {
     "wipe": cmd_wipe, "enroll": cmd_enroll,
     "uploads": cmd_uploads, "stats": cmd_stats, "sensitivity": cmd_sensitivity,
     "save": cmd_save,
-    "mqtt": cmd_mqtt,
+    "mqtt": cmd_mqtt, "web": cmd_web,
 }
 CLIP_COMMANDS = {
     "list": clips_list, "show": clips_show, "export": clips_export, "delete": clips_delete,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import numpy as np
 from device import FRAME_SAMPLES
 from device.control import consent
 from device.core.config import Settings, resolve_models_dir
-from device.core.errors import EdgeRecorderError
+from device.core.errors import EdgeRecorderError, ModelError
 
 MIC_SECONDS = 0.5
 NETWORK_TIMEOUT_S = 5.0
@@ -41,7 +42,7 @@ def run_checks(settings: Settings, state_dir: Path, pin_factory: Any) -> list[Ch
         lambda: check_gpio(settings, pin_factory), lambda: check_broker(settings),
         lambda: check_upload(settings), lambda: check_store(settings, state_dir),
         lambda: check_machine(settings, state_dir), lambda: check_voice(settings, state_dir),
-        lambda: check_owner(settings, state_dir),
+        lambda: check_owner(settings, state_dir), lambda: check_web(settings, state_dir),
     ]
     return [guarded(c) for c in checks]
 
@@ -139,7 +140,8 @@ def check_gpio(settings: Settings, pin_factory: Any) -> Check:
     try:
         led.recording()
         led.idle()
-        return Check("gpio", True, f"recording LED on {settings.indicator.pin} switches and reads back")
+        return Check("gpio", True, f"recording LED on {settings.indicator.pin} switches and reads "
+                                   f"back (pin driver: {led.driver})")
     except EdgeRecorderError as exc:
         return Check("gpio", False, str(exc), "check the LED's wiring and indicator.active_high")
     finally:
@@ -187,6 +189,9 @@ def check_store(settings: Settings, state_dir: Path) -> Check:
         problem = store.space_problem(settings.retention.min_free_bytes)
         c = consent.read(store).summary()
         detail = f"{store.count()} clip(s) in {state_dir}; uploads consent: {c['state']}"
+        if set_aside := store.quarantine.count():
+            detail += (f"; {set_aside} item(s) quarantined (`edge-recorder clips list "
+                       "--quarantined`; they expire with retention)")
     finally:
         store.close()
     if problem:
@@ -195,6 +200,29 @@ def check_store(settings: Settings, state_dir: Path) -> Check:
                      "or lower retention.min_free_bytes")
     return Check("storage", True, detail)
 
+
+
+def check_web(settings: Settings, state_dir: Path) -> Check:
+    """Whether the web page is on (something answers where it would listen), where, and who may
+    reach it. A page that is off is fine: it is off until the owner turns it on."""
+    from device.web import policy
+
+    w = settings.web
+    host = "127.0.0.1" if w.host in ("0.0.0.0", "::", "") else w.host.strip("[]")
+    try:
+        with socket.create_connection((host, w.port), timeout=NETWORK_TIMEOUT_S):
+            on = True
+    except OSError:
+        on = False
+    try:
+        where = policy.binding(w, state_dir, insecure_lan=True)
+    except EdgeRecorderError as exc:
+        return Check("web", False, f"the page {'is on but ' if on else ''}cannot start as "
+                     f"configured: {exc}", "set a password (`edge-recorder web passwd`) or put "
+                     "web.host back to 127.0.0.1")
+    state = f"on at {where.url}" if on else f"off (nothing listens on {where.host}:{where.port})"
+    hint = "" if on else "; `sudo systemctl enable --now edge-recorder-web` turns it on"
+    return Check("web", True, f"the page is {state}; reachable from {where.protection}{hint}")
 
 
 WAKE_MB = 90
@@ -293,8 +321,14 @@ def check_owner(settings: Settings, state_dir: Path) -> Check:
                      "look your voice, which turns most false wakes away before the light")
     parts = []
     for name in enrolled:
-        known = files.features(name)
-        weights = files.weights(name)
+        try:
+            known = files.features(name)
+            weights = files.weights(name)
+        except ModelError as exc:
+            return Check("owner", False, f"the owner verifier for {name} cannot be used: {exc}; "
+                         f"every wake of {name} is discarded meanwhile",
+                         f"enroll again (`edge-recorder enroll {name} ...`) or remove it "
+                         f"(`edge-recorder enroll --remove {name}`)")
         lower = (f", against {weights.impostors} impostor frames: it hears wakes from "
                  f"{settings.wake.preset(name, owner=True)[0]:g} at {settings.wake.sensitivity}"
                  if weights is not None and weights.impostors else "")

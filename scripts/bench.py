@@ -101,8 +101,9 @@ def build_listener(settings: Settings, models: ModelStore, state: Path, source: 
     counters = Counters()
     store = ClipStore(state)
     spotter = make_spotter(settings, transcriber) if voice else None
-    save = SaveState(settings.recorder.save, store.setting, store.set_setting)
-    controller = Controller(store, MuteState(), save=save, voice=settings.voice)
+    controller = Controller(store, MuteState(), voice=settings.voice)
+    save = SaveState(settings.recorder.save, controller.preference, controller.set_preference)
+    controller.save = save
 
     def on_command(command: str, t: float) -> None:
         for event in controller.voice(command, t):

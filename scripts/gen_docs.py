@@ -112,7 +112,10 @@ def _commands(parser: argparse.ArgumentParser, path: str = "edge-recorder") -> I
         if isinstance(action, argparse._SubParsersAction):
             helps = {a.dest: a.help or "" for a in action._choices_actions}
             for name, sub in action.choices.items():
-                if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+                nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+                if nested and not nested[0].required:  # runs alone too (`edge-recorder web`)
+                    yield f"`{path} {name}`", _usage(sub), helps.get(name, "")
+                if nested:
                     yield from _commands(sub, f"{path} {name}")
                 else:
                     yield f"`{path} {name}`", _usage(sub), helps.get(name, "")
@@ -122,6 +125,8 @@ def _usage(parser: argparse.ArgumentParser) -> str:
     common = {"--config", "--state-dir", "-v", "-h"}
     parts = []
     for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            continue
         if a.option_strings and not common & set(a.option_strings):
             metavar = "" if a.nargs == 0 else f" {a.metavar or a.dest.upper()}"
             parts.append(f"`{a.option_strings[-1]}{metavar}`")

@@ -9,6 +9,7 @@
   STATE=/var/lib/edge-recorder
   USER_NAME=edge-recorder
   UNIT=/etc/systemd/system/edge-recorder.service
+  WEB_UNIT=/etc/systemd/system/edge-recorder-web.service
 }
 
 step() { printf '==> %s\n' "$*"; }

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Install edge-recorder as a system service on Raspberry Pi OS (Bookworm / Trixie, 64-bit) or Debian.
 #
-#   sudo scripts/install.sh [--dry-run] [--no-start]
+#   sudo scripts/install.sh [--dry-run] [--no-start] [--web]
 #
 # Installs Debian packages, creates the system user `edge-recorder` (groups audio, gpio), a venv in
 # /opt/edge-recorder, fetches and verifies the models, writes /etc/edge-recorder/config.toml from
 # config/default.toml (never overwriting yours), and installs and enables the systemd unit.
 # Idempotent: a second run changes nothing. --dry-run prints every step and changes nothing.
 # --no-start enables the unit without starting it (in a chroot or when preparing an SD card image).
+# --web also installs the local web page (`edge-recorder web`, unit edge-recorder-web; off without
+# it): on this device only until you set web.host, a password and a certificate (docs/incoming-web.md).
 set -euo pipefail
 # shellcheck source=scripts/install-common.sh
 source "$(dirname "$0")/install-common.sh"
@@ -17,12 +19,14 @@ SRC=$(pwd)
 APT_PACKAGES=(python3-venv python3-dev libportaudio2 alsa-utils)
 DRY_RUN=0
 START=--now
+WEB=0
 
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
     --no-start) START= ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --web) WEB=1 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -82,11 +86,16 @@ PYVER=$("$PREFIX/venv/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.
 # a Debian without it (no GPIO to drive anyway) the speaker runs with simulated pins only.
 # The `verifier` extra (scikit-learn) lets `edge-recorder enroll` and rejects train the owner
 # verifier; it is on disk only: the daemon never imports it (device/wake/verifier.py).
-EXTRA="[verifier]"
+EXTRAS="verifier"
 if [ "$PYVER" = "3.11" ]; then
-  EXTRA="[pi,verifier]"
+  EXTRAS="pi,verifier"
 fi
-if [ "$("$PREFIX/venv/bin/edge-recorder" --version 2>/dev/null)" = "edge-recorder $VERSION" ]; then
+if [ "$WEB" -eq 1 ]; then
+  EXTRAS="$EXTRAS,web"  # Starlette, uvicorn, Jinja2, argon2-cffi: only with the page
+fi
+EXTRA="[$EXTRAS]"
+web_ready() { [ "$WEB" -eq 0 ] || "$PREFIX/venv/bin/python" -c 'import starlette, uvicorn, jinja2, argon2' 2>/dev/null; }
+if [ "$("$PREFIX/venv/bin/edge-recorder" --version 2>/dev/null)" = "edge-recorder $VERSION" ] && web_ready; then
   done_already "edge-recorder $VERSION installed"
 else
   run "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check "${SRC}${EXTRA}"
@@ -160,6 +169,26 @@ if [ "$DRY_RUN" -eq 0 ] && systemctl is-enabled --quiet edge-recorder 2>/dev/nul
 else
   # shellcheck disable=SC2086  # $START is empty or --now
   run systemctl enable $START edge-recorder
+fi
+
+if [ "$WEB" -eq 1 ]; then
+  step "Web page: systemd unit $WEB_UNIT (off until --web; loopback only until you set web.host)"
+  if [ -e "$WEB_UNIT" ] && cmp -s "$SRC/systemd/edge-recorder-web.service" "$WEB_UNIT"; then
+    done_already "unit up to date"
+  else
+    run install -m 0644 "$SRC/systemd/edge-recorder-web.service" "$WEB_UNIT"
+    if [ -d /run/systemd/system ] || [ "$DRY_RUN" -eq 1 ]; then
+      run systemctl daemon-reload
+    fi
+  fi
+  if [ "$DRY_RUN" -eq 0 ] && systemctl is-enabled --quiet edge-recorder-web 2>/dev/null; then
+    done_already "enabled"
+  else
+    # shellcheck disable=SC2086  # $START is empty or --now
+    run systemctl enable $START edge-recorder-web
+  fi
+  echo "    the page: http://127.0.0.1:8380/ on this device (ssh -L 8380:127.0.0.1:8380 from another);"
+  echo "    for the home network set a password: sudo -u $USER_NAME env EDGE_RECORDER_STATE_DIR=$STATE $PREFIX/venv/bin/edge-recorder web passwd"
 fi
 
 step "Done. Check it with: $PREFIX/venv/bin/edge-recorder doctor --config $ETC/config.toml"

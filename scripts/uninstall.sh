@@ -26,13 +26,13 @@ done
 require_root
 
 step "Service"
-run systemctl disable --now edge-recorder || true
+run systemctl disable --now edge-recorder-web edge-recorder || true
 if [ -x "$PREFIX/venv/bin/edge-recorder" ] && [ -e "$ETC/config.toml" ]; then
   # Remove the speaker from Home Assistant (empty retained discovery payload); no broker: skip.
   run runuser -u "$USER_NAME" -- env "EDGE_RECORDER_STATE_DIR=$STATE" "$PREFIX/venv/bin/edge-recorder" \
     mqtt forget --config "$ETC/config.toml" || true
 fi
-run rm -f "$UNIT"
+run rm -f "$UNIT" "$WEB_UNIT"
 run systemctl daemon-reload
 
 if [ "$WIPE" -eq 1 ]; then

@@ -74,3 +74,14 @@ def test_no_import_cycles() -> None:
         if m not in state and visit(m, [m]):
             break
     assert not cycle, " -> ".join(cycle)
+
+
+def test_no_class_or_function_grows_past_what_one_person_keeps_in_mind() -> None:
+    too_long = []
+    for name, tree in modules().items():
+        for node in ast.walk(tree):
+            limit = (MAX_CLASS_LINES if isinstance(node, ast.ClassDef) else MAX_FUNCTION_LINES
+                     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) else None)
+            if limit and (lines := node.end_lineno - node.lineno + 1) > limit:  # type: ignore[attr-defined]
+                too_long.append(f"{name}.{node.name}: {lines} lines (at most {limit})")  # type: ignore[attr-defined]
+    assert not too_long, "\n".join(too_long)

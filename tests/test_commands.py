@@ -106,7 +106,7 @@ def test_an_acknowledged_delete_survives_a_crash_before_the_files_were_removed(
     def power_cut(paths: list[Path]) -> None:
         raise KeyboardInterrupt("power cut")
 
-    monkeypatch.setattr(store, "_remove_files", power_cut)
+    monkeypatch.setattr(store.state.eraser, "remove_files", power_cut)
     with pytest.raises(KeyboardInterrupt):
         store.delete(ids=[doomed], request_id="r1")
     assert doomed in on_disk(store)  # the file outlived the commit ...
@@ -120,7 +120,7 @@ def test_an_acknowledged_delete_survives_a_crash_before_the_files_were_removed(
 def test_remote_commands_can_only_reduce(store: ClipStore) -> None:
     grant = run(store, {"request_id": "g", "action": "grant"}, "consent")
     assert (grant["type"], grant["code"], grant["request_id"]) == ("error", "refused", "g")
-    assert store.setting("consent", "off") == "off"
+    assert store.state.preferences.get("consent", "off") == "off"
     assert run(store, {"request_id": "r", "action": "revoke"}, "consent")["state"] == "off"
 
     mute = MuteState()

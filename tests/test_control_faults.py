@@ -46,9 +46,9 @@ from tests.upload_server import UploadServer
 
 
 def controller_with_settings(store: ClipStore) -> Controller:
-    sensitivity = SensitivityState(WakeSettings(sensitivity="balanced"), store.setting,
-                                   store.set_setting)
-    save = SaveState("audio", store.setting, store.set_setting)
+    prefs = store.state.preferences
+    sensitivity = SensitivityState(WakeSettings(sensitivity="balanced"), prefs.get, prefs.set)
+    save = SaveState("audio", prefs.get, prefs.set)
     return Controller(store, MuteState(), sensitivity, save)
 
 
@@ -67,7 +67,7 @@ def test_remote_sensitivity_cannot_undo_what_the_owner_set_on_the_device(state_d
     controller.sensitivity.set("strict", remote=False)  # the owner, on the device (CLI)
     reply = execute(controller, "sensitivity", b'{"request_id": "s1", "level": "balanced"}')
     assert reply["code"] == "refused" and "'strict'" in str(reply["message"])
-    assert controller.sensitivity.level() == store.setting("wake.sensitivity", "") == "strict"
+    assert controller.sensitivity.level() == store.state.preferences.get("wake.sensitivity", "") == "strict"
     controller.sensitivity.set("balanced", remote=False)  # the device itself may go back
     assert execute(controller, "sensitivity", b'{"request_id": "s2", "level": "strict"}')[
         "level"] == "strict"
@@ -93,7 +93,7 @@ def test_a_signed_setting_cannot_be_replayed(state_dir: Path, kind: str, body: d
         controller.set_save(undo[1], remote=False)
     again = execute(controller, kind, message, signing)
     assert again["code"] == "replayed"
-    assert store.setting(setting, kept) == kept
+    assert store.state.preferences.get(setting, kept) == kept
 
 
 # -- 8. absurd numbers are bad requests, not internal errors ----------------------------------------

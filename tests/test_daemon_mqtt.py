@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 
 from tests.conftest import ENTRY_POINT, PLAIN_SENTENCE, WAKE_SENTENCE, Broker, run_cli, wait_until
 from tests.test_capture import file_mic
@@ -21,10 +23,15 @@ DEVICE = "0e2e0e2e0e2e"
 BASE = f"edge-recorder/{DEVICE}/"
 
 
-def retained_status(broker: Broker) -> dict[str, object]:
-    out = subprocess.run(["mosquitto_sub", *broker.client_args(), "-t", BASE + "status", "-C", "1",
+def retained(broker: Broker, topic: str, base: str = BASE) -> str:
+    out = subprocess.run(["mosquitto_sub", *broker.client_args(), "-t", base + topic, "-C", "1",
                           "-W", "10"], capture_output=True, text=True, timeout=20)
-    return json.loads(out.stdout) if out.stdout.strip() else {}
+    return out.stdout.strip()
+
+
+def retained_status(broker: Broker, base: str = BASE) -> dict[str, object]:
+    text = retained(broker, "status", base)
+    return json.loads(text) if text else {}
 
 
 class Daemon:
@@ -35,7 +42,7 @@ class Daemon:
     def start(self, broker: Broker) -> None:
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wait_until(lambda: retained_status(broker).get("online") is True, 60, "daemon not online")
+        wait_until(lambda: retained(broker, "availability") == "online", 60, "daemon not online")
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
         assert self.proc is not None
@@ -85,7 +92,7 @@ def test_delete_over_mqtt_is_durable_across_kill_9(
     assert not (state_dir / "clips" / f"{doomed}.clip").exists()
     rows = sqlite3.connect(state_dir / "index.sqlite").execute("SELECT id FROM clips").fetchall()
     assert rows == [(kept,)]
-    wait_until(lambda: retained_status(broker).get("online") is False, 30, "no last will")
+    wait_until(lambda: retained(broker, "availability") == "offline", 30, "no last will")
 
     daemon.start(broker)
     listed = [json.loads(x)["id"] for x in run_cli("clips", "list").stdout.splitlines()]
@@ -93,7 +100,7 @@ def test_delete_over_mqtt_is_durable_across_kill_9(
     assert retained_status(broker)["clips"] == 1
     code, err = daemon.stop()
     assert code == 0 and "Traceback" not in err
-    assert retained_status(broker)["online"] is False
+    assert retained(broker, "availability") == "offline"
 
 
 def test_a_broker_that_is_down_never_stops_listening(
@@ -128,3 +135,70 @@ def test_a_broker_that_is_down_never_stops_listening(
     err = log.read_text()
     assert proc.returncode == 0, err
     assert err.count("cannot reach 127.0.0.1") == 1, err  # once per transition, not per retry
+
+
+def events_in(path: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_simulate_realtime_survives_a_mute_and_unmute_over_mqtt(
+    with_models: Path, speech: Callable[..., Path], tmp_path: Path, state_dir: Path, broker: Broker
+) -> None:
+    """`simulate --realtime` drives the control plane as `run` does (issue 24, item 11). A mute
+    closes the file; the unmute opens it again where the listener had got to (a tape that
+    pauses), so the wake word after it is heard and recorded, at its own time in the file, and
+    simulate ends when the file does. Before: the capture thread died with `I/O operation on
+    closed file` and simulate returned 0 without hearing the rest."""
+    cfg = tmp_path / "sim.toml"
+    cfg.write_text(broker.config_toml())
+    state_dir.mkdir(mode=0o700)
+    (state_dir / "device_id").write_text(DEVICE)
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen([str(ENTRY_POINT), "simulate", str(speech(WAKE_SENTENCE, lead_s=2.5)),
+                             "--realtime", "--config", str(cfg), "--events", str(events)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: retained_status(broker), 60, "simulate did not connect")
+
+        def mute(muted: bool) -> None:
+            subprocess.run(["mosquitto_pub", *broker.client_args(), "-t", BASE + "cmd/mute", "-q",
+                            "1", "-m", json.dumps({"request_id": f"m-{muted}", "muted": muted})],
+                           check=True, timeout=20)
+
+        mute(True)
+        wait_until(lambda: any(e.get("state") == "muted" for e in events_in(events)), 20, "not muted")
+        time.sleep(0.5)
+        assert proc.poll() is None  # muted, it waits for the unmute, as `run` does
+        mute(False)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert "INFO: Created TensorFlow Lite" not in err  # item 17, with threads running
+    seen = events_in(events)
+    assert [e.get("state") or e["type"] for e in seen] == [
+        "muted", "idle", "wake", "recording", "idle", "clip"]
+    muted_at, wake = seen[0]["t"], seen[2]
+    assert isinstance(muted_at, float) and isinstance(wake["t"], float)
+    assert muted_at < 2.5 < wake["t"] < 4.0  # the wake word at its time in the file, after the pause
+    assert "1 wake(s), 1 clip(s)" in err and len(run_cli("clips", "list").stdout.splitlines()) == 1
+
+
+def test_simulate_realtime_exits_non_zero_when_the_file_cannot_be_read_to_the_end(
+    with_models: Path, tmp_path: Path
+) -> None:
+    """A read error on the pacing thread (a FLAC whose middle is damaged: "lost sync") ends
+    simulate with one line and exit 1. Before: the thread died, simulate said it had simulated
+    the whole file and returned 0."""
+    flac = tmp_path / "damaged.flac"
+    noise = np.random.default_rng(0).normal(0, 3000, 3 * 16000).astype(np.int16)
+    soundfile.write(str(flac), noise, 16000)
+    data = bytearray(flac.read_bytes())
+    data[len(data) // 3:len(data) // 3 + 2000] = b"\xff" * 2000
+    flac.write_bytes(bytes(data))
+    proc = run_cli("simulate", str(flac), "--realtime", timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    [error] = [ln for ln in proc.stderr.splitlines() if ln.startswith("edge-recorder: error:")]
+    assert f"cannot read audio file '{flac}'" in error and "simulated" not in proc.stderr

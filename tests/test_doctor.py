@@ -40,7 +40,8 @@ def doctor(tmp_path: Path, sections: dict[str, str]) -> tuple[int, str]:
 def test_all_checks_pass_on_a_healthy_speaker(healthy: dict[str, str], tmp_path: Path) -> None:
     code, out = doctor(tmp_path, healthy)
     assert code == 0, out
-    assert "9 of 9 checks passed" in out
+    assert "10 of 10 checks passed" in out
+    assert "[ok  ] web: the page is off" in out and "this device only (loopback)" in out
     assert "[ok  ] owner: no owner verifier: `edge-recorder enroll` teaches" in out
     assert re.search(r"\[ok  \] machine: .* MB RAM .* ms per 80 ms frame .*expected memory", out)
     assert "'filemic' at 16000 Hz, input level" in out and "logged in" in out
@@ -55,6 +56,7 @@ def test_all_checks_pass_on_a_healthy_speaker(healthy: dict[str, str], tmp_path:
         ("mqtt", 'host = "127.0.0.1"\nport = 9', "mqtt", "check mqtt.host/port"),
         ("upload", 'url = "https://127.0.0.1:9/clips"', "upload", "check upload.url"),
         ("retention", "min_free_bytes = 1000000000000000", "storage", "free some space"),
+        ("web", 'host = "0.0.0.0"', "web", "edge-recorder web passwd"),
     ],
 )
 def test_each_failing_check_prints_its_fix(

@@ -135,7 +135,7 @@ def test_sensitivity_can_be_lowered_remotely_but_never_raised(broker: Broker, ow
     from device.integrations.mqtt import MqttControl
 
     store = ClipStore(state_dir)
-    state = SensitivityState(Settings().wake, store.setting, store.set_setting)
+    state = SensitivityState(Settings().wake, store.state.preferences.get, store.state.preferences.set)
     (state_dir / "device_id").write_text("a1b2c3d4e5f6")
     events = __import__("device.core.events", fromlist=["EventSink"]).EventSink()
     control = MqttControl(settings_for(broker), store, Controller(store, MuteState(), state),

@@ -246,7 +246,7 @@ def test_a_reused_request_id_replays_only_the_same_command(state_dir: Path) -> N
 
 def test_request_records_are_bounded_and_pruned(state_dir: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from device.storage import clips as store_module
+    from device.storage import requests as store_module
 
     monkeypatch.setattr(store_module, "MAX_REQUESTS", 20)
     store = ClipStore(state_dir)

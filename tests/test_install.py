@@ -37,13 +37,25 @@ def test_install_dry_run_prints_every_step_and_changes_nothing() -> None:
                      "systemctl enable --now edge-recorder"):
         assert expected in proc.stdout, expected
     assert {p: p.exists() for p in TOUCHED} == before
+    assert "edge-recorder-web" not in proc.stdout and ",web]" not in proc.stdout  # off by default
+
+
+def test_install_with_web_adds_the_page_and_its_unit() -> None:
+    proc = subprocess.run([str(ROOT / "scripts" / "install.sh"), "--dry-run", "--web"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for expected in ("[pi,verifier,web]", "edge-recorder-web.service",
+                     "systemctl enable --now edge-recorder-web", "edge-recorder web passwd"):
+        assert expected in proc.stdout, expected
 
 
 def test_uninstall_dry_run_says_where_the_recordings_are_and_offers_wipe() -> None:
     proc = subprocess.run([str(ROOT / "scripts" / "uninstall.sh"), "--dry-run"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "systemctl disable --now edge-recorder" in proc.stdout
+    assert "systemctl disable --now edge-recorder-web edge-recorder" in proc.stdout
+    assert "rm -f /etc/systemd/system/edge-recorder.service /etc/systemd/system/edge-recorder-web" \
+        in proc.stdout
     assert "NOT removed: they are in /var/lib/edge-recorder" in proc.stdout and "wipe --yes" in proc.stdout
     wiping = subprocess.run([str(ROOT / "scripts" / "uninstall.sh"), "--dry-run", "--wipe"],
                             capture_output=True, text=True, timeout=60)

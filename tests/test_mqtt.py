@@ -130,7 +130,7 @@ def test_delete_is_acknowledged_after_it_is_done_and_status_follows(
     assert reply["ids"] == [a] and reply["remote"]["status"] == "none_uploaded"
     assert indexed(speaker.store) == on_disk(speaker.store) == {b}
     wait_until(lambda: owner.status().get("clips") == 1, WAIT_S, "status did not follow")
-    assert owner.status()["online"] is True
+    assert owner.replies_on("availability") == [b"online"]
 
 
 def test_remote_can_only_reduce(speaker: Speaker, owner: Owner) -> None:
@@ -179,7 +179,7 @@ def test_a_delete_sent_while_the_speaker_is_offline_runs_when_it_returns(
     doomed = add_clip(first.store)
     wait_until(lambda: owner.replies("status"), WAIT_S, "speaker never came online")
     first.close()
-    wait_until(lambda: owner.status()["online"] is False, WAIT_S, "no offline status")
+    wait_until(lambda: owner.replies_on("availability")[-1:] == [b"offline"], WAIT_S, "not offline")
     owner.send("delete", {"request_id": "while-away", "ids": [doomed]})
 
     again = Speaker(state_dir, settings)

@@ -24,9 +24,17 @@ from gpiozero.pins.mock import MockFactory
 from device.core.config import Settings
 from device.core.frames import Frame
 from device.storage.clips import ClipStore
+from device.wake import phrase
 from device.wake.trigger import DOUBT_FRAMES, Wake, WakeGate
-from device.wake.verifier import FEATURES, WEIGHTS, OwnerVerifier, VerifierFiles, retrain_in_child
-from tests.conftest import WAKE_SENTENCE, read_wav, run_cli
+from device.wake.verifier import (
+    FEATURES,
+    WEIGHTS,
+    OwnerVerifier,
+    VerifierFiles,
+    Weights,
+    retrain_in_child,
+)
+from tests.conftest import WAKE_SENTENCE, concat_wavs, read_wav, run_cli
 from tests.test_capture import file_mic
 from tests.test_pipeline import of_type, simulate
 
@@ -149,7 +157,7 @@ def test_a_reject_teaches_the_verifier_and_the_features_go_with_the_clip(
     assert len(now[1]) == len(known[1]) + 1 and np.array_equal(now[1][-1], features)
     assert retrained.probability(features) < before  # the same sound is less likely to wake it
     assert not list((state_dir / "clips").iterdir())  # the clip, and the features sealed in it
-    assert ClipStore(state_dir).stats()[0]["rejected"] == 1
+    assert ClipStore(state_dir).state.stats.days()[0]["rejected"] == 1
 
 
 def test_wipe_removes_the_verifier(enroll: Callable[..., str], state_dir: Path) -> None:
@@ -329,3 +337,121 @@ def test_only_a_verifier_trained_against_impostors_lowers_the_threshold(tmp_path
     np.savez(files.path("hey_jarvis", WEIGHTS), **older)
     os.utime(files.path("hey_jarvis", WEIGHTS), (1, 1))
     assert not verifier.listens_lower("hey_jarvis")
+
+
+# -- a damaged weights file (issue 24, item 3) ----------------------------------------------------
+
+DAMAGE = ["random_bytes", "empty", "wrong_shape"]
+
+
+def damage(path: Path, kind: str) -> Path:
+    """Random bytes, an empty file, or a well-formed .npz whose arrays do not fit the wake model's
+    16 x 96 features."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if kind == "random_bytes":
+        path.write_bytes(np.random.default_rng(7).bytes(4096))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        with path.open("wb") as f:
+            np.savez(f, mean=np.zeros(10), scale=np.ones(10), coef=np.ones(10), intercept=np.array(0.0))
+    return path
+
+
+def two_wake_words(speech: Callable[..., Path], tmp_path: Path) -> tuple[Path, Settings]:
+    """The owner's "hey jarvis ..." then "alexa ...", and a configuration listening for both."""
+    wav = concat_wavs(tmp_path / "both.wav", speech(WAKE_SENTENCE, OWNER),
+                      speech("alexa, what is the weather tomorrow", OWNER, lead_s=0.5))
+    return wav, Settings.model_validate({"wake": {"models": ["hey_jarvis", "alexa"]}})
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_damaged_owner_verifier_discards_its_wakes_and_listening_goes_on(
+    with_models: Path, speech: Callable[..., Path], state_dir: Path, tmp_path: Path, kind: str
+) -> None:
+    """Before: the listening loop died with a traceback at the first frame. Now one error event,
+    every hey_jarvis wake discarded before the light (never kept without its second look), and
+    the loop goes on: the alexa wake after it, which has no verifier, is recorded."""
+    damage(state_dir / "verifier" / f"hey_jarvis{WEIGHTS}", kind)
+    wav, settings = two_wake_words(speech, tmp_path)
+    events, source, counters = simulate(wav, state_dir, MockFactory(), settings)
+
+    [error] = of_type(events, "error")
+    assert error["code"] == "weights_damaged" and "hey_jarvis.weights.npz" in error["message"]
+    jarvis = [w for w in of_type(events, "wake") if w["wake_word"] == "hey_jarvis"]
+    assert jarvis and of_type(events, "discarded") == [
+        {"type": "discarded", "t": w["t"], "reason": "verifier_damaged"} for w in jarvis]
+    [clip] = of_type(events, "clip")
+    assert clip["wake_word"] == "alexa" and clip["start"] > jarvis[-1]["t"]
+    # the light came on once, for alexa; never for the hey_jarvis wake
+    assert [s.state for s in source.pin.states] == [False, True, False]
+    lit = [start for start, on in source.lit_at_capture.items() if on]
+    assert min(lit) > round(jarvis[-1]["t"] * 16000)
+    assert ClipStore(state_dir).count() == 1 and counters.errors == 0
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_damaged_phrase_check_discards_the_wakes_it_would_check(
+    with_models: Path, speech: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    kind: str
+) -> None:
+    """The bundled device/data/hey_jarvis.phrase.npz, damaged (a copy stands in for it, so the
+    installed package is left alone): reported once at start; at strict, where the check looks,
+    the wake is discarded before the light; at balanced, where it does not, the wake is kept."""
+    damaged = damage(tmp_path / "data" / "hey_jarvis.phrase.npz", kind)
+    monkeypatch.setattr(phrase, "bundled_file",
+                        lambda name, suffix: damaged if name == "hey_jarvis" else None)
+    take = speech(WAKE_SENTENCE, OWNER)
+    strict = Settings.model_validate({"wake": {"sensitivity": "strict"}})
+    events, source, _ = simulate(take, tmp_path / "strict", MockFactory(), strict)
+    [error] = of_type(events, "error")
+    assert error["code"] == "weights_damaged" and str(damaged) in error["message"]
+    [wake] = of_type(events, "wake")
+    assert of_type(events, "discarded") == [
+        {"type": "discarded", "t": wake["t"], "reason": "phrase_check_damaged"}]
+    assert [s.state for s in source.pin.states] == [False] and not of_type(events, "clip")
+
+    events, source, _ = simulate(take, tmp_path / "balanced", MockFactory())
+    assert [e["code"] for e in of_type(events, "error")] == ["weights_damaged"]
+    assert len(of_type(events, "clip")) == 1 and not of_type(events, "discarded")
+    assert [s.state for s in source.pin.states] == [False, True, False]
+
+
+def test_a_fixed_or_removed_verifier_is_picked_up_without_a_restart(tmp_path: Path) -> None:
+    """The daemon reads the weights again whenever the file changes (as after a retrain in the
+    child process): damaged, it is reported once and turns every wake away; trained again, it
+    judges again; removed, nothing is asked."""
+    reports: list[str] = []
+    owner = np.random.default_rng(3).normal(0.5, 1.0, (16, 96)).astype(np.float32)
+    files = VerifierFiles(tmp_path)
+    verifier = OwnerVerifier(files, lambda name: owner, threshold=0.5, report=reports.append)
+    wake = Wake(at=32000, wake_word="hey_mycroft", score=0.9)
+    damage(files.path("hey_mycroft", WEIGHTS), "random_bytes")
+    for _ in range(5):
+        assert verifier.second_look(wake) == "verifier_damaged"
+        assert not verifier.listens_lower("hey_mycroft")
+    assert len(reports) == 1 and "cannot be used" in reports[0]
+
+    believes_owner = Weights(np.zeros(owner.size), np.ones(owner.size), owner.reshape(-1), 0.0)
+    with files.path("hey_mycroft", WEIGHTS).open("wb") as f:  # trained again: a new file
+        np.savez(f, **believes_owner.arrays())
+    assert verifier.second_look(wake) is None  # the owner, believed again
+    damage(files.path("hey_mycroft", WEIGHTS), "wrong_shape")
+    assert verifier.second_look(wake) == "verifier_damaged" and len(reports) == 2
+    assert "weights for 10 features; the wake model gives 1536" in reports[1]
+    files.path("hey_mycroft", WEIGHTS).unlink()
+    assert verifier.second_look(wake) is None and len(reports) == 2
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_damaged_verifier_files_are_one_line_errors_for_the_cli_and_doctor(
+    with_models: Path, state_dir: Path, kind: str
+) -> None:
+    damage(state_dir / "verifier" / f"hey_jarvis{WEIGHTS}", kind)
+    damage(state_dir / "verifier" / f"hey_jarvis{FEATURES}", kind)
+    out = run_cli("doctor", "--state-dir", str(state_dir))
+    [line] = [x for x in out.stdout.splitlines() if x.startswith("[FAIL] owner:")]
+    assert "the owner verifier for hey_jarvis cannot be used: '" in line and "Traceback" not in out.stderr
+    store = ClipStore(state_dir)
+    assert not VerifierFiles(state_dir).add_negative("hey_jarvis", np.zeros((16, 96), np.float32))
+    store.close()

@@ -31,6 +31,7 @@ from tests.test_capture import file_mic
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "edge-recorder.service"
+WEB_UNIT = ROOT / "systemd" / "edge-recorder-web.service"
 
 
 @pytest.fixture
@@ -221,7 +222,8 @@ class _Endless(_Source):
             yield Frame(self.at - 1280, np.zeros(1280, dtype=np.int16))
 
 
-def test_the_unit_verifies_and_its_security_exposure_is_at_most_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unit", [UNIT, WEB_UNIT], ids=["daemon", "web"])
+def test_the_unit_verifies_and_its_security_exposure_is_at_most_2(tmp_path: Path, unit: Path) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     root = tmp_path / "root"
@@ -231,11 +233,11 @@ def test_the_unit_verifies_and_its_security_exposure_is_at_most_2(tmp_path: Path
     binary.chmod(0o755)
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
-    shutil.copy(UNIT, root / "etc/systemd/system")
-    verify = subprocess.run(["systemd-analyze", "verify", f"--root={root}", UNIT.name],
+    shutil.copy(unit, root / "etc/systemd/system")
+    verify = subprocess.run(["systemd-analyze", "verify", f"--root={root}", unit.name],
                             capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify.stderr
-    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(UNIT)],
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
                               capture_output=True, text=True, timeout=60)
     score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", security.stdout).group(1))
     assert score <= 2.0, security.stdout[-2000:]

@@ -258,3 +258,26 @@ def test_keep_local_off_removes_the_copy_after_upload_but_remote_delete_still_wo
     result = store.delete(everything=True, request_id="all")
     assert result["remote_pending"] == [clip]
     wait_until(lambda: https_server.deleted == [clip], WAIT_S, "remote copy not deleted")
+
+
+def test_every_request_that_left_is_logged_with_host_metadata_and_answer(
+    store: ClipStore, https_server: UploadServer, running: Any
+) -> None:
+    """What the web page's "What left this device" shows: each upload attempt and remote delete,
+    with where it went and the server's answer; a transcript by its length only."""
+    consent.grant(store, ("audio", "transcript"))
+    https_server.script.extend(["503"])
+    clip = record(store)
+    r = running()
+    wait_until(lambda: r.of("uploaded"), WAIT_S, "not uploaded")
+    https_server.script.extend(["500", "404"])
+    Controller(store, MuteState()).execute(DeleteCommand(request_id="gone", ids=[clip]))
+    wait_until(lambda: [e for e in r.events if e["type"] == "deleted"], WAIT_S, "not confirmed")
+    log = store.uploads.sent_log()[::-1]  # oldest first
+    host = https_server.url.split("//")[1].split("/")[0]
+    assert [(e["kind"], e["answer"].split(" ")[:2], e["host"]) for e in log] == [
+        ("upload", ["HTTP", "503"], host), ("upload", ["HTTP", "200"], host),
+        ("remote_delete", ["HTTP", "500"], host), ("remote_delete", ["HTTP", "404"], host)]
+    assert log[1]["metadata"]["clip_id"] == clip and log[1]["metadata"]["wake_word"] == "hey_jarvis"
+    assert log[1]["metadata"]["transcript"] == "[30 characters]" and log[2]["metadata"] is None
+    assert store.uploads.clip_states(hold_s=0) == {clip: "remote_deleted"}

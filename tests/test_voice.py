@@ -104,7 +104,7 @@ def test_each_command_does_exactly_what_it_says_and_leaves_nothing_of_itself(
     assert set(clip_files(state_dir)) == {first, last}
     with _store(state_dir) as store:
         assert {c.id for c in store.all()} == {first, last}
-        [today] = store.stats(days=1)
+        [today] = store.state.stats.days(1)
     assert today["rejected"] == 1 and today["voice_commands"] == 4
     # Commands are in events and logs by name only: no phrase, no transcript of one.
     everything = json.dumps(events, ensure_ascii=False) + caplog.text
@@ -364,7 +364,7 @@ def test_save_mode_switches_only_toward_less_remotely_and_a_timed_one_returns() 
 
 def test_mqtt_save_command(tmp_path: Path) -> None:
     store = ClipStore(tmp_path / "state")
-    save = SaveState("audio", store.setting, store.set_setting)
+    save = SaveState("audio", store.state.preferences.get, store.state.preferences.set)
     controller = Controller(store, MuteState(), save=save)
 
     def send(payload: dict[str, Any]) -> dict[str, Any]:

@@ -121,13 +121,16 @@ def to_mono(block: np.ndarray) -> np.ndarray:
 class CaptureQueue:
     """The hand-over from a capture thread: `put` never blocks; a full queue drops and counts."""
 
-    def __init__(self, input_rate: int, queue_s: float) -> None:
+    def __init__(self, input_rate: int, queue_s: float, first_sample: int = 0) -> None:
+        """`first_sample`: the input sample index capture starts at (a file opened again
+        part-way through)."""
         self.input_rate = input_rate
         self._queue: queue.Queue[tuple[int, np.ndarray]] = queue.Queue(
             maxsize=max(2, round(queue_s / FRAME_S))
         )
         self.overflows = 0
-        self.captured = 0
+        self._first = first_sample
+        self.captured = first_sample
         """Input samples handed over so far, dropped ones included (the capture clock)."""
 
     def put(self, block: np.ndarray) -> None:
@@ -141,7 +144,7 @@ class CaptureQueue:
     def frames(self, stop: StopFlag, alive: Callable[[], bool]) -> Iterator[Frame]:
         """80 ms frames at 16 kHz whose times are capture times, even across dropped blocks.
         Ends when `alive()` turns false and everything handed over has been framed."""
-        framer, expected = Framer(self.input_rate), 0
+        framer, expected = Framer(self.input_rate, self.to_16k(self._first)), self._first
         while not stop.is_set():
             try:
                 index, block = self._queue.get(timeout=QUEUE_POLL_S)
@@ -168,43 +171,57 @@ class WavSource:
 
     As fast as it can by default (deterministic: frame times are file times). With `realtime`, a
     capture thread paces the file at real time into the same CaptureQueue a microphone uses, so
-    overflows are counted exactly as in `run`.
+    overflows are counted exactly as in `run`; a read error on that thread ends `frames()` with
+    the error, as it would on the listener's thread.
     """
 
-    def __init__(self, path: Path, realtime: bool = False, queue_s: float = 2.0) -> None:
+    def __init__(self, path: Path, realtime: bool = False, queue_s: float = 2.0,
+                 start: int = 0) -> None:
+        """`start`: the 16 kHz sample to begin at (see `resumed`)."""
         import soundfile
 
         self.path = path
         self.realtime = realtime
-        self._delivered = 0
-        try:
-            self._file = soundfile.SoundFile(str(path))
-        except (soundfile.LibsndfileError, OSError, RuntimeError) as exc:
-            raise AudioError(f"cannot read audio file '{path}': {describe(exc)}") from None
-        if self._file.frames == 0:
-            self._file.close()
-            raise AudioError(f"audio file '{path}' contains no audio")
+        self._queue_s = queue_s
+        self._start = self._delivered = start
+        self._file = _open_audio_file(path)
         self.sample_rate = int(self._file.samplerate)
         self.duration_s = self._file.frames / self.sample_rate
-        self._capture = CaptureQueue(self.sample_rate, queue_s)
+        first = min(self._file.frames, round(start * self.sample_rate / SAMPLE_RATE_HZ))
+        try:
+            self._file.seek(first)
+        except (soundfile.LibsndfileError, RuntimeError) as exc:
+            self._file.close()
+            raise AudioError(f"cannot read audio file '{path}': {describe(exc)}") from None
+        self._capture = CaptureQueue(self.sample_rate, queue_s, first)
         self._block = round(self.sample_rate * FRAME_S)
         self._capturing = False
+        self._failure: AudioError | None = None
 
     @property
     def overflows(self) -> int:
         return self._capture.overflows
 
+    @property
+    def closed(self) -> bool:
+        return bool(self._file.closed)
+
+    def resumed(self) -> WavSource:
+        """The same file opened again where the listener had got to: the last frame it took."""
+        return WavSource(self.path, self.realtime, self._queue_s, self._delivered)
+
     def frames(self, stop: StopFlag) -> Iterator[Frame]:
-        if self.realtime:
-            yield from self._paced_frames(stop)
-            return
-        framer = Framer(self.sample_rate)
+        for frame in self._paced_frames(stop) if self.realtime else self._file_frames(stop):
+            self._delivered = frame.end
+            yield frame
+
+    def _file_frames(self, stop: StopFlag) -> Iterator[Frame]:
+        framer = Framer(self.sample_rate, self._start)
         block = max(FRAME_SAMPLES, int(self.sample_rate * READ_BLOCK_S))
         while not stop.is_set():
             data = self._read(block)
             last = len(data) < block
             for frame in framer.push(to_mono(data), last=last):
-                self._delivered = frame.end
                 yield frame
                 if stop.is_set():
                     return
@@ -217,17 +234,23 @@ class WavSource:
         thread.start()
         yield from self._capture.frames(stop, lambda: self._capturing)
         thread.join()
+        if self._failure is not None:
+            raise self._failure
 
     def _capture_paced(self, stop: StopFlag) -> None:
-        """Stands in for the PortAudio thread: one block per 80 ms of wall time."""
-        started = time.monotonic()
+        """Stands in for the PortAudio thread: one block per 80 ms of wall time. A read error is
+        handed to the listener's thread (frames() raises it there)."""
+        started, first = time.monotonic(), self._capture.captured
         try:
             while not stop.is_set():
                 data = self._read(self._block)
                 if len(data) == 0:
                     return
-                _sleep_until(started + (self._capture.captured + len(data)) / self.sample_rate, stop)
+                due = started + (self._capture.captured - first + len(data)) / self.sample_rate
+                _sleep_until(due, stop)
                 self._capture.put(float_to_int16(to_mono(data)))
+        except AudioError as exc:
+            self._failure = exc
         finally:
             self._capturing = False
 
@@ -246,6 +269,39 @@ class WavSource:
 
     def close(self) -> None:
         self._file.close()
+
+
+class FileInput:
+    """What `simulate` listens to: an audio file that a mute pauses like a tape. The listener
+    closes its source while muted and opens it again after (as `run` does with the microphone);
+    the file then goes on from the last frame the listener took, so nothing is skipped or heard
+    twice, and event times stay times in the file."""
+
+    def __init__(self, path: Path, realtime: bool = False, queue_s: float = 2.0) -> None:
+        self.source = WavSource(path, realtime, queue_s)  # opened now: a bad file fails at once
+
+    def __call__(self) -> WavSource:
+        if self.source.closed:
+            self.source = self.source.resumed()
+        return self.source
+
+
+def _open_audio_file(path: Path) -> Any:
+    """A soundfile.SoundFile with at least one frame, or AudioError saying what is wrong."""
+    import soundfile
+
+    if not path.exists():
+        raise AudioError(f"audio file '{path}' does not exist")
+    if path.is_dir():
+        raise AudioError(f"'{path}' is a directory, not an audio file")
+    try:
+        file = soundfile.SoundFile(str(path))
+    except (soundfile.LibsndfileError, OSError, RuntimeError) as exc:
+        raise AudioError(f"cannot read audio file '{path}': {describe(exc)}") from None
+    if file.frames == 0:
+        file.close()
+        raise AudioError(f"audio file '{path}' contains no audio")
+    return file
 
 
 def _sleep_until(deadline: float, stop: StopFlag) -> None:

@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import re
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -54,7 +55,8 @@ MAX_LAST = "36500d"
 SIGNATURE_FIELDS = ("ts", "nonce", "sig")
 
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.:@-]+$")]
-ClipId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+CLIP_ID_PATTERN = r"^[0-9a-f]{32}$"
+ClipId = Annotated[str, StringConstraints(pattern=CLIP_ID_PATTERN)]
 Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
 
 
@@ -215,21 +217,60 @@ def sign(kind: str, payload: dict[str, Any], secret: bytes) -> str:
     return hmac.new(secret, canonical(kind, payload), hashlib.sha256).hexdigest()
 
 
+LOCAL_DELETE_FORMS = ("clip ids (`edge-recorder clips list` shows them), --last DURATION, "
+                      "--from ISO8601 --to ISO8601, or --all")
+
+
 def local_delete_payload(ids: list[str], everything: bool, since: str | None, until: str | None,
                          last: str | None, request_id: str | None) -> bytes:
-    """`clips delete` arguments as the same JSON an MQTT client would send."""
+    """`clips delete` arguments as the same JSON an MQTT client would send, checked first in the
+    CLI's own terms (its options, what an id looks like): CommandError says what to type."""
+    given = [form for form, on in (("ids", bool(ids)), ("--all", everything), ("--last", last),
+                                   ("--from/--to", since or until)) if on]
+    if len(given) != 1:
+        raise CommandError("bad_request", f"say which clips to delete: {LOCAL_DELETE_FORMS}"
+                           + (f" (one of them, not {' and '.join(given)})" if given else ""))
     payload: dict[str, Any] = {"request_id": request_id or f"cli-{uuid.uuid4().hex}"}
     if ids:
-        payload["ids"] = ids
+        payload["ids"] = local_clip_ids(ids)
     if everything:
         payload["all"] = True
-    if since is not None:
-        payload["from"] = since
-    if until is not None:
-        payload["to"] = until
+    if since or until:
+        payload["from"], payload["to"] = _local_range(since, until)
     if last is not None:
+        if not re.fullmatch(DURATION_PATTERN, last):
+            raise CommandError("bad_request", f"--last takes a duration such as 15m, 24h or 7d "
+                               f"(a number and s, m, h or d), not {last!r}")
         payload["last"] = last
     return json.dumps(payload).encode()
+
+
+def local_clip_ids(ids: list[str]) -> list[str]:
+    """Clip ids typed on the command line, or CommandError naming the first that is not one."""
+    for cid in ids:
+        if not re.fullmatch(CLIP_ID_PATTERN, cid):
+            raise CommandError("bad_request", f"{cid!r} is not a clip id: an id is 32 hex "
+                               "characters (0-9, a-f); `edge-recorder clips list` shows them")
+    return ids
+
+
+def _local_range(since: str | None, until: str | None) -> tuple[str, str]:
+    """--from and --to as ISO 8601 times with their zone, from before to."""
+    if not since or not until:
+        raise CommandError("bad_request", "--from and --to go together: give both")
+    times = []
+    for option, text in (("--from", since), ("--to", until)):
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            raise CommandError("bad_request", f"{option} takes an ISO 8601 time with its zone, "
+                               f"such as 2026-03-01T08:00:00+01:00 or ...Z, not {text!r}")
+        times.append(when)
+    if times[0] >= times[1]:
+        raise CommandError("bad_request", "--from must be before --to")
+    return times[0].isoformat(), times[1].isoformat()
 
 
 def parse(kind: str, raw: bytes, signing: Signing | None, store: ClipStore) -> _Command:
@@ -298,7 +339,8 @@ def verify(kind: str, payload: dict[str, Any], signing: Signing, store: ClipStor
     if abs(time.time() - ts) > signing.max_skew_s:
         raise CommandError("stale", f"ts is more than {signing.max_skew_s:.0f} s from the device's "
                            "clock", request_id)
-    if store.nonce_used(nonce) and not (request_id and store.request_known(request_id, digest)):
+    requests = store.state.requests
+    if requests.nonce_used(nonce) and not (request_id and requests.known(request_id, digest)):
         raise CommandError("replayed", "this nonce was already used", request_id)
     return nonce
 
@@ -318,7 +360,29 @@ class Controller:
         self.save = save
         self.voice_settings = voice or VoiceSettings()
 
-    def execute(self, command: _Command) -> events.Event:
+    # -- what the store keeps for the control plane (the CLI, MQTT and the status ask here) --------
+    def parse(self, kind: str, raw: bytes, signing: Signing | None) -> _Command:
+        """A command from the network, validated and authenticated (nonces are the store's)."""
+        return parse(kind, raw, signing, self.store)
+
+    def preference(self, name: str, default: str) -> str:
+        """A setting kept across restarts (what SensitivityState and SaveState read)."""
+        return self.store.state.preferences.get(name, default)
+
+    def set_preference(self, name: str, value: str) -> None:
+        self.store.state.preferences.set(name, value)
+
+    def stats(self, days: int = 7) -> list[dict[str, Any]]:
+        """Per local day, newest first (`edge-recorder stats`, the status's `today`)."""
+        return self.store.state.stats.days(days)
+
+    def count(self, counts: dict[str, int]) -> None:
+        """Add to today's counters."""
+        self.store.state.stats.add(counts)
+
+    def execute(self, command: _Command, local: bool = False) -> events.Event:
+        """`local`: the command comes from the device itself (the CLI's rights: sensitivity and
+        the save mode may go back up to the configured level); otherwise it may only reduce (P5)."""
         if isinstance(command, DeleteCommand):
             return self.delete(command)
         if isinstance(command, ConsentCommand):
@@ -328,13 +392,14 @@ class Controller:
         if isinstance(command, RejectCommand):
             return self.reject(command)
         if isinstance(command, SensitivityCommand) and self.sensitivity is not None:
-            level = self.sensitivity.set(command.level, remote=True, request_id=command.request_id)
+            level = self.sensitivity.set(command.level, remote=not local,
+                                         request_id=command.request_id)
             self._spend_nonce(command)
             return events.Sensitivity(request_id=command.request_id, level=level,
                                       configured=self.sensitivity.configured)
         if isinstance(command, SaveCommand) and self.save is not None:
             for_s = duration_s(command.for_) if command.for_ else None
-            saved = self.set_save(command.mode, remote=True, for_s=for_s,
+            saved = self.set_save(command.mode, remote=not local, for_s=for_s,
                                   request_id=command.request_id)
             self._spend_nonce(command)
             return saved
@@ -384,6 +449,7 @@ class Controller:
         if result["replayed"]:
             log.info("delete %s was already done; replying with its result", cmd.request_id)
         log.info("delete %s: %d clip(s) deleted", cmd.request_id, len(result["ids"]))
+        self._count_deleted(result)
         return events.Deleted(
             request_id=cmd.request_id, ids=tuple(result["ids"]), not_found=tuple(result["not_found"]),
             reason=reason, remote=events.Remote.for_pending(result.get("remote_pending", [])),
@@ -398,11 +464,20 @@ class Controller:
         log.info("reject %s: %d clip(s) deleted as false wakes", cmd.request_id, len(result["ids"]))
         if not result["replayed"]:
             self._teach([seen[i] for i in result["ids"] if i in seen])
+        self._count_deleted(result)
         return events.Deleted(
             request_id=cmd.request_id, ids=tuple(result["ids"]), not_found=tuple(result["not_found"]),
             reason="reject", remote=events.Remote.for_pending(result.get("remote_pending", [])),
             replayed=result["replayed"],
         )
+
+    def _count_deleted(self, result: dict[str, Any]) -> None:
+        """The owner's deletions per day (`stats`, the web page's day view); a replay is not one."""
+        if result["ids"] and not result["replayed"]:
+            try:
+                self.count({"deleted": len(result["ids"])})
+            except (StoreError, sqlite3.Error) as exc:  # a count is never worth failing a delete
+                log.warning("could not count a delete: %s", exc)
 
     def _wake_features(self, ids: list[str]) -> dict[str, tuple[str, np.ndarray]]:
         """Read before the delete (which destroys the keys): each clip's wake features, if its
@@ -448,4 +523,4 @@ class Controller:
         """After a setting took effect: its signed message cannot be replayed. (Setting it again is
         idempotent, so a crash between the two only lets the broker's redelivery set it again.)"""
         if cmd.signed_nonce:
-            self.store.record_nonce(cmd.signed_nonce)
+            self.store.state.requests.use_nonce(cmd.signed_nonce)

@@ -1,8 +1,9 @@
 """Consent: off by default, granted only on the device, never retroactive (P1).
 
-The record (state, scope, time, policy version) is a store setting. A clip joins the upload queue
-only if consent covered it when it was stored; revoking purges the queue in the same transaction,
-and the uploader re-reads consent before every request and while sending its body.
+The record (state, scope, time, policy version) is a preference (device/storage/preferences.py).
+A clip joins the upload queue only if consent covered it when it was stored; revoking purges the
+queue in the same transaction, and the uploader re-reads consent before every request and while
+sending its body.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Consent:
 
 
 def read(store: ClipStore) -> Consent:
-    raw = store.setting(KEY, "")
+    raw = store.state.preferences.get(KEY, "")
     if not raw or raw == "off":
         return Consent(granted=False)
     data = json.loads(raw)
@@ -60,7 +61,7 @@ def parse_scope(text: str) -> tuple[str, ...]:
 def grant(store: ClipStore, scope: tuple[str, ...]) -> Consent:
     """Only ever called from the device itself (CLI or a physical action), never from the network."""
     consent = Consent(True, scope, _now())
-    store.set_setting(KEY, json.dumps(asdict(consent)))
+    store.state.preferences.set(KEY, json.dumps(asdict(consent)))
     log.info("consent granted (%s, policy %d)", ",".join(scope), POLICY_VERSION)
     return consent
 
@@ -69,11 +70,11 @@ def revoke(store: ClipStore, nonce: str | None = None) -> tuple[Consent, list[st
     """Consent off and every waiting upload purged, in one transaction; a clip on the wire gets a
     remote delete. Returns the purged ids (those waiting and those on the wire)."""
     consent = Consent(False, (), _now())
-    with store.atomically():
+    with store.state.atomically():
         queued, sending = store.uploads.withdraw()
-        store.set_setting(KEY, json.dumps(asdict(consent)))
+        store.state.preferences.set(KEY, json.dumps(asdict(consent)))
         if nonce is not None:
-            store.record_nonce(nonce)
+            store.state.requests.use_nonce(nonce)
     log.info("consent revoked; %d queued upload(s) purged, %d on the wire get a remote delete",
              len(queued), len(sending))
     return consent, queued + sending

@@ -377,6 +377,24 @@ class RetentionSettings(_Section):
         return duration_s(self.max_age)
 
 
+class WebSettings(_Section):
+    host: str = Field(default="127.0.0.1", min_length=1)
+    """Where `edge-recorder web` listens. Loopback (the default) = this device only; any other
+    address needs a password (`edge-recorder web passwd`) and cert_file + key_file (HTTPS)."""
+    port: int = Field(default=8380, gt=0, lt=65536)
+    cert_file: str | None = None
+    """PEM certificate (chain) for HTTPS; with key_file."""
+    key_file: str | None = None
+    session_hours: float = Field(default=12.0, gt=0.0, le=24 * 30)
+    """A login lasts this long without use."""
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> WebSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file, or neither")
+        return self
+
+
 class Settings(_Section):
     audio: AudioSettings = AudioSettings()
     wake: WakeSettings = WakeSettings()
@@ -389,6 +407,7 @@ class Settings(_Section):
     upload: UploadSettings = UploadSettings()
     retention: RetentionSettings = RetentionSettings()
     voice: VoiceSettings = VoiceSettings()
+    web: WebSettings = WebSettings()
 
 
 def load_settings(path: Path | None) -> Settings:

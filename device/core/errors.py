@@ -11,6 +11,8 @@ ErrorCode = Literal[
     # the listening loop: nothing was kept
     "indicator_failed", "store_unavailable", "store_failed", "writer_failed", "mic_lost",
     "voice_failed",
+    # a second look's weights file cannot be used: the wakes it would judge are discarded
+    "weights_damaged",
 ]
 """Every `code` an `error` event can carry (docs/architecture.md lists them from here)."""
 
@@ -45,6 +47,12 @@ class IndicatorError(EdgeRecorderError, RuntimeError):
 
 class StoreError(EdgeRecorderError, IOError):
     """The clip store cannot be opened, written or read."""
+
+
+class StoreBusy(StoreError):
+    """Another process holds one of the store's databases locked: nothing was changed; try again."""
+
+    exit_code = 75  # EX_TEMPFAIL: a temporary failure, the same command can simply be repeated
 
 
 class CommandError(EdgeRecorderError):

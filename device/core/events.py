@@ -27,10 +27,12 @@ IndicatorState = Literal["recording", "idle", "muted"]
 """The recording light: on while audio is kept; idle; muted (the input is closed). A light that
 cannot be switched on is an `error` event (`indicator_failed`), and nothing is kept."""
 DiscardReason = Literal["no_speech", "muted", "superseded", "not_owner", "not_phrase",
-                        "not_confirmed"]
+                        "verifier_damaged", "phrase_check_damaged", "not_confirmed"]
 """Why a wake kept nothing: no speech followed; muted while recording; a new wake word started a
-new recording; the owner verifier or the phrase check turned the wake away before the light; one
-of two detectors that must agree (wake.confirm) heard it alone."""
+new recording; the owner verifier or the phrase check turned the wake away before the light; or
+that second look's weights file cannot be used (a `weights_damaged` error said why), so the wake
+was discarded before the light rather than kept without it; or one of two detectors that must
+agree (wake.confirm) heard it alone."""
 DeleteReason = Literal["command", "retention", "voice", "reject"]
 """Who deleted: a command (CLI, MQTT), the retention sweep, a spoken command, or a reject
 ("that wasn't for you", which also counts a false wake)."""

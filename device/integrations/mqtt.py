@@ -39,7 +39,6 @@ from device.control.commands import (
     Controller,
     Signing,
     error_event,
-    parse,
     request_id_in,
 )
 from device.core import events
@@ -117,7 +116,11 @@ FORWARDED = (events.Upload, events.Deleted, events.Wake, events.Indicator, event
 PUBLISHED: list[tuple[str, str, str]] = [
     ("status", "JSON object, retained",
      "the speaker's state (version, listening/recording, clips, bytes used, consent, mute, uploads "
-     "waiting, sensitivity, save mode, today's counts), republished on every change"),
+     "waiting, sensitivity, save mode, today's counts and the local midnight they count from), "
+     "republished on every change; state only, every field always present"),
+    (ha.AVAILABILITY, f"`{ha.ONLINE}` or `{ha.OFFLINE}`, retained",
+     f"`{ha.ONLINE}` on connect and when Home Assistant starts; `{ha.OFFLINE}` on a clean stop and "
+     "as the last will (the broker publishes it when the connection dies)"),
     ("evt/<type>", "one event as a JSON object (docs/architecture.md, events)",
      "every event of the listening loop, each command's reply, and `error` for refused commands"),
 ]
@@ -152,7 +155,6 @@ class MqttControl:
         self.settings = settings
         self.device_id = device_id(store.state_dir)
         self.base = f"{settings.prefix}/{self.device_id}/"
-        self._store = store
         self._controller = controller
         self._status = status
         self._signing = signing_of(settings)
@@ -179,7 +181,7 @@ class MqttControl:
 
     def _make_client(self) -> mqtt.Client:
         client = make_client(self.settings, f"edge-recorder-{self.device_id}", persistent=True)
-        client.will_set(self.topic("status"), json.dumps({"online": False}), qos=QOS, retain=True)
+        client.will_set(self.topic(ha.AVAILABILITY), ha.OFFLINE, qos=QOS, retain=True)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -206,10 +208,8 @@ class MqttControl:
         self._stopping.set()
         self._inbox.put(None)
         self._worker.join()
-        if self._connected:
-            info = self._client.publish(self.topic("status"), self._status_payload(online=False),
-                                        qos=QOS, retain=True)
-            info.wait_for_publish(timeout=5)
+        if self._connected:  # the will is for a crash; a clean stop says so itself
+            self.publish_availability(ha.OFFLINE).wait_for_publish(timeout=5)
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -225,8 +225,7 @@ class MqttControl:
         client.subscribe(self.topic("cmd/#"), qos=QOS)
         if self.settings.discovery:
             client.subscribe(self._birth_topic, qos=QOS)
-            self.publish_discovery()
-        self.publish_status()
+        self.announce()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         if not self._reported_down:  # once per transition, not once per retry
@@ -244,9 +243,8 @@ class MqttControl:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic == self._birth_topic:  # Home Assistant (re)started: announce again
             client.ack(message.mid, message.qos)
-            if message.payload == b"online":
-                self.publish_discovery()
-                self.publish_status()
+            if message.payload == ha.ONLINE.encode():
+                self.announce()
             return
         if message.qos == 0 and self._inbox.qsize() >= MAX_WAITING_QOS0:
             return  # at most once: a QoS 0 flood is shed here, before it takes memory
@@ -295,7 +293,7 @@ class MqttControl:
         acknowledged), Closing when the control plane closes while it waits its turn."""
         kind = topic.removeprefix(self.topic("cmd/"))
         try:
-            command = parse(kind, payload, self._signing, self._store)
+            command = self._controller.parse(kind, payload, self._signing)
         except CommandError as exc:
             return self._refused(kind, exc)
         except (StoreError, sqlite3.OperationalError) as exc:
@@ -346,6 +344,16 @@ class MqttControl:
             "further ones are refused without a reply until they stop; valid commands still run"))
 
     # -- publishing -------------------------------------------------------------------------------
+    def announce(self) -> None:
+        """Online (the birth), then discovery, then the state: on connect and when Home Assistant
+        starts. The availability topic is the only one that ever says online or offline."""
+        self.publish_availability(ha.ONLINE)
+        self.publish_discovery()
+        self.publish_status()
+
+    def publish_availability(self, payload: str) -> mqtt.MQTTMessageInfo:
+        return self._client.publish(self.topic(ha.AVAILABILITY), payload, qos=QOS, retain=True)
+
     def publish_event(self, ev: Event) -> None:
         self._client.publish(self.topic(f"evt/{ev.type}"), ev.to_json(), qos=QOS)
 
@@ -361,7 +369,7 @@ class MqttControl:
             self.publish_status()  # clip count, light, waiting uploads: sweeps change them too
 
     def publish_status(self, only_if_changed: bool = False) -> None:
-        payload = self._status_payload(online=True)
+        payload = self._status_payload()
         if only_if_changed and payload == self._last_status:
             return
         self._last_status = payload
@@ -373,8 +381,9 @@ class MqttControl:
             self._client.publish(ha.discovery_topic(self.settings, self.device_id),
                                  json.dumps(payload), qos=QOS, retain=True)
 
-    def _status_payload(self, online: bool) -> str:
-        return json.dumps({"online": online, "version": __version__, **self._status(),
+    def _status_payload(self) -> str:
+        """State only, always whole: every template Home Assistant applies to it can render."""
+        return json.dumps({"version": __version__, **self._status(),
                            "recording": self._light == "recording"})
 
 
@@ -467,10 +476,11 @@ def probe(settings: MqttSettings, timeout_s: float) -> tuple[bool, str]:
 
 
 def forget(settings: MqttSettings, state_dir: Path, timeout_s: float = 10.0) -> str:
-    """Remove the speaker from Home Assistant and clear its retained status (empty retained
-    payloads), e.g. before uninstalling. Returns the topics cleared."""
+    """Remove the speaker from Home Assistant and clear its retained status and availability
+    (empty retained payloads), e.g. before uninstalling. Returns the topics cleared."""
     did = device_id(state_dir)
-    topics = [ha.discovery_topic(settings, did), f"{settings.prefix}/{did}/status"]
+    base = f"{settings.prefix}/{did}/"
+    topics = [ha.discovery_topic(settings, did), base + "status", base + ha.AVAILABILITY]
     client = make_client(settings, client_id="", persistent=False)
     done = threading.Event()
     client.on_connect = lambda *args: done.set()

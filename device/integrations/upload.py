@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
@@ -147,6 +148,11 @@ def classify(resp: requests.Response) -> Outcome:
     return Outcome(False, f"{'permanent: ' if permanent else ''}HTTP {resp.status_code}", retry_after)
 
 
+def answer(resp: requests.Response) -> str:
+    """The server's answer as the log keeps it: status code and reason phrase."""
+    return f"HTTP {resp.status_code} {resp.reason or ''}".strip()
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait, from either form of the header, capped at MAX_RETRY_AFTER_S."""
     if not value:
@@ -221,6 +227,8 @@ class Uploader:
                               "CA certificate of your upload server, or remove it to use the system's")
         self.settings = settings
         self.url = settings.url.rstrip("/")
+        self.host = urlsplit(self.url).netloc.rpartition("@")[2]
+        """Where requests go, as the "what left this device" log names it."""
         self._store = store
         self._queue = store.uploads
         self._events = events
@@ -290,13 +298,10 @@ class Uploader:
         except StoreError as exc:
             self._finish(clip_id, "failed", str(exc))
             return
+        meta = metadata(clip, scope, self.settings.redact)
         body, content_type = encode_multipart_formdata(
             {
-                "metadata": (
-                    "metadata.json",
-                    json.dumps(metadata(clip, scope, self.settings.redact)),
-                    "application/json",
-                ),
+                "metadata": ("metadata.json", json.dumps(meta), "application/json"),
                 "audio": (f"{clip.id}.wav", audio, "audio/wav"),
             }
         )
@@ -307,11 +312,15 @@ class Uploader:
         try:
             resp = self._send("POST", self.url, len(body), data=gated, headers=headers)
             outcome = classify(resp)
+            self._queue.record_sent(UPLOAD, clip.id, self.host, answer(resp), meta)
         except (requests.RequestException, Withdrawn) as exc:
             if gated.withdrawn:
+                self._queue.record_sent(UPLOAD, clip.id, self.host, "none: consent was revoked "
+                                        "while sending, the request was cut off", meta)
                 self._finish(clip_id, "withheld", "consent was revoked during the upload")
                 return
             outcome = Outcome(False, describe(exc, with_type=True))
+            self._queue.record_sent(UPLOAD, clip.id, self.host, f"none: {outcome.reason}", meta)
         if outcome.done:
             self._uploaded(clip)
         elif outcome.reason.startswith("permanent"):
@@ -362,8 +371,10 @@ class Uploader:
             resp = self._send("DELETE", f"{self.url}/{clip_id}", 0, headers=self._auth())
             confirmed = 200 <= resp.status_code < 300 or resp.status_code == 404
             reason = classify(resp).reason
+            self._queue.record_sent(REMOTE_DELETE, clip_id, self.host, answer(resp))
         except requests.RequestException as exc:
             confirmed, reason = False, describe(exc, with_type=True)
+            self._queue.record_sent(REMOTE_DELETE, clip_id, self.host, f"none: {reason}")
         if not confirmed:
             log.info("uploads: remote delete of %s will be retried (%s)", clip_id, reason)
             self._queue.retry_later(REMOTE_DELETE, clip_id, self._backoff_s)

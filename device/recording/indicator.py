@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,37 @@ from device.core.errors import IndicatorError
 log = logging.getLogger(__name__)
 
 BOUNCE_S = 0.05
+
+
+def default_pin_factory() -> Any:
+    """gpiozero's own choice of pin driver (lgpio on a Pi), made once per process. gpiozero warns
+    for each driver it tries and cannot load (four warnings on a machine without GPIO); here
+    they become one error, said only when no driver loads, and the driver used is logged once."""
+    from gpiozero import Device
+    from gpiozero.exc import BadPinFactory, NativePinFactoryFallback, PinFactoryFallback
+
+    if Device.pin_factory is not None:
+        return Device.pin_factory
+    quiet = (PinFactoryFallback, NativePinFactoryFallback)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        try:
+            Device.ensure_pin_factory()
+        except BadPinFactory as exc:
+            tried = "; ".join(str(w.message).removeprefix("Falling back from ") for w in said
+                              if issubclass(w.category, PinFactoryFallback))
+            raise BadPinFactory(f"no GPIO pin driver could be loaded ({tried or exc})") from None
+        finally:
+            for w in said:
+                if not issubclass(w.category, quiet):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    log.info("GPIO pin driver: %s", pin_driver(Device.pin_factory))
+    return Device.pin_factory
+
+
+def pin_driver(factory: Any) -> str:
+    """A pin factory as gpiozero names its drivers: lgpio, rpigpio, pigpio, native, mock."""
+    return type(factory).__name__.removesuffix("Factory").lower()
 
 
 def make_pin_factory(name: str | None) -> Any:
@@ -39,7 +71,7 @@ class Indicator:
                 settings.pin,
                 active_high=settings.active_high,
                 initial_value=False,
-                pin_factory=pin_factory,
+                pin_factory=pin_factory or default_pin_factory(),
             )
         except (GPIOZeroError, ValueError, OSError) as exc:
             raise IndicatorError(
@@ -47,6 +79,8 @@ class Indicator:
                 "permissions (the user must be in the gpio group) or set indicator.pin_factory"
             ) from None
         self.pin = self._led.pin
+        self.driver = pin_driver(self._led.pin_factory)
+        """Which gpiozero pin driver runs the light (lgpio on a Pi)."""
 
     def recording(self) -> None:
         """Turn the light on and confirm it by reading the pin back; raise if it is not lit."""

@@ -1,8 +1,17 @@
-"""What the device keeps on disk, each with one owner: clips and their encrypted files
-(`clips`), the per-clip keys (`keystore`, `crypto`), the upload queue and remote deletes
-(`upload_queue`), request records and nonces (`requests`), settings kept across restarts
-(`preferences`), per-day counts (`stats`), installed models (`models`), and retention (`retention`).
-They share one SQLite index through `db`; no SQL leaves this folder.
+"""What the device keeps on disk, each piece with one owner that alone runs its SQL or touches its
+files:
+- `state`: a state directory opened once (its lock, key store and shared index), handing out the
+  owners below; `ClipStore` (`clips`) opens one and is the door the rest of the device uses;
+- `clips`: the clips (add, read, delete, wipe), with `clip_rows` (the `clips` table), `erasing`
+  (keys then files, with a reserve for a full disk), `crypto` (the clip files' encryption) and
+  `keystore` (the per-clip keys and the rotating key-encryption key);
+- `upload_queue` (uploads, remote deletes), `requests` (request records, nonces), `preferences`
+  (settings kept across restarts), `stats` (per-day counts): tables in the shared index (`db`),
+  joined into one commit where a change spans them;
+- `index`: the index's schema, upgrades, rebuild and crash sweep; `quarantine`: what was set aside
+  as unreadable (listed, deleted, expired, wiped);
+- `retention` (age and size limits) and `models` (installed models, apart from the clips).
+No SQL leaves this folder.
 
 May import: `device.core`. Never audio, wake, speech, control, recording or integrations.
 """

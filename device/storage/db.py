@@ -1,9 +1,10 @@
-"""One SQLite database file shared by the modules that own its tables (the store owns clips,
-requests, nonces and settings; the upload queue owns uploads and remote deletes).
+"""One SQLite database file shared by the modules that own its tables: clip_rows (clips),
+upload_queue (uploads, remote deletes), requests (request records, nonces), preferences
+(settings) and stats (per-day counts). device/storage/index.py opens it.
 
 Each owner runs its own SQL through `transaction()` and `read()`; no raw SQL crosses a module's
 public API. Transactions are re-entrant on one thread, so one owner's changes can join another's
-(a delete drops the clip rows and queues its remote deletes in one commit).
+(a delete drops the clip rows, queues its remote deletes and records its request in one commit).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,34 @@ from device.core.files import PRIVATE_FILE
 
 BUSY_TIMEOUT_S = 30.0
 """How long a statement waits for another process's lock before SQLite gives up (SQLITE_BUSY)."""
+BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+DAMAGE_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+"""What proves a database file unreadable: a bad header or a malformed page. Anything else (a lock,
+an I/O error, a permission) says nothing about the file itself."""
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Another connection holds the lock this one needed (after the busy timeout)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    text = str(exc)
+    return (code is not None and code & 0xFF in BUSY_CODES) or "locked" in text or "busy" in text
+
+
+def is_damaged(exc: BaseException) -> bool:
+    """SQLite found the file itself broken (SQLITE_CORRUPT, SQLITE_NOTADB)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.DatabaseError) and code is not None and code & 0xFF in DAMAGE_CODES
+
+
+def integrity_problem(db: sqlite3.Connection) -> str | None:
+    """PRAGMA quick_check's first complaint, or None when the file is sound."""
+    answer = str(db.execute("PRAGMA quick_check").fetchone()[0])
+    if answer == "ok":
+        return None
+    lines = [ln for ln in answer.splitlines() if ln.strip() and not ln.startswith("***")]
+    return f"failed its integrity check ({lines[0] if lines else answer})"
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -76,3 +106,8 @@ class Database:
 def has_table(db: sqlite3.Connection, name: str) -> bool:
     row = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone()
     return row is not None
+
+
+def iso(when: datetime) -> str:
+    """The one text form of a time in the index: UTC, milliseconds (so text order = time order)."""
+    return when.astimezone(UTC).isoformat(timespec="milliseconds")

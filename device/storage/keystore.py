@@ -26,13 +26,17 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from device.core.errors import StoreBusy, StoreError, describe
 from device.core.files import PRIVATE_FILE, fsync_dir
-from device.storage.db import Database, connect, has_table
+from device.storage import db
+from device.storage.db import Database, connect, has_table, integrity_problem, is_busy, is_damaged
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,10 @@ SLOT_MAGIC = b"ERK1"
 GEN_BYTES = 8
 KEY_BYTES = 32
 NONCE_BYTES = 12
+KEK_READ_TRIES = 5
+SET_ASIDE = ".unreadable-"
+"""A key store proven unreadable is renamed `keys.sqlite.unreadable-<unix time>` (and its KEK file
+and journal alike); device/storage/quarantine.py lists, expires and destroys it."""
 SCHEMA = """
 CREATE TABLE wrapped_keys (clip_id TEXT PRIMARY KEY, wrapped BLOB NOT NULL);
 CREATE TABLE kek (generation INTEGER NOT NULL);
@@ -51,6 +59,15 @@ CREATE TABLE kek (generation INTEGER NOT NULL);
 
 class KeyStoreError(RuntimeError):
     """The key store cannot be read: the keys it held are lost (and so are their clips)."""
+
+
+class KekMissing(KeyStoreError):
+    """The committed generation's key-encryption key is in neither slot of keys.kek."""
+
+    def __init__(self, generation: int) -> None:
+        super().__init__(f"the key-encryption key of generation {generation} is missing from "
+                         f"{KEK_FILE}")
+        self.generation = generation
 
 
 def _slot_bytes(generation: int, kek: bytes) -> bytes:
@@ -113,30 +130,65 @@ class KekFile:
 class KeyStore:
     """Clip keys, wrapped by a KEK that is rotated on every delete (see the module docstring)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, may_repair: bool = True) -> None:
+        """`may_repair`: no other edge-recorder process has the state directory open, so a key
+        store proven unreadable may be set aside. A lock or an I/O error is never proof."""
         self.problem: str | None = None
-        """Set when an unreadable key store was quarantined at open (its keys are lost)."""
+        """Set when an unreadable key store was set aside at open (see quarantine.py)."""
         self._dir = state_dir
         try:
             self._open()
         except (sqlite3.DatabaseError, KeyStoreError) as exc:
             self.close()
-            self.problem = self._quarantine(exc)
+            self.problem = self._set_aside(exc, may_repair)
             self._open()
 
     def _open(self) -> None:
         self.db = Database(connect(self._dir / KEYS_DB))
         self._kek_file = KekFile(self._dir / KEK_FILE)
         conn = self.db.conn
-        if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-            raise KeyStoreError(f"{KEYS_DB} failed its integrity check")
+        if problem := integrity_problem(conn):
+            raise KeyStoreError(f"{KEYS_DB} {problem}")
         if not has_table(conn, "wrapped_keys"):
             self._create()
         self.generation, self._kek = 0, AESGCM(bytes(KEY_BYTES))
-        with self.db.lock:
-            self._current(conn)
+        self._load_kek()
         if any(s is None or s[0] != self.generation for s in self._kek_file.slots()):
             self._erase_stale_slots()
+
+    def _load_kek(self) -> None:
+        """The committed generation and its KEK, read in one snapshot: a rotation in another
+        process cannot commit in between (it waits for this read lock). Should the slot be gone
+        all the same, the generation moved meanwhile: read again."""
+        for _ in range(KEK_READ_TRIES):
+            try:
+                with self._snapshot() as conn:
+                    self._current(conn)
+                return
+            except KekMissing as exc:
+                if self._committed_generation() == exc.generation:
+                    raise
+        raise KeyStoreError(f"the key-encryption key kept moving while {KEK_FILE} was read")
+
+    def _committed_generation(self) -> int | None:
+        row = self.db.one("SELECT generation FROM kek")
+        return int(row[0]) if row else None
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: what is read inside (the generation, the wrapped keys) is one
+        committed state, and no rotation can commit until it ends."""
+        with self.db.lock:
+            conn = self.db.conn
+            if conn.in_transaction:
+                yield conn
+                return
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
 
     def _current(self, conn: sqlite3.Connection) -> AESGCM:
         """The KEK of the generation committed now. Another process (the CLI beside the daemon)
@@ -147,8 +199,7 @@ class KeyStore:
         if int(row[0]) != self.generation:
             found = [s for s in self._kek_file.slots() if s and s[0] == int(row[0])]
             if not found:
-                raise KeyStoreError(f"the key-encryption key of generation {row[0]} is missing "
-                                    f"from {KEK_FILE}")
+                raise KekMissing(int(row[0]))
             self.generation, self._kek = int(row[0]), AESGCM(found[0][1])
         return self._kek
 
@@ -181,17 +232,28 @@ class KeyStore:
             self.db.conn.execute("VACUUM")
             log.warning("key store upgraded: keys are now wrapped by a rotating key-encryption key")
 
-    def _quarantine(self, exc: Exception) -> str:
-        """Move an unreadable key store aside, so the device can start; report it once."""
-        with_stamp = f"unreadable-{int(time.time())}"
+    def _set_aside(self, exc: Exception, may_repair: bool) -> str:
+        """Move a key store proven unreadable aside, so the device can start; report it once.
+        Anything else is reported and nothing is changed."""
+        path = self._dir / KEYS_DB
+        if is_busy(exc):
+            raise StoreBusy("the key store is in use by another process; nothing was changed "
+                            f"({path} stayed locked for {db.BUSY_TIMEOUT_S:.0f} s; try again)")
+        if not (isinstance(exc, KeyStoreError) or is_damaged(exc)):
+            raise StoreError(f"the key store {path} cannot be opened ({describe(exc)}); "
+                             "nothing was changed")
+        if not may_repair:
+            raise StoreError(f"the key store {path} cannot be read ({exc}); nothing was changed "
+                             "while another edge-recorder process uses it: stop that one and run "
+                             "any edge-recorder command to set the key store aside")
+        stamp = f"{SET_ASIDE}{int(time.time())}"
         for name in (KEYS_DB, f"{KEYS_DB}-journal", KEK_FILE):
-            path = self._dir / name
-            if path.exists():
-                os.replace(path, self._dir / f"{name}.{with_stamp}")
+            if (self._dir / name).exists():
+                os.replace(self._dir / name, self._dir / f"{name}{stamp}")
         fsync_dir(self._dir)
         message = (f"the key store could not be read ({exc}); it was moved aside as "
-                   f"{KEYS_DB}.{with_stamp} and a new one started: the clips it held cannot be "
-                   "decrypted any more and are quarantined")
+                   f"{KEYS_DB}{stamp} and a new one started: the clips it held are quarantined "
+                   "(`edge-recorder clips list --quarantined`)")
         log.error("%s", message)
         return message
 
@@ -202,15 +264,10 @@ class KeyStore:
                        (clip_id, _wrap(self._current(tx), clip_id, key)))
 
     def get(self, clip_id: str) -> bytes | None:
-        with self.db.lock:
-            conn = self.db.conn
-            conn.execute("BEGIN")  # one snapshot: the generation and the wrapped key agree
-            try:
-                kek = self._current(conn)
-                row = conn.execute("SELECT wrapped FROM wrapped_keys WHERE clip_id = ?",
-                                   (clip_id,)).fetchone()
-            finally:
-                conn.execute("COMMIT")
+        with self._snapshot() as conn:  # the generation and the wrapped key agree
+            kek = self._current(conn)
+            row = conn.execute("SELECT wrapped FROM wrapped_keys WHERE clip_id = ?",
+                               (clip_id,)).fetchone()
         if row is None:
             return None
         try:
@@ -242,7 +299,9 @@ class KeyStore:
                            (_wrap(new, cid, key), cid))
             tx.execute("UPDATE kek SET generation = ?", (generation,))
         self.generation, self._kek = generation, new  # 2. committed
-        self._kek_file.erase_all_but(generation)  # 3. the old KEK, in place
+        with self.db.transaction() as tx:  # 3. the old KEK, in place; under the write lock, so
+            self._current(tx)              # that a rotation another process committed since
+            self._kek_file.erase_all_but(self.generation)  # keeps its new slot
 
     def vacuum(self) -> None:
         self.db.conn.execute("VACUUM")
@@ -260,3 +319,45 @@ def _wrap(aead: AESGCM, clip_id: str, key: bytes) -> bytes:
 
 def _unwrap(aead: AESGCM, clip_id: str, wrapped: bytes) -> bytes:
     return aead.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], f"key/{clip_id}".encode())
+
+
+def keys_set_aside(db_path: Path, kek_path: Path) -> dict[str, bytes] | None:
+    """The clip keys a set-aside key store still opens (read only, nothing written), or None when
+    neither its table nor its KEK can be read."""
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            generation = conn.execute("SELECT generation FROM kek").fetchone()
+            rows = conn.execute("SELECT clip_id, wrapped FROM wrapped_keys").fetchall()
+        finally:
+            conn.close()
+        with kek_path.open("rb") as f:
+            raw = f.read(2 * SLOT_BYTES)
+    except (sqlite3.Error, OSError):
+        return None
+    slots = [_parse_slot(raw[i * SLOT_BYTES:(i + 1) * SLOT_BYTES]) for i in (0, 1)]
+    kek = next((s[1] for s in slots if s and generation and s[0] == generation[0]), None)
+    if kek is None:
+        return None
+    keys = {}
+    for clip_id, wrapped in rows:
+        try:
+            keys[str(clip_id)] = _unwrap(AESGCM(kek), str(clip_id), bytes(wrapped))
+        except (InvalidTag, TypeError, ValueError):
+            continue
+    return keys
+
+
+def erase_kek_file(path: Path) -> None:
+    """Overwrite a KEK file in place with zeros (the same disk blocks, see the module docstring),
+    then remove it: every key it wrapped, anywhere, is unreadable from here on."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        size = max(os.fstat(fd).st_size, 2 * SLOT_BYTES)
+        zeros = memoryview(bytes(size))
+        while zeros:
+            zeros = zeros[os.pwrite(fd, zeros, size - len(zeros)):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    path.unlink()

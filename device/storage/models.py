@@ -82,6 +82,26 @@ VOSK_EN = Archive(
 VOSK_MARKERS = ("am/final.mdl", "conf/model.conf")
 """Files every Vosk model directory has; a directory without them is not a model."""
 FETCH_HINT = "run `edge-recorder models fetch`"
+TFLITE_IDENTIFIER = b"TFL3"
+"""A TensorFlow Lite model is a FlatBuffer with this file identifier at bytes 4-8."""
+
+
+def tflite_problem(path: Path) -> str | None:
+    """What keeps an existing path from being a TensorFlow Lite model, or None."""
+    if path.is_dir():
+        return "is a directory, not a .tflite file"
+    if path.suffix != ".tflite":
+        return "is not a .tflite file (openWakeWord models are TensorFlow Lite files)"
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        return f"cannot be read ({describe(exc)})"
+    if not head:
+        return "is empty"
+    if head[4:8] != TFLITE_IDENTIFIER:
+        return "is not a TensorFlow Lite model (no TFL3 identifier: damaged, or another format)"
+    return None
 CHUNK = 1 << 20
 DOWNLOAD_CHUNK = 1 << 16
 """Small enough that an interrupted download keeps nearly everything it received."""
@@ -131,12 +151,14 @@ class ModelStore:
         if name_or_path in WAKE_FILES:
             return name_or_path, self.verified_file(WAKE_FILES[name_or_path])
         path = Path(name_or_path).expanduser()
-        if path.suffix == ".tflite" and path.is_file():
-            return path.stem, path
         known = ", ".join(sorted(WAKE_FILES))
-        raise ModelError(
-            f"wake-word model {name_or_path!r} not found: use one of {known} or a path to a .tflite file"
-        )
+        if not path.exists():
+            raise ModelError(f"wake-word model {name_or_path!r} not found: use one of {known} or "
+                             "a path to a .tflite file")
+        if problem := tflite_problem(path):
+            raise ModelError(f"wake-word model '{path}' {problem}; use one of {known} or a "
+                             "path to an openWakeWord .tflite model")
+        return path.stem, path
 
     def fetch_wake_models(self, wheel: Path | None = None) -> list[Path]:
         """Install every pinned file from the wheel (given, or fetched with pip)."""

@@ -1,6 +1,7 @@
 """Retention: clips beyond max_age or beyond max_bytes (oldest first) are deleted, at start and then
-periodically, each sweep reported as a `deleted` event. Local only: copies already uploaded to the
-owner's server are left to explicit deletes."""
+periodically, each sweep reported as a `deleted` event; what was quarantined goes by max_age too
+(device/storage/quarantine.py). Local only: copies already uploaded to the owner's server are left
+to explicit deletes."""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ def expired(store: ClipStore, settings: RetentionSettings, now: datetime) -> lis
 
 
 def sweep(store: ClipStore, settings: RetentionSettings, events: EventSink) -> list[str]:
+    """Expire clips (reported as a `deleted` event) and what was quarantined (logged)."""
+    gone = store.quarantine.expire(settings.max_age_s())
+    if gone:
+        log.info("retention: destroyed %d quarantined item(s)", len(gone))
     ids = expired(store, settings, datetime.now(UTC))
     if not ids:
         return []

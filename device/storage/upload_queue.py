@@ -10,14 +10,16 @@ answers the DELETE with 404, which also confirms it.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from device.storage.db import Database
+from device.storage.db import Database, has_table
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,8 @@ CREATE TABLE uploads (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_at REAL NOT NULL DEFAULT 0,
     last_error TEXT,
-    recorded_at REAL NOT NULL DEFAULT 0  -- unix time: the hold window counts from here
+    recorded_at REAL NOT NULL DEFAULT 0, -- unix time: the hold window counts from here
+    maybe_sent INTEGER NOT NULL DEFAULT 0 -- 1 once a request with it went out: the server may hold it
 );
 CREATE TABLE remote_deletes (
     clip_id TEXT PRIMARY KEY,
@@ -38,9 +41,31 @@ CREATE TABLE remote_deletes (
     next_at REAL NOT NULL DEFAULT 0
 );
 """
+MIGRATION_3 = "ALTER TABLE uploads ADD COLUMN recorded_at REAL NOT NULL DEFAULT 0;\n"
+MIGRATION_4 = ("ALTER TABLE uploads ADD COLUMN maybe_sent INTEGER NOT NULL DEFAULT 0;\n"
+               "UPDATE uploads SET maybe_sent = 1 WHERE attempts > 0 OR state <> 'queued';")
+"""Uploads tried before this column existed may be on the server: counted as sent."""
+SENT_SCHEMA = """CREATE TABLE sent (
+    seq INTEGER PRIMARY KEY,
+    at REAL NOT NULL,               -- unix time the request went out
+    kind TEXT NOT NULL,             -- upload | remote_delete
+    clip_id TEXT NOT NULL,
+    host TEXT NOT NULL,             -- where to: the host (and port) of upload.url
+    metadata TEXT,                  -- an upload's metadata JSON as sent (a transcript: its length)
+    answer TEXT NOT NULL            -- the server's answer (HTTP 201 ...) or why there was none
+);"""
+"""What left the device: one row per request that went out, kept after its clip is deleted (it
+holds no audio and no transcript), so the owner can see where each recording went."""
+SCHEMA += SENT_SCHEMA
+MIGRATION_5 = SENT_SCHEMA.replace("CREATE TABLE sent", "CREATE TABLE IF NOT EXISTS sent")
+"""Idempotent: an index rolled back by hand to an older version may already hold the table."""
+MAX_SENT_ROWS = 10_000
+"""The log keeps the newest this many requests."""
 UPLOAD, REMOTE_DELETE = "upload", "remote_delete"
 TABLES = {UPLOAD: "uploads", REMOTE_DELETE: "remote_deletes"}
-MAYBE_ON_SERVER = ("uploaded", "sending")
+MAYBE_ON_SERVER = "state IN ('uploaded', 'sending') OR maybe_sent = 1"
+"""A copy is, or may be, on the server: uploaded; on the wire; or sent before and then timed out
+(retried later, or failed for good) after the server may have stored it."""
 
 
 class UploadQueue:
@@ -62,8 +87,8 @@ class UploadQueue:
         delete for each copy that is, or may be, on the server. Returns the remote deletes queued."""
         with self._db.transaction() as tx:
             remote_ids = [cid for cid in clip_ids if remote and tx.execute(
-                "SELECT 1 FROM uploads WHERE clip_id = ? AND state IN (?, ?)",
-                (cid, *MAYBE_ON_SERVER)).fetchone()]
+                f"SELECT 1 FROM uploads WHERE clip_id = ? AND ({MAYBE_ON_SERVER})", (cid,)
+            ).fetchone()]
             tx.executemany("INSERT OR IGNORE INTO remote_deletes (clip_id, request_id) VALUES (?, ?)",
                            [(cid, request_id) for cid in remote_ids])
             tx.executemany("DELETE FROM uploads WHERE clip_id = ?", [(c,) for c in clip_ids])
@@ -85,10 +110,11 @@ class UploadQueue:
         return queued, sending
 
     def clear(self) -> None:
-        """Everything is being wiped: uploads go; remote deletes the owner was told are pending
-        stay (they hold no audio)."""
+        """Everything is being wiped: uploads and the log of what was sent go; remote deletes the
+        owner was told are pending stay (they hold no audio)."""
         with self._db.transaction() as tx:
             tx.execute("DELETE FROM uploads")
+            tx.execute("DELETE FROM sent")
 
     def salvage_remote_deletes(self, old_index: Path) -> int:
         """After a rebuild: carry over the remote deletes the owner was told are pending, from
@@ -97,10 +123,14 @@ class UploadQueue:
             return 0
         try:
             old = sqlite3.connect(f"file:{old_index}?mode=ro", uri=True)
-            rows = old.execute("SELECT clip_id, request_id FROM remote_deletes").fetchall()
-            old.close()
-        except sqlite3.DatabaseError:
-            log.error("pending remote deletes could not be carried over from the old index")
+            try:
+                rows = old.execute("SELECT clip_id, request_id FROM remote_deletes").fetchall() \
+                    if has_table(old, "remote_deletes") else []
+            finally:
+                old.close()
+        except sqlite3.DatabaseError as exc:
+            log.error("pending remote deletes could not be carried over from the old index (%s)",
+                      exc)
             return 0
         with self._db.transaction() as tx:
             tx.executemany("INSERT OR IGNORE INTO remote_deletes (clip_id, request_id) VALUES (?, ?)",
@@ -135,8 +165,8 @@ class UploadQueue:
 
     def _mark_sending(self, clip_id: str) -> bool:
         with self._db.transaction() as tx:
-            return bool(tx.execute("UPDATE uploads SET state = 'sending' WHERE clip_id = ? "
-                                   "AND state = 'queued'", (clip_id,)).rowcount)
+            return bool(tx.execute("UPDATE uploads SET state = 'sending', maybe_sent = 1 "
+                                   "WHERE clip_id = ? AND state = 'queued'", (clip_id,)).rowcount)
 
     def wait(self, timeout_s: float) -> None:
         self._changed.wait(timeout_s)
@@ -214,6 +244,45 @@ class UploadQueue:
                  for c, st, a, n, e in rows]
                 + [{"id": c, "state": "remote_delete_pending", "attempts": a, "next_at": n,
                     "last_error": None} for c, a, n in remote])
+
+    def record_sent(self, kind: str, clip_id: str, host: str, answer: str,
+                    metadata: dict[str, Any] | None = None) -> None:
+        """A request went out (or was attempted): log it for "what left this device". A transcript
+        in the metadata is logged as its length only: the log outlives the clip and its key."""
+        meta = None
+        if metadata is not None:
+            shown = dict(metadata)
+            if isinstance(shown.get("transcript"), str):
+                shown["transcript"] = f"[{len(shown['transcript'])} characters]"
+            meta = json.dumps(shown, ensure_ascii=False)
+        with self._db.transaction() as tx:
+            tx.execute("INSERT INTO sent (at, kind, clip_id, host, metadata, answer) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (time.time(), kind, clip_id, host, meta, answer))
+            tx.execute("DELETE FROM sent WHERE seq <= (SELECT MAX(seq) FROM sent) - ?",
+                       (MAX_SENT_ROWS,))
+
+    def sent_log(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """What left the device, newest first: {"at", "kind", "clip_id", "host", "metadata",
+        "answer"}; plus, as "pending", the remote deletes not confirmed yet."""
+        rows = self._db.read("SELECT at, kind, clip_id, host, metadata, answer FROM sent "
+                             "ORDER BY seq DESC LIMIT ?", (limit,))
+        return [{"at": at, "kind": kind, "clip_id": cid, "host": host,
+                 "metadata": json.loads(meta) if meta else None, "answer": answer}
+                for at, kind, cid, host, meta, answer in rows]
+
+    def clip_states(self, hold_s: float) -> dict[str, str]:
+        """Each clip id the queue knows, with where its copy stands: held (inside the hold
+        window), queued, sending, uploaded, failed, remote_delete_pending or remote_deleted (the
+        server confirmed). A clip not named here never left the device."""
+        now = time.time()
+        states = {cid: "remote_deleted" for (cid,) in self._db.read(
+            "SELECT DISTINCT clip_id FROM sent WHERE kind = ? AND (answer LIKE 'HTTP 2%' OR "
+            "answer LIKE 'HTTP 404%')", (REMOTE_DELETE,))}
+        for cid, state, recorded_at in self._db.read(
+                "SELECT clip_id, state, recorded_at FROM uploads"):
+            states[cid] = "held" if state == "queued" and recorded_at > now - hold_s else state
+        states.update({cid: "remote_delete_pending" for cid in self.pending_remote()})
+        return states
 
     # -- status -------------------------------------------------------------------------------------
     def held(self, hold_s: float) -> int:

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
+import tempfile
+import threading
 import types
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -167,12 +170,13 @@ def load_openwakeword_model(wake_paths: list[str], store: ModelStore) -> Any:
     melspec = store.verified_file(FEATURE_FILES["melspectrogram"])
     embedding = store.verified_file(FEATURE_FILES["embedding"])
     try:
-        model = Model(
-            wakeword_models=wake_paths,
-            inference_framework="tflite",
-            melspec_model_path=str(melspec),
-            embedding_model_path=str(embedding),
-        )
+        with tflite_info_left_out():
+            model = Model(
+                wakeword_models=wake_paths,
+                inference_framework="tflite",
+                melspec_model_path=str(melspec),
+                embedding_model_path=str(embedding),
+            )
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load wake-word model(s) {', '.join(wake_paths)}: not an "
                          f"openWakeWord wake-word model? ({describe(exc)})") from None
@@ -198,6 +202,72 @@ STREAMING_SAMPLES = 1280 + 480
 """What openWakeWord's streaming melspectrogram is computed from: a frame and 480 samples before it."""
 WINDOW_FRAMES = 76
 """Melspectrogram frames per embedding window."""
+
+
+TFLITE_INFO = b"INFO: "
+"""How TFLite's C++ logger starts a line of INFO severity on stderr."""
+
+
+@contextlib.contextmanager
+def tflite_info_left_out() -> Iterator[None]:
+    """TFLite's C++ logger writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." once
+    per process, straight to file descriptor 2, when the first interpreter is built: on every
+    command that loads the models. Its threshold can only be raised from C++ (tflite's
+    MinimalLogger::SetMinimumLogSeverity, which ai-edge-litert's libraries do not export), and
+    TF_CPP_MIN_LOG_LEVEL governs TensorFlow's other logger, not this one. So while an interpreter
+    is built, stderr is filtered (stderr_without) - but only while this is the process's only
+    thread: moving descriptor 2 while another thread might write to it is what once lost the
+    daemon's "mqtt: cannot reach" line (see audio.sources.load_portaudio). `run`, `simulate` and
+    `doctor` build one interpreter first for that reason (load_tflite)."""
+    if threading.active_count() > 1:
+        yield
+        return
+    with stderr_without(TFLITE_INFO):
+        yield
+
+
+@contextlib.contextmanager
+def stderr_without(prefix: bytes) -> Iterator[None]:
+    """Descriptor 2 goes to a temporary file meanwhile; then everything in it but the lines that
+    start with `prefix` is written to stderr (a library's warnings and errors still show)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to keep clean
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            _write_all(2, b"".join(ln for ln in caught if not ln.startswith(prefix)))
+
+
+def load_tflite(store: ModelStore) -> None:
+    """Build one small interpreter (the embedding model: about 13 ms) while this is the process's
+    only thread, so that TFLite's once-per-process INFO line is said, and left out, before any
+    thread starts (see tflite_info_left_out). Without the model nothing happens here: loading the
+    pipeline says what is missing."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        path = store.verified_file(FEATURE_FILES["embedding"])
+        with tflite_info_left_out():
+            Interpreter(model_path=str(path)).allocate_tensors()
+    except (ImportError, ModelError, OSError, ValueError, RuntimeError) as exc:
+        log.debug("TFLite not loaded ahead: %s", describe(exc))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 
 
 def lighter_start_up() -> None:

@@ -13,6 +13,11 @@ delete them):
   <wake_word>.weights.npz    the trained verifier: `mean`, `scale`, `coef`, `intercept`
 A reject ("that wasn't for you") adds the rejected wake's features, stored sealed with its clip,
 to `neg` and trains again in a child process: the daemon picks the new weights up at its next wake.
+
+A weights file that cannot be used (random bytes, empty, arrays missing or of the wrong shape) never
+stops the listening loop: it is reported once (a log line and an `error` event, WEIGHTS_DAMAGED), and
+every wake of that wake word is discarded (VERIFIER_DAMAGED) until the file is trained again or
+removed; a changed file is read again at the next frame, so no restart is needed.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -35,7 +41,7 @@ from typing import Protocol
 
 import numpy as np
 
-from device.core.errors import ModelError
+from device.core.errors import ErrorCode, ModelError, describe
 from device.core.events import DiscardReason
 from device.core.files import atomic_write, ensure_private_dir
 from device.wake.trigger import Wake
@@ -49,6 +55,13 @@ REGULARISATION_C = 0.001
 utterances of one voice are all it ever sees."""
 TURNED_AWAY: DiscardReason = "not_owner"
 """The `discarded` reason of a wake the verifier turned away."""
+VERIFIER_DAMAGED: DiscardReason = "verifier_damaged"
+"""The `discarded` reason of a wake whose owner verifier's weights cannot be used: never kept."""
+WEIGHTS_DAMAGED: ErrorCode = "weights_damaged"
+"""The `error` code when a second look's weights file cannot be used (said once per file version)."""
+WEIGHT_ARRAYS = ("mean", "scale", "coef", "intercept")
+NPZ_MAGIC = b"PK\x03\x04"
+"""An .npz file is a zip archive: it starts with a zip local file header."""
 IMPOSTORS = ".impostors.npz"
 """Bundled with a wake-word model (device/data/<name>.impostors.npz, by scripts/make-impostors):
 other people's voices at frames where the model wakes or nearly does, as 16 x 96 features."""
@@ -70,15 +83,31 @@ class Weights:
     intercept: float
     impostors: int = 0
     """How many impostor frames it was trained against (0: the owner's speech only)."""
+    source: str = field(default="the weights", compare=False)
+    """Where they were read from, for messages."""
 
     @classmethod
     def read(cls, path: Path | Traversable) -> Weights:
         """Weights saved as `mean`, `scale`, `coef`, `intercept` (and `impostors`) in an .npz
-        (any float width)."""
-        with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
-            return cls(data["mean"].astype(np.float64), data["scale"].astype(np.float64),
-                       data["coef"].astype(np.float64), float(data["intercept"]),
-                       int(data["impostors"]) if "impostors" in data.files else 0)
+        (any float width). FileNotFoundError if there is none; ModelError, naming the file and
+        what is wrong with it, if it cannot be used."""
+        arrays = read_npz(path)
+        if missing := [k for k in WEIGHT_ARRAYS if k not in arrays]:
+            raise ModelError(f"'{path}' lacks the array(s) {', '.join(missing)}")
+        if bad := [k for k in WEIGHT_ARRAYS if not np.issubdtype(arrays[k].dtype, np.number)]:
+            raise ModelError(f"'{path}' holds no numbers in {', '.join(bad)}")
+        mean, scale, coef = (arrays[k].astype(np.float64) for k in ("mean", "scale", "coef"))
+        intercept = arrays["intercept"].astype(np.float64)
+        if mean.ndim != 1 or not 0 < mean.size == scale.size == coef.size or intercept.size != 1 \
+                or scale.ndim != 1 or coef.ndim != 1:
+            raise ModelError(f"'{path}' has arrays of the wrong shape: mean {mean.shape}, scale "
+                             f"{scale.shape}, coef {coef.shape}, intercept {intercept.shape}")
+        if not all(np.isfinite(a).all() for a in (mean, scale, coef, intercept)) or not scale.all():
+            raise ModelError(f"'{path}' holds NaN, infinite or zero-scale values")
+        impostors = arrays.get("impostors", np.array(0))
+        counted = impostors.size == 1 and impostors.dtype.kind in "iu"
+        return cls(mean, scale, coef, float(intercept.reshape(())),
+                   int(impostors) if counted else 0, f"'{path}'")
 
     def arrays(self, dtype: type = np.float64) -> dict[str, np.ndarray]:
         """What `read` takes back, as arrays of `dtype` (the bundled files use float32)."""
@@ -86,11 +115,49 @@ class Weights:
                 "coef": self.coef.astype(dtype), "intercept": np.array(self.intercept, dtype),
                 "impostors": np.array(self.impostors)}
 
+    def fit(self, size: int) -> Weights:
+        """These weights, if they are for `size` features; else ModelError."""
+        if size != self.coef.size:
+            raise ModelError(f"{self.source} holds weights for {self.coef.size} features; the "
+                             f"wake model gives {size}")
+        return self
+
     def probability(self, features: np.ndarray) -> float:
-        """How likely these wake features are the owner saying the wake word (0..1)."""
+        """How likely these wake features are the owner saying the wake word (0..1). ModelError
+        if the weights were made for features of another size."""
+        self.fit(features.size)
         x = (features.reshape(-1).astype(np.float64) - self.mean) / self.scale
         z = float(x @ self.coef + self.intercept)
         return float(1.0 / (1.0 + np.exp(-np.clip(z, -500, 500))))
+
+
+def read_npz(path: Path | Traversable) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, never unpickling anything. FileNotFoundError if there is no
+    file; ModelError naming it if it is empty, not an .npz or unreadable."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(NPZ_MAGIC))
+            if not head:
+                raise ModelError(f"'{path}' is empty")
+            if head != NPZ_MAGIC:
+                raise ModelError(f"'{path}' is not an .npz file")
+            f.seek(0)
+            with np.load(f, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"'{path}' cannot be read: {describe(exc)}") from None
+
+
+def report_damage(what: str, exc: ModelError, consequence: str,
+                  report: Callable[[str], None]) -> str:
+    """One log line and one report (an `error` event in the daemon) for a second look whose
+    weights cannot be used. Returns the message."""
+    message = f"{what} cannot be used: {exc}; {consequence}"
+    log.error("%s", message)
+    report(message)
+    return message
 
 
 def bundled_file(name: str, suffix: str) -> Traversable | None:
@@ -107,8 +174,10 @@ def bundled_impostors(name: str) -> np.ndarray | None:
     path = bundled_file(name, IMPOSTORS)
     if path is None:
         return None
-    with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
-        return data["features"].astype(np.float32)
+    features = read_npz(path).get("features")
+    if features is None or features.ndim != 3 or not np.issubdtype(features.dtype, np.number):
+        raise ModelError(f"'{path}' holds no (n x 16 x 96) `features` array")
+    return features.astype(np.float32)
 
 
 def train(pos: np.ndarray, neg: np.ndarray, impostors: np.ndarray | None = None) -> Weights:
@@ -164,11 +233,17 @@ class VerifierFiles:
             os.close(fd)
 
     def features(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The training features (None if there are none; ModelError if the file is damaged)."""
+        path = self.path(name, FEATURES)
         try:
-            with np.load(self.path(name, FEATURES), allow_pickle=False) as data:
-                return data["pos"], data["neg"]
+            arrays = read_npz(path)
         except FileNotFoundError:
             return None
+        pos, neg = arrays.get("pos"), arrays.get("neg")
+        if pos is None or neg is None or pos.ndim != 3 or pos.shape[1:] != neg.shape[1:] \
+                or not (np.issubdtype(pos.dtype, np.number) and np.issubdtype(neg.dtype, np.number)):
+            raise ModelError(f"'{path}' holds no `pos` and `neg` feature arrays of one shape")
+        return pos, neg
 
     def weights(self, name: str) -> Weights | None:
         try:
@@ -198,9 +273,15 @@ class VerifierFiles:
         self._save(self.path(name, WEIGHTS), **w.arrays())
 
     def add_negative(self, name: str, features: np.ndarray) -> bool:
-        """A rejected wake's features join the negatives. False if `name` has no verifier."""
+        """A rejected wake's features join the negatives. False if `name` has no verifier, or its
+        features file is damaged (said in the log: the reject itself is carried out)."""
         with self._locked():
-            known = self.features(name)
+            try:
+                known = self.features(name)
+            except ModelError as exc:
+                log.error("the rejected wake cannot teach the owner verifier for %s: %s; "
+                          "`edge-recorder enroll %s` trains it anew", name, exc, name)
+                return False
             if known is None:
                 return False
             pos, neg = known
@@ -233,6 +314,8 @@ class VerifierFiles:
 
 
 FRAME = 1280
+BUNDLED_FEATURES = 16 * 96
+"""The embedding features every bundled openWakeWord model scores: 16 frames of 96."""
 ENROLL_THRESHOLD = 0.5
 """A positive sample gives the frames where the wake model scores at least this (openWakeWord's)."""
 POSITIVE_OFFSETS = 5
@@ -327,45 +410,75 @@ class OwnerVerifier:
     """The second look: asked by the recorder at each wake, with the features just scored."""
 
     def __init__(self, files: VerifierFiles, features: Callable[[str], np.ndarray],
-                 threshold: float) -> None:
+                 threshold: float, report: Callable[[str], None] = lambda message: None) -> None:
+        """`report(message)`: a weights file cannot be used (once per version of the file)."""
         self._files = files
         self._features = features
         self.threshold = threshold
-        self._loaded: dict[str, tuple[float, Weights]] = {}
+        self._report = report
+        self._loaded: dict[str, tuple[tuple[int, int, int], Weights | ModelError]] = {}
+        """Per wake word: its weights file's (mtime, size, inode), and the weights read from it or
+        why they cannot be used."""
         self._last: tuple[Wake, np.ndarray] | None = None
         self.probabilities: deque[float] = deque(maxlen=1000)
         """The latest probabilities computed, in order (for benchmarks and tests)."""
 
-    def _weights(self, name: str) -> Weights | None:
+    def _weights(self, name: str) -> Weights | ModelError | None:
+        """`name`'s weights; None if it has no verifier; a ModelError if its file cannot be
+        used. Read again whenever the file changes (a retrain, a fix or a removal)."""
         try:
-            mtime = self._files.path(name, WEIGHTS).stat().st_mtime
+            path = self._files.path(name, WEIGHTS)
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         except (FileNotFoundError, ModelError):
             self._loaded.pop(name, None)
             return None
+        except OSError:
+            stamp = (0, 0, 0)  # it cannot even be looked at: reading it says why, once
         cached = self._loaded.get(name)
-        if cached is None or cached[0] != mtime:
-            weights = self._files.weights(name)
-            if weights is None:
-                return None
-            cached = self._loaded[name] = (mtime, weights)
-            log.info("owner verifier for %s loaded", name)
+        if cached is None or cached[0] != stamp:
+            cached = self._loaded[name] = (stamp, self._read(name, path))
         return cached[1]
+
+    def _read(self, name: str, path: Path) -> Weights | ModelError:
+        try:
+            weights = Weights.read(path)
+        except FileNotFoundError as exc:  # removed since the stat: gone at the next frame
+            return ModelError(describe(exc))
+        except ModelError as exc:
+            return self._damaged(name, exc)
+        log.info("owner verifier for %s loaded", name)
+        return weights
+
+    def _damaged(self, name: str, exc: ModelError) -> ModelError:
+        report_damage(f"the owner verifier for {name}", exc,
+                      f"every wake of {name} is discarded until `edge-recorder enroll {name}` "
+                      f"trains it again or `edge-recorder enroll --remove {name}` removes it",
+                      self._report)
+        return exc
 
     def listens_lower(self, name: str) -> bool:
         """Whether `name` has an owner verifier trained against impostors: then the wake model
         may put lower scores to it (config.OWNER_THRESHOLDS), as openWakeWord does with its own
         custom verifier."""
         weights = self._weights(name)
-        return weights is not None and weights.impostors > 0
+        return isinstance(weights, Weights) and weights.impostors > 0
 
     def second_look(self, wake: Wake) -> DiscardReason | None:
         """None if the wake may light the light; else why not."""
+        self._last = None
         weights = self._weights(wake.wake_word)
         if weights is None:
-            self._last = None
             return None
+        if isinstance(weights, ModelError):
+            return VERIFIER_DAMAGED
         features = np.array(self._features(wake.wake_word), dtype=np.float32)
-        p = weights.probability(features)
+        try:
+            p = weights.probability(features)
+        except ModelError as exc:
+            name = wake.wake_word
+            self._loaded[name] = (self._loaded[name][0], self._damaged(name, exc))
+            return VERIFIER_DAMAGED
         self.probabilities.append(p)
         self._last = (wake, features)
         if p < self.threshold:

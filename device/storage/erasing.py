@@ -1,0 +1,104 @@
+"""Erasing clips for good, even on a full disk: their keys first (crypto-erase, device/storage/
+keystore.py: from here no copy of a file can be read), then their files. Space is held back
+(`.reserve`) so that a delete still works when the disk is full: the journals and the key rotation
+need a little room. An erase that fails (a lock held too long, a full disk) is remembered and
+finished before the next one; a restart sweeps whatever a crash left (device/storage/index.py)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from device.core.errors import StoreError, describe
+from device.core.files import PRIVATE_FILE, fsync_dir
+from device.storage.keystore import KeyStore
+
+log = logging.getLogger(__name__)
+
+RESERVE_FILE = ".reserve"
+RESERVE_BYTES = 512 << 10
+"""Space held back so that a delete (SQLite journals, key rotation) still works on a full disk."""
+CLIP_SUFFIX = ".clip"
+FULL_TRIES = 3
+
+
+class Eraser:
+    def __init__(self, state_dir: Path, clips_dir: Path, keys: KeyStore) -> None:
+        self._state_dir, self._clips_dir, self._keys = state_dir, clips_dir, keys
+        self._unerased: set[str] = set()
+        """Ids whose rows are deleted but whose keys or files could not be erased yet."""
+
+    def file_of(self, clip_id: str) -> Path:
+        return self._clips_dir / f"{clip_id}{CLIP_SUFFIX}"
+
+    def erase(self, ids: list[str], then: Callable[[], None] = lambda: None) -> None:
+        """Keys, then files, then `then` (e.g. the request is done). On failure the ids are
+        remembered and erased again before the next delete; StoreError says so."""
+        try:
+            self.with_reserve(lambda: self._keys.destroy(ids))
+            self.remove_files([self.file_of(cid) for cid in ids])
+            then()
+        except (OSError, sqlite3.Error) as exc:
+            self._unerased.update(ids)
+            raise StoreError(f"the delete is recorded but its keys could not be destroyed yet "
+                             f"({describe(exc)}); it is retried") from None
+        self._unerased.difference_update(ids)
+
+    def finish_pending(self) -> None:
+        if self._unerased:
+            self.erase(sorted(self._unerased))
+
+    def remove_files(self, paths: list[Path]) -> None:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        if paths:
+            fsync_dir(self._clips_dir)
+
+    def with_reserve(self, action: Callable[[], None], doomed: Callable[[], list[str]] = list) -> None:
+        """Run `action`. On a full disk, release the reserved space and try again; if that is not
+        enough, remove the files of the clips being deleted first (`doomed()`: ciphertext whose
+        keys go in this very delete) and try once more."""
+        for attempt in range(FULL_TRIES):
+            try:
+                action()
+                return
+            except (OSError, sqlite3.OperationalError) as exc:
+                full = getattr(exc, "errno", None) == errno.ENOSPC or "full" in str(exc)
+                if not full or attempt == FULL_TRIES - 1 or not self._make_room(doomed):
+                    raise
+
+    def _make_room(self, doomed: Callable[[], list[str]]) -> bool:
+        reserve = self._state_dir / RESERVE_FILE
+        if reserve.exists():
+            log.warning("the disk is full: releasing the reserved %d KiB to delete", RESERVE_BYTES >> 10)
+            reserve.unlink()
+            return True
+        if ids := doomed():
+            log.warning("the disk is full: removing the %d clip file(s) being deleted first", len(ids))
+            self.remove_files([self.file_of(cid) for cid in ids])
+            return True
+        return False
+
+    def keep_reserve(self) -> None:
+        """Hold RESERVE_BYTES on the state directory's file system (made once; remade at a start
+        after a full disk used it, if there is room again)."""
+        reserve = self._state_dir / RESERVE_FILE
+        if reserve.exists():
+            return
+        try:
+            st = os.statvfs(self._state_dir)
+            if st.f_bavail * st.f_frsize < 2 * RESERVE_BYTES:
+                return
+            fd = os.open(reserve, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:  # a read-only or full file system: nothing to hold back
+            reserve.unlink(missing_ok=True)
+            log.debug("no space reserve: %s", exc)
