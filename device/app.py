@@ -44,8 +44,8 @@ from device.speech.voice import CommandSpotter, supports_grammar
 from device.storage.clips import ClipStore
 from device.storage.models import ModelStore
 from device.storage.retention import Sweeper
+from device.wake.confirm import build_detector
 from device.wake.detector import OpenWakeWordDetector, WakeDetector
-from device.wake.gate import GatedDetector
 from device.wake.phrase import PhraseCheck
 from device.wake.verifier import WEIGHTS_DAMAGED, OwnerVerifier, VerifierFiles
 
@@ -132,11 +132,10 @@ def make_recorder(settings: Settings, state_dir: Path, scorer: OpenWakeWordDetec
 
 
 def make_detector(settings: Settings, scorer: OpenWakeWordDetector, recorder: Recorder) -> WakeDetector:
-    """The wake detector the loop asks on every frame: the models, behind the energy gate when it is
-    on (it keeps the models running while a recording is open)."""
-    if not settings.wake.gate:
-        return scorer
-    return GatedDetector(scorer, settings.wake, keep_open=lambda: recorder.state is not State.LISTENING)
+    """The wake detector the loop asks on every frame: the models (microWakeWord beside openWakeWord
+    where wake.confirm says so), behind the energy gate when it is on (it keeps the models running
+    while a recording is open)."""
+    return build_detector(settings.wake, scorer, keep_open=lambda: recorder.state is not State.LISTENING)
 
 
 def _serve_alone(stack: ExitStack, state_dir: Path, settings: Settings) -> bool:

@@ -348,11 +348,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_listen(args: argparse.Namespace) -> int:
     from device.audio.sources import AudioSource, MicSource, WavSource
     from device.storage.models import ModelStore
+    from device.wake.confirm import meter_detector
     from device.wake.detector import OpenWakeWordDetector
     from device.wake.meter import run_meter
 
     settings, state_dir = _settings(args)
-    detector = OpenWakeWordDetector(settings.wake, ModelStore(resolve_models_dir(settings, state_dir)))
+    scorer = OpenWakeWordDetector(settings.wake, ModelStore(resolve_models_dir(settings, state_dir)))
+    detector = meter_detector(settings.wake, scorer)
     a = settings.audio
     source: AudioSource = (WavSource(args.file, realtime=True) if args.file
                            else MicSource(a.device, a.sample_rate_hz, a.queue_s))

@@ -93,6 +93,7 @@ def check_models(settings: Settings, state_dir: Path) -> Check:
     """The files against their pinned digests, then the wake-word runtime itself: the models are
     loaded and score a frame, as the daemon would."""
     from device.storage.models import ModelStore
+    from device.wake.confirm import build_detector
     from device.wake.detector import OpenWakeWordDetector
 
     store = ModelStore(resolve_models_dir(settings, state_dir))
@@ -103,14 +104,28 @@ def check_models(settings: Settings, state_dir: Path) -> Check:
         return Check("models", False, "; ".join(f"{r.name}: {r.detail}" for r in bad),
                      "run `edge-recorder models fetch --wake` (offline: `--wheel FILE`)")
     try:
-        OpenWakeWordDetector(settings.wake, store).scores(np.zeros(FRAME_SAMPLES, dtype=np.int16))
+        scorer = OpenWakeWordDetector(settings.wake, store)
+        detectors = detectors_used(settings, scorer)
+        build_detector(settings.wake, scorer).scores(np.zeros(FRAME_SAMPLES, dtype=np.int16))
     except EdgeRecorderError as exc:
         return Check("models", False, f"the wake-word runtime does not load: {exc}",
                      str(exc).rpartition("; ")[2] or "run scripts/setup")
     vosk = next(r for r in rows if r.kind == "asr")
     asr = "ASR model verified" if vosk.ok else f"no ASR model ({vosk.detail}): clips get no transcript"
-    return Check("models", True, f"wake words {', '.join(settings.wake.models)} verified and "
-                                 f"loaded (openWakeWord on ai-edge-litert); {asr}")
+    return Check("models", True, f"wake words verified and loaded: {detectors}; {asr}")
+
+
+def detectors_used(settings: Settings, scorer: Any) -> str:
+    """Which detectors each wake word uses, e.g. "alexa: openWakeWord + microWakeWord (cascade)"."""
+    from device.wake.confirm import confirm_modes
+
+    modes = confirm_modes(settings.wake, scorer.names)
+    plain = [n for n, m in modes.items() if m != "cascade"]
+    if plain and "cascade" in modes.values():  # they share openWakeWord's front end
+        modes = {n: f"{m}, as agree while {', '.join(plain)} needs openWakeWord on every frame"
+                 if m == "cascade" else m for n, m in modes.items()}
+    return ", ".join(f"{name}: openWakeWord" + ("" if mode == "none" else f" + microWakeWord ({mode})")
+                     for name, mode in modes.items())
 
 
 def check_gpio(settings: Settings, pin_factory: Any) -> Check:
@@ -228,22 +243,18 @@ def check_machine(settings: Settings, state_dir: Path) -> Check:
     model = _cpu_model()
     store = ModelStore(resolve_models_dir(settings, state_dir))
     try:
-        detector = OpenWakeWordDetector(settings.wake, store)
+        costs = detector_costs(settings, OpenWakeWordDetector(settings.wake, store))
     except EdgeRecorderError as exc:
         return Check("machine", False, f"cannot measure the wake-word cost: {exc}",
                      "fix the models check first")
-    frame = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-    detector.scores(frame)
-    started = time.perf_counter()
-    for _ in range(12):
-        detector.scores(frame)
-    ms = (time.perf_counter() - started) / 12 * 1000
+    ms = sum(costs.values())
     vosk_mb = _vosk_mb(settings, store) if settings.asr.enabled else 0.0
     need_mb = WAKE_MB + vosk_mb
+    each = " + ".join(f"{name} {cost:.1f}" for name, cost in costs.items())
     detail = (f"{model}, {cpus} CPU(s), {total_mb} MB RAM ({free_mb} MB available); wake words "
-              f"{ms:.1f} ms per 80 ms frame ({ms / FRAME_BUDGET_MS:.0%} of one core when scoring, "
-              f"less with wake.gate on a quiet room); expected memory {need_mb:.0f} MB "
-              f"(wake words {WAKE_MB} + Vosk {vosk_mb:.0f})")
+              f"{ms:.1f} ms per 80 ms frame ({each}; {ms / FRAME_BUDGET_MS:.0%} of one core when "
+              f"scoring, less with wake.gate on a quiet room and with a cascade); expected memory "
+              f"{need_mb:.0f} MB (wake words {WAKE_MB} + Vosk {vosk_mb:.0f})")
     fixes = []
     if free_mb and need_mb > free_mb:
         fixes.append("too little memory: use the small English Vosk model (about 60 MB) or set "
@@ -252,6 +263,28 @@ def check_machine(settings: Settings, state_dir: Path) -> Check:
         fixes.append("wake words take over half a core: keep wake.gate = true and configure fewer "
                      "wake.models")
     return Check("machine", not fixes, detail, "; ".join(fixes))
+
+
+def detector_costs(settings: Settings, scorer: Any) -> dict[str, float]:
+    """Milliseconds per 80 ms frame of each detector the wake words use (openWakeWord, and
+    microWakeWord where wake.confirm asks for it), measured on this machine."""
+    from device.wake import micro
+    from device.wake.confirm import confirm_modes
+
+    confirmed = [n for n, m in confirm_modes(settings.wake, scorer.names).items() if m != "none"]
+    detectors = {"openWakeWord": scorer}
+    if confirmed:
+        detectors["microWakeWord"] = micro.MicroWakeWordDetector(confirmed)
+    return {name: _ms_per_frame(d) for name, d in detectors.items()}
+
+
+def _ms_per_frame(detector: Any, frames: int = 12) -> float:
+    frame = np.random.default_rng(0).integers(-3000, 3000, FRAME_SAMPLES).astype(np.int16)
+    detector.scores(frame)
+    started = time.perf_counter()
+    for _ in range(frames):
+        detector.scores(frame)
+    return (time.perf_counter() - started) / frames * 1000
 
 
 def _meminfo_mb() -> tuple[int, int]:

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,9 @@ from device.recording.recorder import State  # noqa: E402
 from device.speech.asr import NoTranscriber, Transcriber, VoskTranscriber  # noqa: E402
 from device.storage.clips import ClipStore  # noqa: E402
 from device.storage.models import ModelStore  # noqa: E402
+from device.wake.confirm import build_detector  # noqa: E402
 from device.wake.detector import OpenWakeWordDetector, load_openwakeword_model  # noqa: E402
-from device.wake.gate import GatedDetector  # noqa: E402
+from device.wake.micro import MicroWakeWordDetector  # noqa: E402
 
 SENTENCES = [
     "the weather today is sunny with a light breeze from the west",
@@ -115,10 +117,8 @@ def build_listener(settings: Settings, models: ModelStore, state: Path, source: 
     indicator = Indicator(settings.indicator, MockFactory())
     scorer = OpenWakeWordDetector(settings.wake, models)
     recorder, verifier = make_recorder(settings, state, scorer, lambda: settings.wake.sensitivity)
-    detector: Any = scorer
-    if gated:
-        detector = GatedDetector(detector, settings.wake,
-                                 keep_open=lambda: recorder.state is not State.LISTENING)
+    detector = build_detector(settings.wake.model_copy(update={"gate": gated}), scorer,
+                              lambda: recorder.state is not State.LISTENING)
     speech = SpeechDetector(settings.recorder.vad_aggressiveness, settings.recorder.vad_margin_db)
     parts = ListenerParts(detector, speech, recorder, indicator, writer)
     hooks = ListenerHooks(wake_features=verifier.features_of,
@@ -147,6 +147,14 @@ class FrameList:
         pass
 
 
+def bare_openwakeword(models: ModelStore, name: str = "hey_jarvis") -> Any:
+    """openWakeWord's own Model for `name`, as its users run it: with its stock 10 s raw-audio
+    buffer (the daemon keeps 1 s: device/wake/detector.py, shorter_raw_buffer)."""
+    model = load_openwakeword_model([str(models.wake_model(name)[1])], models)
+    model.preprocessor.raw_data_buffer = deque(maxlen=16000 * 10)
+    return model
+
+
 def cpu_of(fn: Any) -> float:
     start = time.process_time()
     fn()
@@ -173,11 +181,10 @@ def bench_listening(frames: list[Frame], models: ModelStore, rounds: int, tmp: P
     """Bare openWakeWord, the daemon's listener, and the same with an enrolled owner (whose
     verifier is asked from lower scores), alternated."""
     settings = Settings()
-    wake_path = str(models.wake_model("hey_jarvis")[1])
     bare: list[float] = []
     piped: dict[str, list[float]] = {"pipeline": [], "owner": []}
     for r in range(rounds):
-        model = load_openwakeword_model([wake_path], models)
+        model = bare_openwakeword(models)
         bare.append(cpu_of(lambda m=model: [m.predict(f.samples) for f in frames]))
         for kind, template in (("pipeline", None), ("owner", owner)):
             listener, writer, events, indicator = build_listener(
@@ -201,7 +208,7 @@ def bench_light_latency(models: ModelStore, tmp: Path, owner: Path) -> dict[str,
     rest = speak(tmp / "rest.wav", "turn on the kitchen light", lead=0.1, tail=1.5)
     audio = np.concatenate([hey, rest])
     wake_end_s = last_voiced_sample(hey) / 16000
-    model = load_openwakeword_model([str(models.wake_model("hey_jarvis")[1])], models)
+    model = bare_openwakeword(models)
     threshold = Settings().wake.threshold
     bare_hit = next(f.end / 16000 for f in to_frames(audio)
                     if max(model.predict(f.samples).values()) > threshold)
@@ -223,21 +230,22 @@ def bench_light_latency(models: ModelStore, tmp: Path, owner: Path) -> dict[str,
     return result
 
 
-def day_stream(minutes: float, tmp: Path, room_db: float = -55.0) -> tuple[np.ndarray, int]:
+def day_stream(minutes: float, tmp: Path, room_db: float = -55.0,
+               wake: str = "hey jarvis, turn on the kitchen light") -> tuple[np.ndarray, int]:
     """A day-like stream: ~85 % room tone, ~10 % talk, a wake now and then. Returns (audio, wakes)."""
     rng = np.random.default_rng(7)
     n = int(minutes * 60 * 16000)
     tone = rng.standard_normal(n)
     audio = tone * 10 ** (room_db / 20) * 32768 / np.sqrt(np.mean(tone ** 2))
     talk = [speak(tmp / f"d{i}.wav", t) for i, t in enumerate(SENTENCES)]
-    wake = speak(tmp / "dwake.wav", "hey jarvis, turn on the kitchen light")
+    wake_take = speak(tmp / "dwake.wav", wake)
     at, wakes, slot = 0, 0, 16000 * 20
     while at + slot < n:
         kind = rng.random()
         if kind < 0.10 * 20 / 4:  # talk: ~10 % of the time (sentences are ~4 s)
             piece = talk[int(rng.integers(len(talk)))]
         elif kind < 0.10 * 20 / 4 + 0.02:
-            piece, wakes = wake, wakes + 1
+            piece, wakes = wake_take, wakes + 1
         else:
             piece = None
         if piece is not None:
@@ -251,7 +259,7 @@ def bench_gated_day(models: ModelStore, minutes: float, tmp: Path) -> dict[str, 
     audio, planted = day_stream(minutes, tmp)
     frames = to_frames(audio)
     settings = Settings.model_validate({"wake": {"sensitivity": "custom", "threshold": 0.5}})
-    model = load_openwakeword_model([str(models.wake_model("hey_jarvis")[1])], models)
+    model = bare_openwakeword(models)
     model.reset()
     bare_cpu = cpu_of(lambda: [model.predict(f.samples) for f in frames])
     out: dict[str, Any] = {"day_audio_h": round(len(audio) / 16000 / 3600, 3), "day_wakes_planted": planted,
@@ -271,6 +279,88 @@ def bench_gated_day(models: ModelStore, minutes: float, tmp: Path) -> dict[str, 
             out["day_gated_scored_share"] = round(detector.scored / max(1, detector.frames), 3)
     out["day_gated_cpu_ratio"] = round(out["day_gated_cpu_s"] / bare_cpu, 3)
     return out
+
+
+CONFIRM_MODES = ("none", "agree", "cascade")
+WAKES = {"alexa": "alexa, turn on the kitchen light", "hey_jarvis": "hey jarvis, turn on the kitchen light"}
+VOICES = ("en", "en-us+f2", "en-gb", "en+m3")
+
+
+def speech_stream(minutes: float, tmp: Path, wake: str) -> tuple[np.ndarray, int]:
+    """A speech-heavy stream (a television or a talkative room): sentences in four voices back to
+    back, with the wake phrase once every five minutes. Returns (audio, wakes)."""
+    talk = [speak(tmp / f"t{v}{i}.wav", text, voice=v, lead=0.1, tail=0.2)
+            for v in VOICES for i, text in enumerate(SENTENCES)]
+    take = speak(tmp / f"w{wake[:5]}.wav", wake, lead=0.3, tail=0.5)
+    pieces, at, next_wake, wakes, i = [], 0, 150 * 16000, 0, 0
+    while at < minutes * 60 * 16000:
+        piece = talk[i % len(talk)]
+        if at >= next_wake:
+            piece, next_wake, wakes = take, next_wake + 300 * 16000, wakes + 1
+        pieces.append(piece)
+        at, i = at + len(piece), i + 1
+    return np.concatenate(pieces), wakes
+
+
+def bench_confirm(models: ModelStore, minutes: float, tmp: Path) -> dict[str, Any]:
+    """Listening CPU with wake.confirm none / agree / cascade (the daemon's detector, gate on), beside
+    bare openWakeWord `predict` on every frame, on a speech-heavy and a day-like stream, per model."""
+    out: dict[str, Any] = {}
+    for name, wake in WAKES.items():
+        for kind, (audio, planted) in (("speech", speech_stream(minutes, tmp, wake)),
+                                       ("day", day_stream(2 * minutes, tmp, wake=wake))):
+            frames = to_frames(audio)
+            model = bare_openwakeword(models, name)
+            model.reset()
+            bare_cpu = cpu_of(lambda m=model, fs=frames: [m.predict(f.samples) for f in fs])
+            row: dict[str, Any] = {"audio_h": round(len(audio) / 16000 / 3600, 3), "planted": planted,
+                                   "bare_cpu_s": round(bare_cpu, 2)}
+            for confirm in CONFIRM_MODES:
+                settings = Settings.model_validate({"wake": {"models": [name], "confirm": {name: confirm}},
+                                                    "asr": {"enabled": False}})
+                listener, writer, events, indicator = build_listener(
+                    settings, models, tmp / f"c{name}{kind}{confirm}", FrameList(frames),
+                    NoTranscriber(), gated=True)
+                cpu = cpu_of(lambda lst=listener, fs=frames: [lst.step(f) for f in fs])
+                writer.close()
+                indicator.close()
+                listener.events.flush()
+                lit = sum(1 for e in events if isinstance(e, ev.Indicator) and e.state == "recording")
+                row[confirm] = {"cpu_s": round(cpu, 2), "cpu_ratio": round(cpu / bare_cpu, 3),
+                                "lit": lit}
+            out[f"{name}_{kind}"] = row
+        out[f"{name}_latency"] = confirm_latency(models, name, wake, tmp)
+    return {"confirm": out}
+
+
+def confirm_latency(models: ModelStore, name: str, wake: str, tmp: Path) -> dict[str, Any]:
+    """Light on (agree, cascade) against the frame where the later of the two detectors first
+    fired on the same take, each at its threshold for the default level: frames."""
+    audio = speak(tmp / f"lat{name}.wav", wake, lead=1.5, tail=1.5)
+    frames = to_frames(audio)
+    settings = Settings.model_validate({"wake": {"models": [name]}})
+    model = load_openwakeword_model([str(models.wake_model(name)[1])], models)
+    model.reset()
+    second = MicroWakeWordDetector([name])
+    first_s = next((f.end / 16000 for f in frames
+                    if max(model.predict(f.samples).values()) > settings.wake.threshold_for(name)), None)
+    second_s = next((f.end / 16000 for f in frames
+                     if second.scores(f.samples)[name] > settings.wake.confirm_threshold_for(name)), None)
+    result: dict[str, Any] = {"openwakeword_s": first_s, "microwakeword_s": second_s}
+    for confirm in ("agree", "cascade"):
+        s = Settings.model_validate({"wake": {"models": [name], "confirm": {name: confirm}},
+                                     "asr": {"enabled": False}})
+        listener, writer, events, indicator = build_listener(s, models, tmp / f"l{name}{confirm}",
+                                                             FrameList(frames), NoTranscriber(), gated=True)
+        listener.run(threading.Event())
+        writer.close()
+        indicator.close()
+        listener.events.flush()
+        on = next((e.t for e in events if isinstance(e, ev.Indicator) and e.state == "recording"), None)
+        both = max(first_s or 0, second_s or 0)
+        result[confirm] = {"light_on_s": on, "frames_after_confirming": None if on is None else
+                           round((on - both) / (FRAME / 16000), 2)}
+    return result
 
 
 def vosk_model_dir(models: ModelStore) -> Path | None:
@@ -323,6 +413,10 @@ def main() -> int:
     parser.add_argument("--day-minutes", type=float, default=60.0,
                         help="length of the day-like stream for gated listening (0: skip)")
     parser.add_argument("--only-day", action="store_true", help="only the gated-listening figure")
+    parser.add_argument("--only-confirm", action="store_true",
+                        help="only the second-detector rows (wake.confirm none/agree/cascade)")
+    parser.add_argument("--confirm-minutes", type=float, default=10.0,
+                        help="length of the speech-heavy stream (the day-like one is twice as long)")
     parser.add_argument("--only-voice", action="store_true",
                         help="only the voice-command figures (Korean model and phrases)")
     parser.add_argument("--noise", type=Path, default=None,
@@ -353,6 +447,8 @@ def main() -> int:
                 None if x == "clean" else float(x) for x in args.snr.split(",")]
             voice = bench_voice(models, tmp, args.noise, args.groups.split(","), args.voices, snrs)
             return print_table(print_voice(voice), voice)
+        if args.only_confirm:
+            return print_confirm(bench_confirm(models, args.confirm_minutes, tmp))
         if args.day_minutes:
             result.update(bench_gated_day(models, args.day_minutes, tmp))
         if args.only_day:
@@ -388,6 +484,22 @@ def main() -> int:
             ("  share of frames the models ran on", f"{result['day_gated_scored_share']}", ""),
         ]
     return print_table(rows, result)
+
+
+def print_confirm(r: dict[str, Any]) -> int:
+    rows = []
+    for key, row in r["confirm"].items():
+        if key.endswith("_latency"):
+            for confirm in ("agree", "cascade"):
+                rows.append((f"{key.removesuffix('_latency')}: light on after the confirming detection "
+                             f"({confirm}), frames", f"{row[confirm]['frames_after_confirming']}", "<= 1"))
+            continue
+        target = "<= 0.15 (cascade)" if key.endswith("speech") else "<= 0.30"
+        for confirm in CONFIRM_MODES:
+            rows.append((f"{key} ({row['audio_h']} h, {row['planted']} wakes planted), {confirm}: "
+                         f"CPU / bare openWakeWord", f"{row[confirm]['cpu_ratio']:.3f} "
+                         f"({row[confirm]['lit']} lit)", target))
+    return print_table(rows, r)
 
 
 def print_table(rows: list[tuple[str, str, str]], result: dict[str, Any]) -> int:

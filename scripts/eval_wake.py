@@ -3,6 +3,7 @@
     scripts/eval-wake DATA_DIR [--models hey_jarvis,alexa] [--presets sensitive,balanced,strict]
                                [--snr 10,5] [--gap-s 0.5] [--no-owners | --only-owners]
                                [--owner-presets balanced] [--phrase-check FILE|off]
+                               [--confirm none,agree,cascade] [--no-bare]
 
 DATA_DIR holds recordings in a plain layout anyone can fill (WAV/FLAC/OGG, any rate or channels):
   positives/<wake_word>/**   one utterance of the wake word per file (recall)
@@ -27,6 +28,11 @@ pipeline is `simulate`'s code path (a wake counts when the light comes on, i.e. 
 second look) (run_pipeline, simulated LED, a throwaway store); bare
 openWakeWord is the same model's `predict` with a 0.5 threshold and a 2 s refractory period, run
 on the same audio in the same process. Prints a table and one JSON line.
+
+--confirm gives rows per wake.confirm (none: openWakeWord alone; agree and cascade: microWakeWord
+must fire too), each with the listening CPU the pipeline spent (process time) beside bare
+openWakeWord's on the same audio; --no-bare skips bare openWakeWord on the negatives (hours of CPU
+on long data; its columns are then empty).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from device.storage.models import ModelStore  # noqa: E402
 from device.wake import detector as wake  # noqa: E402
 from device.wake import phrase  # noqa: E402
 from device.wake.phrase import NOT_PHRASE  # noqa: E402
+from device.wake.trigger import NOT_CONFIRMED  # noqa: E402
 from device.wake.verifier import TURNED_AWAY, VerifierFiles, Weights, enrollment_features  # noqa: E402
 
 FRAME = 1280
@@ -67,6 +74,7 @@ AUDIO = (".wav", ".flac", ".ogg")
 BARE_THRESHOLD, BARE_REFRACTORY_S = 0.5, 2.0
 LEAD_IN = 2 * RATE
 BARE_FALSE: dict[tuple[str, str], int] = {}
+BARE_CPU: dict[tuple[str, str], float] = {}
 
 
 def audio_files(folder: Path) -> list[Path]:
@@ -126,7 +134,7 @@ class Memory:
         pass
 
 
-def pipeline(samples: np.ndarray, settings: Settings, state: Path) -> dict[str, int]:
+def pipeline(samples: np.ndarray, settings: Settings, state: Path) -> dict[str, Any]:
     from gpiozero.pins.mock import MockFactory
 
     seen: list[Event] = []
@@ -138,7 +146,10 @@ def pipeline(samples: np.ndarray, settings: Settings, state: Path) -> dict[str, 
     lit = sum(1 for e in seen if e.type == "indicator" and getattr(e, "state", "") == "recording")
     reasons = [getattr(e, "reason", "") for e in seen if e.type == "discarded"]
     return {"wakes": kinds.count("wake"), "lit": lit, "clips": kinds.count("clip"),
-            "turned_away": reasons.count(TURNED_AWAY), "not_phrase": reasons.count(NOT_PHRASE)}
+            "turned_away": reasons.count(TURNED_AWAY), "not_phrase": reasons.count(NOT_PHRASE),
+            "not_confirmed": reasons.count(NOT_CONFIRMED),
+            "wakes_at": [getattr(e, "t", None) for e in seen
+                         if e.type == "indicator" and getattr(e, "state", "") == "recording"]}
 
 
 def bare(samples: np.ndarray, model: Any) -> int:
@@ -244,11 +255,15 @@ def evaluate_one(args: argparse.Namespace, name: str, positives: list[np.ndarray
     bare_recall = sum(bare(p, bare_model) > 0 for p in pos)
     key = (name, cond)  # a clean stream is the same for every owner: bare openWakeWord scores it once
     if snr or key not in BARE_FALSE:
-        BARE_FALSE[key] = bare(neg, bare_model)
+        started = time.process_time()
+        BARE_FALSE[key] = bare(neg, bare_model) if args.bare else -1
+        BARE_CPU[key] = time.process_time() - started
     bare_false = BARE_FALSE[key]
     rows = []
-    for preset in (args.owner_presets or args.presets) if template else args.presets:
-        settings = Settings.model_validate({"wake": {"models": [name], "sensitivity": preset},
+    for preset, confirm in [(p, c) for p in ((args.owner_presets or args.presets) if template
+                                             else args.presets) for c in args.confirm]:
+        settings = Settings.model_validate({"wake": {"models": [name], "sensitivity": preset,
+                                                     "confirm": {name: confirm}},
                                             "asr": {"enabled": False}})
         with tempfile.TemporaryDirectory() as tmp:
             found = sum(pipeline(p, settings, with_verifier(template, Path(tmp) / f"p{i}"))["lit"] > 0
@@ -256,9 +271,13 @@ def evaluate_one(args: argparse.Namespace, name: str, positives: list[np.ndarray
             found_others = sum(
                 pipeline(p, settings, with_verifier(template, Path(tmp) / f"o{i}"))["lit"] > 0
                 for i, p in enumerate(other_pos))
+            started = time.process_time()
             negative = pipeline(neg, settings, with_verifier(template, Path(tmp) / "neg"))
+            cpu = time.process_time() - started
         rows.append({
-                    **extra, "model": name, "preset": preset, "condition": cond,
+                    **extra, "model": name, "preset": preset, "confirm": confirm, "condition": cond,
+                    "pipeline_cpu_s": round(cpu, 1), "bare_cpu_s": round(BARE_CPU[key], 1),
+                    "not_confirmed": negative["not_confirmed"], "wakes_at": negative["wakes_at"],
                     "positives": len(pos), "negatives_h": round(hours, 3),
                     "bare_recall": round(bare_recall / max(1, len(pos)), 4),
                     "recall": round(found / max(1, len(pos)), 4),
@@ -291,15 +310,19 @@ def main() -> int:
     parser.add_argument("--phrase-check", metavar="FILE|off",
                         help="hey_jarvis's phrase-check weights to use instead of the bundled ones "
                              "(scripts/train-phrase-check --folds-out), or off: none")
+    parser.add_argument("--confirm", type=lambda s: s.split(","), default=["none"],
+                        help="wake.confirm modes to give rows for (none, agree, cascade)")
+    parser.add_argument("--no-bare", dest="bare", action="store_false",
+                        help="skip bare openWakeWord on the negatives")
     parser.add_argument("--owner-presets", type=lambda s: s.split(","),
                         help="presets for the owner rows (default: --presets)")
     args = parser.parse_args()
     started = time.monotonic()
     results = evaluate(args)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
-    head = ("model", "owner", "preset", "condition", "positives", "bare_recall", "recall", "negatives_h",
-            "bare_false_wakes_per_h", "false_wakes_per_h", "accidental_clips_per_h", "not_phrase",
-            "others_recall")
+    head = ("model", "owner", "preset", "confirm", "condition", "positives", "bare_recall", "recall",
+            "negatives_h", "bare_false_wakes_per_h", "false_wakes_per_h", "accidental_clips_per_h",
+            "not_phrase", "not_confirmed", "others_recall", "pipeline_cpu_s", "bare_cpu_s")
     print(" | ".join(head))
     for row in results["rows"]:
         print(" | ".join(str(row.get(h, "")) for h in head))

@@ -10,7 +10,14 @@ MIRRORS holds bare git snapshots (as the `fetch` tool leaves them: MIRRORS/<owne
   chaeyoung-lee/wids_tutorial           Speech Commands' background noise (noise/ for --snr)
   jim-schwoebel/sample_voice_data       VoxCeleb interview excerpts, 102 speakers (held out)
   vocobox/human-voice-dataset           sung notes and syllables (held out)
-Whichever are missing are left out. OUT gets four eval-wake data directories:
+and, for OUT/more (about 20 hours more, ../shared/research/audio-sources.md; held out):
+  jimbozhang/speechocean762             read English, 250 speakers (Mandarin first language)
+  wake-up-word/wuw-corpus-ii            telephone calls saying other wake words (8 kHz mu-law)
+  abdulkaderghandoura/arabic-speech-commands-dataset   40 Arabic command words, 30 speakers
+  thegtagamer/PICO-tinyML-benchmark     Speech Commands v0.02's test set (without _silence_)
+plus Debian's game dialogue (fillets-ng-data, -cs, -nl) and soundtracks (warzone2100-music,
+nexuiz-music), taken with `apt-get download` into OUT/debs. Whichever are missing are left out.
+OUT gets five eval-wake data directories:
   OUT/main    positives/<model>/ from espeak-ng (12 voices x 3 speeds x 3 pitches), negatives/,
               noise/, owners/hey_jarvis/<voice>/ (eight espeak-ng voices: 5 takes to enroll, two
               sentences of other speech, 9 held-out takes to test)
@@ -18,6 +25,11 @@ Whichever are missing are left out. OUT gets four eval-wake data directories:
   OUT/jarvis  positives/hey_jarvis/: Picovoice's real recordings of the bare name "Jarvis" (how
               often the bare name wakes hey_jarvis), and the same owners, tested on those recordings
   OUT/heldout negatives/ only (talk and singing that nothing was tuned on), and the same owners
+  OUT/splices positives/hey_jarvis/: each real bare "Jarvis" after a real "hey" of other speakers
+              (Precise's "hey savant" takes, cut as scripts/train-phrase-check cuts them): real
+              speech saying "hey jarvis" (testing only: CC BY-NC-SA)
+  OUT/more    negatives/<source>/ only: the 20 hours above, one folder per source, file names
+              keeping the speaker or session (e.g. read-english/SPEAKER0001__...)
 and, for scripts/train-phrase-check, OUT/phrase/hey_jarvis/: bare/ (the same bare "Jarvis"), hey/
 (Precise's public-domain "hey chatterbox" and "hey computer" takes) and hey-heldout/ (its "hey
 savant" and "hey Vermont" takes, CC BY-NC-SA: used to test the phrase check, never to train it).
@@ -27,9 +39,11 @@ Nothing here is committed or downloaded at run time: the recordings are read fro
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,16 +74,26 @@ def blobs(repo: Path, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
-def export(repo: Path, into: Path, prefix: str = "", suffixes: tuple[str, ...] = (".wav", ".flac")) -> int:
-    """Writes the audio files under `prefix`, and those inside .tar.gz archives there, into `into`."""
+def export(repo: Path, into: Path, prefix: str = "", suffixes: tuple[str, ...] = (".wav", ".flac"),
+           strip: int = 0, skip: str | None = None) -> int:
+    """Writes the audio files under `prefix`, and those inside .tar.gz archives there, into `into`
+    (named by their path, less `strip` leading folders; none whose path contains `skip`). Raw 8 kHz
+    mu-law (.ulaw) becomes WAV."""
     count = 0
     for path, blob in blobs(repo, prefix):
+        if skip and skip in path:
+            continue
         try:
             data = git(repo, "cat-file", "blob", blob)
         except subprocess.CalledProcessError:
             continue  # listed but absent in the snapshot (a large file)
-        flat = path.replace("/", "__").replace(" ", "_")
-        if path.endswith(suffixes):
+        flat = "__".join(path.split("/")[strip:]).replace(" ", "_")
+        if path.lower().endswith(".ulaw"):
+            into.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["sox", "-t", "ul", "-r", "8000", "-c", "1", "-", str(into / f"{flat}.wav")],
+                           input=data, check=True)
+            count += 1
+        elif path.lower().endswith(suffixes):
             into.mkdir(parents=True, exist_ok=True)
             (into / flat).write_bytes(data)
             count += 1
@@ -125,6 +149,79 @@ def phrase_data(out: Path, precise: Path, bare_name: Path) -> None:
                 (root / part / take.name).symlink_to(take)
 
 
+MORE_REPOS = {  # source folder: (repository, path prefix, leading folders dropped from names, skipped)
+    "read-english": ("jimbozhang/speechocean762", "WAVE/", 1, None),
+    "calls": ("wake-up-word/wuw-corpus-ii", "calls/", 1, None),
+    "arabic-commands": ("abdulkaderghandoura/arabic-speech-commands-dataset", "dataset/", 1, None),
+    "speech-commands": ("thegtagamer/PICO-tinyML-benchmark", "MLTK_keyworkSpotting/dataset/", 2,
+                        "/_silence_/"),
+}
+MORE_DEBS = {"game-dialogue": ["fillets-ng-data", "fillets-ng-data-cs", "fillets-ng-data-nl"],
+             "soundtracks": ["warzone2100-music", "nexuiz-music"]}
+"""Debian packages with real voices and music (GPL-2): game dialogue in English, Czech and Dutch
+(fillets-ng: its voice folders only, not its music), and two games' soundtracks."""
+
+
+def debian_audio(out: Path, folder: str, packages: list[str]) -> int:
+    """`apt-get download`s the packages into OUT/debs and links their audio into `folder`."""
+    debs = out / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["apt-get", "download", "-q", *packages], cwd=debs, check=True,
+                   capture_output=True)
+    into = out / "more" / "negatives" / folder
+    into.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for package in packages:
+        deb = next(debs.glob(f"{package}_*.deb"))
+        tree = debs / package
+        if not tree.exists():
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
+        for pk3 in tree.rglob("*.pk3"):  # nexuiz: a zip of .ogg files
+            shutil.unpack_archive(pk3, tree / "pk3", "zip")
+        for f in sorted(tree.rglob("*")):
+            voice = "fillets" not in package or "/sound/" in str(f)
+            if f.suffix in (".ogg", ".opus") and voice:
+                flat = "__".join(f.relative_to(tree).parts[-4:])  # names repeat across levels
+                (into / f"{package}__{flat}").symlink_to(f)
+                count += 1
+    return count
+
+
+def more(out: Path, repo: Callable[[str], Path | None]) -> dict[str, int]:
+    """OUT/more/negatives/: the 20 hours of audio-sources.md, one folder per source."""
+    counts = {}
+    for folder, (name, prefix, strip, skip) in MORE_REPOS.items():
+        if found := repo(name):
+            counts[folder] = export(found, out / "more" / "negatives" / folder, prefix,
+                                    (".wav", ".flac"), strip, skip)
+    for folder, packages in MORE_DEBS.items():
+        try:
+            counts[folder] = debian_audio(out, folder, packages)
+        except (subprocess.CalledProcessError, StopIteration) as exc:
+            print(f"eval-wake-data: left out {folder} (apt-get download {' '.join(packages)}: {exc})",
+                  file=sys.stderr)
+    return counts
+
+
+def splices(out: Path) -> int:
+    """OUT/splices/positives/hey_jarvis/: real "hey" + real "Jarvis" (scripts/train-phrase-check's
+    held-out splices, one per bare name, seed 0)."""
+    import numpy as np
+    import soundfile
+    from train_phrase_check import RATE, heys, load, splice, trimmed
+
+    root = out / "phrase" / "hey_jarvis"
+    other = heys(root / "hey-heldout")
+    into = out / "splices" / "positives" / "hey_jarvis"
+    into.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = sorted((root / "bare").iterdir())
+    for name in names:
+        joined = splice(other[int(rng.integers(len(other)))], trimmed(load(name)), rng)
+        soundfile.write(str(into / f"{name.stem}.wav"), joined, RATE, subtype="PCM_16")
+    return len(names)
+
+
 def main() -> int:
     if len(sys.argv) != 3:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
@@ -163,6 +260,7 @@ def main() -> int:
             (linked / "test").symlink_to(bare_name)
         if precise:
             phrase_data(out, main_dir / "negatives" / "precise", bare_name)
+            counts["hey + jarvis splices"] = splices(out)
     if digits := repo("Jakobovski/free-spoken-digit-dataset"):
         counts["spoken digits"] = export(digits, main_dir / "negatives" / "digits", "recordings/")
     if noise := repo("chaeyoung-lee/wids_tutorial"):
@@ -176,6 +274,7 @@ def main() -> int:
                                             "data/voices/")
     if talk or singing:
         (out / "heldout" / "owners").symlink_to(main_dir / "owners")
+    counts.update(more(out, repo))
     for what, n in counts.items():
         print(f"{what}: {n} files")
     return 0

@@ -50,6 +50,7 @@ def test_the_gate_finds_the_same_wake_as_the_models_alone_while_they_mostly_rest
 
 class Counting:
     names = ["hey_jarvis"]
+    frame_samples = 1280
 
     def __init__(self) -> None:
         self.calls = 0

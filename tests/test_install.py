@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = [ROOT / "scripts" / n for n in (
     "install.sh", "uninstall.sh", "install-common.sh", "setup", "test", "demo", "bench", "bench-mqtt",
     "soak-crash", "make-test-audio", "test-install-chroot", "openwakeword-install", "eval-wake",
-    "test-home-assistant", "bench-start")]
+    "test-home-assistant", "bench-start", "wake-scores", "eval-confirm")]
 SCRIPTS.append(ROOT / ".ci" / "run")
 TOUCHED = [Path("/opt/edge-recorder"), Path("/etc/edge-recorder"), Path("/var/lib/edge-recorder"),
            Path("/etc/systemd/system/edge-recorder.service")]

@@ -78,6 +78,17 @@ where that is lower). openWakeWord asks its custom verifier from 0.1 on; the own
 unusual takes score 0.3-0.8, and the verifier, not the threshold, turns other voices away
 (BENCHMARKS.md: owner rows)."""
 Sensitivity = Literal["sensitive", "balanced", "strict", "custom"]
+Confirm = Literal["none", "agree", "cascade"]
+DEFAULT_CONFIRM: dict[str, Confirm] = {"alexa": "cascade"}
+"""wake.confirm for wake words the configuration does not name, chosen from measurements
+(docs/incoming-detectors.md, BENCHMARKS.md): alexa's two detectors make different mistakes and
+agree on real speech; hey_jarvis's microWakeWord model misses most real takes, so it stays off there
+(and for every model not named)."""
+CONFIRM_WINDOW_S = 1.5
+"""With agree or cascade, the two detectors must fire within this long of each other."""
+CASCADE_LEVEL = 0.1
+"""With cascade, openWakeWord runs (after replaying the last `gate_preroll_s` from RAM) once
+microWakeWord's probability rises over this, and until `gate_hangover_s` after it fell below."""
 
 
 class WakeSettings(_Section):
@@ -104,6 +115,16 @@ class WakeSettings(_Section):
     """When models with a bundled phrase check (hey_jarvis) make sure the whole wake phrase was
     said, not the bare name: at the strict level only, always, or never. A wake it doubts is
     discarded (`not_phrase`) before the light comes on."""
+    confirm: dict[str, Confirm] = Field(default_factory=dict)
+    """Per wake word: "none" (openWakeWord alone), "agree" (microWakeWord must fire too, within
+    1.5 s; the light comes on only when both have) or "cascade" (the same wakes as agree, but
+    openWakeWord runs only once microWakeWord's probability rises over 0.1). A wake word not named
+    here gets the measured default: "cascade" for alexa, "none" for every other."""
+    confirm_threshold: Probability = 0.5
+    """microWakeWord's probability (its own average over its last windows) that confirms a wake, at
+    every level. Its models' own cutoffs (0.9 for alexa) are for it alone; as the second detector,
+    0.9 cost 2.5-3 points of real-speech recall against 0.5 and turned no further false wake away
+    (docs/incoming-detectors.md)."""
     gate: bool = True
     """In a quiet room, run the wake-word models only when a frame stands out from the noise floor
     (the skipped audio is replayed first, so no wake is lost at the onset of speech)."""
@@ -130,6 +151,14 @@ class WakeSettings(_Section):
 
     def threshold_for(self, name: str, level: str | None = None) -> float:
         return self.preset(name, level)[0]
+
+    def confirm_for(self, name: str) -> Confirm:
+        """The second detector's part for `name`: as configured, else the measured default."""
+        return self.confirm.get(name, DEFAULT_CONFIRM.get(name, "none"))
+
+    def confirm_threshold_for(self, name: str, level: str | None = None) -> float:
+        """The microWakeWord probability that confirms a wake of `name` (the same at every level)."""
+        return self.confirm_threshold
 
 
 class RecorderSettings(_Section):

@@ -27,13 +27,15 @@ IndicatorState = Literal["recording", "idle", "muted"]
 """The recording light: on while audio is kept; idle; muted (the input is closed). A light that
 cannot be switched on is an `error` event (`indicator_failed`), and nothing is kept."""
 DiscardReason = Literal["no_speech", "muted", "superseded", "not_owner", "not_phrase",
-                        "verifier_damaged", "phrase_check_damaged", "near_command"]
+                        "verifier_damaged", "phrase_check_damaged", "not_confirmed",
+                        "near_command"]
 """Why a wake kept nothing: no speech followed; muted while recording; a new wake word started a
 new recording; the owner verifier or the phrase check turned the wake away before the light; or
 that second look's weights file cannot be used (a `weights_damaged` error said why), so the wake
-was discarded before the light rather than kept without it; or what was said came close to a
-spoken command without surely being one (`near_command`: dropped, the feedback LED said "didn't
-catch that")."""
+was discarded before the light rather than kept without it; or one of two detectors that must
+agree (wake.confirm) heard it alone (`not_confirmed`); or what was said came close to a spoken
+command without surely being one (`near_command`: dropped, the feedback LED said "didn't catch
+that")."""
 DeleteReason = Literal["command", "retention", "voice", "reject"]
 """Who deleted: a command (CLI, MQTT), the retention sweep, a spoken command, or a reject
 ("that wasn't for you", which also counts a false wake)."""

@@ -49,6 +49,22 @@ PINNED_SHA256 = {
 }
 
 
+MICRO_WAKE_FILES = {"alexa": "alexa", "hey_jarvis": "hey_jarvis", "hey_mycroft": "hey_mycroft",
+                    "ok_nabu": "okay_nabu"}
+"""microWakeWord's models (a .json and a .tflite each) inside the pinned pymicro-wakeword wheel,
+by the wake word's name here (its okay_nabu is openWakeWord's ok_nabu)."""
+MICRO_SHA256 = {
+    "alexa.tflite": "9011a8155b04de858c48038529235cbc0e42e9fca05a55bf588cb80a653a723b",
+    "alexa.json": "1d999798b35b1fe2606465b75ab840be51c1811d2909d5e620cefb6e96f8abd0",
+    "hey_jarvis.tflite": "21a7976add39ee24ec96c63d96b7aaa18e24d1d9824b963e451da8feb4b78b77",
+    "hey_jarvis.json": "b153867d818675d8abcc9dace474afe7f83551ae0d5a9b1d71a98681320185af",
+    "hey_mycroft.tflite": "c2a9b6ed51182db72e014781d5a4ece1929dc232a40b5b4be384f0295f0e1571",
+    "hey_mycroft.json": "57b2b06fe5fdbbe834a242fabc7af31e4194a550fc382b2c88636a6d62d0d57e",
+    "okay_nabu.tflite": "d89128c4d16a72de429119fb2254ce46649553c2a24f5dd840175c80d7b9d094",
+    "okay_nabu.json": "f8026e2ce93a0855ca23483036fd2d74ee924a2588d9ea6a6c6c7478fbf4be57",
+}
+
+
 @dataclass(frozen=True)
 class Archive:
     name: str
@@ -234,6 +250,21 @@ class ModelStore:
             if not f.is_file() or sha256_file(f) != digest:
                 return ModelStatus("asr", "vosk", path, False, f"'{rel}' is missing or changed")
         return ModelStatus("asr", "vosk", path, True, f"verified ({record['source']})")
+
+
+def verified_micro_model(root: Path, name: str) -> Path:
+    """The JSON file of `name`'s microWakeWord model in `root`, it and its .tflite checked against
+    their pinned digests (a damaged wheel must not reach the TFLite C library)."""
+    stem = MICRO_WAKE_FILES[name]
+    reinstall = "reinstall it with scripts/openwakeword-install"
+    for filename in (f"{stem}.json", f"{stem}.tflite"):
+        path = root / filename
+        if not path.is_file():
+            raise ModelError(f"microWakeWord model file '{path}' is missing; {reinstall}")
+        if sha256_file(path) != MICRO_SHA256[filename]:
+            raise ModelError(f"checksum mismatch for microWakeWord model '{path}': expected sha256 "
+                             f"{MICRO_SHA256[filename]}; {reinstall}")
+    return root / f"{stem}.json"
 
 
 def check_vosk_dir(model_dir: Path) -> Path:

@@ -9,6 +9,9 @@ and then every frame is scored until `hangover_s` after the last loud one. While
 open the gate stays open. The floor follows the room: it is a low percentile of the last 30 s of
 frame levels, so a fan or a fridge becomes the floor (and does not hold the gate open) while speech
 stands above it.
+
+The same gate, opened by microWakeWord's probability instead of the frame's energy, is the cascade
+(device/wake/confirm.py): openWakeWord then runs only around what microWakeWord half-heard.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from device.wake.detector import WakeDetector
 FLOOR_WINDOW_S = 30.0
 FLOOR_PERCENTILE = 5
 """The noise floor: this percentile of the frame levels in the last FLOOR_WINDOW_S."""
+FLOOR_EVERY_FRAMES = 6
+"""The floor is recomputed this often (every 0.48 s): a percentile of 375 levels on every frame
+cost about a twentieth of openWakeWord's own time per frame, and a 30 s floor does not move faster."""
 SILENCE_DB = -100.0
 
 
@@ -34,17 +40,22 @@ def frame_db(samples: np.ndarray) -> float:
 
 
 class GatedDetector:
-    """A WakeDetector that scores frames only while the room is not quiet (or while recording)."""
+    """A WakeDetector that scores frames only while the room is not quiet (or while recording).
+    `opens(samples)`, if given, decides instead of the frame's energy."""
 
     def __init__(self, inner: WakeDetector, settings: WakeSettings,
-                 keep_open: Callable[[], bool] = lambda: False) -> None:
+                 keep_open: Callable[[], bool] = lambda: False,
+                 opens: Callable[[np.ndarray], bool] | None = None) -> None:
         self.names = inner.names
+        self.frame_samples = inner.frame_samples
         self._inner = inner
+        self._opens = opens or self._loud
         self._margin_db = settings.gate_margin_db
         self._hangover = frames_for(settings.gate_hangover_s)
         self._keep_open = keep_open
         self._buffer: deque[np.ndarray] = deque(maxlen=frames_for(settings.gate_preroll_s))
         self._levels: deque[float] = deque(maxlen=frames_for(FLOOR_WINDOW_S))
+        self._floor: float | None = None
         self._open_for = 0
         self._quiet = {name: 0.0 for name in inner.names}
         self.frames = 0
@@ -57,10 +68,7 @@ class GatedDetector:
 
     def scores(self, samples: np.ndarray) -> Mapping[str, float]:
         self.frames += 1
-        level = frame_db(samples)
-        self._levels.append(level)
-        loud = level > self.floor_db() + self._margin_db
-        if loud or self._keep_open():
+        if self._opens(samples) or self._keep_open():
             if not self.open:
                 self._replay()
             self._open_for = self._hangover
@@ -72,8 +80,23 @@ class GatedDetector:
         self.scored += 1
         return self._inner.scores(samples)
 
+    def _loud(self, samples: np.ndarray) -> bool:
+        level = frame_db(samples)
+        self._levels.append(level)
+        if self._floor is None or self.frames % FLOOR_EVERY_FRAMES == 0:
+            self._floor = self.floor_db()
+        return level > self._floor + self._margin_db
+
     def floor_db(self) -> float:
         return float(np.percentile(self._levels, FLOOR_PERCENTILE))
+
+    def reset(self) -> None:
+        """Forget all audio heard so far: the buffer, the room's levels, and the models'."""
+        self._buffer.clear()
+        self._levels.clear()
+        self._floor = None
+        self._open_for = 0
+        self._inner.reset()
 
     def _replay(self) -> None:
         """Bring the models' buffers up to date with the audio they skipped (scores discarded:

@@ -1,4 +1,5 @@
-"""`edge-recorder listen --meter`: input level, voice activity and every wake word's score, live.
+"""`edge-recorder listen --meter`: input level, voice activity and every wake word's score, live
+(openWakeWord's, and microWakeWord's beside it as "micro" where it has a model).
 
 For tuning thresholds with a real microphone. It keeps nothing: no store, no light, no network.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Mapping
 from typing import IO
 
 import numpy as np
@@ -27,14 +29,32 @@ def dbfs(samples: np.ndarray) -> float:
     return max(FLOOR_DB, 20 * math.log10(rms)) if rms > 0 else FLOOR_DB
 
 
-def render(level_db: float, speech: bool, scores: dict[str, float], settings: Settings) -> str:
+SECOND = "micro"
+"""How the meter names microWakeWord's probability, beside openWakeWord's score."""
+
+
+def render(level_db: float, speech: bool, scores: Mapping[str, float], settings: Settings) -> str:
     filled = round(BAR_WIDTH * (level_db - FLOOR_DB) / -FLOOR_DB)
     bar = "#" * filled + "." * (BAR_WIDTH - filled)
+    confirm: Mapping[str, float] = getattr(scores, "confirm", {})
+
+    def shown(score: float, threshold: float) -> str:
+        return f"{score:.2f}{'*' if score > threshold else ' '}"
+
     words = "  ".join(
-        f"{name} {score:.2f}{'*' if score > settings.wake.threshold_for(name) else ' '}"
+        f"{name} {shown(score, settings.wake.threshold_for(name))}"
+        + (f" {SECOND} {shown(confirm[name], settings.wake.confirm_threshold_for(name))}"
+           if name in confirm else "")
         for name, score in scores.items()
     )
     return f"level {level_db:6.1f} dBFS [{bar}] {'speech' if speech else 'quiet '}  {words}"
+
+
+def over(scores: Mapping[str, float], settings: Settings) -> bool:
+    """Whether any detector's score is over its threshold in this frame."""
+    confirm: Mapping[str, float] = getattr(scores, "confirm", {})
+    return any(s > settings.wake.threshold_for(k) for k, s in scores.items()) or any(
+        s > settings.wake.confirm_threshold_for(k) for k, s in confirm.items())
 
 
 def run_meter(settings: Settings, source: AudioSource, detector: WakeDetector, out: IO[str],
@@ -43,23 +63,27 @@ def run_meter(settings: Settings, source: AudioSource, detector: WakeDetector, o
     vad = SpeechDetector(settings.recorder.vad_aggressiveness)
     live = out.isatty()
     peaks: dict[str, float] = {}
+    thresholds: dict[str, float] = {}
     for n, frame in enumerate(source.frames(stop)):
-        scores = dict(detector.scores(frame.samples))
+        scores = detector.scores(frame.samples)
+        confirm: Mapping[str, float] = getattr(scores, "confirm", {})
         for name, score in scores.items():
             peaks[name] = max(peaks.get(name, 0.0), score)
+            thresholds[name] = settings.wake.threshold_for(name)
+        for name, score in confirm.items():
+            key = f"{name} {SECOND}"
+            peaks[key] = max(peaks.get(key, 0.0), score)
+            thresholds[key] = settings.wake.confirm_threshold_for(name)
         line = render(dbfs(frame.samples), vad.is_speech(frame.samples), scores, settings)
         if live:
             out.write("\r\x1b[2K" + line)
             out.flush()
-        elif n % PRINT_EVERY_FRAMES == 0 or any(
-            s > settings.wake.threshold_for(k) for k, s in scores.items()
-        ):
+        elif n % PRINT_EVERY_FRAMES == 0 or over(scores, settings):
             out.write(f"{frame.t:7.2f}s {line}\n")
         if seconds is not None and frame.end / 16000 >= seconds:
             break
     if live:
         out.write("\n")
-    summary = ", ".join(f"{k} {v:.2f} (threshold {settings.wake.threshold_for(k):.2f})"
-                        for k, v in peaks.items())
+    summary = ", ".join(f"{k} {v:.2f} (threshold {thresholds[k]:.2f})" for k, v in peaks.items())
     out.write(f"peak scores: {summary}\n")
     return peaks

@@ -1,13 +1,13 @@
-"""When a wake word counts: threshold, patience, the quiet first seconds, the second look and
-re-arming, over per-frame scores from any detector. Pure logic (tested with plain lists); the
-recorder (device/recording/recorder.py) asks it on every frame."""
+"""When a wake word counts: threshold, patience, the quiet first seconds, agreement with a second
+detector, the second look and re-arming, over per-frame scores from any detector. Pure logic
+(tested with plain lists); the recorder (device/recording/recorder.py) asks it on every frame."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from device.core.config import WakeSettings
+from device.core.config import CONFIRM_WINDOW_S, WakeSettings
 from device.core.events import DiscardReason
 from device.core.frames import Frame, samples_for
 
@@ -20,6 +20,55 @@ class Wake:
     wake_word: str
     score: float
 
+
+class Scores(dict[str, float]):
+    """One frame's scores per wake word (openWakeWord's), and `confirm`: the confirming detector's
+    (microWakeWord's) for the wake words that need both to fire (wake.confirm agree or cascade)."""
+
+    def __init__(self, first: Mapping[str, float], confirm: Mapping[str, float]) -> None:
+        super().__init__(first)
+        self.confirm = dict(confirm)
+
+
+NOT_CONFIRMED: DiscardReason = "not_confirmed"
+"""Why a wake heard by one detector alone was turned away (wake.confirm agree or cascade)."""
+
+
+class Agreement:
+    """For wake words that need two detectors: when each first fired in the current window (and
+    openWakeWord's best score since). A wake is the frame that brings the second of the two within
+    CONFIRM_WINDOW_S of the first; one that stays alone longer is turned away."""
+
+    def __init__(self) -> None:
+        self._window = samples_for(CONFIRM_WINDOW_S)
+        self._first: dict[str, Wake] = {}
+        self._second: dict[str, Wake] = {}
+
+    def hear(self, at: int, name: str, first: float | None, second: float | None) -> Wake | None:
+        """`first`/`second`: the score of a detector that fired in the frame ending at `at`."""
+        if first is not None:
+            seen = self._first.get(name)
+            self._first[name] = Wake(seen.at, name, max(seen.score, first)) if seen else Wake(at, name, first)
+        if second is not None:
+            self._second.setdefault(name, Wake(at, name, second))
+        if name in self._first and name in self._second:
+            agreed = replace(self._first.pop(name), at=at)
+            del self._second[name]
+            return agreed
+        return None
+
+    def alone(self, at: int) -> list[Wake]:
+        """Detections whose window ended at `at` without the other detector (forgotten now)."""
+        lone = []
+        for heard in (self._first, self._second):
+            for name, wake in list(heard.items()):
+                if at - wake.at > self._window:
+                    lone.append(heard.pop(name))
+        return lone
+
+    def clear(self) -> None:
+        self._first.clear()
+        self._second.clear()
 
 
 REARM_FRAMES = 3
@@ -52,26 +101,22 @@ class WakeGate:
         self._quiet_until = 0
         self._armed = True
         self._below = 0
+        self._agreement = Agreement()
         self._doubt: tuple[Wake, DiscardReason, int] | None = None
         """The first doubted wake of a run of waking frames, why, and how often it was doubted."""
         self.turned_away: list[tuple[Wake, DiscardReason]] = []
 
     def update(self, frame: Frame, scores: Mapping[str, float]) -> Wake | None:
-        best: Wake | None = None
-        any_over = False
-        level = self._level()
-        for name, score in scores.items():
-            threshold, patience = self._settings.preset(name, level, self._owner(name))
-            over = score > threshold
-            any_over |= over
-            self._streak[name] = self._streak.get(name, 0) + 1 if over else 0
-            ready = self._streak[name] >= patience
-            if ready and (best is None or score > best.score):
-                best = Wake(frame.end, name, float(score))
+        fired, any_over = self._fired(scores)
         self._below = 0 if any_over else self._below + 1
         if not self._armed and (self._below >= REARM_FRAMES or frame.end > self._quiet_until):
             self._armed = True
-        if best is None or not self._armed or frame.end <= samples_for(self._settings.startup_quiet_s):
+        listening = self._armed and frame.end > samples_for(self._settings.startup_quiet_s)
+        best = self._best(frame, scores, fired) if listening else None
+        if listening and (lone := self._agreement.alone(frame.end)):
+            self.turned_away += [(wake, NOT_CONFIRMED) for wake in lone]
+            self._disarm(frame)
+        if best is None:
             self._end_doubt()
             return None
         if self._second_look is not None and (why := self._second_look(best)) is not None:
@@ -86,10 +131,46 @@ class WakeGate:
         self._disarm(frame)
         return best
 
+    def _fired(self, scores: Mapping[str, float]
+               ) -> tuple[dict[str, tuple[float | None, float | None]], bool]:
+        """Per wake word, the score of each detector that fired in this frame (None: it did not):
+        openWakeWord over its threshold for `patience` frames, microWakeWord over its own; and
+        whether any score was over its threshold (re-arming waits for none)."""
+        level = self._level()
+        confirm: Mapping[str, float] = getattr(scores, "confirm", {})
+        fired, any_over = {}, False
+        for name, score in scores.items():
+            threshold, patience = self._settings.preset(name, level, self._owner(name))
+            self._streak[name] = self._streak.get(name, 0) + 1 if score > threshold else 0
+            first = float(score) if self._streak[name] >= patience else None
+            second = confirm.get(name)
+            if second is not None and second <= self._settings.confirm_threshold_for(name, level):
+                second = None
+            any_over |= score > threshold or second is not None
+            if first is not None or second is not None:
+                fired[name] = (first, second)
+        return fired, any_over
+
+    def _best(self, frame: Frame, scores: Mapping[str, float],
+              fired: dict[str, tuple[float | None, float | None]]) -> Wake | None:
+        """The strongest wake of this frame: openWakeWord's alone, or, where a second detector
+        must agree, the frame that completes the agreement."""
+        confirm: Mapping[str, float] = getattr(scores, "confirm", {})
+        best: Wake | None = None
+        for name, (first, second) in fired.items():
+            if name in confirm:
+                wake = self._agreement.hear(frame.end, name, first, second)
+            else:
+                wake = Wake(frame.end, name, first) if first is not None else None
+            if wake is not None and (best is None or wake.score > best.score):
+                best = wake
+        return best
+
     def _disarm(self, frame: Frame) -> None:
         self._armed = False
         self._quiet_until = frame.end + samples_for(self._settings.refractory_s)
         self._streak.clear()
+        self._agreement.clear()
 
     def _end_doubt(self) -> None:
         if self._doubt is not None:
@@ -103,4 +184,5 @@ class WakeGate:
         self._armed = True
         self._below = 0
         self._streak.clear()
+        self._agreement.clear()
         self._end_doubt()
