@@ -9,7 +9,7 @@
 # Idempotent: a second run changes nothing. --dry-run prints every step and changes nothing.
 # --no-start enables the unit without starting it (in a chroot or when preparing an SD card image).
 # --web also installs the local web page (`edge-recorder web`, unit edge-recorder-web; off without
-# it): on this device only until you set web.host, a password and a certificate (docs/incoming-web.md).
+# it): on this device only until you set web.host, a password and a certificate (docs/web.md).
 set -euo pipefail
 # shellcheck source=scripts/install-common.sh
 source "$(dirname "$0")/install-common.sh"

@@ -81,7 +81,7 @@ Sensitivity = Literal["sensitive", "balanced", "strict", "custom"]
 Confirm = Literal["none", "agree", "cascade"]
 DEFAULT_CONFIRM: dict[str, Confirm] = {"alexa": "cascade"}
 """wake.confirm for wake words the configuration does not name, chosen from measurements
-(docs/incoming-detectors.md, BENCHMARKS.md): alexa's two detectors make different mistakes and
+(docs/sensitivity.md, BENCHMARKS.md): alexa's two detectors make different mistakes and
 agree on real speech; hey_jarvis's microWakeWord model misses most real takes, so it stays off there
 (and for every model not named)."""
 CONFIRM_WINDOW_S = 1.5
@@ -124,7 +124,7 @@ class WakeSettings(_Section):
     """microWakeWord's probability (its own average over its last windows) that confirms a wake, at
     every level. Its models' own cutoffs (0.9 for alexa) are for it alone; as the second detector,
     0.9 cost 2.5-3 points of real-speech recall against 0.5 and turned no further false wake away
-    (docs/incoming-detectors.md)."""
+    (docs/sensitivity.md)."""
     gate: bool = True
     """In a quiet room, run the wake-word models only when a frame stands out from the noise floor
     (the skipped audio is replayed first, so no wake is lost at the onset of speech)."""
