@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import socket
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile
 
-from device import cli
 from device.wake import detector as wake
+from tests.helpers import ENTRY_POINT, MAKE_AUDIO, REAL_LOAD_OPENWAKEWORD, Broker
 from tests.upload_server import UploadServer, make_test_tls
-
-ROOT = Path(__file__).resolve().parent.parent
-MAKE_AUDIO = ROOT / "scripts" / "make-test-audio"
-WAKE_SENTENCE = "hey jarvis, turn on the kitchen light"
-ENTRY_POINT = Path(sys.executable).parent / "edge-recorder"
-"""The console script users run (installed by scripts/setup)."""
-PLAIN_SENTENCE = "the weather today is sunny with a light breeze from the west"
 
 
 @pytest.fixture(scope="session")
@@ -40,9 +26,6 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr
     return root
-
-
-REAL_LOAD_OPENWAKEWORD = wake.load_openwakeword_model
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -107,65 +90,7 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     return make
 
 
-def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    data, rate = soundfile.read(str(path), dtype="int16")
-    return data, rate
-
-
-def concat_wavs(out: Path, *parts: Path, gap_s: float = 0.0) -> Path:
-    pieces = []
-    for i, part in enumerate(parts):
-        data, rate = read_wav(part)
-        assert rate == 16000
-        pieces.append(data)
-        if gap_s and i < len(parts) - 1:
-            pieces.append(np.zeros(int(gap_s * 16000), dtype=np.int16))
-    soundfile.write(str(out), np.concatenate(pieces), 16000, subtype="PCM_16")
-    return out
-
-
-def spawn_cli(*args: str, timeout: float = 180, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    """The real console script in a subprocess, with the test's environment: for what only a
-    process shows (exit codes of a fresh start, signals, resource limits, stdin)."""
-    return subprocess.run(
-        [str(ENTRY_POINT), *args],
-        capture_output=True, text=True, timeout=timeout, env=dict(os.environ), **kwargs,  # type: ignore[call-overload]
-    )
-
-
-def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """The CLI's `main()` in this process (same argument parsing, output and exit code as the
-    console script, without a cold start), bounded by `timeout` like a subprocess would be."""
-    out, err = io.StringIO(), io.StringIO()
-    result: dict[str, int] = {}
-
-    def call() -> None:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            result["code"] = cli.main(list(args))
-
-    worker = threading.Thread(target=call, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise AssertionError(f"edge-recorder {' '.join(args)} did not finish in {timeout} s")
-    return subprocess.CompletedProcess(["edge-recorder", *args], result.get("code", 1),
-                                       out.getvalue(), err.getvalue())
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
-    """Every file and directory under root with (size, mtime_ns, mode): to prove nothing changed."""
-    if not root.exists():
-        return {}
-    return {
-        str(p.relative_to(root)): (p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns,
-                                   p.stat().st_mode)
-        for p in sorted(root.rglob("*"))
-    }
-
-
 # -- MQTT: a real mosquitto with TLS and a password file ------------------------------------------
-
-MQTT_USER, MQTT_PASSWORD = "speaker", "correct horse battery staple"
 
 
 @pytest.fixture(scope="session")
@@ -181,53 +106,6 @@ def https_server(tls_material: dict[str, Path]) -> Iterator[UploadServer]:
     srv.close()
 
 
-class Broker:
-    """mosquitto on a free loopback port, TLS only, passwords required, persistence on."""
-
-    def __init__(self, workdir: Path, tls: dict[str, Path]) -> None:
-        self.workdir = workdir
-        self.tls = tls
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        passwd = workdir / "passwd"
-        subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), MQTT_USER, MQTT_PASSWORD],
-                       check=True, capture_output=True, timeout=30)
-        (workdir / "data").mkdir()
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            f"user root\nlistener {self.port} 127.0.0.1\n"
-            f"cafile {tls['ca']}\ncertfile {tls['cert']}\nkeyfile {tls['key']}\n"
-            f"allow_anonymous false\npassword_file {passwd}\n"
-            f"persistence true\npersistence_location {workdir / 'data'}/\n"
-            "max_queued_messages 100000\n"
-            f"log_dest file {workdir / 'mosquitto.log'}\n"
-        )
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: port_open(self.port), 10, "mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file
-            self.proc.wait(timeout=10)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def config_toml(self, extra: str = "") -> str:
-        return (f'[mqtt]\nhost = "127.0.0.1"\nport = {self.port}\nusername = "{MQTT_USER}"\n'
-                f'password = "{MQTT_PASSWORD}"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
-                f'{extra}\n[mqtt.tls]\nenabled = true\nca_file = "{self.tls["ca"]}"\n')
-
-    def client_args(self) -> list[str]:
-        """Arguments for mosquitto_pub / mosquitto_sub."""
-        return ["-h", "127.0.0.1", "-p", str(self.port), "--cafile", str(self.tls["ca"]),
-                "-u", MQTT_USER, "-P", MQTT_PASSWORD]
-
-
 @pytest.fixture
 def broker(tmp_path: Path, tls_material: dict[str, Path]) -> Iterator[Broker]:
     workdir = tmp_path / "broker"
@@ -238,36 +116,3 @@ def broker(tmp_path: Path, tls_material: dict[str, Path]) -> Iterator[Broker]:
     b.stop()
 
 
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str, why_skip: str = "") -> Iterator[Path]:
-    """A real size-limited file system (tmpfs) mounted at `where`; the test is skipped where this
-    machine does not allow mounting one."""
-    where.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}){why_skip}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_until(predicate: Callable[[], object], timeout_s: float, message: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{message} (waited {timeout_s} s)")

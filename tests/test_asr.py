@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import concat_wavs, run_cli
+from tests.helpers import concat_wavs, run_cli
 
 KOREAN = "안녕하세요"
 
@@ -40,6 +40,7 @@ def own_models(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     return root
 
 
+@pytest.mark.slow
 def test_register_a_vosk_model_and_transcribe_korean_after_the_wake_word(
     own_models: Path, speech: Callable[..., Path], tmp_path: Path
 ) -> None:

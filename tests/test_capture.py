@@ -9,7 +9,6 @@ requires that none of it is kept, which these tests check too.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,20 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ENTRY_POINT, WAKE_SENTENCE
-
-ALSA_CONF = """</usr/share/alsa/alsa.conf>
-pcm.filemic {{ type file; slave.pcm "null"; file "/dev/null"; infile "{raw}"; format "raw" }}
-"""
-
-
-def file_mic(tmp_path: Path, wav: Path, rate: int) -> dict[str, str]:
-    raw = tmp_path / f"mic{rate}.raw"
-    subprocess.run(["sox", str(wav), "-t", "raw", "-r", str(rate), "-c", "1", "-b", "16",
-                    "-e", "signed-integer", str(raw)], check=True)
-    conf = tmp_path / "asound.conf"
-    conf.write_text(ALSA_CONF.format(raw=raw))
-    return {**os.environ, "ALSA_CONFIG_PATH": str(conf)}
+from tests.helpers import ENTRY_POINT, WAKE_SENTENCE, file_mic
 
 
 def wait_for_idle_light(path: Path, timeout_s: float) -> list[dict[str, Any]]:
@@ -78,6 +64,7 @@ def run_until_the_light_is_off(
     return events, subprocess.CompletedProcess(daemon.args, daemon.returncode, stdout, stderr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rate", [16000, 48000])
 def test_run_detects_the_wake_word_from_a_real_capture_stream(
     with_models: Path, speech: Callable[..., Path], tmp_path: Path, state_dir: Path, rate: int
@@ -111,6 +98,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_portaudio_starts_before_any_thread_whose_log_lines_it_could_swallow(
     with_models: Path, speech: Callable[..., Path], tmp_path: Path, state_dir: Path
 ) -> None:

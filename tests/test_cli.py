@@ -17,31 +17,22 @@ from gpiozero.pins.mock import MockFactory
 from device.core.config import Settings
 from device.recording.indicator import Indicator
 from device.wake.detector import TFLITE_INFO, stderr_without
-from tests.conftest import (
+from tests.helpers import (
     PLAIN_SENTENCE,
     WAKE_SENTENCE,
+    assert_one_line_error,
+    file_mic,
     read_wav,
     run_cli,
     snapshot,
     spawn_cli,
     tmpfs,
 )
-from tests.test_capture import file_mic
 
 
 def events_of(proc: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in proc.stdout.splitlines()]
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("edge-recorder: error:")]
-    assert len(errors) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def test_simulate_writes_the_event_stream_and_the_store(
@@ -142,6 +133,7 @@ def test_checksum_mismatch(models_dir: Path, speech: Callable[..., Path], tmp_pa
     assert [m["ok"] for m in listed if m["name"] == "hey_jarvis"] == [False]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["garbage", "empty_file", "no_frames"])
 def test_corrupt_or_empty_wav(with_models: Path, tmp_path: Path, kind: str) -> None:
     path = tmp_path / "bad.wav"
@@ -207,6 +199,7 @@ def read_only(where: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
 
 
+@pytest.mark.slow
 def test_file_system_errors_are_one_line_for_every_command(
     clip_id: str, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -278,6 +271,7 @@ def test_clips_reject_says_what_is_wrong(state_dir: Path) -> None:
     assert nothing.returncode == 1 and "nothing to reject: there is no clip" in nothing.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, says", [
     ("passwd", "is not a .tflite file"),
     ("folder", "is a directory, not a .tflite file"),
@@ -314,6 +308,7 @@ def test_enroll_takes_the_first_wake_word_when_none_is_given(
     assert_one_line_error(proc, "only 0 of 1 samples woke hey_jarvis (at least 3 must)")
 
 
+@pytest.mark.slow
 def test_devices_says_when_there_are_no_inputs(
     tmp_path: Path, speech: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,39 +20,14 @@ from device.control.commands import (
     Controller,
     DeleteCommand,
     Signing,
-    error_event,
     parse,
     sign,
 )
 from device.control.mute import MuteState
 from device.storage.clips import ClipStore
+from tests.helpers import NOW, add_clip, indexed, on_disk, run
 
-NOW = datetime.now(UTC)
 SECRET = b"shared secret for tests"
-
-
-def add_clip(store: ClipStore, age: timedelta = timedelta(0)) -> str:
-    samples = np.full(1280, 7, dtype=np.int16)
-    return store.add(samples, 1.0, 1.08, "hey_jarvis", 0.9, "turn on the light",
-                     recorded_at=NOW - age).id
-
-
-def on_disk(store: ClipStore) -> set[str]:
-    return {p.stem for p in store.clips_dir.glob("*.clip")}
-
-
-def indexed(store: ClipStore) -> set[str]:
-    return {c.id for c in store.all()}
-
-
-def run(store: ClipStore, payload: Any, kind: str = "delete", mute: MuteState | None = None,
-        signing: Signing | None = None) -> dict[str, Any]:
-    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    try:
-        reply = Controller(store, mute or MuteState()).execute(parse(kind, raw, signing, store))
-    except CommandError as exc:
-        reply = error_event(exc)
-    return reply.to_dict()
 
 
 @pytest.fixture
@@ -220,6 +194,7 @@ def payloads(existing: list[str]) -> st.SearchStrategy[bytes]:
     return st.one_of(as_json, st.binary(max_size=64), as_json.map(lambda b: b[: len(b) // 2]))
 
 
+@pytest.mark.slow
 def test_fuzzed_payloads_never_crash_or_delete_without_a_valid_command(tmp_path: Path) -> None:
     store = ClipStore(tmp_path / "fuzz")
     existing = [add_clip(store) for _ in range(3)]

@@ -27,8 +27,20 @@ from device.control.sensitivity import SensitivityState
 from device.core.config import MqttSettings, Settings, WakeSettings
 from device.core.errors import CommandError
 from device.storage.clips import ClipStore
-from tests.conftest import MQTT_PASSWORD, MQTT_USER, ROOT, Broker, free_port, port_open, wait_until
-from tests.test_commands import SECRET, add_clip, indexed, on_disk, run, signed
+from tests.helpers import (
+    MQTT_PASSWORD,
+    MQTT_USER,
+    ROOT,
+    Broker,
+    add_clip,
+    free_port,
+    indexed,
+    on_disk,
+    port_open,
+    run,
+    wait_until,
+)
+from tests.test_commands import SECRET, signed
 from tests.test_mqtt import (
     BASE,
     DEVICE,
@@ -207,6 +219,7 @@ def speaker_settings(broker: Broker, user: str = "speaker") -> MqttSettings:
         "tls": {"enabled": True, "ca_file": str(broker.tls["ca"])}}}).mqtt
 
 
+@pytest.mark.slow
 def test_the_shipped_broker_config_starts_and_keeps_its_promises(
     shipped_broker: ShippedBroker, state_dir: Path
 ) -> None:
@@ -369,6 +382,7 @@ def junk(n: int, signing: bool) -> list[tuple[str, bytes]]:
     return [(forms[i % len(forms)][0], forms[i % len(forms)][1] % i) for i in range(n)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signing", [True, False], ids=["signed", "unsigned"])
 def test_a_junk_flood_never_costs_the_owner_a_delete(
     broker: Broker, owner: Owner, tmp_path: Path, signing: bool  # noqa: F811
@@ -400,6 +414,7 @@ def test_a_junk_flood_never_costs_the_owner_a_delete(
         speaker.close()
 
 
+@pytest.mark.slow
 def test_a_flood_of_valid_commands_is_paced_and_each_one_is_done_before_its_ack(
     broker: Broker, owner: Owner, state_dir: Path, request: pytest.FixtureRequest  # noqa: F811
 ) -> None:

@@ -7,12 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import WAKE_SENTENCE, concat_wavs
+import pytest
+
 from tests.crash_harness import run_cycles
+from tests.helpers import WAKE_SENTENCE, concat_wavs
 
 CYCLES = 6
 
 
+@pytest.mark.slow
 def test_no_invariant_breaks_across_random_kills(
     with_models: Path, speech: Callable[..., Path], tmp_path: Path, tls_material: dict[str, Path]
 ) -> None:

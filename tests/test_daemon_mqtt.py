@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from tests.conftest import ENTRY_POINT, PLAIN_SENTENCE, WAKE_SENTENCE, Broker, run_cli, wait_until
-from tests.test_capture import file_mic
+from tests.helpers import ENTRY_POINT, PLAIN_SENTENCE, WAKE_SENTENCE, Broker, file_mic, run_cli, wait_until
 
 DEVICE = "0e2e0e2e0e2e"
 BASE = f"edge-recorder/{DEVICE}/"
@@ -66,6 +65,7 @@ def daemon(with_models: Path, speech: Callable[..., Path], tmp_path: Path, state
         d.stop(signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_delete_over_mqtt_is_durable_across_kill_9(
     daemon: Daemon, broker: Broker, speech: Callable[..., Path], state_dir: Path
 ) -> None:
@@ -103,6 +103,7 @@ def test_delete_over_mqtt_is_durable_across_kill_9(
     assert retained(broker, "availability") == "offline"
 
 
+@pytest.mark.slow
 def test_a_broker_that_is_down_never_stops_listening(
     with_models: Path, speech: Callable[..., Path], tmp_path: Path, broker: Broker
 ) -> None:
@@ -141,6 +142,7 @@ def events_in(path: Path) -> list[dict[str, object]]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
+@pytest.mark.slow
 def test_simulate_realtime_survives_a_mute_and_unmute_over_mqtt(
     with_models: Path, speech: Callable[..., Path], tmp_path: Path, state_dir: Path, broker: Broker
 ) -> None:

@@ -9,8 +9,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import ENTRY_POINT, PLAIN_SENTENCE, WAKE_SENTENCE, run_cli, wait_until
-from tests.test_capture import file_mic
+import pytest
+
+from tests.helpers import ENTRY_POINT, PLAIN_SENTENCE, WAKE_SENTENCE, file_mic, run_cli, wait_until
 from tests.upload_server import UploadServer
 
 
@@ -30,6 +31,7 @@ def test_consent_cli_is_opt_in_and_not_retroactive(with_models: Path, speech: Ca
     assert revoked["state"] == "off"
 
 
+@pytest.mark.slow
 def test_kill_9_during_upload_then_restart_sends_each_eligible_clip_exactly_once(
     with_models: Path, speech: Callable[..., Path], tmp_path: Path, https_server: UploadServer,
     tls_material: dict[str, Path],

@@ -21,8 +21,7 @@ from device.core.config import CASCADE_LEVEL, Settings
 from device.core.errors import ModelError
 from device.wake import micro
 from device.wake.detector import OpenWakeWordDetector
-from tests.conftest import PLAIN_SENTENCE, ROOT, concat_wavs, read_wav, run_cli
-from tests.test_pipeline import of_type, simulate
+from tests.helpers import PLAIN_SENTENCE, ROOT, concat_wavs, of_type, read_wav, run_cli, simulate
 
 ALEXA = "alexa, what time is it"
 
@@ -43,6 +42,7 @@ def lit(source: Any) -> list[bool]:
     return [s.state for s in source.pin.states]
 
 
+@pytest.mark.slow
 def test_agree_wakes_only_when_both_fire_and_one_alone_is_turned_away_with_the_light_off(
     with_models: Path, plain_then_alexa: Path, tmp_path: Path
 ) -> None:
@@ -134,6 +134,7 @@ print(json.dumps({{e: [d.scores(audio[i:i + 1280])["alexa"] for i in range(0, le
 """
 
 
+@pytest.mark.slow
 def test_both_tflite_runtimes_load_in_either_order_and_score_as_each_does_alone(
     with_models: Path, speech: Callable[..., Path]
 ) -> None:
@@ -259,7 +260,7 @@ def test_openwakeword_keeps_one_second_of_raw_audio_and_scores_the_same(
 
     from device.storage.models import ModelStore
     from device.wake.detector import RAW_SAMPLES_KEPT
-    from tests.conftest import REAL_LOAD_OPENWAKEWORD
+    from tests.helpers import REAL_LOAD_OPENWAKEWORD
 
     audio, _ = read_wav(speech(ALEXA))
     store = ModelStore(with_models)

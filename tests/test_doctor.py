@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PLAIN_SENTENCE, Broker, spawn_cli
-from tests.test_capture import file_mic
+from tests.helpers import PLAIN_SENTENCE, Broker, file_mic, spawn_cli
 from tests.upload_server import UploadServer
 
 
@@ -37,6 +36,7 @@ def doctor(tmp_path: Path, sections: dict[str, str]) -> tuple[int, str]:
     return proc.returncode, proc.stdout
 
 
+@pytest.mark.slow
 def test_all_checks_pass_on_a_healthy_speaker(healthy: dict[str, str], tmp_path: Path) -> None:
     code, out = doctor(tmp_path, healthy)
     assert code == 0, out
@@ -48,6 +48,7 @@ def test_all_checks_pass_on_a_healthy_speaker(healthy: dict[str, str], tmp_path:
     assert "answers over HTTPS" in out and "nothing was sent" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("section", "body", "check", "fix"),
     [
@@ -70,12 +71,14 @@ def test_each_failing_check_prints_its_fix(
     assert fix_line.strip().startswith("fix:") and fix in fix_line
 
 
+@pytest.mark.slow
 def test_wrong_broker_password(healthy: dict[str, str], tmp_path: Path) -> None:
     mqtt = healthy["mqtt"].replace("correct horse battery staple", "wrong")
     code, out = doctor(tmp_path, {**healthy, "mqtt": mqtt})
     assert code == 1 and "refused the login" in out and "check mqtt.username" in out
 
 
+@pytest.mark.slow
 def test_missing_models(healthy: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGE_RECORDER_MODELS_DIR", str(tmp_path / "none"))
     code, out = doctor(tmp_path, healthy)

@@ -21,17 +21,21 @@ from device.storage.clips import ClipStore
 from device.wake import detector as wake
 from device.wake.phrase import PhraseCheck, bundled
 from device.wake.trigger import Wake
-from tests.conftest import (
+from tests.helpers import (
     REAL_LOAD_OPENWAKEWORD,
     ROOT,
     WAKE_SENTENCE,
     Broker,
+    add_clip,
     concat_wavs,
+    indexed,
+    of_type,
     read_wav,
+    run,
     run_cli,
+    simulate,
     wait_until,
 )
-from tests.test_commands import add_clip, indexed, run
 from tests.test_gate import with_tone
 from tests.test_mqtt import (
     Owner,
@@ -40,7 +44,6 @@ from tests.test_mqtt import (
     settings_for,
 )
 from tests.test_owner_verifier import CHATTERBOX, OWNER
-from tests.test_pipeline import of_type, simulate
 from tests.test_upload import Running, record, settings
 from tests.upload_server import UploadServer
 
@@ -80,6 +83,7 @@ def test_nothing_wakes_in_the_first_second(with_models: Path, state_dir: Path, t
 
 # -- the hold window ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_clip_deleted_or_rejected_inside_the_hold_window_never_leaves(
     state_dir: Path, https_server: UploadServer, tls_material: dict[str, Path]
 ) -> None:
@@ -220,6 +224,7 @@ def test_the_phrase_check_asks_only_where_it_applies() -> None:
 
 # -- eval-wake ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_eval_wake_counts_planted_wakes_and_accidental_clips(
     with_models: Path, speech: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -32,9 +32,18 @@ from device.integrations.mqtt import MqttControl
 from device.integrations.upload import parse_retry_after
 from device.storage import db, keystore
 from device.storage.clips import ClipStore
-from tests.conftest import WAKE_SENTENCE, Broker, run_cli, tmpfs, wait_until
-from tests.test_cli import assert_one_line_error
-from tests.test_commands import add_clip, indexed, on_disk, run
+from tests.helpers import (
+    WAKE_SENTENCE,
+    Broker,
+    add_clip,
+    assert_one_line_error,
+    indexed,
+    on_disk,
+    run,
+    run_cli,
+    tmpfs,
+    wait_until,
+)
 from tests.test_mqtt import (
     Owner,
     Speaker,
@@ -142,6 +151,7 @@ def test_an_unreadable_key_store_is_quarantined_and_the_device_starts(state_dir:
 
 # -- 2. a delete (or a revoke) while the upload is on the wire -------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["delete", "revoke"])
 def test_a_clip_deleted_while_its_upload_is_on_the_wire_gets_a_remote_delete(
     state_dir: Path, https_server: UploadServer, tls_material: dict[str, Path], how: str
@@ -173,6 +183,7 @@ def test_a_clip_deleted_while_its_upload_is_on_the_wire_gets_a_remote_delete(
 
 # -- 3, 9. acknowledged only when durable and complete; retried on a lock -------------------------
 
+@pytest.mark.slow
 def test_an_mqtt_delete_is_acknowledged_only_once_key_and_file_are_gone(
     broker: Broker, owner: Owner, state_dir: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
@@ -385,6 +396,7 @@ def test_a_redirect_is_never_followed(uploading: Callable[..., Any], https_serve
     assert store.read_audio(store.get(clip))  # the local audio was not given up
 
 
+@pytest.mark.slow
 def test_uploads_keep_trying_past_max_attempts_and_can_be_requeued(
     uploading: Callable[..., Any], https_server: UploadServer
 ) -> None:
@@ -407,6 +419,7 @@ def test_retry_after_is_capped() -> None:
     assert parse_retry_after("5") == 5.0
 
 
+@pytest.mark.slow
 def test_a_server_that_answers_one_byte_a_second_cannot_hold_the_queue(
     uploading: Callable[..., Any], https_server: UploadServer
 ) -> None:
@@ -504,6 +517,7 @@ def test_a_second_process_on_the_same_state_directory_does_not_take_the_client_i
         speaker.close()
 
 
+@pytest.mark.slow
 def test_the_shipped_broker_limit_keeps_a_huge_message_from_the_speaker(
     broker: Broker, owner: Owner, state_dir: Path  # noqa: F811
 ) -> None:

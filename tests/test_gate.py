@@ -12,8 +12,7 @@ from gpiozero.pins.mock import MockFactory
 
 from device.core.config import Settings, WakeSettings
 from device.wake.gate import GatedDetector
-from tests.conftest import WAKE_SENTENCE, read_wav
-from tests.test_pipeline import of_type, simulate
+from tests.helpers import WAKE_SENTENCE, of_type, read_wav, simulate
 
 
 def room_tone(seconds: float, db: float, seed: int = 1) -> np.ndarray:

@@ -33,8 +33,7 @@ from device.core.events import EventSink
 from device.core.frames import Frame
 from device.integrations import ha
 from device.storage.clips import ClipStore
-from tests.conftest import ENTRY_POINT, Broker, run_cli, wait_until
-from tests.test_commands import add_clip, indexed
+from tests.helpers import ENTRY_POINT, Broker, add_clip, indexed, run_cli, wait_until
 from tests.test_mqtt import (
     BASE,
     DEVICE,
@@ -220,7 +219,7 @@ def test_wake_indicator_and_discarded_events_reach_mqtt(
     with_models: Path, broker: Broker, owner: Owner, state_dir: Path, tmp_path: Path,  # noqa: F811
     speech: Any,
 ) -> None:
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     state_dir.mkdir(mode=0o700)
     (state_dir / "device_id").write_text(DEVICE)
@@ -316,6 +315,7 @@ def quiet_wav(path: Path, seconds: float) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_killed_speaker_is_offline_by_its_will_and_the_status_keeps_whole_state(
     with_models: Path, broker: Broker, owner: Owner, state_dir: Path, tmp_path: Path  # noqa: F811
 ) -> None:
@@ -361,6 +361,7 @@ def retained(broker: Broker, topic: str) -> list[str]:
     return out.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_mqtt_forget_clears_discovery_status_and_availability(
     daemon: dict[str, Any], owner: Owner, broker: Broker, tmp_path: Path  # noqa: F811
 ) -> None:

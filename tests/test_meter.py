@@ -7,8 +7,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import ENTRY_POINT, WAKE_SENTENCE, snapshot
-from tests.test_capture import file_mic
+from tests.helpers import ENTRY_POINT, WAKE_SENTENCE, file_mic, snapshot
 
 
 def test_the_meter_shows_level_voice_and_scores_and_keeps_nothing(

@@ -16,7 +16,7 @@ import pytest
 
 from device.core.errors import DownloadError
 from device.storage.models import Archive, ModelStore
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def tiny_model_zip(name: str = "tiny-model") -> bytes:

@@ -24,8 +24,7 @@ from device.core.config import MqttSettings, Settings
 from device.core.events import EventSink
 from device.integrations.mqtt import MqttControl
 from device.storage.clips import ClipStore
-from tests.conftest import MQTT_PASSWORD, MQTT_USER, Broker, wait_until
-from tests.test_commands import add_clip, indexed, on_disk
+from tests.helpers import MQTT_PASSWORD, MQTT_USER, Broker, add_clip, indexed, on_disk, wait_until
 
 DEVICE = "a1b2c3d4e5f6"
 BASE = f"edge-recorder/{DEVICE}/"
@@ -193,6 +192,7 @@ def test_a_delete_sent_while_the_speaker_is_offline_runs_when_it_returns(
         again.close()
 
 
+@pytest.mark.slow
 def test_broker_restart_mid_burst_loses_nothing_and_runs_nothing_twice(
     broker: Broker, speaker: Speaker, owner: Owner
 ) -> None:
@@ -214,6 +214,7 @@ def test_broker_restart_mid_burst_loses_nothing_and_runs_nothing_twice(
     assert rows == len(clips) and on_disk(speaker.store) == set()
 
 
+@pytest.mark.slow
 def test_reconnects_back_off_by_the_configured_sub_second_delays(state_dir: Path) -> None:
     """A broker that takes the connection and drops it at once (as one that is restarting or
     refuses the login may): the speaker comes back after 0.2, 0.4, 0.8, 1, 1 s, not in a busy

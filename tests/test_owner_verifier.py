@@ -34,9 +34,7 @@ from device.wake.verifier import (
     Weights,
     retrain_in_child,
 )
-from tests.conftest import WAKE_SENTENCE, concat_wavs, read_wav, run_cli
-from tests.test_capture import file_mic
-from tests.test_pipeline import of_type, simulate
+from tests.helpers import WAKE_SENTENCE, concat_wavs, file_mic, of_type, read_wav, run_cli, simulate
 
 OWNER = "en+m3"
 CHATTERBOX = ("hey chatterbox, what is the weather tomorrow", "en+f3")
@@ -59,6 +57,7 @@ def enroll(with_models: Path, state_dir: Path, speech: Callable[..., Path]) -> C
     return run
 
 
+@pytest.mark.slow
 def test_enroll_keeps_owner_only_features_and_remove_undoes_it(enroll: Callable[..., str],
                                                                state_dir: Path) -> None:
     said = enroll()
@@ -81,6 +80,7 @@ def test_enroll_keeps_owner_only_features_and_remove_undoes_it(enroll: Callable[
     assert not folder.exists()
 
 
+@pytest.mark.slow
 def test_a_near_miss_is_turned_away_before_the_light_and_the_owner_still_wakes(
     enroll: Callable[..., str], speech: Callable[..., Path], state_dir: Path, tmp_path: Path
 ) -> None:
@@ -106,6 +106,7 @@ def test_a_near_miss_is_turned_away_before_the_light_and_the_owner_still_wakes(
     assert kept is not None and kept.shape == (16, 96)
 
 
+@pytest.mark.slow
 def test_an_enrolled_owner_wakes_from_lower_scores_and_other_voices_still_do_not(
     enroll: Callable[..., str], speech: Callable[..., Path], state_dir: Path, tmp_path: Path
 ) -> None:
@@ -133,6 +134,7 @@ def test_an_enrolled_owner_wakes_from_lower_scores_and_other_voices_still_do_not
     assert ClipStore(state_dir).count() == 1
 
 
+@pytest.mark.slow
 def test_a_reject_teaches_the_verifier_and_the_features_go_with_the_clip(
     enroll: Callable[..., str], speech: Callable[..., Path], state_dir: Path
 ) -> None:
@@ -160,6 +162,7 @@ def test_a_reject_teaches_the_verifier_and_the_features_go_with_the_clip(
     assert ClipStore(state_dir).state.stats.days()[0]["rejected"] == 1
 
 
+@pytest.mark.slow
 def test_wipe_removes_the_verifier(enroll: Callable[..., str], state_dir: Path) -> None:
     enroll()
     out = run_cli("wipe", "--yes", "--state-dir", str(state_dir))
@@ -167,6 +170,7 @@ def test_wipe_removes_the_verifier(enroll: Callable[..., str], state_dir: Path) 
     assert not (state_dir / "verifier").exists()
 
 
+@pytest.mark.slow
 def test_enrollment_refuses_samples_that_do_not_wake_and_too_little_other_speech(
     with_models: Path, state_dir: Path, speech: Callable[..., Path]
 ) -> None:
@@ -236,6 +240,7 @@ sys.exit(code)
 """
 
 
+@pytest.mark.slow
 def test_enroll_records_from_the_microphone_with_the_recording_light_on(
     with_models: Path, speech: Callable[..., Path], tmp_path: Path, state_dir: Path
 ) -> None:
@@ -266,6 +271,7 @@ def test_enroll_records_from_the_microphone_with_the_recording_light_on(
         ".lock", f"hey_jarvis{FEATURES}", f"hey_jarvis{WEIGHTS}"]
 
 
+@pytest.mark.slow
 def test_doctor_names_the_owner_verifier(enroll: Callable[..., str], state_dir: Path) -> None:
     enroll()
     out = run_cli("doctor", "--state-dir", str(state_dir))
@@ -295,6 +301,7 @@ def test_the_daemon_picks_up_weights_trained_again_in_another_process(tmp_path: 
     assert verifier.second_look(Wake(at=1, wake_word="alexa", score=0.9)) is None  # no verifier
 
 
+@pytest.mark.slow
 def test_a_second_voice_is_added_not_replacing_the_first(enroll: Callable[..., str],
                                                           state_dir: Path) -> None:
     enroll()

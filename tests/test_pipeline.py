@@ -3,8 +3,7 @@ gpiozero's MockFactory, and invariants I1/I2 are checked against its recorded pi
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,59 +11,9 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from device.app import run_pipeline
-from device.audio.sources import WavSource
 from device.core.config import Settings
-from device.core.events import EventSink
-from device.core.frames import Frame
-from device.recording.pipeline import Counters
 from device.storage.clips import ClipStore
-from tests.conftest import PLAIN_SENTENCE, WAKE_SENTENCE, read_wav
-
-Event = dict[str, Any]  # events as their JSON objects
-
-PIN = "GPIO17"
-
-
-class WatchedSource:
-    """A WAV source that notes, for every frame, whether the light was lit when it was captured."""
-
-    def __init__(self, path: Path, factory: MockFactory) -> None:
-        self.inner = WavSource(path)
-        self.pin = factory.pin(PIN)
-        self.lit_at_capture: dict[int, bool] = {}
-        self.audio: dict[int, np.ndarray] = {}
-
-    @property
-    def overflows(self) -> int:
-        return self.inner.overflows
-
-    def frames(self, stop: threading.Event) -> Iterator[Frame]:
-        for frame in self.inner.frames(stop):
-            self.lit_at_capture[frame.start] = bool(self.pin.state)
-            self.audio[frame.start] = frame.samples
-            yield frame
-
-    def clock(self) -> int:
-        return self.inner.clock()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-def simulate(path: Path, state_dir: Path, factory: MockFactory,
-             settings: Settings | None = None) -> tuple[list[Event], WatchedSource, Counters]:
-    events: list[Event] = []
-    sink = EventSink()
-    sink.subscribe(lambda e: events.append(e.to_dict()))
-    source = WatchedSource(path, factory)
-    counters = run_pipeline(settings or Settings(), state_dir, lambda: source, sink, factory,
-                            threading.Event())
-    return events, source, counters
-
-
-def of_type(events: list[Event], kind: str) -> list[Event]:
-    return [e for e in events if e["type"] == kind]
+from tests.helpers import PLAIN_SENTENCE, WAKE_SENTENCE, of_type, read_wav, simulate
 
 
 def test_wake_sentence_gives_one_wake_one_light_pair_and_one_lit_clip(

@@ -26,8 +26,7 @@ from device.core.events import Event, EventSink
 from device.core.frames import Frame
 from device.integrations.service import Notifier, Watchdog
 from device.storage.clips import ClipStore
-from tests.conftest import ENTRY_POINT, PLAIN_SENTENCE, wait_until
-from tests.test_capture import file_mic
+from tests.helpers import ENTRY_POINT, PLAIN_SENTENCE, file_mic, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "edge-recorder.service"
@@ -59,6 +58,7 @@ def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[l
     sock.close()
 
 
+@pytest.mark.slow
 def test_the_watchdog_is_fed_only_while_the_loop_is_alive(
     notify_socket: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

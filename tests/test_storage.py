@@ -18,8 +18,7 @@ from device.core.events import EventSink
 from device.storage import crypto
 from device.storage.clips import ClipStore
 from device.storage.retention import sweep
-from tests.conftest import WAKE_SENTENCE, concat_wavs, run_cli, spawn_cli, tmpfs
-from tests.test_commands import add_clip, indexed, on_disk
+from tests.helpers import WAKE_SENTENCE, add_clip, concat_wavs, indexed, on_disk, run_cli, spawn_cli, tmpfs
 
 Event = dict[str, Any]  # events as their JSON objects
 
@@ -173,6 +172,7 @@ def errors_of(proc: subprocess.CompletedProcess[str]) -> list[dict[str, object]]
     return [e for e in map(json.loads, proc.stdout.splitlines()) if e["type"] == "error"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_refuses_recording_keeps_listening_and_recovers(
     with_models: Path, speech: Callable[..., Path], tmp_path: Path, small_disk: Path
 ) -> None:

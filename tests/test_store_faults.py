@@ -30,8 +30,16 @@ from device.doctor import check_store
 from device.storage import db, keystore
 from device.storage.clips import ClipStore
 from device.storage.retention import sweep
-from tests.conftest import ENTRY_POINT, WAKE_SENTENCE, concat_wavs, run_cli, snapshot, wait_until
-from tests.test_commands import add_clip, indexed
+from tests.helpers import (
+    ENTRY_POINT,
+    WAKE_SENTENCE,
+    add_clip,
+    concat_wavs,
+    indexed,
+    run_cli,
+    snapshot,
+    wait_until,
+)
 from tests.test_faults import ext4, kek_slots  # noqa: F401  (ext4: the fixture)
 from tests.test_upload import Running, record, settings
 from tests.upload_server import UploadServer
@@ -141,6 +149,7 @@ def test_a_database_locked_by_another_process_is_busy_not_corrupt(
     assert listed(run_cli("clips", "list")) == ids  # and nothing lost
 
 
+@pytest.mark.slow
 def test_opening_the_key_store_during_a_rotation_in_another_process_loses_nothing(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -332,6 +341,7 @@ def test_a_zero_length_index_is_rebuilt_without_a_spurious_error(state_dir: Path
 
 # -- 9. a failed upload that may be on the server ---------------------------------------------------
 
+@pytest.mark.slow
 def test_a_failed_upload_that_may_be_on_the_server_gets_a_remote_delete(
     state_dir: Path, https_server: UploadServer, tls_material: dict[str, Path]
 ) -> None:

@@ -22,7 +22,7 @@ from device.core.config import UploadSettings
 from device.core.events import EventSink
 from device.integrations.upload import Uploader
 from device.storage.clips import ClipStore
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 from tests.upload_server import UploadServer
 
 Event = dict[str, Any]  # events as their JSON objects
@@ -86,6 +86,7 @@ def parts(rec_body: bytes, content_type: str) -> dict[str, bytes]:
             for p in msg.iter_parts()}
 
 
+@pytest.mark.slow
 def test_nothing_is_uploaded_without_consent(
     store: ClipStore, https_server: UploadServer, running: Any
 ) -> None:
@@ -127,6 +128,7 @@ def test_transcript_only_with_its_scope(store: ClipStore, https_server: UploadSe
     assert "transcript" not in json.loads(parts(post.body, post.headers["Content-Type"])["metadata"])
 
 
+@pytest.mark.slow
 def test_revoking_while_a_request_is_being_retried_stops_it(
     store: ClipStore, https_server: UploadServer, running: Any
 ) -> None:
@@ -143,6 +145,7 @@ def test_revoking_while_a_request_is_being_retried_stops_it(
     assert len(purged) == 1
 
 
+@pytest.mark.slow
 def test_revoking_during_a_slow_upload_stops_the_body(
     store: ClipStore, https_server: UploadServer, running: Any
 ) -> None:
@@ -181,6 +184,7 @@ def test_faults_never_lose_or_duplicate(
         assert len(posts) == 1  # slow but in time: sent once
 
 
+@pytest.mark.slow
 def test_after_max_attempts_it_says_so_and_keeps_trying_at_the_longest_backoff(
     store: ClipStore, https_server: UploadServer, running: Any
 ) -> None:
@@ -205,6 +209,7 @@ def test_a_server_that_is_not_trusted_is_a_tls_failure(
     assert https_server.accepted == {}
 
 
+@pytest.mark.slow
 def test_remote_delete_is_retried_until_confirmed(
     store: ClipStore, https_server: UploadServer, running: Any
 ) -> None:
@@ -260,6 +265,7 @@ def test_keep_local_off_removes_the_copy_after_upload_but_remote_delete_still_wo
     wait_until(lambda: https_server.deleted == [clip], WAIT_S, "remote copy not deleted")
 
 
+@pytest.mark.slow
 def test_every_request_that_left_is_logged_with_host_metadata_and_answer(
     store: ClipStore, https_server: UploadServer, running: Any
 ) -> None:

@@ -39,10 +39,19 @@ from device.speech.voice import (
 )
 from device.storage.clips import ClipStore
 from device.wake.trigger import Wake
-from tests.conftest import ROOT, concat_wavs, read_wav, run_cli, snapshot, wait_until
+from tests.helpers import (
+    PIN,
+    ROOT,
+    add_clip,
+    concat_wavs,
+    of_type,
+    read_wav,
+    run_cli,
+    simulate,
+    snapshot,
+    wait_until,
+)
 from tests.test_asr import korean_model_dir
-from tests.test_commands import add_clip
-from tests.test_pipeline import PIN, of_type, simulate
 
 KO_EXAMPLE = ROOT / "config" / "example-voice-ko.toml"
 PHRASES: dict[str, str] = {k: v[0] for k, v in
@@ -86,6 +95,7 @@ def clip_files(state_dir: Path) -> dict[str, int]:
     return {p.stem: p.stat().st_size for p in (state_dir / "clips").glob("*.clip")}
 
 
+@pytest.mark.slow
 def test_each_command_does_exactly_what_it_says_and_leaves_nothing_of_itself(
     with_models: Path, say: Callable[..., Path], state_dir: Path,
     caplog: pytest.LogCaptureFixture,
@@ -143,6 +153,7 @@ class _store:
         self.store.close()
 
 
+@pytest.mark.slow
 def test_delete_everything_said_today_and_a_pause_that_returns_by_itself(
     with_models: Path, say: Callable[..., Path], speech: Callable[..., Path], state_dir: Path,
     tmp_path: Path,
@@ -170,6 +181,7 @@ def test_delete_everything_said_today_and_a_pause_that_returns_by_itself(
     assert shown == {"mode": "nothing", "until": save["until"], "configured": "audio"}
 
 
+@pytest.mark.slow
 def test_save_nothing_leaves_the_state_directory_untouched(
     with_models: Path, say: Callable[..., Path], state_dir: Path, tmp_path: Path,
 ) -> None:
@@ -183,6 +195,7 @@ def test_save_nothing_leaves_the_state_directory_untouched(
     assert snapshot(state_dir) == before  # not a byte, not a count, not a timestamp
 
 
+@pytest.mark.slow
 def test_save_transcript_writes_no_audio(
     with_models: Path, say: Callable[..., Path], state_dir: Path, tmp_path: Path,
 ) -> None:
@@ -217,6 +230,7 @@ def heard(spotter: CommandSpotter, wav: Path) -> str | None:
     return stream.command()
 
 
+@pytest.mark.slow
 def test_every_command_is_recognized(spotter: CommandSpotter, speech: Callable[..., Path]) -> None:
     got = {name: heard(spotter, speech(text, voice="ko", lead_s=0.5, tail_s=1.5, wpm=135))
            for name, text in PHRASES.items()}
@@ -232,6 +246,7 @@ def ordinary_commands(spotter: CommandSpotter, speech: Callable[..., Path], sent
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("voice", ["ko", "ko+f3"])
 def test_ordinary_sentences_are_never_commands(
     spotter: CommandSpotter, speech: Callable[..., Path], voice: str,
@@ -240,6 +255,7 @@ def test_ordinary_sentences_are_never_commands(
     assert ordinary_commands(spotter, speech, ORDINARY_KO, voice) == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("voice", ["en", "en+f3"])
 def test_english_through_a_korean_model_is_rarely_a_command(
     spotter: CommandSpotter, speech: Callable[..., Path], voice: str,
@@ -335,6 +351,7 @@ def test_a_second_look_hears_a_phrase_again_when_one_word_got_in_its_way() -> No
     assert stream.hear().command is None and not stream.second_words
 
 
+@pytest.mark.slow
 def test_the_second_look_recovers_commands_the_grammar_heard_one_word_off(
     speech: Callable[..., Path],
 ) -> None:
@@ -427,6 +444,7 @@ def test_mqtt_save_command(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.slow
 def test_doctor_says_why_voice_commands_are_unavailable(
     with_models: Path, tmp_path: Path,
 ) -> None:
@@ -456,6 +474,7 @@ def lit_periods(factory: MockFactory, pin: str, settle_s: float = 3.0) -> int:
     return sum(1 for s in led.states if s.state)
 
 
+@pytest.mark.slow
 def test_an_utterance_close_to_a_command_is_dropped_with_didnt_catch_that(
     with_models: Path, say: Callable[..., Path], state_dir: Path, tmp_path: Path,
 ) -> None:
@@ -475,6 +494,7 @@ def test_an_utterance_close_to_a_command_is_dropped_with_didnt_catch_that(
     assert [s.state for s in factory.pin(PIN).states].count(True) == 2
 
 
+@pytest.mark.slow
 def test_deleting_the_day_waits_for_a_yes_and_a_television_saying_it_deletes_nothing(
     with_models: Path, say: Callable[..., Path], speech: Callable[..., Path], state_dir: Path,
     tmp_path: Path,
@@ -506,6 +526,7 @@ def test_deleting_the_day_waits_for_a_yes_and_a_television_saying_it_deletes_not
     assert [s.state for s in factory.pin(PIN).states].count(True) == 2
 
 
+@pytest.mark.slow
 def test_the_owners_voice_on_the_wake_deletes_the_day_without_asking(
     speech: Callable[..., Path], tmp_path: Path,
 ) -> None:
@@ -543,6 +564,7 @@ def speech_level(samples: np.ndarray) -> float:
     return float(np.sqrt(energy[energy > energy.max() * 1e-3].mean()))
 
 
+@pytest.mark.slow
 def test_the_end_of_speech_is_found_in_steady_noise(
     with_models: Path, speech: Callable[..., Path], state_dir: Path, tmp_path: Path,
 ) -> None:
@@ -571,6 +593,7 @@ def test_the_end_of_speech_is_found_in_steady_noise(
     assert 0.7 < ends[Settings().recorder.vad_margin_db] <= 1.5
 
 
+@pytest.mark.slow
 def test_the_feedback_led_tells_done_didnt_catch_that_and_waiting_apart() -> None:
     factory = MockFactory()
     led = factory.pin(CONFIRM_PIN)

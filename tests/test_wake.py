@@ -12,8 +12,7 @@ import pytest
 
 from device import OPENWAKEWORD_REQUIREMENT
 from device.wake import detector as wake
-from tests.conftest import REAL_LOAD_OPENWAKEWORD, run_cli, spawn_cli
-from tests.test_cli import assert_one_line_error
+from tests.helpers import REAL_LOAD_OPENWAKEWORD, assert_one_line_error, run_cli, spawn_cli
 
 MISSING_OWW = "raise ImportError('No module named openwakeword (simulated)')\n"
 

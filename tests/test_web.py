@@ -27,7 +27,7 @@ from device.doctor import check_web
 from device.storage.clips import ClipStore
 from device.storage.upload_queue import REMOTE_DELETE, UPLOAD
 from device.web import auth, policy
-from tests.conftest import run_cli, spawn_cli
+from tests.helpers import run_cli, spawn_cli
 from tests.web_harness import WebServer, add_clip
 
 

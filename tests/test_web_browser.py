@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from device.storage.upload_queue import REMOTE_DELETE, UPLOAD
-from tests.conftest import ENTRY_POINT, WAKE_SENTENCE, Broker, wait_until
+from tests.helpers import ENTRY_POINT, WAKE_SENTENCE, Broker, wait_until
 from tests.test_daemon_mqtt import retained_status
 from tests.web_harness import TONE_S, WebServer, add_clip
 
@@ -99,6 +99,7 @@ def listed(page: Any) -> list[str]:
     return page.eval_on_selector_all("li.clip", "els => els.map(e => e.id.slice(5))")
 
 
+@pytest.mark.slow
 def test_sign_in_list_newest_first_play_and_export(browser: Any, site: WebServer) -> None:
     markup = add_clip(site.store, transcript='<script>window.pwned = 1</script><b>bold?</b>')
     longer = add_clip(site.store, transcript="what's the weather tomorrow", seconds=2.5)
@@ -133,6 +134,7 @@ def test_sign_in_list_newest_first_play_and_export(browser: Any, site: WebServer
     page.context.close()
 
 
+@pytest.mark.slow
 def test_a_wrong_password_is_refused_and_then_held_back(browser: Any, state_dir: Path) -> None:
     srv = WebServer(state_dir, password=PASSWORD)
     try:
@@ -154,6 +156,7 @@ def test_a_wrong_password_is_refused_and_then_held_back(browser: Any, state_dir:
         srv.close()
 
 
+@pytest.mark.slow
 def test_delete_one_selected_and_all(page: Any, site: WebServer) -> None:
     state_dir = site.store.state_dir
     clips = [add_clip(site.store, transcript=f"clip {i}") for i in range(5)]
@@ -199,6 +202,7 @@ def test_that_wasnt_for_me_deletes_and_counts_a_false_wake(page: Any, site: WebS
     shot(page, "web-days.png")
 
 
+@pytest.mark.slow
 def test_forged_posts_are_refused(page: Any, browser: Any, site: WebServer) -> None:
     clip = add_clip(site.store)
     page.reload()
@@ -214,6 +218,7 @@ def test_forged_posts_are_refused(page: Any, browser: Any, site: WebServer) -> N
     other.close()
 
 
+@pytest.mark.slow
 def test_settings_sensitivity_save_mode_and_consent(page: Any, site: WebServer) -> None:
     page.reload()
     page.click("nav >> text=Settings")
@@ -236,6 +241,7 @@ def test_settings_sensitivity_save_mode_and_consent(page: Any, site: WebServer) 
         page.inner_text(".flash")
 
 
+@pytest.mark.slow
 def test_what_left_this_device(page: Any, site: WebServer) -> None:
     clip = add_clip(site.store, transcript="a private sentence")
     q = site.store.uploads
@@ -261,6 +267,7 @@ DEVICE = "0e2e0e2e0e2f"
 BASE = f"edge-recorder/{DEVICE}/"
 
 
+@pytest.mark.slow
 def test_the_page_while_the_daemon_records_and_evt_deleted_on_mqtt(
     browser: Any, broker: Broker, with_models: Path, speech: Callable[..., Path], tmp_path: Path,
     state_dir: Path

@@ -12,7 +12,7 @@ import uvicorn
 from device.core.config import Settings
 from device.storage.clips import Clip, ClipStore
 from device.web import auth, policy, server
-from tests.conftest import free_port, port_open, wait_until
+from tests.helpers import free_port, port_open, wait_until
 
 TONE_S = 1.5
 
