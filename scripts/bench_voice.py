@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 import soundfile
-from bench import build_listener, speak, to_frames  # type: ignore[import-not-found]
+from bench_parts import build_listener, to_frames  # type: ignore[import-not-found]
+from speech import speak  # type: ignore[import-not-found]
 
 from device.audio.sources import WavSource
 from device.audio.vad import SpeechDetector

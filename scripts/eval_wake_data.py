@@ -46,6 +46,8 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+from speech import say  # scripts/ is on sys.path when this runs as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 VOICES = ["en", "en-us", "en-gb", "en+f3", "en+m3", "en-us+f2", "en-gb-x-rp", "en+f4", "en-029",
           "en-gb-scotland", "en+m7", "en-us+m4"]
@@ -111,13 +113,6 @@ def export(repo: Path, into: Path, prefix: str = "", suffixes: tuple[str, ...] =
             except tarfile.TarError:
                 continue
     return count
-
-
-def say(text: str, voice: str, speed: int, pitch: int, path: Path) -> None:
-    """The project's one way to render speech (same text, same bytes), with no silence around it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(ROOT / "scripts" / "make-test-audio"), str(path), text, voice, "0", "0",
-                    str(speed), str(pitch)], check=True)
 
 
 def owners(root: Path) -> None:

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from eval_wake import audio_files, load, load_all, mix  # noqa: E402
-from eval_wake_data import say  # noqa: E402
+from speech import say  # noqa: E402
 
 from device.core.config import PRESETS, Settings, resolve_models_dir  # noqa: E402
 from device.storage.models import ModelStore  # noqa: E402
