@@ -30,6 +30,9 @@ def test_default_wakes_on_hey_jarvis() -> None:
         ("[wake]\nmodels = []\n", r"wake\.models: .*at least 1"),
         ("[wake\nthreshold = 0.5\n", r"is not valid TOML"),
         ("[recorder]\nmax_length_s = -1\n", r"recorder\.max_length_s: .*greater than 0"),
+        # a duration past the calendar: a traceback at the first retention sweep before
+        ("[retention]\nmax_age = \"999999d\"\n", r"retention\.max_age: .*at most 36500d"),
+        ("[voice]\ndelete_last_within = \"999999d\"\n", r"voice\.delete_last_within: .*at most 36500d"),
     ],
 )
 def test_malformed_config_names_the_key_and_the_problem(tmp_path: Path, text: str, expected: str) -> None:

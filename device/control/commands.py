@@ -37,7 +37,14 @@ from device.control.mute import MuteState
 from device.control.save_mode import SaveState
 from device.control.sensitivity import SensitivityState
 from device.core import events
-from device.core.config import DURATION_PATTERN, VoiceSettings, describe_validation_error, duration_s
+from device.core.config import (
+    DURATION_PATTERN,
+    MAX_DURATION,
+    VoiceSettings,
+    describe_validation_error,
+    duration_s,
+)
+from device.core.config import Duration as CappedDuration
 from device.core.errors import CommandError, StoreError, describe
 from device.core.events import DeleteReason
 from device.storage.clips import ClipStore
@@ -50,7 +57,7 @@ MAX_IDS = 10_000
 MIN_YEAR, MAX_YEAR = 1970, 9998
 MAX_TS = 253_402_300_799
 """The last second of the year 9999: a signed command's `ts` lies between 0 and this."""
-MAX_LAST = "36500d"
+MAX_LAST = MAX_DURATION
 """`last` reaches back at most 100 years (`all` deletes everything)."""
 SIGNATURE_FIELDS = ("ts", "nonce", "sig")
 
@@ -185,7 +192,7 @@ class SaveCommand(_Command):
     reply = events.Save
 
     mode: Literal["audio", "transcript", "nothing"]
-    for_: Duration | None = Field(default=None, alias="for")
+    for_: CappedDuration | None = Field(default=None, alias="for")
 
 
 SCHEMAS: dict[str, type[_Command]] = {

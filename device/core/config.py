@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from device.core.errors import ConfigError
 
@@ -29,9 +29,23 @@ DURATION_PATTERN = r"^[1-9][0-9]{0,5}[smhd]$"
 DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+MAX_DURATION = "36500d"
+"""The longest duration anything takes: 100 years (a longer one overflows the calendar)."""
+
+
 def duration_s(text: str) -> float:
     """Seconds in a duration matching DURATION_PATTERN."""
     return float(text[:-1]) * DURATION_UNITS_S[text[-1]]
+
+
+def _at_most_max(text: str) -> str:
+    if duration_s(text) > duration_s(MAX_DURATION):
+        raise ValueError(f"at most {MAX_DURATION} (100 years), not {text!r}")
+    return text
+
+
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN), AfterValidator(_at_most_max)]
+"""A duration as users write it (15m, 7d), at most MAX_DURATION."""
 
 
 class _Section(BaseModel):
@@ -234,10 +248,10 @@ class VoiceSettings(_Section):
     phrases: dict[VoiceCommand, list[Phrase]] = Field(
         default_factory=lambda: {k: list(v) for k, v in DEFAULT_PHRASES.items()})
     """The words that make each command, per command; a command left out has no phrase."""
-    delete_last_within: str = Field(default="10m", pattern=DURATION_PATTERN)
+    delete_last_within: Duration = "10m"
     """"Delete what I just said" and "that wasn't for you" reach the newest clip only if it was
     recorded this recently."""
-    pause_for: str = Field(default="1h", pattern=DURATION_PATTERN)
+    pause_for: Duration = "1h"
     """How long "don't save anything for an hour" saves nothing before saving returns by itself."""
     confirm_led_pin: str | int | None = None
     """The feedback LED: two blinks when a command is done, five quick flickers for "didn't catch
@@ -247,7 +261,7 @@ class VoiceSettings(_Section):
     confirm_words: list[Phrase] = Field(default_factory=lambda: ["yes"], min_length=1)
     """The answer that lets a command which deletes more than the last recording go ahead, when
     the wake was not verified as the owner's voice; heard as strictly as the phrases."""
-    confirm_within: str = Field(default="6s", pattern=DURATION_PATTERN)
+    confirm_within: Duration = "6s"
     """How long after such a command its yes is listened for; then it is dropped."""
 
     @model_validator(mode="after")
@@ -373,7 +387,7 @@ class UploadSettings(_Section):
 
 
 class RetentionSettings(_Section):
-    max_age: str = Field(default="7d", pattern=DURATION_PATTERN)
+    max_age: Duration = "7d"
     """Clips older than this are deleted (s, m, h, d), including clips still awaiting upload."""
     max_bytes: int = Field(default=1 << 30, ge=1 << 20)
     """Beyond this many bytes of clips, the oldest are deleted."""
