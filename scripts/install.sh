@@ -152,41 +152,33 @@ else
   run install -m 0640 -o root -g "$USER_NAME" "$SRC/config/default.toml" "$ETC/config.toml"
 fi
 
-step "systemd unit $UNIT"
-if [ -e "$UNIT" ] && cmp -s "$SRC/systemd/edge-recorder.service" "$UNIT"; then
-  done_already "unit up to date"
-else
-  run install -m 0644 "$SRC/systemd/edge-recorder.service" "$UNIT"
-  if [ -d /run/systemd/system ] || [ "$DRY_RUN" -eq 1 ]; then
-    run systemctl daemon-reload
-  fi
-fi
-if [ ! -d /run/systemd/system ] && [ "$DRY_RUN" -eq 0 ]; then
-  START=  # systemd is not running here (a chroot, an image being prepared): enable only
-fi
-if [ "$DRY_RUN" -eq 0 ] && systemctl is-enabled --quiet edge-recorder 2>/dev/null; then
-  done_already "enabled"
-else
-  # shellcheck disable=SC2086  # $START is empty or --now
-  run systemctl enable $START edge-recorder
-fi
-
-if [ "$WEB" -eq 1 ]; then
-  step "Web page: systemd unit $WEB_UNIT (off until --web; loopback only until you set web.host)"
-  if [ -e "$WEB_UNIT" ] && cmp -s "$SRC/systemd/edge-recorder-web.service" "$WEB_UNIT"; then
+# install_unit NAME PATH: install systemd/NAME.service at PATH (if changed) and enable it.
+install_unit() {
+  if [ -e "$2" ] && cmp -s "$SRC/systemd/$1.service" "$2"; then
     done_already "unit up to date"
   else
-    run install -m 0644 "$SRC/systemd/edge-recorder-web.service" "$WEB_UNIT"
+    run install -m 0644 "$SRC/systemd/$1.service" "$2"
     if [ -d /run/systemd/system ] || [ "$DRY_RUN" -eq 1 ]; then
       run systemctl daemon-reload
     fi
   fi
-  if [ "$DRY_RUN" -eq 0 ] && systemctl is-enabled --quiet edge-recorder-web 2>/dev/null; then
+  if [ "$DRY_RUN" -eq 0 ] && systemctl is-enabled --quiet "$1" 2>/dev/null; then
     done_already "enabled"
   else
     # shellcheck disable=SC2086  # $START is empty or --now
-    run systemctl enable $START edge-recorder-web
+    run systemctl enable $START "$1"
   fi
+}
+
+if [ ! -d /run/systemd/system ] && [ "$DRY_RUN" -eq 0 ]; then
+  START=  # systemd is not running here (a chroot, an image being prepared): enable only
+fi
+step "systemd unit $UNIT"
+install_unit edge-recorder "$UNIT"
+
+if [ "$WEB" -eq 1 ]; then
+  step "Web page: systemd unit $WEB_UNIT (off until --web; loopback only until you set web.host)"
+  install_unit edge-recorder-web "$WEB_UNIT"
   echo "    the page: http://127.0.0.1:8380/ on this device (ssh -L 8380:127.0.0.1:8380 from another);"
   echo "    for the home network set a password: sudo -u $USER_NAME env EDGE_RECORDER_STATE_DIR=$STATE $PREFIX/venv/bin/edge-recorder web passwd"
 fi
