@@ -26,7 +26,12 @@ done
 require_root
 
 step "Service"
-run systemctl disable --now edge-recorder-web edge-recorder || true
+# One unit per call: `systemctl disable` fails as a whole when any unit it is given does not
+# exist, and the web page's unit is only there after `install.sh --web`.
+run systemctl disable --now edge-recorder || true
+if [ -e "$WEB_UNIT" ]; then
+  run systemctl disable --now edge-recorder-web || true
+fi
 if [ -x "$PREFIX/venv/bin/edge-recorder" ] && [ -e "$ETC/config.toml" ]; then
   # Remove the speaker from Home Assistant (empty retained discovery payload); no broker: skip.
   run runuser -u "$USER_NAME" -- env "EDGE_RECORDER_STATE_DIR=$STATE" "$PREFIX/venv/bin/edge-recorder" \
