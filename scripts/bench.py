@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_parts import build_listener, to_frames  # noqa: E402
 from eval_wake import enrolled, with_verifier  # noqa: E402
-from speech import speak  # noqa: E402
+from speech import last_voiced_sample, speak  # noqa: E402
 
 from device.audio.sources import WavSource  # noqa: E402
 from device.core import events as ev  # noqa: E402
@@ -64,11 +64,6 @@ FRAME = 1280
 
 
 
-
-
-def last_voiced_sample(audio: np.ndarray) -> int:
-    loud = np.flatnonzero(np.abs(audio.astype(np.int32)) > 0.02 * np.abs(audio).max())
-    return int(loud[-1]) + 1
 
 
 

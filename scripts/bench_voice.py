@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import soundfile
 from bench_parts import build_listener, to_frames  # type: ignore[import-not-found]
-from speech import speak  # type: ignore[import-not-found]
+from speech import last_voiced_sample, speak  # type: ignore[import-not-found]
 
 from device.audio.sources import WavSource
 from device.audio.vad import SpeechDetector
@@ -87,11 +87,6 @@ def with_noise(audio: np.ndarray, noise: np.ndarray, snr_db: float | None, level
     return np.clip(audio + part, -32768, 32767).astype(np.int16)
 
 
-def last_sound(audio: np.ndarray) -> int:
-    loud = np.flatnonzero(np.abs(audio.astype(np.int32)) > 0.02 * np.abs(audio).max())
-    return int(loud[-1]) + 1
-
-
 class Scene:
     """Utterances one after another, each after "hey jarvis", with noise under all of it."""
 
@@ -104,7 +99,7 @@ class Scene:
     def add(self, utterance: np.ndarray) -> None:
         at = sum(len(p) for p in self.parts)
         self.starts.append(at)
-        self.speech_ends.append(at + len(self.hey) + last_sound(utterance))
+        self.speech_ends.append(at + len(self.hey) + last_voiced_sample(utterance))
         self.parts.append(np.concatenate([self.hey, utterance, np.zeros(int(GAP_S * 16000), np.int16)]))
 
     def audio(self, noise: np.ndarray | None, snr_db: float | None, seed: int) -> np.ndarray:

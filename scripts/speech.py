@@ -25,3 +25,9 @@ def say(text: str, voice: str, speed: int, pitch: int, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([str(ROOT / "scripts" / "make-test-audio"), str(path), text, voice, "0", "0",
                     str(speed), str(pitch)], check=True)
+
+
+def last_voiced_sample(audio: np.ndarray) -> int:
+    """Where the speech in `audio` ends: one past its last sample above 2 % of its peak."""
+    loud = np.flatnonzero(np.abs(audio.astype(np.int32)) > 0.02 * np.abs(audio).max())
+    return int(loud[-1]) + 1

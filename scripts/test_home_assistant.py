@@ -46,6 +46,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from device.integrations import ha
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speech import speak  # type: ignore[import-not-found]  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = Path(os.environ.get("HA_RECIPES", ROOT.parent / "shared" / "recipes"))
 HA_BASE = Path(os.environ.get("HA_BASE", "/tmp/ha"))
@@ -268,12 +271,8 @@ class Tap:
 
 
 def speech_pcm(folder: Path, text: str, tail_s: float) -> bytes:
-    wav, raw = folder / f"{slug(text)}.wav", folder / f"{slug(text)}.raw"
-    subprocess.run([str(ROOT / "scripts" / "make-test-audio"), str(wav), text, "en", "0.3",
-                    str(tail_s)], check=True)
-    subprocess.run(["sox", str(wav), "-t", "raw", "-r", str(RATE), "-c", "1", "-b", "16", "-e",
-                    "signed-integer", str(raw)], check=True)
-    return raw.read_bytes()
+    """espeak-ng's TEXT as raw 16 kHz mono S16_LE, what the named-pipe microphone is fed."""
+    return speak(folder / f"{slug(text)}.wav", text, "en", 0.3, tail_s).astype("<i2").tobytes()
 
 
 def midnight_zone(after_s: float) -> tuple[str, datetime]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tomllib
 import zlib
@@ -38,6 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from device.speech.voice import common_in_order, in_order  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from speech import speak  # type: ignore[import-not-found]  # noqa: E402
 
 SPLIT = json.loads((ROOT / "scripts" / "voice-split.json").read_text())
 SENTENCES = json.loads((ROOT / "scripts" / "voice-sentences.json").read_text())
@@ -69,8 +71,7 @@ class Renderer:
               tail: float = 1.0) -> np.ndarray:
         out = self.cache / f"{zlib.crc32(f'{text}|{voice}|{wpm}|{lead}|{tail}'.encode()):08x}.wav"
         if not out.exists():
-            subprocess.run([str(ROOT / "scripts" / "make-test-audio"), str(out), text, voice,
-                            str(lead), str(tail), str(wpm)], check=True, capture_output=True)
+            return np.asarray(speak(out, text, voice, lead, tail, wpm))
         return np.asarray(soundfile.read(str(out), dtype="int16")[0])
 
     def noise(self, name: str) -> np.ndarray:
@@ -404,7 +405,6 @@ def main() -> int:
     parser.add_argument("--phrases", type=Path, default=None,
                         help="a JSON {command: [phrases]} instead of config/example-voice-ko.toml")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "scripts"))
     phrases = phrases_of(args.phrases)
     if args.what == "decode":
         decode(args.paths[0], args.paths[1], phrases)
