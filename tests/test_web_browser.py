@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -302,15 +303,23 @@ def test_the_page_while_the_daemon_records_and_evt_deleted_on_mqtt(
         recorded = seen("clip")[0]["id"]
         page.reload()
         assert listed(page) == [recorded]
-        sub = subprocess.Popen(["mosquitto_sub", *broker.client_args(), "-t", BASE + "evt/deleted",
-                                "-C", "1", "-W", "30"], stdout=subprocess.PIPE, text=True)
-        wait_until(lambda: "mosquitto_sub" in subprocess.run(
-            ["ps", "-o", "comm=", "-p", str(sub.pid)], capture_output=True, text=True).stdout,
-            10, "mosquitto_sub did not start")
-        wait_until(lambda: (state_dir / ".commands.sock").exists(), 30, "no hand-off socket")
-        page.click(f"#clip-{recorded} button.delete")
-        page.wait_for_selector(".flash")
-        deleted = json.loads(sub.communicate(timeout=40)[0])
+        # the retained status arriving proves the subscription is live before the delete is sent
+        sub = subprocess.Popen(["mosquitto_sub", *broker.client_args(), "-v", "-t", BASE + "status",
+                                "-t", BASE + "evt/deleted"], stdout=subprocess.PIPE, text=True)
+        heard: list[tuple[str, str]] = []
+        reader = threading.Thread(target=lambda: heard.extend(
+            tuple(line.rstrip("\n").split(" ", 1)) for line in sub.stdout or ()), daemon=True)
+        reader.start()
+        try:
+            wait_until(lambda: any(t == BASE + "status" for t, _ in heard), 10, "not subscribed")
+            wait_until(lambda: (state_dir / ".commands.sock").exists(), 30, "no hand-off socket")
+            page.click(f"#clip-{recorded} button.delete")
+            page.wait_for_selector(".flash")
+            wait_until(lambda: any(t == BASE + "evt/deleted" for t, _ in heard), 40, "no evt/deleted")
+        finally:
+            sub.terminate()
+            sub.wait(timeout=10)
+        deleted = json.loads(next(body for t, body in heard if t == BASE + "evt/deleted"))
         assert deleted["ids"] == [recorded] and deleted["request_id"].startswith("web-")
         assert listed(page) == [] and not (state_dir / "clips" / f"{recorded}.clip").exists()
         assert retained_status(broker, BASE)["clips"] == 0  # announced with the reply
