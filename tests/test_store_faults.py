@@ -1,7 +1,9 @@
 """A bad day for the store (issue 24: items 1, 2, 8, 9): a lock is not corruption, a key rotation
 in another process is not corruption, what is set aside is still kept to every promise (listed,
 deleted, expired, wiped off the raw disk), a rebuilt empty index raises no false alarm, and an upload
-that may have reached the server before it failed still gets its remote delete."""
+that may have reached the server before it failed still gets its remote delete. And what a code
+review found (each reproduced first): a crash during an index rebuild, or between an uploaded clip's
+row and its file, loses nothing at the next start; revoking consent reaches an upload that timed out."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from device.core.config import RetentionSettings, Settings
 from device.core.events import EventSink
 from device.doctor import check_store
 from device.storage import db, keystore
+from device.storage.clip_rows import ClipRows
 from device.storage.clips import ClipStore
 from device.storage.retention import sweep
 from tests.helpers import (
@@ -57,7 +60,6 @@ db.rollback()
 ROTATOR = """
 import sys, time
 from pathlib import Path
-from device.storage.keystore import KeyStore
 keys = KeyStore(Path(sys.argv[1]))
 print("ready", flush=True)
 end, n = time.monotonic() + float(sys.argv[2]), 0
@@ -373,3 +375,41 @@ def test_uploads_tried_before_the_upgrade_count_as_maybe_sent(state_dir: Path) -
     old.close()
     store = ClipStore(state_dir)
     assert store.delete(ids=[cid])["remote_pending"] == [cid]
+
+
+# -- found by a code review: a crash at the wrong moment, a revoke after a timeout -----------------
+
+class Crash(BaseException):
+    """The process dies here: nothing after this point runs (no clean-up, no rollback of a commit)."""
+
+
+def crash_at_call(monkeypatch: pytest.MonkeyPatch, owner: type, name: str, n: int) -> None:
+    """The n-th call of `owner.name` raises Crash before it does anything."""
+    real = getattr(owner, name)
+    calls = []
+
+    def crashing(*args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        if len(calls) == n:
+            raise Crash(f"{name}, call {n}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, crashing)
+
+
+def test_a_crash_during_an_index_rebuild_loses_no_clip_at_the_next_start(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ClipStore(state_dir)
+    ids = {add_clip(store) for _ in range(3)}
+    store.close()
+    (state_dir / "index.sqlite").unlink()  # lost beside its clips: the next start rebuilds it
+    with monkeypatch.context() as patch:
+        crash_at_call(patch, ClipRows, "insert", 2)  # the rebuild dies at its second row
+        with pytest.raises(Crash):
+            ClipStore(state_dir)
+    store = ClipStore(state_dir)  # the start after the crash
+    assert indexed(store) == ids and {p.stem for p in store.clips_dir.iterdir()} == ids
+    assert all(store.read_audio(store.get(cid)) for cid in ids)  # every key is still there
+    assert {c.transcript for c in store.all()} == {"turn on the light"}
+    assert not list(state_dir.glob("index.sqlite.*"))  # nothing half-built is left behind

@@ -5,6 +5,9 @@ Opening: a database another process holds locked is busy (StoreBusy), never dama
 proven unreadable (missing or empty beside clip files, SQLITE_CORRUPT/NOTADB, a failed integrity
 check) is set aside (`index.sqlite.corrupt-<t>`) and rebuilt from the clip files, whose
 authenticated headers carry their rows, and only by a process that has the state directory alone.
+The rebuild is written beside it (`index.sqlite.rebuilding`) and renamed into place when complete:
+a crash partway leaves no index, so the next start rebuilds again, never a partial one whose sweep
+would take the clips it lacks for leftovers.
 Sweeping (at a start with the directory alone): what a crash interrupted is finished; pieces without
 a row are removed, rows without their file are dropped, and a clip whose key is gone is quarantined,
 never erased (a set-aside key store may still open it).
@@ -19,6 +22,7 @@ import time
 from pathlib import Path
 
 from device.core.errors import StoreBusy, StoreError
+from device.core.files import fsync_dir
 from device.storage import crypto, db, preferences, requests, stats, upload_queue
 from device.storage.clip_rows import META_FIELDS, Clip, ClipRows
 from device.storage.clip_rows import SCHEMA as CLIPS_SCHEMA
@@ -31,6 +35,8 @@ from device.storage.upload_queue import UploadQueue
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.sqlite"
+REBUILDING = ".rebuilding"
+"""A rebuild is written to `index.sqlite.rebuilding` (and its journal) until it is complete."""
 SCHEMA_VERSION = 5
 SCHEMA = (CLIPS_SCHEMA + requests.SCHEMA + preferences.SCHEMA + upload_queue.SCHEMA
           + stats.SCHEMA)
@@ -60,6 +66,9 @@ class Repair:
 
     # -- opening ----------------------------------------------------------------------------------
     def open(self, path: Path) -> Database:
+        if self.alone:  # what a crash during a rebuild left: never used, built again if needed
+            for partial in _partial(path):
+                partial.unlink(missing_ok=True)
         try:
             return Database(self._open_at(path))
         except (sqlite3.DatabaseError, Unreadable) as exc:
@@ -106,9 +115,20 @@ class Repair:
         Path(f"{path}-journal").unlink(missing_ok=True)
         log.error("the index %s is unusable (%s): rebuilt it from the clip files%s", path, exc,
                   f" (the old one is {aside.name})" if aside.exists() else "")
-        conn = connect(path)
-        conn.executescript(f"BEGIN;\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
-        rebuilt = Database(conn)
+        built, _ = _partial(path)
+        conn = connect(built)
+        try:
+            self._fill(Database(conn), aside)
+        finally:
+            conn.close()
+        os.replace(built, path)
+        fsync_dir(path.parent)
+        return Database(connect(path))  # opened anew: a connection names its journal by its path
+
+    def _fill(self, rebuilt: Database, aside: Path) -> None:
+        """The schema, a row per clip file that opens, and the remote deletes still readable in the
+        set-aside index; a clip file that does not open goes to the quarantine."""
+        rebuilt.conn.executescript(f"BEGIN;\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
         rows = ClipRows(rebuilt)
         for f in sorted(self.clips_dir.glob(f"*{CLIP_SUFFIX}")):
             key = self.keys.get(f.stem)
@@ -122,7 +142,6 @@ class Repair:
             rows.insert(Clip(**{k: meta[k] for k in META_FIELDS}, audio_file=f.name), key)
         if aside.exists():
             UploadQueue(rebuilt).salvage_remote_deletes(aside)
-        return rebuilt
 
     # -- sweeping ---------------------------------------------------------------------------------
     def sweep(self, index: Database, uploads: UploadQueue, eraser: Eraser) -> None:
@@ -151,3 +170,9 @@ class Repair:
         self.keys.destroy(lost)
         for f in keyless:  # never erased here: a set-aside key store may still open it
             self.quarantine.put(f)
+
+
+def _partial(path: Path) -> tuple[Path, Path]:
+    """An index being rebuilt, and its journal."""
+    built = path.with_name(f"{path.name}{REBUILDING}")
+    return built, Path(f"{built}-journal")
