@@ -2,8 +2,7 @@
 in another process is not corruption, what is set aside is still kept to every promise (listed,
 deleted, expired, wiped off the raw disk), a rebuilt empty index raises no false alarm, and an upload
 that may have reached the server before it failed still gets its remote delete. And what a code
-review found (each reproduced first): a crash during an index rebuild, or between an uploaded clip's
-row and its file, loses nothing at the next start; revoking consent reaches an upload that timed out."""
+review found (reproduced first): a crash during an index rebuild loses nothing at the next start."""
 
 from __future__ import annotations
 
@@ -60,6 +59,7 @@ db.rollback()
 ROTATOR = """
 import sys, time
 from pathlib import Path
+from device.storage.keystore import KeyStore
 keys = KeyStore(Path(sys.argv[1]))
 print("ready", flush=True)
 end, n = time.monotonic() + float(sys.argv[2]), 0

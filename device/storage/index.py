@@ -68,7 +68,8 @@ class Repair:
     def open(self, path: Path) -> Database:
         if self.alone:  # what a crash during a rebuild left: never used, built again if needed
             for partial in _partial(path):
-                partial.unlink(missing_ok=True)
+                if partial.exists():  # (a read-only file system refuses even a no-op unlink)
+                    partial.unlink()
         try:
             return Database(self._open_at(path))
         except (sqlite3.DatabaseError, Unreadable) as exc:
