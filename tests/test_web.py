@@ -342,6 +342,26 @@ def test_from_the_network_the_page_only_reduces(state_dir: Path) -> None:
         srv.close()
 
 
+def test_what_the_cli_set_a_moment_ago_holds_on_the_page_and_against_the_network(
+        state_dir: Path) -> None:
+    """The page's process follows no setting: after `edge-recorder save nothing` in another process,
+    its header says so, and a request from the network cannot return to saving audio."""
+    srv = WebServer(state_dir, password="a long enough password")
+    try:
+        app, session = srv.app.asgi(), srv.app.sessions.new(signed_in=True)
+        cookie = f"er_session={session.token}"
+        assert b'id="saving">audio<' in asgi_call(app, "GET", "/", "127.0.0.1", cookie)[1]
+        assert run_cli("save", "transcript").returncode == 0
+        assert b'id="saving">transcript<' in asgi_call(app, "GET", "/", "127.0.0.1", cookie)[1]
+        assert run_cli("save", "nothing").returncode == 0
+        save = {"csrf": session.csrf, "mode": "transcript", "form_id": "02"}
+        asgi_call(app, "POST", "/settings/save", "192.168.1.30", cookie, save)
+        assert "saving can only be reduced (now 'nothing')" in session.flash[-1]
+        assert srv.store.state.preferences.get("recorder.save", "") == "nothing"
+    finally:
+        srv.close()
+
+
 def test_a_state_directory_too_deep_for_a_socket_leaves_the_daemon_running(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 60) / ("e" * 60) / "state"
     store = ClipStore(deep)

@@ -77,9 +77,10 @@ class SaveState(FollowedSetting[SaveMode]):
         if rank(mode) < rank(self.configured):
             raise CommandError("refused", f"cannot save more than the configured "
                                f"{self.configured!r} (edit recorder.save)", request_id)
-        if remote and rank(mode) < rank(self.mode()):
+        in_force = self.refresh().mode  # as the store has it now (the CLI may have just changed it)
+        if remote and rank(mode) < rank(in_force):
             raise CommandError("refused", f"remotely, saving can only be reduced (now "
-                               f"{self.mode()!r}); change it back on the device", request_id)
+                               f"{in_force!r}); change it back on the device", request_id)
         until = self._clock() + for_s if for_s and mode != self.configured else None
         self._write(UNTIL_SETTING, repr(until or 0.0))
         self._write(MODE_SETTING, mode)

@@ -187,25 +187,30 @@ class WebApp:
             session.flash.clear()
         html = self.templates.get_template(name).render(
             csrf=session.csrf if session else "", flash=flash, local=ctx.local if ctx else False,
-            signed_in=bool(session and session.signed_in), form_id=secrets.token_hex(8),
-            saving=self.save.current().mode, **values)
+            signed_in=bool(session and session.signed_in), form_id=secrets.token_hex(8), **values)
         return HTMLResponse(html, status_code=status)
+
+    async def show(self, name: str, ctx: Context, **values: Any) -> HTMLResponse:
+        """A page under the header, whose "Saving now" is read afresh from the store: this process
+        does not follow it, and the CLI, a voice or the daemon may have changed it since."""
+        now = await run_in_threadpool(self.save.refresh)
+        return self.render(name, ctx, saving=now.mode, **values)
 
     async def clips(self, request: Request, ctx: Context) -> Response:
         rows = await run_in_threadpool(pages.clip_rows, self.store, self.settings.upload.hold_s)
-        return self.render("clips.html", ctx, rows=rows, page="clips",
-                           uploads=self.settings.upload.url is not None)
+        return await self.show("clips.html", ctx, rows=rows, page="clips",
+                               uploads=self.settings.upload.url is not None)
 
     async def days(self, request: Request, ctx: Context) -> Response:
         rows = await run_in_threadpool(pages.days, self.commands.controller.stats)
-        return self.render("days.html", ctx, rows=rows, chart=pages.chart(rows), page="days")
+        return await self.show("days.html", ctx, rows=rows, chart=pages.chart(rows), page="days")
 
     async def sent(self, request: Request, ctx: Context) -> Response:
         rows = await run_in_threadpool(pages.sent, self.store)
         pending = await run_in_threadpool(self.store.uploads.pending_remote)
         url = self.settings.upload.url
-        return self.render("sent.html", ctx, rows=rows, pending=pending, page="sent",
-                           upload_host=urlsplit(url).netloc if url else None)
+        return await self.show("sent.html", ctx, rows=rows, pending=pending, page="sent",
+                               upload_host=urlsplit(url).netloc if url else None)
 
     async def controls(self, request: Request, ctx: Context) -> Response:
         now = await run_in_threadpool(pages.controls, self.sensitivity, self.save, self.store)
@@ -213,8 +218,8 @@ class WebApp:
         modes = [m for m in SAVE_MODES if ctx.local or SAVE_MODES.index(m) >= SAVE_MODES.index(
             now["save"])]
         modes = [m for m in modes if SAVE_MODES.index(m) >= SAVE_MODES.index(self.save.configured)]
-        return self.render("settings.html", ctx, now=now, levels=levels, modes=modes,
-                           page="settings", uploads=self.settings.upload.url is not None)
+        return await self.show("settings.html", ctx, now=now, levels=levels, modes=modes,
+                               page="settings", uploads=self.settings.upload.url is not None)
 
     # -- audio --------------------------------------------------------------------------------
     async def audio(self, request: Request, ctx: Context) -> Response:
