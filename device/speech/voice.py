@@ -300,25 +300,19 @@ def unknown_words(model_dir: Path, settings: VoiceSettings) -> list[str]:
     """Words of the phrases and confirm words that the model does not know (such a phrase can never
     match). Vosk only says so on stderr while building the grammar, so this captures file
     descriptor 2 for that moment: for `doctor`, not for the daemon, whose other threads log there."""
-    import os
     import re
-    import tempfile
 
     import vosk
 
+    from device.core.stderr import captured_fd2
+
     table = PhraseTable(settings)
     model = vosk.Model(str(model_dir))
-    with tempfile.TemporaryFile() as sink:
-        saved = os.dup(2)
-        vosk.SetLogLevel(0)
-        try:
-            os.dup2(sink.fileno(), 2)
-            words = [*table.grammar()[:-1], *settings.confirm_words]
+    words = [*table.grammar()[:-1], *settings.confirm_words]
+    vosk.SetLogLevel(0)
+    try:
+        with captured_fd2() as said:
             vosk.KaldiRecognizer(model, 16000, json.dumps(words, ensure_ascii=False))
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            vosk.SetLogLevel(-2)
-        sink.seek(0)
-        said = sink.read().decode("utf-8", "replace")
-    return sorted(set(re.findall(r"missing in vocabulary: '([^']+)'", said)))
+    finally:
+        vosk.SetLogLevel(-2)
+    return sorted(set(re.findall(r"missing in vocabulary: '([^']+)'", said.decode("utf-8", "replace"))))

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
-import tempfile
 import threading
 import types
 from collections import deque
@@ -30,6 +28,7 @@ import numpy as np
 from device import FRAME_SAMPLES, OPENWAKEWORD_REQUIREMENT
 from device.core.config import WakeSettings
 from device.core.errors import ModelError, describe
+from device.core.stderr import captured_fd2, write_fd2
 from device.storage.models import FEATURE_FILES, ModelStore
 
 log = logging.getLogger(__name__)
@@ -228,23 +227,14 @@ def tflite_info_left_out() -> Iterator[None]:
 
 @contextlib.contextmanager
 def stderr_without(prefix: bytes) -> Iterator[None]:
-    """Descriptor 2 goes to a temporary file meanwhile; then everything in it but the lines that
-    start with `prefix` is written to stderr (a library's warnings and errors still show)."""
-    sys.stderr.flush()
+    """Descriptor 2 is captured meanwhile; then everything in it but the lines that start with
+    `prefix` is written to stderr (a library's warnings and errors still show)."""
+    caught = bytearray()
     try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all: nothing to keep clean
-        yield
-        return
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
+        with captured_fd2() as caught:
             yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            _write_all(2, b"".join(ln for ln in caught if not ln.startswith(prefix)))
+    finally:
+        write_fd2(b"".join(ln for ln in caught.splitlines(keepends=True) if not ln.startswith(prefix)))
 
 
 def load_tflite(store: ModelStore) -> None:
@@ -260,14 +250,6 @@ def load_tflite(store: ModelStore) -> None:
             Interpreter(model_path=str(path)).allocate_tensors()
     except (ImportError, ModelError, OSError, ValueError, RuntimeError) as exc:
         log.debug("TFLite not loaded ahead: %s", describe(exc))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 
 
 def lighter_start_up() -> None:

@@ -100,10 +100,6 @@ class MicroWakeWordDetector:
             raise ModelError(f"cannot load the microWakeWord model {config}: {describe(exc)}; "
                              f"{install_hint()}") from None
 
-    def cutoff(self, name: str) -> float:
-        """The model's own detection threshold (from its JSON file)."""
-        return float(self._models[name].probability_cutoff)
-
     def scores(self, samples: np.ndarray) -> dict[str, float]:
         out = dict(self._zeros)
         for features in self._features.process_streaming(samples.astype(np.int16).tobytes()):
