@@ -2,7 +2,9 @@
 in another process is not corruption, what is set aside is still kept to every promise (listed,
 deleted, expired, wiped off the raw disk), a rebuilt empty index raises no false alarm, and an upload
 that may have reached the server before it failed still gets its remote delete. And what a code
-review found (reproduced first): a crash during an index rebuild loses nothing at the next start."""
+review found (each reproduced first): a crash during an index rebuild, or between an uploaded clip's
+row and its local copy, loses nothing at the next start; revoking consent reaches an upload that
+timed out."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from device.storage import db, keystore
 from device.storage.clip_rows import ClipRows
 from device.storage.clips import ClipStore
 from device.storage.retention import sweep
+from device.storage.upload_queue import UPLOAD
 from tests.helpers import (
     ENTRY_POINT,
     WAKE_SENTENCE,
@@ -413,3 +416,40 @@ def test_a_crash_during_an_index_rebuild_loses_no_clip_at_the_next_start(
     assert all(store.read_audio(store.get(cid)) for cid in ids)  # every key is still there
     assert {c.transcript for c in store.all()} == {"turn on the light"}
     assert not list(state_dir.glob("index.sqlite.*"))  # nothing half-built is left behind
+
+
+def test_a_crash_between_an_uploaded_clips_row_and_its_local_copy_keeps_its_remote_delete(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keep_local off: after the upload the row drops its audio, then the file goes. A crash in
+    between leaves the file; the next start removes it and keeps the row, so a delete still reaches
+    the copy on the server."""
+    store = ClipStore(state_dir)
+    cid = record(store)
+    store.uploads.enqueue(cid, "audio")
+    assert store.uploads.claim(set()) == (UPLOAD, cid) and store.uploads.uploaded(cid)
+    with monkeypatch.context() as patch:
+        crash_at_call(patch, type(store._eraser), "remove_files", 1)
+        with pytest.raises(Crash):
+            store.forget_local_copy(cid)
+    store.close()
+    assert (state_dir / "clips" / f"{cid}.clip").exists()  # the crash left the local copy
+    store = ClipStore(state_dir)  # the start after the crash
+    assert not list(store.clips_dir.iterdir()) and indexed(store) == {cid}
+    assert store.delete(ids=[cid])["remote_pending"] == [cid]
+
+
+def test_revoking_consent_reaches_an_upload_that_timed_out_and_waits_for_its_retry(
+    state_dir: Path,
+) -> None:
+    """An attempt that timed out may have reached the server; revoking consent before its retry
+    purges the upload and queues a remote delete for it (only an upload never tried is just purged)."""
+    store = ClipStore(state_dir)
+    consent.grant(store, ("audio",))
+    tried = record(store)  # queued as it is recorded
+    assert store.uploads.claim(set()) == (UPLOAD, tried)  # on the wire, then it timed out
+    store.uploads.retry_later(UPLOAD, tried, lambda n: 60.0)
+    untried = record(store)
+    _, purged = consent.revoke(store)
+    assert set(purged) == {tried, untried} and store.uploads.waiting() == 0
+    assert store.uploads.pending_remote() == [tried]

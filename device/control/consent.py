@@ -67,17 +67,17 @@ def grant(store: ClipStore, scope: tuple[str, ...]) -> Consent:
 
 
 def revoke(store: ClipStore, nonce: str | None = None) -> tuple[Consent, list[str]]:
-    """Consent off and every waiting upload purged, in one transaction; a clip on the wire gets a
-    remote delete. Returns the purged ids (those waiting and those on the wire)."""
+    """Consent off and every waiting upload purged, in one transaction; a clip that may be on the
+    server (on the wire, or tried before) gets a remote delete. Returns the purged ids."""
     consent = Consent(False, (), _now())
     with store.state.atomically():
-        queued, sending = store.uploads.withdraw()
+        queued, maybe_sent = store.uploads.withdraw()
         store.state.preferences.set(KEY, json.dumps(asdict(consent)))
         if nonce is not None:
             store.state.requests.use_nonce(nonce)
-    log.info("consent revoked; %d queued upload(s) purged, %d on the wire get a remote delete",
-             len(queued), len(sending))
-    return consent, queued + sending
+    log.info("consent revoked; %d queued upload(s) purged, %d that may be on the server get a "
+             "remote delete", len(queued), len(maybe_sent))
+    return consent, queued + maybe_sent
 
 
 def _now() -> str:

@@ -152,11 +152,11 @@ class Repair:
         files = rows.files()
         known = {f for f in files.values() if f}
         strays = [self.clips_dir / n for n in {p.name for p in self.clips_dir.iterdir()} - known]
-        if strays:  # a write or a delete was interrupted before its row, or after it
+        self.keys.destroy(list(self.keys.ids() - set(files)))  # first: a stray is unreadable
+        if strays:  # a write or a delete was interrupted before its row, or after it; or the removal
+            # of an uploaded clip's local copy after its row (whose key stays: the row still counts)
             log.warning("removing %d clip file(s) left by an interrupted write or delete", len(strays))
-            self.keys.destroy([p.stem for p in strays if p.suffix == CLIP_SUFFIX])
             eraser.remove_files(strays)
-        self.keys.destroy(list(self.keys.ids() - set(files)))
         keys = self.keys.ids()
         lost = [cid for cid, f in files.items()
                 if cid not in keys or (f and not (self.clips_dir / f).exists())]

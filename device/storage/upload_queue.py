@@ -97,17 +97,21 @@ class UploadQueue:
         return remote_ids
 
     def withdraw(self) -> tuple[list[str], list[str]]:
-        """Consent was revoked: every waiting upload is purged, and a clip on the wire gets a
-        remote delete. Returns (purged, remote deletes queued)."""
+        """Consent was revoked: every waiting upload is purged, and one that is, or may be, on the
+        server (on the wire now, or tried before and waiting to be retried) gets a remote delete.
+        Returns (purged, remote deletes queued)."""
+        waiting = "state IN ('queued', 'sending')"
         with self._db.transaction() as tx:
-            queued = [r[0] for r in tx.execute("SELECT clip_id FROM uploads WHERE state = 'queued'")]
-            sending = [r[0] for r in tx.execute("SELECT clip_id FROM uploads WHERE state = 'sending'")]
+            maybe = [r[0] for r in tx.execute(
+                f"SELECT clip_id FROM uploads WHERE {waiting} AND ({MAYBE_ON_SERVER})")]
+            never = [r[0] for r in tx.execute(
+                f"SELECT clip_id FROM uploads WHERE {waiting} AND NOT ({MAYBE_ON_SERVER})")]
             tx.executemany("INSERT OR IGNORE INTO remote_deletes (clip_id) VALUES (?)",
-                           [(cid,) for cid in sending])
-            tx.execute("DELETE FROM uploads WHERE state IN ('queued', 'sending')")
-        if sending:
+                           [(cid,) for cid in maybe])
+            tx.execute(f"DELETE FROM uploads WHERE {waiting}")
+        if maybe:
             self._changed.set()
-        return queued, sending
+        return never, maybe
 
     def clear(self) -> None:
         """Everything is being wiped: uploads and the log of what was sent go; remote deletes the
