@@ -21,7 +21,7 @@ from device.control import consent, handoff
 from device.control.commands import Controller
 from device.control.mute import MuteState
 from device.core import events
-from device.core.config import Settings, WebSettings
+from device.core.config import Settings, UploadSettings, WebSettings
 from device.core.errors import ConfigError, StoreError
 from device.doctor import check_web
 from device.storage.clips import ClipStore
@@ -244,7 +244,50 @@ def test_a_command_handed_to_the_daemon_is_run_there_and_announced(state_dir: Pa
     assert not handoff.socket_path(state_dir).exists()
 
 
+def test_a_reply_listing_thousands_of_clips_reaches_the_page_whole(state_dir: Path) -> None:
+    """A delete of thousands of clips is answered with their ids: far more than a request may be
+    (MAX_REQUEST_BYTES), and the page must read it whole (it was cut there, and the page reported
+    the done delete as an error)."""
+    import socket
+    import threading
+
+    state_dir.mkdir()
+    ids = [f"{i:032x}" for i in range(5000)]
+    reply = json.dumps({"type": "deleted", "request_id": "many", "ids": ids}).encode()
+    assert len(reply) > 2 * handoff.MAX_REQUEST_BYTES
+    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    daemon.bind(str(handoff.socket_path(state_dir)))
+    daemon.listen(1)
+
+    def answer() -> None:
+        conn, _ = daemon.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(reply + b"\n")
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        got = handoff.send(state_dir, "delete", {"request_id": "many", "all": True}, False, timeout_s=30)
+    finally:
+        thread.join()
+        daemon.close()
+    assert got is not None and got["ids"] == ids
+
+
 # -- what left the device -------------------------------------------------------------------------
+
+def test_the_page_names_the_upload_server_without_the_login_in_its_url(state_dir: Path) -> None:
+    settings = Settings(upload=UploadSettings(url="https://owner:s3cret@uploads.example:8443/clips"))
+    srv = WebServer(state_dir, settings=settings)
+    try:
+        cookie, _ = session_of(srv)
+        status, _, body = request(srv, "GET", "/sent", headers={"Cookie": cookie})
+        assert status == 200 and b"<strong>uploads.example:8443</strong>" in body
+        assert b"s3cret" not in body and b"owner:" not in body
+    finally:
+        srv.close()
+
 
 def test_the_upload_log_keeps_where_and_what_but_never_the_transcript(state_dir: Path) -> None:
     store = ClipStore(state_dir)

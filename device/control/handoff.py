@@ -52,7 +52,7 @@ def send(state_dir: Path, kind: str, payload: dict[str, Any], local: bool,
             return None
         try:
             sock.sendall(request)
-            reply = _read_line(sock)
+            reply = _read_line(sock, limit=None)
         except OSError as exc:  # a daemon that hangs: the page says so and stays up
             raise StoreError(f"the daemon did not answer the command ({describe(exc)}); see "
                              "its log (journalctl -u edge-recorder)") from None
@@ -116,7 +116,7 @@ class HandoffServer:
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(REPLY_TIMEOUT_S)
         try:
-            request = json.loads(_read_line(conn) or b"null")
+            request = json.loads(_read_line(conn, MAX_REQUEST_BYTES) or b"null")
             kind, payload, local = request["kind"], request["payload"], bool(request["local"])
             if not isinstance(kind, str) or not isinstance(payload, dict):
                 raise TypeError("kind must be a string and payload an object")
@@ -146,11 +146,13 @@ class HandoffServer:
         self._path.unlink(missing_ok=True)
 
 
-def _read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n") and len(data) <= MAX_REQUEST_BYTES:
+def _read_line(sock: socket.socket, limit: int | None) -> bytes:
+    """One line, read to its end, or (with `limit`) to no more than about `limit` bytes: a request
+    is bounded like an MQTT command; a reply is the daemon's own and may list thousands of clips."""
+    data = bytearray()
+    while not data.endswith(b"\n") and (limit is None or len(data) <= limit):
         chunk = sock.recv(65536)
         if not chunk:
             break
         data += chunk
-    return data.strip()
+    return bytes(data).strip()

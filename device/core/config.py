@@ -11,6 +11,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, get_args
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -384,6 +385,12 @@ class UploadSettings(_Section):
     def _ordered(self) -> UploadSettings:
         _check_order(self.backoff_initial_s, self.backoff_max_s, "backoff_initial_s", "backoff_max_s")
         return self
+
+    @property
+    def host(self) -> str | None:
+        """Where requests go, as the device shows it (the log of what left it, the web page):
+        host and port, never a user name or password written into the URL."""
+        return urlsplit(self.url).netloc.rpartition("@")[2] if self.url else None
 
 
 class RetentionSettings(_Section):

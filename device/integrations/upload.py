@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
@@ -227,7 +226,7 @@ class Uploader:
                               "CA certificate of your upload server, or remove it to use the system's")
         self.settings = settings
         self.url = settings.url.rstrip("/")
-        self.host = urlsplit(self.url).netloc.rpartition("@")[2]
+        self.host = settings.host or ""
         """Where requests go, as the "what left this device" log names it."""
         self._store = store
         self._queue = store.uploads

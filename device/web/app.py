@@ -208,9 +208,8 @@ class WebApp:
     async def sent(self, request: Request, ctx: Context) -> Response:
         rows = await run_in_threadpool(pages.sent, self.store)
         pending = await run_in_threadpool(self.store.uploads.pending_remote)
-        url = self.settings.upload.url
         return await self.show("sent.html", ctx, rows=rows, pending=pending, page="sent",
-                               upload_host=urlsplit(url).netloc if url else None)
+                               upload_host=self.settings.upload.host)
 
     async def controls(self, request: Request, ctx: Context) -> Response:
         now = await run_in_threadpool(pages.controls, self.sensitivity, self.save, self.store)
