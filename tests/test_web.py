@@ -188,6 +188,14 @@ def test_audio_is_streamed_in_ranges_and_never_cached(page: WebServer, state_dir
                                     headers={"Cookie": cookie, "Range": "bytes=44-99"})
     assert status == 206 and body == wav[44:100]
     assert headers["content-range"] == f"bytes 44-99/{len(wav)}"
+    status, headers, body = request(page, "GET", f"/clips/{clip.id}/audio",
+                                    headers={"Cookie": cookie, "Range": "bytes=-10"})
+    assert status == 206 and body == wav[-10:]
+    for nothing in ("bytes=-0", f"bytes={len(wav)}-"):  # ranges that select no byte
+        status, headers, body = request(page, "GET", f"/clips/{clip.id}/audio",
+                                        headers={"Cookie": cookie, "Range": nothing})
+        assert (status, headers["content-range"], body) == (416, f"bytes */{len(wav)}", b"")
+        assert headers["cache-control"] == "no-store"
     status, headers, body = request(page, "GET", f"/clips/{clip.id}/wav", headers={"Cookie": cookie})
     assert body == wav and headers["content-disposition"] == f'attachment; filename="{clip.id}.wav"'
     on_disk = [p for p in state_dir.rglob("*") if p.is_file() and wav[44:1000] in p.read_bytes()]
@@ -337,8 +345,8 @@ def test_strangers_fetching_the_sign_in_page_cannot_push_the_owner_out() -> None
 
 # -- from the network: only what reduces ------------------------------------------------------------
 
-def asgi_call(app: Any, method: str, path: str, client: str, cookie: str,
-              form: dict[str, str] | None = None) -> tuple[int, bytes]:
+async def asgi_request(app: Any, method: str, path: str, client: str, cookie: str,
+                       form: dict[str, str] | None = None) -> tuple[int, bytes]:
     """One request straight into the ASGI app, from `client` (a LAN address cannot be bound here)."""
     body = urllib.parse.urlencode(form or {}).encode()
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
@@ -354,8 +362,42 @@ def asgi_call(app: Any, method: str, path: str, client: str, cookie: str,
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    await app(scope, receive, send)
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def asgi_call(app: Any, method: str, path: str, client: str, cookie: str,
+              form: dict[str, str] | None = None) -> tuple[int, bytes]:
+    return asyncio.run(asgi_request(app, method, path, client, cookie, form))
+
+
+def test_guesses_sent_all_at_once_are_limited_like_guesses_one_by_one(
+        state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thirty wrong passwords from one address at the same moment: each passes the first look at
+    the limit before any has failed, so the limit is asked again when its check's turn comes."""
+    srv = WebServer(state_dir, password="a long enough password")
+    checked = []
+    real = auth.check_password
+
+    def counted(path: Path, password: str) -> bool:
+        checked.append(password)
+        return real(path, password)
+
+    monkeypatch.setattr(auth, "check_password", counted)
+    try:
+        app, session = srv.app.asgi(), srv.app.sessions.new(signed_in=False)
+        cookie = f"er_session={session.token}"
+
+        async def guesses() -> list[tuple[int, bytes]]:
+            return await asyncio.gather(*(asgi_request(
+                app, "POST", "/login", "192.168.1.40", cookie,
+                {"csrf": session.csrf, "password": f"guess {i}"}) for i in range(30)))
+
+        statuses = sorted(status for status, _ in asyncio.run(guesses()))
+        assert len(checked) == auth.FAILS_PER_CLIENT
+        assert statuses == [401] * auth.FAILS_PER_CLIENT + [429] * (30 - auth.FAILS_PER_CLIENT)
+    finally:
+        srv.close()
 
 
 def test_from_the_network_the_page_only_reduces(state_dir: Path) -> None:

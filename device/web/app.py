@@ -236,7 +236,10 @@ class WebApp:
             audio = await run_in_threadpool(lambda: self.store.read_audio(self.store.get(clip_id)))
         except StoreError as exc:
             return Response(str(exc), status_code=404, media_type="text/plain")
-        start, end = _byte_range(request.headers.get("range"), len(audio))
+        span = _byte_range(request.headers.get("range"), len(audio))
+        if span is None:
+            return Response(status_code=416, headers={"content-range": f"bytes */{len(audio)}"})
+        start, end = span
         headers = {"accept-ranges": "bytes", "content-length": str(end - start)}
         if attachment:
             headers["content-disposition"] = f'attachment; filename="{clip_id}.wav"'
@@ -336,19 +339,24 @@ class WebApp:
             return HTMLResponse("Refused: reload the sign-in page and try again.", status_code=403)
         client = request.client.host if request.client else "?"
         if wait := self.limiter.wait_s(client):
-            log.warning("web: sign-in from %s refused for %.0f s (too many failures)", client, wait)
-            response = self.render("login.html", ctx, status=429, page="login",
-                                   error=f"Too many wrong passwords. Try again in {wait / 60:.0f} "
-                                         "minute(s).")
-            response.headers["retry-after"] = str(int(wait) + 1)
-            return response
+            return self._held_back(ctx, client, wait)
 
-        def check() -> bool:
+        def check() -> tuple[bool, float]:
+            """(right, seconds to wait): one check at a time, and the limit asked again once this
+            one's turn comes (guesses sent at once all passed the first look) and a failure counted
+            before the next check starts."""
             with self.limiter.checking:
-                return auth.check_password(self.password_file, ctx.first("password"))
+                if wait := self.limiter.wait_s(client):
+                    return False, wait
+                if auth.check_password(self.password_file, ctx.first("password")):
+                    return True, 0.0
+                self.limiter.failed(client)
+                return False, 0.0
 
-        if not await run_in_threadpool(check):
-            self.limiter.failed(client)
+        right, wait = await run_in_threadpool(check)
+        if wait:
+            return self._held_back(ctx, client, wait)
+        if not right:
             log.warning("web: a wrong password from %s", client)
             return self.render("login.html", ctx, status=401, page="login",
                                error="Wrong password.")
@@ -358,6 +366,14 @@ class WebApp:
         home = RedirectResponse("/", status_code=303)
         self._set_cookie(home, signed_in)
         return home
+
+    def _held_back(self, ctx: Context, client: str, wait: float) -> Response:
+        log.warning("web: sign-in from %s refused for %.0f s (too many failures)", client, wait)
+        response = self.render("login.html", ctx, status=429, page="login",
+                               error=f"Too many wrong passwords. Try again in {wait / 60:.0f} "
+                                     "minute(s).")
+        response.headers["retry-after"] = str(int(wait) + 1)
+        return response
 
     async def logout(self, request: Request, ctx: Context) -> Response:
         self.sessions.end(ctx.session)
@@ -390,16 +406,21 @@ async def read_form(request: Request) -> dict[str, list[str]]:
     return parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=20_000)
 
 
-def _byte_range(header: str | None, size: int) -> tuple[int, int]:
-    """[start, end) of a single `bytes=a-b` range, clamped; the whole body otherwise."""
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """[start, end) of a single `bytes=a-b` range, clamped; the whole body without a range or with
+    one this page does not take (several ranges, b before a: RFC 9110 lets a server ignore those);
+    None for a range that selects nothing (`bytes=-0`, a start at or past the end): a 416."""
     m = re.fullmatch(r"bytes=(\d*)-(\d*)", (header or "").strip())
     if not m or not (m.group(1) or m.group(2)):
         return 0, size
     if not m.group(1):
-        return max(0, size - int(m.group(2))), size
-    start = min(int(m.group(1)), size)
+        suffix = int(m.group(2))
+        return (max(0, size - suffix), size) if suffix and size else None
+    start = int(m.group(1))
+    if m.group(2) and int(m.group(2)) < start:
+        return 0, size
     end = min(int(m.group(2)) + 1, size) if m.group(2) else size
-    return (start, end) if start < end else (0, size)
+    return (start, end) if start < size else None
 
 
 async def _chunks(data: bytes, start: int, end: int) -> AsyncIterator[bytes]:
