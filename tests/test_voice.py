@@ -550,6 +550,73 @@ def test_the_owners_voice_on_the_wake_deletes_the_day_without_asking(
     assert done == [("delete_today", "done")]
 
 
+@pytest.mark.slow
+def test_a_yes_whose_command_then_fails_stops_the_waiting_blink(
+    spotter: CommandSpotter, speech: Callable[..., Path], tmp_path: Path,
+) -> None:
+    """The person says yes, but carrying the command out fails (the store locked too long: the
+    daemon reports an error and blinks no "done"): the slow waiting blink must still stop, not go
+    on for as long as the daemon runs."""
+    factory = MockFactory()
+    led = factory.pin(CONFIRM_PIN)
+    confirmer = Confirmer(CONFIRM_PIN, None, sound=False, pin_factory=factory)
+    asked, _ = read_wav(speech(PHRASES["delete_today"], voice="ko", lead_s=0.5, tail_s=1.0, wpm=140))
+    yes, _ = read_wav(speech("네", voice="ko", lead_s=0.3, tail_s=0.5))
+    tried: list[str] = []
+    store = ClipStore(tmp_path / "state")
+    writer = ClipWriter(NoTranscriber(), store, EventSink(), Counters(), spotter=spotter,
+                        feedback=confirmer, on_command=lambda c, t, rid, outcome: tried.append(outcome))
+    try:
+        writer.begin(None)  # not the owner's voice: deleting the day asks for a yes
+        for i in range(0, len(asked) - 1280, 1280):
+            writer.feed(Frame(i, asked[i:i + 1280]))
+        writer.finish(Utterance(Wake(0, "hey_jarvis", 0.9), 0, [Frame(0, asked[:1280])],
+                                "trailing_silence"), datetime.now(UTC))
+        for i in range(0, len(yes) - 1280, 1280):
+            writer.follow(Frame(i, yes[i:i + 1280]), True)
+        writer.end_follow()
+        wait_until(lambda: tried, 30, "the yes was not heard")
+        assert tried == ["confirmed"]
+        time.sleep(0.3)
+        settled = len(led.states)
+        time.sleep(2.5)  # more than two periods of the waiting blink
+        assert len(led.states) == settled and not led.state
+    finally:
+        writer.close()
+        confirmer.close()
+        store.close()
+
+
+def test_a_borrowed_mute_led_shows_muted_after_every_pattern() -> None:
+    """Without a confirm LED the patterns borrow the mute LED. Muted during a wait for a yes (the
+    button), or by the spoken command that the "done" blinks answer: once the pattern is over the
+    LED is lit again, as the mute button left it (gpiozero ends every blink dark)."""
+    from gpiozero import LED
+
+    factory = MockFactory()
+    mute_led = LED("GPIO24", pin_factory=factory)
+    muted = [False]
+    confirmer = Confirmer(None, mute_led, sound=False, resting=lambda: muted[0])
+    try:
+        confirmer.waiting()
+        wait_until(lambda: mute_led.is_lit, 5, "no waiting blink")
+        muted[0] = True
+        mute_led.on()  # the listener shows the mute (buttons.show)
+        confirmer.waited()  # the mute cut the wait short
+        assert mute_led.is_lit
+        confirmer.confirm()  # "done", then the LED says muted again
+        wait_until(lambda: not mute_led.is_lit, 5, "no done blink")
+        wait_until(lambda: mute_led.is_lit, 5, "the mute LED stayed dark after the pattern")
+        muted[0] = False
+        mute_led.off()
+        confirmer.not_caught()
+        time.sleep(1.0)
+        assert not mute_led.is_lit
+    finally:
+        confirmer.close()
+        mute_led.close()
+
+
 def steady_noise(n: int, level: float) -> np.ndarray:
     """Real recorded steady noise (an exercise bike: tests/data/README.md), looped, at `level` RMS."""
     noise, _ = soundfile.read(str(ROOT / "tests" / "data" / "exercise_bike_4s.flac"), dtype="float64")
@@ -608,7 +675,7 @@ def test_the_feedback_led_tells_done_didnt_catch_that_and_waiting_apart() -> Non
     led.clear_states()
     confirmer.waiting()
     wait_until(lambda: sum(s.state for s in led.states) >= 2, 5, "no slow blinking")
-    confirmer.cancelled()
+    confirmer.waited()
     time.sleep(0.2)
     assert not led.state and led.states[-1].state is False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -149,6 +150,8 @@ WAITING_S = 0.5
 """Waiting for a spoken yes: a slow, even blink (one a second) until it comes or the time is up."""
 TONE_HZ, TONE_S = (880.0, 1320.0), 0.09
 CLOSE_WAIT_S = 1.0
+CLOSE_GRACE_S = 0.05
+"""A borrowed mute LED shows whether the speaker is muted this long after a pattern's last blink."""
 
 
 class Confirmer:
@@ -158,11 +161,14 @@ class Confirmer:
       tones through the default output);
     - not caught: an utterance came close to a command but was not surely one, so it was dropped:
       five short flickers (with the sound: two falling tones), to say it again;
-    - waiting: a command asks for a spoken yes: slow blinking until done or cancelled.
+    - waiting: a command asks for a spoken yes: slow blinking until the wait is over.
+    After a pattern the LED shows its resting state: off for the confirm LED; for a borrowed mute
+    LED, whether the speaker is muted now (`resting`), which may have changed meanwhile (a spoken
+    "mute", the button pressed during a wait for a yes).
     Failures are logged, never raised: the command is done (or dropped) either way."""
 
     def __init__(self, led_pin: str | int | None, mute_led: Any, sound: bool,
-                 pin_factory: Any = None) -> None:
+                 pin_factory: Any = None, resting: Callable[[], bool] = lambda: False) -> None:
         from gpiozero import LED
         from gpiozero.exc import GPIOZeroError
 
@@ -173,9 +179,13 @@ class Confirmer:
         except (GPIOZeroError, ValueError, OSError) as exc:
             raise IndicatorError(f"cannot use voice.confirm_led_pin {led_pin!r}: {exc}") from None
         self._led = self._own if self._own is not None else mute_led
+        self._resting = resting if self._own is None else (lambda: False)
         self._sound = sound
         self._busy_until = 0.0
         """When the pattern showing now ends (monotonic seconds; 0 for none or the endless one)."""
+        self._pattern = 0
+        """Counts the patterns begun: a pattern's end shows the resting state only if it is the last."""
+        self._lock = threading.Lock()
 
     def confirm(self) -> None:
         self._blink(BLINK_S, BLINK_S, 2)
@@ -188,21 +198,42 @@ class Confirmer:
     def waiting(self) -> None:
         self._blink(WAITING_S, WAITING_S, None)
 
-    def cancelled(self) -> None:
-        """No yes came: stop the waiting blink."""
-        if self._led is not None:
-            try:
-                self._led.off()
-            except Exception as exc:
-                log.warning("could not turn the confirm LED off: %s", exc)
+    def waited(self) -> None:
+        """The wait for a yes is over (a yes, a no, none, or it was cut short): the waiting blink
+        stops and the LED shows its resting state."""
+        with self._lock:
+            self._pattern += 1
+            self._busy_until = 0.0
+            self._rest(self._pattern)
 
     def _blink(self, on_s: float, off_s: float, n: int | None) -> None:
-        if self._led is not None:
+        if self._led is None:
+            return
+        with self._lock:
+            self._pattern += 1
             try:
                 self._led.blink(on_time=on_s, off_time=off_s, n=n, background=True)
-                self._busy_until = time.monotonic() + n * (on_s + off_s) if n else 0.0
             except Exception as exc:
                 log.warning("could not blink the confirm LED: %s", exc)
+                return
+            self._busy_until = time.monotonic() + n * (on_s + off_s) if n else 0.0
+            if n and self._own is None:  # gpiozero ends a blink dark: a muted speaker's LED is lit
+                end = threading.Timer(n * (on_s + off_s) + CLOSE_GRACE_S, self._end_of,
+                                      args=(self._pattern,))
+                end.daemon = True
+                end.start()
+
+    def _end_of(self, pattern: int) -> None:
+        with self._lock:
+            self._rest(pattern)
+
+    def _rest(self, pattern: int) -> None:
+        if self._led is None or pattern != self._pattern:
+            return  # a newer pattern shows now
+        try:
+            self._led.value = bool(self._resting())
+        except Exception as exc:
+            log.warning("could not set the confirm LED: %s", exc)
 
     def _play(self, sound: Any) -> None:
         if self._sound:

@@ -57,7 +57,7 @@ class Feedback(Protocol):
 
     def waiting(self) -> None: ...
 
-    def cancelled(self) -> None: ...
+    def waited(self) -> None: ...
 
 
 class NoFeedback:
@@ -67,7 +67,7 @@ class NoFeedback:
     def waiting(self) -> None:
         pass
 
-    def cancelled(self) -> None:
+    def waited(self) -> None:
         pass
 
 
@@ -206,12 +206,12 @@ class ClipWriter:
     def _answered(self) -> None:
         asking, self._asking = self._asking, None
         assert asking is not None
+        self._feedback.waited()  # whatever the answer and whatever carrying it out raises
         if asking.answer.yes():
             log.info("voice command %s confirmed", asking.command)
             self._on_command(asking.command, asking.t, asking.request_id, "confirmed")
             return
         log.info("voice command %s: no yes heard, nothing done", asking.command)
-        self._feedback.cancelled()
         self._events.emit(events.Voice(t=asking.t, command=asking.command,
                                        request_id=asking.request_id, outcome="not_confirmed"))
 
@@ -223,6 +223,8 @@ class ClipWriter:
             try:
                 self._handle(kind, payload)
             except Exception as exc:  # the writer must outlive any one bad clip
+                if self._asking is not None:
+                    self._feedback.waited()
                 self._stream = self._commands = self._asking = None
                 self._counters.errors += 1
                 code: ErrorCode = "store_failed" if isinstance(exc, EdgeRecorderError) else "writer_failed"
