@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import threading
@@ -56,6 +55,7 @@ def guarded(check: Callable[[], Check]) -> Check:
 
 def check_microphone(settings: Settings) -> Check:
     from device.audio.sources import MicSource
+    from device.audio.vad import level_dbfs
 
     a = settings.audio
     fix = ("list inputs with `edge-recorder devices`, set audio.device (and audio.sample_rate_hz "
@@ -70,8 +70,7 @@ def check_microphone(settings: Settings) -> Check:
         mic.close()
     if samples.size == 0:
         return Check("microphone", False, f"'{mic.device_info['name']}' opened but delivered no audio", fix)
-    rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) / 32768.0
-    level = 20 * math.log10(rms) if rms > 0 else -120.0
+    level = level_dbfs(samples, -120.0)
     silent = level < -85
     return Check("microphone", not silent,
                  f"'{mic.device_info['name']}' at {mic.sample_rate} Hz, input level {level:.0f} dBFS",

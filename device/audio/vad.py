@@ -11,6 +11,7 @@ only if it is also `margin_db` above that floor. Measured on tuning voices and n
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
@@ -25,6 +26,12 @@ FLOOR_FRAMES = 125
 def frame_level(samples: np.ndarray) -> float:
     """Root mean square of a frame, in sample units."""
     return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
+
+
+def level_dbfs(samples: np.ndarray, floor_db: float) -> float:
+    """The level of 16-bit samples in dB below full scale, never under `floor_db` (silence)."""
+    rms = frame_level(samples) / 32768.0
+    return max(floor_db, 20 * math.log10(rms)) if rms > 0 else floor_db
 
 
 class SpeechDetector:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from device.audio.vad import level_dbfs
 from device.core.config import WakeSettings
 from device.core.frames import frames_for
 from device.wake.detector import WakeDetector
@@ -35,8 +36,7 @@ SILENCE_DB = -100.0
 
 
 def frame_db(samples: np.ndarray) -> float:
-    rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) / 32768.0
-    return 20 * np.log10(rms) if rms > 0 else SILENCE_DB
+    return level_dbfs(samples, SILENCE_DB)
 
 
 class GatedDetector:

@@ -6,7 +6,6 @@ For tuning thresholds with a real microphone. It keeps nothing: no store, no lig
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Mapping
 from typing import IO
@@ -14,7 +13,7 @@ from typing import IO
 import numpy as np
 
 from device.audio.sources import AudioSource
-from device.audio.vad import SpeechDetector
+from device.audio.vad import SpeechDetector, level_dbfs
 from device.core.config import Settings
 from device.wake.detector import WakeDetector
 
@@ -25,8 +24,7 @@ PRINT_EVERY_FRAMES = 6
 
 
 def dbfs(samples: np.ndarray) -> float:
-    rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) / 32768.0
-    return max(FLOOR_DB, 20 * math.log10(rms)) if rms > 0 else FLOOR_DB
+    return level_dbfs(samples, FLOOR_DB)
 
 
 SECOND = "micro"
