@@ -44,6 +44,7 @@ from device.speech.voice import CommandSpotter, supports_grammar
 from device.storage.clips import ClipStore
 from device.storage.models import ModelStore
 from device.storage.retention import Sweeper
+from device.storage.stats import false_wakes
 from device.wake.confirm import build_detector
 from device.wake.detector import OpenWakeWordDetector, WakeDetector
 from device.wake.phrase import PhraseCheck
@@ -189,8 +190,7 @@ class Status:
     def __call__(self) -> dict[str, Any]:
         s = self._shared
         today = (s.controller.stats(days=1) or [{}])[0]
-        false_wakes = sum(today.get("discarded", {}).values()) + today.get("rejected", 0)
-        today = {"wakes": 0, **today, "false_wakes": false_wakes,
+        today = {"wakes": 0, **today, "false_wakes": false_wakes(today),
                  "since": local_midnight(today.get("day"))}
         return {"state": self._recorder.state.value,
                 "clips": s.store.count(),
@@ -217,13 +217,10 @@ def open_shared(stack: ExitStack, w: Wiring, mute: MuteState | None) -> Shared:
     store = ClipStore(w.state_dir)
     stack.callback(store.close)
     mute = mute or MuteState()
-    controller = Controller(store, mute, voice=w.settings.voice)  # preferences are read through it
-    sensitivity = SensitivityState(w.settings.wake, controller.preference, controller.set_preference)
-    save = SaveState(w.settings.recorder.save, controller.preference, controller.set_preference)
-    for state in (sensitivity, save):
+    controller, sensitivity, save = Controller.wired(store, mute, w.settings)
+    for state in (sensitivity, save):  # followed: the CLI, the page and voices change them
         state.start()
         stack.callback(state.close)
-    controller.sensitivity, controller.save = sensitivity, save
     models = ModelStore(resolve_models_dir(w.settings, w.state_dir))
     return Shared(store, models, mute, sensitivity, save, controller, Counters())
 
@@ -322,12 +319,7 @@ def start_mqtt(stack: ExitStack, w: Wiring, shared: Shared, status: Status,
 def serve_the_web_page(state_dir: Path, controller: Controller, mqtt: Any) -> HandoffServer:
     """Commands from the web page (`edge-recorder web`, its own process) reach MQTT through the
     daemon: it runs them and announces each reply as it does an MQTT command's (evt + status)."""
-
-    def announce(reply: ev.Event) -> None:
-        mqtt.publish_event(reply)
-        mqtt.publish_status()
-
-    server = HandoffServer(state_dir, controller, announce)
+    server = HandoffServer(state_dir, controller, mqtt.reply)
     server.start()
     return server
 

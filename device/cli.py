@@ -268,13 +268,13 @@ def _opened_store(state_dir: Path) -> Iterator[Any]:
 
 
 @contextmanager
-def _opened_controller(state_dir: Path) -> Iterator[Any]:
+def _opened_controller(state_dir: Path, settings: Any) -> Iterator[Any]:
     """The control plane's door to what the store keeps (stats, preferences), for one command."""
     from device.control.commands import Controller
     from device.control.mute import MuteState
 
     with _opened_store(state_dir) as store:
-        yield Controller(store, MuteState())
+        yield Controller.wired(store, MuteState(), settings)[0]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -473,19 +473,17 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    _, state_dir = _settings(args)
-    with _opened_controller(state_dir) as controller:
+    settings, state_dir = _settings(args)
+    with _opened_controller(state_dir, settings) as controller:
         for row in controller.stats():
             _print_json(row)
     return 0
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from device.control.sensitivity import SensitivityState
-
     settings, state_dir = _settings(args)
-    with _opened_controller(state_dir) as controller:
-        state = SensitivityState(settings.wake, controller.preference, controller.set_preference)
+    with _opened_controller(state_dir, settings) as controller:
+        state = controller.sensitivity
         if args.level:
             state.set(args.level, remote=False)
         _print_json({"level": state.level(), "configured": state.configured})
@@ -495,15 +493,15 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 def cmd_save(args: argparse.Namespace) -> int:
     import re
 
-    from device.control.save_mode import SaveState
-    from device.core.config import DURATION_PATTERN, duration_s
+    from device.core.config import DURATION_PATTERN, MAX_DURATION, duration_s, too_long
     from device.core.errors import ConfigError
 
     settings, state_dir = _settings(args)
-    if args.for_ is not None and (args.mode is None or not re.fullmatch(DURATION_PATTERN, args.for_)):
-        raise ConfigError("--for needs a mode and a duration such as 30m or 1h")
-    with _opened_controller(state_dir) as controller:
-        state = SaveState(settings.recorder.save, controller.preference, controller.set_preference)
+    if args.for_ is not None and (args.mode is None or not re.fullmatch(DURATION_PATTERN, args.for_)
+                                  or too_long(args.for_)):
+        raise ConfigError(f"--for needs a mode and a duration such as 30m or 1h (at most {MAX_DURATION})")
+    with _opened_controller(state_dir, settings) as controller:
+        state = controller.save
         if args.mode:
             state.set(args.mode, remote=False, for_s=duration_s(args.for_) if args.for_ else None)
         _print_json(state.current().summary(state.configured))

@@ -343,3 +343,8 @@ def test_tflite_info_lines_are_left_out_but_its_errors_are_not(
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
         os.write(2, b"ERROR: a real problem\nWARNING: a real warning\n")
     assert capfd.readouterr().err == "ERROR: a real problem\nWARNING: a real warning\n"
+
+
+def test_save_for_longer_than_a_century_is_one_line_and_changes_nothing(state_dir: Path) -> None:
+    assert_one_line_error(run_cli("save", "transcript", "--for", "999999d"), "--for", "36500d")
+    assert json.loads(run_cli("save").stdout)["mode"] == "audio"

@@ -28,7 +28,6 @@ from pydantic import (
     PrivateAttr,
     StringConstraints,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -39,12 +38,13 @@ from device.control.sensitivity import SensitivityState
 from device.core import events
 from device.core.config import (
     DURATION_PATTERN,
-    MAX_DURATION,
+    Duration,
+    Settings,
     VoiceSettings,
+    at_most_max,
     describe_validation_error,
     duration_s,
 )
-from device.core.config import Duration as CappedDuration
 from device.core.errors import CommandError, StoreError, describe
 from device.core.events import DeleteReason
 from device.storage.clips import ClipStore
@@ -57,14 +57,13 @@ MAX_IDS = 10_000
 MIN_YEAR, MAX_YEAR = 1970, 9998
 MAX_TS = 253_402_300_799
 """The last second of the year 9999: a signed command's `ts` lies between 0 and this."""
-MAX_LAST = MAX_DURATION
-"""`last` reaches back at most 100 years (`all` deletes everything)."""
 SIGNATURE_FIELDS = ("ts", "nonce", "sig")
 
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.:@-]+$")]
 CLIP_ID_PATTERN = r"^[0-9a-f]{32}$"
 ClipId = Annotated[str, StringConstraints(pattern=CLIP_ID_PATTERN)]
-Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
+LastDuration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN),
+                         at_most_max("; to delete everything, use all")]
 
 
 def error_event(exc: CommandError) -> events.Error:
@@ -104,17 +103,10 @@ class DeleteCommand(_Command):
     ids: list[ClipId] | None = Field(default=None, min_length=1, max_length=MAX_IDS)
     from_: AwareDatetime | None = Field(default=None, alias="from")
     to: AwareDatetime | None = None
-    last: Duration | None = None
+    last: LastDuration | None = None
     newest: int | None = Field(default=None, ge=1, le=MAX_IDS)
     today: Literal[True] | None = None
     all: Literal[True] | None = None
-
-    @field_validator("last")
-    @classmethod
-    def _within_a_century(cls, last: str | None) -> str | None:
-        if last is not None and duration_s(last) > duration_s(MAX_LAST):
-            raise ValueError(f"at most {MAX_LAST} (100 years); to delete everything, use all")
-        return last
 
     @model_validator(mode="after")
     def _one_form(self) -> DeleteCommand:
@@ -192,7 +184,7 @@ class SaveCommand(_Command):
     reply = events.Save
 
     mode: Literal["audio", "transcript", "nothing"]
-    for_: CappedDuration | None = Field(default=None, alias="for")
+    for_: Duration | None = Field(default=None, alias="for")
 
 
 SCHEMAS: dict[str, type[_Command]] = {
@@ -366,6 +358,17 @@ class Controller:
         self.sensitivity = sensitivity
         self.save = save
         self.voice_settings = voice or VoiceSettings()
+
+    @classmethod
+    def wired(cls, store: ClipStore, mute: MuteState, settings: Settings,
+              wait_for_training: bool = False) -> tuple[Controller, SensitivityState, SaveState]:
+        """The controller with the sensitivity and save-mode states it reads and sets, kept in the
+        store's preferences through it: one wiring for the daemon, the web page and the CLI."""
+        controller = cls(store, mute, voice=settings.voice, wait_for_training=wait_for_training)
+        sensitivity = SensitivityState(settings.wake, controller.preference, controller.set_preference)
+        save = SaveState(settings.recorder.save, controller.preference, controller.set_preference)
+        controller.sensitivity, controller.save = sensitivity, save
+        return controller, sensitivity, save
 
     # -- what the store keeps for the control plane (the CLI, MQTT and the status ask here) --------
     def parse(self, kind: str, raw: bytes, signing: Signing | None) -> _Command:

@@ -39,13 +39,21 @@ def duration_s(text: str) -> float:
     return float(text[:-1]) * DURATION_UNITS_S[text[-1]]
 
 
-def _at_most_max(text: str) -> str:
-    if duration_s(text) > duration_s(MAX_DURATION):
-        raise ValueError(f"at most {MAX_DURATION} (100 years), not {text!r}")
-    return text
+def too_long(text: str) -> bool:
+    """Whether a duration (matching DURATION_PATTERN) is longer than MAX_DURATION."""
+    return duration_s(text) > duration_s(MAX_DURATION)
 
 
-Duration = Annotated[str, Field(pattern=DURATION_PATTERN), AfterValidator(_at_most_max)]
+def at_most_max(hint: str = "") -> AfterValidator:
+    """Refuses a duration longer than MAX_DURATION, its message ending with `hint`."""
+    def check(text: str) -> str:
+        if too_long(text):
+            raise ValueError(f"at most {MAX_DURATION} (100 years), not {text!r}{hint}")
+        return text
+    return AfterValidator(check)
+
+
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN), at_most_max()]
 """A duration as users write it (15m, 7d), at most MAX_DURATION."""
 
 
@@ -171,8 +179,9 @@ class WakeSettings(_Section):
         """The second detector's part for `name`: as configured, else the measured default."""
         return self.confirm.get(name, DEFAULT_CONFIRM.get(name, "none"))
 
-    def confirm_threshold_for(self, name: str, level: str | None = None) -> float:
-        """The microWakeWord probability that confirms a wake of `name` (the same at every level)."""
+    def confirm_threshold_for(self, name: str) -> float:
+        """The microWakeWord probability that confirms a wake of `name` (one for every model and
+        every level: measured so, see docs/sensitivity.md)."""
         return self.confirm_threshold
 
 

@@ -265,10 +265,15 @@ class MqttControl:
             except Closing:
                 return  # the message stays unacknowledged: the broker delivers it again
             if reply is not None:
-                self.publish_event(reply)
+                self.reply(reply)
             self._client.ack(message.mid, message.qos)  # only now: done (or refused for good)
-            if reply is not None and not isinstance(reply, events.Error):
-                self.publish_status()
+
+    def reply(self, event: Event) -> None:
+        """A command's reply on evt/<type> and, unless it was refused, the state it left on the
+        status topic: for a command from MQTT and one handed over by the web page alike."""
+        self.publish_event(event)
+        if not isinstance(event, events.Error):
+            self.publish_status()
 
     def _until_done(self, message: mqtt.MQTTMessage) -> Event | None:
         """Run a command; while the store cannot complete it (a lock held by another process, a

@@ -19,6 +19,12 @@ SCHEMA = """CREATE TABLE stats (
 DISCARDED = "discarded_"
 
 
+def false_wakes(day: dict[str, Any]) -> int:
+    """A day's false wakes, from a row of `Stats.days`: every wake discarded (for any reason) and
+    every recording rejected as not meant for the speaker."""
+    return sum(day.get("discarded", {}).values()) + day.get("rejected", 0)
+
+
 class Stats:
     def __init__(self, db: Database) -> None:
         self._db = db

@@ -144,7 +144,7 @@ class WakeGate:
             self._streak[name] = self._streak.get(name, 0) + 1 if score > threshold else 0
             first = float(score) if self._streak[name] >= patience else None
             second = confirm.get(name)
-            if second is not None and second <= self._settings.confirm_threshold_for(name, level):
+            if second is not None and second <= self._settings.confirm_threshold_for(name):
                 second = None
             any_over |= score > threshold or second is not None
             if first is not None or second is not None:

@@ -6,7 +6,6 @@ the same Controller (device/control/handoff.py says why)."""
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 from device.control import handoff
@@ -14,10 +13,6 @@ from device.control.commands import Controller
 from device.core.errors import CommandError
 
 log = logging.getLogger(__name__)
-
-
-def request_id() -> str:
-    return f"web-{uuid.uuid4().hex}"
 
 
 class Commands:

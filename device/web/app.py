@@ -26,9 +26,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from device.control import consent
+from device.control import consent, save_mode, sensitivity
 from device.control.save_mode import SAVE_MODES, SaveState
-from device.control.sensitivity import SensitivityState, rank
+from device.control.sensitivity import SensitivityState
 from device.core.config import SENSITIVITY_LEVELS, Settings
 from device.core.errors import ConfigError, EdgeRecorderError, StoreError
 from device.storage.clips import ClipStore
@@ -213,10 +213,10 @@ class WebApp:
 
     async def controls(self, request: Request, ctx: Context) -> Response:
         now = await run_in_threadpool(pages.controls, self.sensitivity, self.save, self.store)
-        levels = [lv for lv in SENSITIVITY_LEVELS if rank(lv) >= rank(self.sensitivity.configured)]
-        modes = [m for m in SAVE_MODES if ctx.local or SAVE_MODES.index(m) >= SAVE_MODES.index(
-            now["save"])]
-        modes = [m for m in modes if SAVE_MODES.index(m) >= SAVE_MODES.index(self.save.configured)]
+        levels = [lv for lv in SENSITIVITY_LEVELS
+                  if sensitivity.rank(lv) >= sensitivity.rank(self.sensitivity.configured)]
+        floor = max(save_mode.rank(self.save.configured), 0 if ctx.local else save_mode.rank(now["save"]))
+        modes = [m for m in SAVE_MODES if save_mode.rank(m) >= floor]  # from the network: less only
         return await self.show("settings.html", ctx, now=now, levels=levels, modes=modes,
                                page="settings", uploads=self.settings.upload.url is not None)
 

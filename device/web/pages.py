@@ -12,6 +12,7 @@ from device.control import consent
 from device.control.save_mode import SaveState
 from device.control.sensitivity import SensitivityState
 from device.storage.clips import Clip, ClipStore
+from device.storage.stats import false_wakes
 
 WAV_BYTES_PER_S = 32000
 """16 kHz, 16-bit mono: a clip file holding audio is at least half its duration's worth of this;
@@ -32,7 +33,6 @@ UPLOAD_STATES = {
 class ClipRow:
     id: str
     when: str
-    day: str
     duration_s: float
     wake_word: str
     score: float
@@ -60,9 +60,8 @@ def _row(clip: Clip, size: int, state: str | None) -> ClipRow:
         saved = "uploaded"
     else:
         saved = "audio" if size >= clip.duration_s * WAV_BYTES_PER_S / 2 else "transcript"
-    return ClipRow(clip.id, when.strftime("%Y-%m-%d %H:%M:%S"), when.date().isoformat(),
-                   clip.duration_s, clip.wake_word, clip.wake_score, clip.transcript, saved,
-                   UPLOAD_STATES.get(state, state or ""), state)
+    return ClipRow(clip.id, when.strftime("%Y-%m-%d %H:%M:%S"), clip.duration_s, clip.wake_word,
+                   clip.wake_score, clip.transcript, saved, UPLOAD_STATES.get(state, state or ""), state)
 
 
 @dataclass(frozen=True)
@@ -83,8 +82,7 @@ def days(stats: Callable[[int], list[dict[str, Any]]], n: int = 14) -> list[Day]
     for i in range(n - 1, -1, -1):
         d = (today - timedelta(days=i)).isoformat()
         row = by_day.get(d, {})
-        false_wakes = sum(row.get("discarded", {}).values()) + row.get("rejected", 0)
-        out.append(Day(d, row.get("wakes", 0), false_wakes, row.get("deleted", 0),
+        out.append(Day(d, row.get("wakes", 0), false_wakes(row), row.get("deleted", 0),
                        row.get("kept", 0)))
     return out
 

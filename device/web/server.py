@@ -12,8 +12,6 @@ import uvicorn
 
 from device.control.commands import Controller
 from device.control.mute import MuteState
-from device.control.save_mode import SaveState
-from device.control.sensitivity import SensitivityState
 from device.core.config import Settings, WebSettings
 from device.core.errors import ConfigError, describe
 from device.storage.clips import ClipStore
@@ -30,10 +28,7 @@ MAX_CONNECTIONS = 32
 def build(settings: Settings, store: ClipStore, binding: policy.Binding) -> WebApp:
     """The page over an open store: the same Controller as the CLI (it waits for nothing: a
     reject's training runs in a child process)."""
-    controller = Controller(store, MuteState(), voice=settings.voice)
-    sensitivity = SensitivityState(settings.wake, controller.preference, controller.set_preference)
-    save = SaveState(settings.recorder.save, controller.preference, controller.set_preference)
-    controller.sensitivity, controller.save = sensitivity, save
+    controller, sensitivity, save = Controller.wired(store, MuteState(), settings)
     return WebApp(settings, store, Commands(controller), sensitivity, save, binding)
 
 
