@@ -30,6 +30,14 @@ def atomic_write(path: Path, data: bytes, mode: int = PRIVATE_FILE, suffix: str 
     return path
 
 
+def size_of(path: Path) -> int:
+    """A file's size in bytes; 0 once it is gone (a delete may have taken it meanwhile)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

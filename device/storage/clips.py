@@ -31,7 +31,7 @@ import numpy as np
 
 from device import SAMPLE_RATE_HZ
 from device.core.errors import StoreError, describe
-from device.core.files import atomic_write
+from device.core.files import atomic_write, size_of
 from device.storage import crypto
 from device.storage.clip_rows import META_FIELDS, Clip
 from device.storage.db import is_busy, iso
@@ -211,7 +211,7 @@ class ClipStore:
 
     def bytes_used(self) -> list[tuple[str, str, int]]:
         """(id, recorded_at, size of its file) for every clip, oldest first."""
-        return [(cid, at, _size(self.clips_dir / f) if f else 0) for cid, at, f in self._rows.by_age()]
+        return [(cid, at, size_of(self.clips_dir / f) if f else 0) for cid, at, f in self._rows.by_age()]
 
     # -- deleting -------------------------------------------------------------------------------
     def delete(
@@ -335,13 +335,6 @@ def _header(clip: Clip, wake_features: np.ndarray | None) -> dict[str, Any]:
             "shape": list(wake_features.shape),
             "float32": base64.b64encode(wake_features.astype("<f4").tobytes()).decode()}
     return meta
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
 
 
 def wav_bytes(samples: np.ndarray) -> bytes:

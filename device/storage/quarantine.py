@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from device.core.files import ensure_private_dir, fsync_dir
+from device.core.files import ensure_private_dir, fsync_dir, size_of
 from device.storage.keystore import KEK_FILE, KEYS_DB, SET_ASIDE, erase_kek_file, keys_set_aside
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class Quarantine:
         for db_path in sorted(self.state_dir.glob(f"{KEYS_DB}{SET_ASIDE}*")):
             keys = keys_set_aside(db_path, self._kek_of(db_path))
             item = Item(KEY_STORE, db_path.name, _stamp(db_path.name),
-                        sum(_size(p) for p in self._parts(db_path)),
+                        sum(size_of(p) for p in self._parts(db_path)),
                         keys=None if keys is None else len(keys))
             found.append((item, set(keys or ())))
         return found
@@ -92,12 +92,12 @@ class Quarantine:
     def _clips(self, opened: dict[str, set[str]]) -> list[Item]:
         if not self.folder.exists():
             return []
-        return [Item(CLIP, f.stem, f.stat().st_mtime, _size(f),
+        return [Item(CLIP, f.stem, f.stat().st_mtime, size_of(f),
                      opened_by=next((name for name, ids in opened.items() if f.stem in ids), None))
                 for f in sorted(self.folder.iterdir())]
 
     def _indexes(self) -> list[Item]:
-        return [Item(INDEX, p.name, _stamp(p.name), _size(p))
+        return [Item(INDEX, p.name, _stamp(p.name), size_of(p))
                 for p in sorted(self.state_dir.glob(f"{INDEX_SET_ASIDE}*"))]
 
     def _kek_of(self, db_path: Path) -> Path:
@@ -149,10 +149,3 @@ def _stamp(name: str) -> float:
     """The unix time at the end of a set-aside file's name (0 if it has none)."""
     tail = name.rsplit("-", 1)[-1]
     return float(tail) if tail.isdigit() else 0.0
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
