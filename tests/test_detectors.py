@@ -185,7 +185,6 @@ def test_a_damaged_or_missing_microwakeword_model_is_one_line_before_it_is_loade
     shutil.copytree(shipped, copy)
     monkeypatch.setattr(micro, "models_root", lambda: copy)
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[wake]\nmodels = ["alexa"]\nconfirm = { alexa = "agree" }\n')
     damaged = bytearray((copy / "alexa.tflite").read_bytes())
     damaged[100:200] = bytes(100)
     (copy / "alexa.tflite").write_bytes(bytes(damaged))
