@@ -71,7 +71,8 @@ def error_event(exc: CommandError) -> events.Error:
 
 
 class _Command(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True,
+                              defer_build=True)
     request_id: RequestId
     ts: int | None = Field(default=None, ge=0, le=MAX_TS)
     nonce: str | None = Field(default=None, min_length=8, max_length=128)

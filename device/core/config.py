@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
-import platformdirs
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from device.core.errors import ConfigError
@@ -491,6 +490,8 @@ def resolve_state_dir(cli_value: str | None) -> Path:
         return Path(systemd_dirs.split(":")[0])
     if os.environ.get("INVOCATION_ID"):
         return SYSTEMD_STATE_DIR
+    import platformdirs
+
     return Path(platformdirs.user_data_dir(APP_NAME))
 
 

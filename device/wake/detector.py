@@ -117,14 +117,18 @@ def defer_verifier_imports() -> None:
 DOWNLOAD_HELPERS = ("requests", "tqdm")
 """openwakeword.utils imports these for its model downloader, which edge-recorder never calls
 (models come pinned from `models fetch`): 8 MB of a start that a Pi Zero 2 W can use better."""
+BATCH_HELPERS = ("multiprocessing", "multiprocessing.pool")
+"""It also imports multiprocessing for its batch helpers (a thread pool for ONNX models, a process
+per file in bulk_predict), which scoring .tflite models frame by frame never reaches: 0.4 MB."""
 
 
 @contextlib.contextmanager
 def _download_helpers_left_out() -> Iterator[None]:
-    """While openwakeword is imported, its download helpers resolve to inert stand-ins; they are
-    taken out of sys.modules again afterwards, so edge-recorder's own `import requests` (uploads,
-    `models fetch`) still gets the real one."""
-    stand_ins = {name: _Unused(name) for name in DOWNLOAD_HELPERS if name not in sys.modules}
+    """While openwakeword is imported, its download and batch helpers resolve to inert stand-ins;
+    they are taken out of sys.modules again afterwards, so edge-recorder's own `import requests`
+    (uploads, `models fetch`) still gets the real one."""
+    stand_ins = {name: _Unused(name) for name in (*DOWNLOAD_HELPERS, *BATCH_HELPERS)
+                 if name not in sys.modules}
     sys.modules.update(stand_ins)
     try:
         yield
@@ -142,8 +146,9 @@ class _Unused(types.ModuleType):
             raise AttributeError(name)
 
         def unused(*args: Any, **kwargs: Any) -> Any:
-            raise ModelError(f"{self.__name__}.{name} was used by openwakeword's downloader; "
-                             "edge-recorder installs models with `edge-recorder models fetch`")
+            raise ModelError(f"{self.__name__}.{name} was used by openwakeword's downloader or "
+                             "batch helpers; edge-recorder installs models with `edge-recorder "
+                             "models fetch` and scores frames one by one")
 
         return unused
 
