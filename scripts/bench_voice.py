@@ -166,12 +166,20 @@ def renderings(group: str) -> list[tuple[str, int, str]]:
             for i, v in enumerate(g["voices"][:MAX_VOICES])]
 
 
+def noise_file(noise_dir: Path, name: str) -> Path:
+    """`name`.wav under `noise_dir`, as named in Speech Commands (pink_noise.wav) or as
+    `scripts/eval-wake-data` lays it out, its path joined with "__"
+    (data___background_noise___pink_noise.wav)."""
+    found = sorted(p for p in noise_dir.rglob("*.wav") if p.stem == name or p.stem.endswith(f"__{name}"))
+    if not found:
+        raise SystemExit(f"no {name}.wav under {noise_dir}")
+    return found[0]
+
+
 def noise_of(noise_dir: Path | None, name: str) -> np.ndarray | None:
     if noise_dir is None:
         return None
-    path = next(noise_dir.rglob(f"{name}.wav"), None)
-    if path is None:
-        raise SystemExit(f"no {name}.wav under {noise_dir}")
+    path = noise_file(noise_dir, name)
     data, rate = soundfile.read(str(path), dtype="int16")
     assert rate == 16000, path
     return np.asarray(data)

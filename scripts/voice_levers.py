@@ -76,7 +76,9 @@ class Renderer:
 
     def noise(self, name: str) -> np.ndarray:
         if name not in self._noise:
-            path = next(self.noise_dir.rglob(f"{name}.wav"))
+            from bench_voice import noise_file  # type: ignore[import-not-found]
+
+            path = noise_file(self.noise_dir, name)
             self._noise[name] = np.asarray(soundfile.read(str(path), dtype="float32")[0])
         return self._noise[name]
 
