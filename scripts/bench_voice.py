@@ -26,6 +26,7 @@ decode of every utterance would triple the run time.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import threading
@@ -166,6 +167,7 @@ def renderings(group: str) -> list[tuple[str, int, str]]:
             for i, v in enumerate(g["voices"][:MAX_VOICES])]
 
 
+@functools.lru_cache
 def noise_file(noise_dir: Path, name: str) -> Path:
     """`name`.wav under `noise_dir`, as named in Speech Commands (pink_noise.wav) or as
     `scripts/eval-wake-data` lays it out, its path joined with "__"

@@ -33,6 +33,8 @@ def test_default_wakes_on_hey_jarvis() -> None:
         # a duration past the calendar: a traceback at the first retention sweep before
         ("[retention]\nmax_age = \"999999d\"\n", r"retention\.max_age: .*at most 36500d"),
         ("[voice]\ndelete_last_within = \"999999d\"\n", r"voice\.delete_last_within: .*at most 36500d"),
+        # a '?' or '#' in the login would cut the URL there: the page and the log would show part of it
+        ("[upload]\nurl = \"https://me:se?cret@uploads.example/up\"\n", r"upload\.url: "),
     ],
 )
 def test_malformed_config_names_the_key_and_the_problem(tmp_path: Path, text: str, expected: str) -> None:

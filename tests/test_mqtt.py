@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from device.control.commands import Controller, sign
 from device.control.mute import MuteState
 from device.core import events
 from device.core.config import MqttSettings, Settings
+from device.core.errors import StoreError
 from device.core.events import EventSink
 from device.integrations.mqtt import MqttControl
 from device.storage.clips import ClipStore
@@ -90,14 +91,21 @@ def settings_for(broker: Broker, extra: str = "") -> MqttSettings:
 class Speaker:
     """The control plane as the daemon wires it, without audio."""
 
-    def __init__(self, state_dir: Path, settings: MqttSettings) -> None:
+    def __init__(self, state_dir: Path, settings: MqttSettings,
+                 status_fails: Callable[[], bool] = lambda: False) -> None:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         (state_dir / "device_id").write_text(DEVICE)
         self.store = ClipStore(state_dir)
         self.mute = MuteState()
         self.events = EventSink()
-        self.control = MqttControl(settings, self.store, Controller(self.store, self.mute),
-                                   lambda: {"clips": self.store.count()}, self.events)
+
+        def status() -> dict[str, object]:
+            if status_fails():
+                raise StoreError("the index is in use by another process")
+            return {"clips": self.store.count()}
+
+        self.control = MqttControl(settings, self.store, Controller(self.store, self.mute), status,
+                                   self.events)
         self.control.start()
 
     def close(self) -> None:
@@ -130,6 +138,28 @@ def test_delete_is_acknowledged_after_it_is_done_and_status_follows(
     assert indexed(speaker.store) == on_disk(speaker.store) == {b}
     wait_until(lambda: owner.status().get("clips") == 1, WAIT_S, "status did not follow")
     assert owner.replies_on("availability") == [b"online"]
+
+
+def test_a_status_that_cannot_be_read_costs_no_command_its_ack(
+    broker: Broker, owner: Owner, state_dir: Path
+) -> None:
+    """The status reads the store; while that fails, commands are still done, answered and acked,
+    and the worker goes on (it died, and the command went unacknowledged)."""
+    failing = [True]
+    speaker = Speaker(state_dir, settings_for(broker), status_fails=lambda: failing[0])
+    try:
+        a, b = add_clip(speaker.store), add_clip(speaker.store)
+        wait_until(lambda: owner.replies_on("availability"), WAIT_S, "the speaker never came online")
+        owner.send("delete", {"request_id": "s1", "ids": [a]})
+        assert owner.reply("evt/deleted", "s1")["ids"] == [a]
+        owner.send("delete", {"request_id": "s2", "ids": [b]})
+        assert owner.reply("evt/deleted", "s2")["ids"] == [b]
+        failing[0] = False
+        owner.send("delete", {"request_id": "s3", "all": True})
+        owner.reply("evt/deleted", "s3")
+        wait_until(lambda: owner.status().get("clips") == 0, WAIT_S, "the status never came back")
+    finally:
+        speaker.close()
 
 
 def test_remote_can_only_reduce(speaker: Speaker, owner: Owner) -> None:

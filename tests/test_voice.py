@@ -25,7 +25,7 @@ from device.core.config import Settings, VoiceSettings, load_settings
 from device.core.errors import CommandError, ConfigError, StoreError
 from device.core.events import EventSink
 from device.core.frames import Frame
-from device.recording.indicator import NOT_CAUGHT_N, Confirmer
+from device.recording.indicator import BLINK_S, NOT_CAUGHT_N, Confirmer, MuteControls
 from device.recording.pipeline import ClipWriter, Counters
 from device.recording.recorder import Utterance
 from device.speech.asr import NoTranscriber, VoskTranscriber
@@ -613,6 +613,20 @@ def test_a_borrowed_mute_led_shows_muted_after_every_pattern() -> None:
     finally:
         confirmer.close()
         mute_led.close()
+
+
+def test_a_pattern_ending_after_the_feedback_led_closed_touches_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The daemon stops right after a "done": the Confirmer closes, then the mute controls close
+    the borrowed LED; the pattern's end, still pending, must not write to it."""
+    factory = MockFactory()
+    buttons = MuteControls(None, "GPIO24", lambda: None, factory)
+    confirmer = Confirmer(None, buttons.led, sound=False, resting=lambda: True, mute_lock=buttons.lock)
+    confirmer.confirm()
+    confirmer.close()
+    buttons.close()
+    time.sleep(2 * BLINK_S * 2 + 0.3)  # past the pattern's end and its grace
+    assert not [r for r in caplog.records if "confirm LED" in r.getMessage()]
 
 
 def steady_noise(n: int, level: float) -> np.ndarray:

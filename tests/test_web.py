@@ -196,6 +196,9 @@ def test_audio_is_streamed_in_ranges_and_never_cached(page: WebServer, state_dir
                                         headers={"Cookie": cookie, "Range": nothing})
         assert (status, headers["content-range"], body) == (416, f"bytes */{len(wav)}", b"")
         assert headers["cache-control"] == "no-store"
+    status, _, body = request(page, "GET", f"/clips/{clip.id}/audio",  # no 500 for absurd numbers
+                              headers={"Cookie": cookie, "Range": "bytes=" + "9" * 5000 + "-"})
+    assert (status, body) == (200, wav)
     status, headers, body = request(page, "GET", f"/clips/{clip.id}/wav", headers={"Cookie": cookie})
     assert body == wav and headers["content-disposition"] == f'attachment; filename="{clip.id}.wav"'
     on_disk = [p for p in state_dir.rglob("*") if p.is_file() and wav[44:1000] in p.read_bytes()]
@@ -281,6 +284,31 @@ def test_a_reply_listing_thousands_of_clips_reaches_the_page_whole(state_dir: Pa
         thread.join()
         daemon.close()
     assert got is not None and got["ids"] == ids
+
+
+def test_a_reply_that_cannot_be_announced_still_reaches_the_page_and_the_next_command_runs(
+        state_dir: Path) -> None:
+    """MQTT's trouble (a status that cannot be read, a broker call that raises) is not the page's:
+    the command's reply still reaches it, and the daemon's hand-off goes on serving."""
+    store = ClipStore(state_dir)
+    failures = ["the broker is gone"]
+
+    def announce(reply: events.Event) -> None:
+        if failures:
+            raise RuntimeError(failures.pop())
+
+    server = handoff.HandoffServer(state_dir, Controller(store, MuteState()), announce)
+    server.start()
+    try:
+        first, second = add_clip(store), add_clip(store)
+        for rid, clip in (("a1", first), ("a2", second)):
+            reply = handoff.send(state_dir, "delete", {"request_id": rid, "ids": [clip.id]}, False,
+                                 timeout_s=10)
+            assert reply is not None and reply["ids"] == [clip.id]
+        assert store.count() == 0 and failures == []
+    finally:
+        server.close()
+        store.close()
 
 
 # -- what left the device -------------------------------------------------------------------------

@@ -131,7 +131,10 @@ class HandoffServer:
             reply = events.Error(t=None, code="store_failed" if isinstance(exc, StoreError)
                                  else "internal", request_id=payload.get("request_id"),
                                  message=str(exc))
-        self._announce(reply)
+        try:
+            self._announce(reply)
+        except Exception:  # MQTT's trouble is not the page's: it gets its reply, the thread goes on
+            log.exception("web commands: announcing the reply to %s failed", kind)
         with contextlib.suppress(OSError):  # the page gave up waiting: the effect stands
             conn.sendall(reply.to_json().encode() + b"\n")
 

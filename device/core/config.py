@@ -357,7 +357,7 @@ class MqttSettings(_Section):
 
 
 class UploadSettings(_Section):
-    url: str | None = Field(default=None, pattern=r"^https://[^\s/]+(/\S*)?$")
+    url: str | None = Field(default=None, pattern=r"^https://[^\s/?#]+(/\S*)?$")
     """The owner's HTTPS endpoint. Unset: nothing is ever uploaded, consent or not."""
     token: str | None = None
     """Bearer token sent with every upload and remote delete (prefer token_file)."""

@@ -43,7 +43,7 @@ from device.control.commands import (
 )
 from device.core import events
 from device.core.config import MqttSettings
-from device.core.errors import ConfigError, StoreError
+from device.core.errors import ConfigError, StoreError, describe
 from device.core.events import Event, EventSink
 from device.core.files import atomic_write, read_secret
 from device.integrations import ha
@@ -374,7 +374,14 @@ class MqttControl:
             self.publish_status()  # clip count, light, waiting uploads: sweeps change them too
 
     def publish_status(self, only_if_changed: bool = False) -> None:
-        payload = self._status_payload()
+        """The status, retained. One that cannot be read now (the store busy or failing) is left
+        for the next refresh: a command's ack and the worker never wait on it."""
+        try:
+            payload = self._status_payload()
+        except Exception as exc:
+            log.error("mqtt: the status could not be read (%s); it is sent again at the next "
+                      "refresh", describe(exc))
+            return
         if only_if_changed and payload == self._last_status:
             return
         self._last_status = payload

@@ -118,6 +118,9 @@ class MuteControls:
         from gpiozero.exc import GPIOZeroError
 
         self._button = self._led = None
+        self.lock = threading.Lock()
+        """Held while the mute LED is written: the listener shows the mute, and a Confirmer that
+        borrows the LED blinks it from other threads (gpiozero's blink is not thread-safe)."""
         try:
             if button_pin is not None:
                 self._button = Button(button_pin, pull_up=True, bounce_time=BOUNCE_S,
@@ -134,7 +137,8 @@ class MuteControls:
 
     def show(self, muted: bool) -> None:
         if self._led is not None:
-            self._led.value = muted
+            with self.lock:
+                self._led.value = muted
 
     def close(self) -> None:
         for device in (self._button, self._led):
@@ -168,7 +172,10 @@ class Confirmer:
     Failures are logged, never raised: the command is done (or dropped) either way."""
 
     def __init__(self, led_pin: str | int | None, mute_led: Any, sound: bool,
-                 pin_factory: Any = None, resting: Callable[[], bool] = lambda: False) -> None:
+                 pin_factory: Any = None, resting: Callable[[], bool] = lambda: False,
+                 mute_lock: threading.Lock | None = None) -> None:
+        """`mute_led` is borrowed when there is no confirm LED: then `resting` says what it shows
+        between patterns and `mute_lock` (MuteControls.lock) is held while it is written."""
         from gpiozero import LED
         from gpiozero.exc import GPIOZeroError
 
@@ -185,7 +192,8 @@ class Confirmer:
         """When the pattern showing now ends (monotonic seconds; 0 for none or the endless one)."""
         self._pattern = 0
         """Counts the patterns begun: a pattern's end shows the resting state only if it is the last."""
-        self._lock = threading.Lock()
+        self._lock = (mute_lock if self._own is None and mute_lock is not None
+                      else threading.Lock())
 
     def confirm(self) -> None:
         self._blink(BLINK_S, BLINK_S, 2)
@@ -248,6 +256,8 @@ class Confirmer:
         """Let a done or didn't-catch-that pattern finish (it is short), then leave the LED off."""
         if 0 < (left := self._busy_until - time.monotonic()) <= CLOSE_WAIT_S:
             time.sleep(left)
+        with self._lock:
+            self._pattern += 1  # a pattern's end still pending does nothing now: its LED may close
         if self._own is not None:
             self._own.off()
             self._own.close()

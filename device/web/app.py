@@ -410,7 +410,7 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """[start, end) of a single `bytes=a-b` range, clamped; the whole body without a range or with
     one this page does not take (several ranges, b before a: RFC 9110 lets a server ignore those);
     None for a range that selects nothing (`bytes=-0`, a start at or past the end): a 416."""
-    m = re.fullmatch(r"bytes=(\d*)-(\d*)", (header or "").strip())
+    m = re.fullmatch(r"bytes=(\d{0,18})-(\d{0,18})", (header or "").strip())
     if not m or not (m.group(1) or m.group(2)):
         return 0, size
     if not m.group(1):
