@@ -1,7 +1,10 @@
 """edge-recorder against a real Home Assistant, as a user sees it after a bad day (issues 14, 24).
 Not part of the test suite.
 
-    sudo scripts/test-home-assistant
+    sudo EDGE_RECORDER_MODELS_DIR=<models> scripts/test-home-assistant
+
+(`<models>`: where `edge-recorder models fetch` put the wake-word models; the daemon here runs on a
+fresh temporary state directory, so it cannot use the ones in yours.)
 
 Starts (or reuses) mosquitto and Home Assistant with the MQTT integration using the team's recipe
 (HA_RECIPES, default ../shared/recipes: ha-up.sh) and runs the real daemon (`edge-recorder run`)
@@ -631,6 +634,11 @@ def steps(run: Run) -> Iterator[Callable[[], None]]:
 def main() -> int:
     if not (RECIPES / "ha-up.sh").exists():
         print(f"no Home Assistant recipe at {RECIPES} (set HA_RECIPES)", file=sys.stderr)
+        return 2
+    models = os.environ.get("EDGE_RECORDER_MODELS_DIR")
+    if not models or not Path(models).is_dir():
+        print("set EDGE_RECORDER_MODELS_DIR to a folder of wake-word models (`edge-recorder models "
+              "fetch` makes one): the daemon runs on a fresh state directory", file=sys.stderr)
         return 2
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
