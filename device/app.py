@@ -261,8 +261,8 @@ def build_listener(stack: ExitStack, w: Wiring, shared: Shared, notifier: Notifi
     buttons = MuteControls(settings.mute.button_pin, settings.mute.led_pin,
                            shared.mute.toggle_hardware, w.pin_factory)
     stack.callback(buttons.close)
-    confirmer = Confirmer(settings.voice.confirm_led_pin, buttons.led, settings.voice.confirm_sound,
-                          w.pin_factory, resting=lambda: shared.mute.muted, mute_lock=buttons.lock)
+    confirmer = Confirmer(settings.voice.confirm_led_pin, buttons, settings.voice.confirm_sound,
+                          w.pin_factory)
     stack.callback(confirmer.close)
     writer = make_writer(stack, w, shared, confirmer)
     recorder, verifier = make_recorder(settings, w.state_dir, scorer, shared.sensitivity.level,

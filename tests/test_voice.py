@@ -589,30 +589,26 @@ def test_a_borrowed_mute_led_shows_muted_after_every_pattern() -> None:
     """Without a confirm LED the patterns borrow the mute LED. Muted during a wait for a yes (the
     button), or by the spoken command that the "done" blinks answer: once the pattern is over the
     LED is lit again, as the mute button left it (gpiozero ends every blink dark)."""
-    from gpiozero import LED
-
     factory = MockFactory()
-    mute_led = LED("GPIO24", pin_factory=factory)
-    muted = [False]
-    confirmer = Confirmer(None, mute_led, sound=False, resting=lambda: muted[0])
+    buttons = MuteControls(None, "GPIO24", lambda: None, factory)
+    mute_led = buttons.led
+    confirmer = Confirmer(None, buttons, sound=False)
     try:
         confirmer.waiting()
         wait_until(lambda: mute_led.is_lit, 5, "no waiting blink")
-        muted[0] = True
-        mute_led.on()  # the listener shows the mute (buttons.show)
+        buttons.show(True)  # the listener shows the mute
         confirmer.waited()  # the mute cut the wait short
         assert mute_led.is_lit
         confirmer.confirm()  # "done", then the LED says muted again
         wait_until(lambda: not mute_led.is_lit, 5, "no done blink")
         wait_until(lambda: mute_led.is_lit, 5, "the mute LED stayed dark after the pattern")
-        muted[0] = False
-        mute_led.off()
+        buttons.show(False)
         confirmer.not_caught()
         time.sleep(1.0)
         assert not mute_led.is_lit
     finally:
         confirmer.close()
-        mute_led.close()
+        buttons.close()
 
 
 def test_a_pattern_ending_after_the_feedback_led_closed_touches_nothing(
@@ -621,7 +617,8 @@ def test_a_pattern_ending_after_the_feedback_led_closed_touches_nothing(
     the borrowed LED; the pattern's end, still pending, must not write to it."""
     factory = MockFactory()
     buttons = MuteControls(None, "GPIO24", lambda: None, factory)
-    confirmer = Confirmer(None, buttons.led, sound=False, resting=lambda: True, mute_lock=buttons.lock)
+    confirmer = Confirmer(None, buttons, sound=False)
+    buttons.show(True)
     confirmer.confirm()
     confirmer.close()
     buttons.close()

@@ -121,6 +121,8 @@ class MuteControls:
         self.lock = threading.Lock()
         """Held while the mute LED is written: the listener shows the mute, and a Confirmer that
         borrows the LED blinks it from other threads (gpiozero's blink is not thread-safe)."""
+        self.showing = False
+        """What the mute LED shows between a borrowing Confirmer's patterns: muted, as last shown."""
         try:
             if button_pin is not None:
                 self._button = Button(button_pin, pull_up=True, bounce_time=BOUNCE_S,
@@ -136,8 +138,9 @@ class MuteControls:
         return self._led
 
     def show(self, muted: bool) -> None:
-        if self._led is not None:
-            with self.lock:
+        with self.lock:
+            self.showing = muted
+            if self._led is not None:
                 self._led.value = muted
 
     def close(self) -> None:
@@ -167,15 +170,13 @@ class Confirmer:
       five short flickers (with the sound: two falling tones), to say it again;
     - waiting: a command asks for a spoken yes: slow blinking until the wait is over.
     After a pattern the LED shows its resting state: off for the confirm LED; for a borrowed mute
-    LED, whether the speaker is muted now (`resting`), which may have changed meanwhile (a spoken
-    "mute", the button pressed during a wait for a yes).
+    LED, what the listener last showed on it (MuteControls.showing), which may have changed
+    meanwhile (a spoken "mute", the button pressed during a wait for a yes).
     Failures are logged, never raised: the command is done (or dropped) either way."""
 
-    def __init__(self, led_pin: str | int | None, mute_led: Any, sound: bool,
-                 pin_factory: Any = None, resting: Callable[[], bool] = lambda: False,
-                 mute_lock: threading.Lock | None = None) -> None:
-        """`mute_led` is borrowed when there is no confirm LED: then `resting` says what it shows
-        between patterns and `mute_lock` (MuteControls.lock) is held while it is written."""
+    def __init__(self, led_pin: str | int | None, mute: MuteControls | None, sound: bool,
+                 pin_factory: Any = None) -> None:
+        """Without a confirm LED, `mute`'s LED is borrowed, written under its lock."""
         from gpiozero import LED
         from gpiozero.exc import GPIOZeroError
 
@@ -185,15 +186,15 @@ class Confirmer:
                 self._own = LED(led_pin, initial_value=False, pin_factory=pin_factory)
         except (GPIOZeroError, ValueError, OSError) as exc:
             raise IndicatorError(f"cannot use voice.confirm_led_pin {led_pin!r}: {exc}") from None
-        self._led = self._own if self._own is not None else mute_led
-        self._resting = resting if self._own is None else (lambda: False)
+        borrowed = mute if self._own is None else None
+        self._led = self._own if borrowed is None else borrowed.led
+        self._resting: Callable[[], bool] = (lambda: borrowed.showing) if borrowed else (lambda: False)
         self._sound = sound
         self._busy_until = 0.0
         """When the pattern showing now ends (monotonic seconds; 0 for none or the endless one)."""
         self._pattern = 0
         """Counts the patterns begun: a pattern's end shows the resting state only if it is the last."""
-        self._lock = (mute_lock if self._own is None and mute_lock is not None
-                      else threading.Lock())
+        self._lock = borrowed.lock if borrowed else threading.Lock()
 
     def confirm(self) -> None:
         self._blink(BLINK_S, BLINK_S, 2)
