@@ -353,10 +353,11 @@ def test_a_second_look_hears_a_phrase_again_when_one_word_got_in_its_way() -> No
 
 @pytest.mark.slow
 def test_the_second_look_recovers_commands_the_grammar_heard_one_word_off(
-    spotter: CommandSpotter, speech: Callable[..., Path],
+    speech: Callable[..., Path],
 ) -> None:
     """espeak-ng renderings whose first hearing had another command's word in them ("녹음 저장
     다시 지워 켜기"): heard again by a recognizer limited to the phrase, they are commands."""
+    spotter = CommandSpotter(load_settings(KO_EXAMPLE).voice, VoskTranscriber(korean_model_dir()))
     takes = [("start_saving", "ko+f2", 130), ("start_saving", "ko+f2", 160),
              ("delete_last", "ko+m3", 130), ("delete_today", "ko+f3", 130)]
     second_looks = 0
@@ -527,10 +528,11 @@ def test_deleting_the_day_waits_for_a_yes_and_a_television_saying_it_deletes_not
 
 @pytest.mark.slow
 def test_the_owners_voice_on_the_wake_deletes_the_day_without_asking(
-    spotter: CommandSpotter, speech: Callable[..., Path], tmp_path: Path,
+    speech: Callable[..., Path], tmp_path: Path,
 ) -> None:
     """The owner verifier passed the wake (the listener hands its features to the writer only
     then): the real recognizer hears the command and it is carried out at once."""
+    spotter = CommandSpotter(load_settings(KO_EXAMPLE).voice, VoskTranscriber(korean_model_dir()))
     samples, _ = read_wav(speech(PHRASES["delete_today"], voice="ko", lead_s=0.5, tail_s=1.0, wpm=140))
     done: list[tuple[str, str]] = []
     for owner in (np.ones((16, 96), np.float32), None):
