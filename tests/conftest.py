@@ -108,11 +108,7 @@ def https_server(tls_material: dict[str, Path]) -> Iterator[UploadServer]:
 
 @pytest.fixture
 def broker(tmp_path: Path, tls_material: dict[str, Path]) -> Iterator[Broker]:
-    workdir = tmp_path / "broker"
-    workdir.mkdir()
-    b = Broker(workdir, tls_material)
-    b.start()
-    yield b
-    b.stop()
+    with Broker.running(tmp_path / "broker", tls_material) as b:
+        yield b
 
 

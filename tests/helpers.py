@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pytest
@@ -123,6 +123,18 @@ class Broker:
             "max_queued_messages 100000\n"
             f"log_dest file {workdir / 'mosquitto.log'}\n"
         )
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, workdir: Path, tls: dict[str, Path]) -> Iterator[Self]:
+        """A broker of this kind in a new `workdir`, started, and stopped after the block."""
+        workdir.mkdir()
+        broker = cls(workdir, tls)
+        broker.start()
+        try:
+            yield broker
+        finally:
+            broker.stop()
 
     def start(self) -> None:
         self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)],

@@ -204,12 +204,8 @@ class Watcher:
 
 @pytest.fixture
 def shipped_broker(tmp_path: Path, tls_material: dict[str, Path]) -> Iterator[ShippedBroker]:
-    workdir = tmp_path / "shipped-broker"
-    workdir.mkdir()
-    b = ShippedBroker(workdir, tls_material)
-    b.start()
-    yield b
-    b.stop()
+    with ShippedBroker.running(tmp_path / "shipped-broker", tls_material) as b:
+        yield b
 
 
 def speaker_settings(broker: Broker, user: str = "speaker") -> MqttSettings:
