@@ -121,8 +121,12 @@ def owner(broker: Broker) -> Iterator[Owner]:
 
 
 @pytest.fixture
-def speaker(broker: Broker, state_dir: Path) -> Iterator[Speaker]:
+def speaker(broker: Broker, state_dir: Path, owner: Owner) -> Iterator[Speaker]:
+    """A speaker that is listening: it subscribes before it says it is online, so a command sent
+    after that is not published into a broker that has nobody to give it to (a CI run lost one)."""
     s = Speaker(state_dir, settings_for(broker))
+    wait_until(lambda: b"online" in owner.replies_on("availability"), WAIT_S,
+               "the speaker never came online")
     yield s
     s.close()
 
