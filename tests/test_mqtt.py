@@ -161,7 +161,8 @@ def test_a_status_that_cannot_be_read_costs_no_command_its_ack(
         failing[0] = False
         owner.send("delete", {"request_id": "s3", "all": True})
         owner.reply("evt/deleted", "s3")
-        wait_until(lambda: owner.status().get("clips") == 0, WAIT_S, "the status never came back")
+        wait_until(lambda: [s["clips"] for s in owner.replies_on("status")][-1:] == [0], WAIT_S,
+                   "the status never came back")  # it follows the reply: none may be here yet
     finally:
         speaker.close()
 
@@ -199,6 +200,25 @@ def test_clip_announcements_carry_metadata_only(speaker: Speaker, owner: Owner) 
     [clip] = owner.replies("evt/clip")
     assert clip == {"type": "clip", "t": 3.9, "id": "c" * 32, "start": 1.9, "end": 3.9,
                     "wake_word": "hey_jarvis", "transcript": None, "audio": True}  # no transcript
+
+
+def test_what_a_stop_before_the_first_connect_had_queued_is_still_delivered(
+    broker: Broker, owner: Owner, state_dir: Path
+) -> None:
+    """A short `simulate`, or a daemon stopped in its first second: the broker answers after the
+    events were raised. The stop waits for it (a while) instead of dropping them with the client."""
+    broker.stop()
+    speaker = Speaker(state_dir, settings_for(broker))
+    speaker.events.emit(events.Discarded(t=1.0, reason="no_speech"))
+    speaker.events.flush()  # as the pipeline does before its services stop
+    comes_up = threading.Timer(1.5, broker.start)
+    comes_up.start()
+    try:
+        speaker.close()
+    finally:
+        comes_up.join()
+    wait_until(lambda: owner.replies("evt/discarded"), WAIT_S, "the event was dropped at the stop")
+    assert owner.replies_on("availability")[-1:] == [b"offline"]  # and the stop was said
 
 
 @pytest.mark.parametrize(("protocol", "logged"), [("5", "(p5, c0,"), ("3.1.1", "(p2, c0,")])

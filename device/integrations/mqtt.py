@@ -62,6 +62,11 @@ RECEIVE_MAXIMUM = 20
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 """MQTT 5 Session Expiry Interval: as MQTT 3.1.1's clean_session=False, commands wait for a
 speaker that is off however long it is off."""
+CLOSE_WAITS_FOR_BROKER_S = 5.0
+"""A stop before the broker has answered (a short `simulate`, a slow first connect) waits this
+long for it, so the events and replies queued meanwhile are delivered, not dropped with the
+client. Only then: a stop while connected waits for its offline message alone; one that has
+nothing unsent does not wait."""
 RETRY_INITIAL_S, RETRY_MAX_S = 0.2, 10.0
 """Backoff while a command cannot complete yet (it stays unacknowledged meanwhile)."""
 RATE_PER_S, BURST = 20.0, 100
@@ -172,9 +177,13 @@ class MqttControl:
         self._last_status = ""
         self._light = "idle"
         """The recording light as the last indicator event showed it (in event order)."""
-        self._connected = False
+        self._connected = threading.Event()
+        """Set once a connection has said online (so a stop's offline comes after it)."""
         self._reported_down = False
         self._closing = False
+        self._queued_while_down = False
+        """Something was published while the broker was out of reach: paho keeps it (QoS 1) and
+        sends it once connected, unless the client is closed first."""
         self._worker = threading.Thread(target=self._work, name="mqtt-commands", daemon=True)
         self._client = self._make_client()
         events.subscribe(self._on_event)
@@ -208,10 +217,25 @@ class MqttControl:
         self._stopping.set()
         self._inbox.put(None)
         self._worker.join()
-        if self._connected:  # the will is for a crash; a clean stop says so itself
-            self.publish_availability(ha.OFFLINE).wait_for_publish(timeout=5)
+        self._wait_for_a_broker_that_has_not_answered()
+        if self._connected.is_set():  # the will is for a crash; a clean stop says so itself
+            said = self.publish_availability(ha.OFFLINE)
+            if said.rc == mqtt.MQTT_ERR_SUCCESS:  # not if the connection went a moment ago
+                said.wait_for_publish(timeout=5)
         self._client.disconnect()
         self._client.loop_stop()
+
+    def _wait_for_a_broker_that_has_not_answered(self) -> None:
+        if self._queued_while_down and not self._connected.wait(CLOSE_WAITS_FOR_BROKER_S):
+            log.warning("mqtt: stopping before %s answered (waited %.0f s); events and replies "
+                        "not yet sent are dropped", self.settings.host, CLOSE_WAITS_FOR_BROKER_S)
+
+    def _publish(self, topic: str, payload: str | bytes, retain: bool = False
+                 ) -> mqtt.MQTTMessageInfo:
+        info = self._client.publish(topic, payload, qos=QOS, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:
+            self._queued_while_down = True
+        return info
 
     # -- paho callbacks (network thread: hand over, log transitions, nothing else) ---------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
@@ -219,13 +243,18 @@ class MqttControl:
         if reason_code.is_failure:
             log.error("mqtt: broker refused the connection: %s", reason_code)
             return
-        self._connected, self._reported_down = True, False
+        self._reported_down = False
         set_nodelay(client)
         log.info("mqtt: connected (session present: %s)", flags.session_present)
         client.subscribe(self.topic("cmd/#"), qos=QOS)
         if self.settings.discovery:
             client.subscribe(self._birth_topic, qos=QOS)
         self.announce()
+        # Connected once online is queued: a stop that saw it earlier could say offline first.
+        # What was kept while down goes out right after this callback, before the stop's offline
+        # is acknowledged.
+        self._queued_while_down = False
+        self._connected.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         if not self._reported_down:  # once per transition, not once per retry
@@ -236,9 +265,9 @@ class MqttControl:
                        properties: Any) -> None:
         if self._closing:
             log.info("mqtt: disconnected")
-        elif self._connected:
+        elif self._connected.is_set():
             log.warning("mqtt: disconnected (%s); reconnecting with backoff", reason_code)
-        self._connected = False
+        self._connected.clear()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic == self._birth_topic:  # Home Assistant (re)started: announce again
@@ -357,10 +386,10 @@ class MqttControl:
         self.publish_status()
 
     def publish_availability(self, payload: str) -> mqtt.MQTTMessageInfo:
-        return self._client.publish(self.topic(ha.AVAILABILITY), payload, qos=QOS, retain=True)
+        return self._publish(self.topic(ha.AVAILABILITY), payload, retain=True)
 
     def publish_event(self, ev: Event) -> None:
-        self._client.publish(self.topic(f"evt/{ev.type}"), ev.to_json(), qos=QOS)
+        self._publish(self.topic(f"evt/{ev.type}"), ev.to_json())
 
     def _on_event(self, ev: Event) -> None:
         """On the event sink's thread: publishing only queues in paho."""
@@ -385,13 +414,13 @@ class MqttControl:
         if only_if_changed and payload == self._last_status:
             return
         self._last_status = payload
-        self._client.publish(self.topic("status"), payload, qos=QOS, retain=True)
+        self._publish(self.topic("status"), payload, retain=True)
 
     def publish_discovery(self) -> None:
         if self.settings.discovery:
             payload = ha.discovery_payload(self.settings, self.device_id, self.base, self._wake_words)
-            self._client.publish(ha.discovery_topic(self.settings, self.device_id),
-                                 json.dumps(payload), qos=QOS, retain=True)
+            self._publish(ha.discovery_topic(self.settings, self.device_id), json.dumps(payload),
+                          retain=True)
 
     def _status_payload(self) -> str:
         """State only, always whole: every template Home Assistant applies to it can render."""
