@@ -133,14 +133,12 @@ class KeyStore:
     def __init__(self, state_dir: Path, may_repair: bool = True) -> None:
         """`may_repair`: no other edge-recorder process has the state directory open, so a key
         store proven unreadable may be set aside. A lock or an I/O error is never proof."""
-        self.problem: str | None = None
-        """Set when an unreadable key store was set aside at open (see quarantine.py)."""
         self._dir = state_dir
         try:
             self._open()
         except (sqlite3.DatabaseError, KeyStoreError) as exc:
             self.close()
-            self.problem = self._set_aside(exc, may_repair)
+            self._set_aside(exc, may_repair)
             self._open()
 
     def _open(self) -> None:
@@ -232,7 +230,7 @@ class KeyStore:
             self.db.conn.execute("VACUUM")
             log.warning("key store upgraded: keys are now wrapped by a rotating key-encryption key")
 
-    def _set_aside(self, exc: Exception, may_repair: bool) -> str:
+    def _set_aside(self, exc: Exception, may_repair: bool) -> None:
         """Move a key store proven unreadable aside, so the device can start; report it once.
         Anything else is reported and nothing is changed."""
         path = self._dir / KEYS_DB
@@ -251,11 +249,9 @@ class KeyStore:
             if (self._dir / name).exists():
                 os.replace(self._dir / name, self._dir / f"{name}{stamp}")
         fsync_dir(self._dir)
-        message = (f"the key store could not be read ({exc}); it was moved aside as "
-                   f"{KEYS_DB}{stamp} and a new one started: the clips it held are quarantined "
-                   "(`edge-recorder clips list --quarantined`)")
-        log.error("%s", message)
-        return message
+        log.error("the key store could not be read (%s); it was moved aside as %s%s and a new one "
+                  "started: the clips it held are quarantined (`edge-recorder clips list "
+                  "--quarantined`)", exc, KEYS_DB, stamp)
 
     # -- keys ---------------------------------------------------------------------------------------
     def put(self, clip_id: str, key: bytes) -> None:
