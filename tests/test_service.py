@@ -26,7 +26,14 @@ from device.core.events import Event, EventSink
 from device.core.frames import Frame
 from device.integrations.service import Notifier, Watchdog
 from device.storage.clips import ClipStore
-from tests.helpers import ENTRY_POINT, PLAIN_SENTENCE, file_mic, wait_until
+from tests.helpers import (
+    ENTRY_POINT,
+    PLAIN_SENTENCE,
+    WAKE_SENTENCE,
+    WatchedSource,
+    file_mic,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "edge-recorder.service"
@@ -209,6 +216,118 @@ def test_the_mute_button_closes_the_stream_and_only_the_button_lifts_it(
     finally:
         stop.set()
         t.join(timeout=30)
+
+
+def test_a_mute_outlives_a_restart_and_only_what_could_lift_it_lifts_it(
+    with_models: Path, state_dir: Path
+) -> None:
+    """A crash, the watchdog, an update or a power cut is a new process with a new MuteState: the
+    mute the owner set (the button, an MQTT mute) is taken up from the store before the microphone
+    is opened, and only the button lifts the hardware one."""
+    settings = Settings.model_validate({"mute": {"button_pin": "GPIO27", "led_pin": "GPIO22"}})
+
+    def start(mute: MuteState) -> tuple[MockFactory, list[_Endless], threading.Event,
+                                        threading.Thread]:
+        factory, sources, stop = MockFactory(), [], threading.Event()
+
+        def open_source() -> _Endless:
+            sources.append(_Endless())
+            return sources[-1]
+
+        _, t = run_listener(state_dir, open_source, settings, factory, stop, mute)
+        return factory, sources, stop, t
+
+    def press(factory: MockFactory) -> None:
+        factory.pin("GPIO27").drive_low()
+        factory.pin("GPIO27").drive_high()
+
+    first = MuteState()
+    factory, sources, stop, t = start(first)
+    try:
+        wait_until(lambda: sources and sources[0].frames_given > 5, 30, "not listening")
+        press(factory)  # the hardware mute
+        wait_until(lambda: sources[0].closed, 10, "the stream was not closed")
+        store = ClipStore(state_dir)
+        Controller(store, first).execute(MuteCommand(request_id="m", muted=True))  # and MQTT's
+        store.close()
+    finally:
+        stop.set()
+        t.join(timeout=30)
+
+    again = MuteState()  # the restarted process
+    factory, sources, stop, t = start(again)
+    try:
+        wait_until(lambda: factory.pin("GPIO22").state, 10, "the mute LED is not lit after a restart")
+        assert again.hardware and again.software
+        press(factory)  # the button lifts its own mute; the software one still holds
+        wait_until(lambda: not again.hardware, 10, "the button did not lift the hardware mute")
+        time.sleep(0.3)
+        assert sources == [] and again.muted  # the microphone was never opened
+    finally:
+        stop.set()
+        t.join(timeout=30)
+
+    third = MuteState()
+    factory, sources, stop, t = start(third)
+    try:
+        wait_until(lambda: third.muted, 10, "the software mute was not taken up")
+        assert third.software and not third.hardware
+        store = ClipStore(state_dir)
+        Controller(store, third).execute(MuteCommand(request_id="u", muted=False))
+        store.close()
+        wait_until(lambda: sources and sources[0].frames_given > 5, 30, "not listening when unmuted")
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    store = ClipStore(state_dir)
+    fourth = MuteState()
+    fourth.keep(store.state.preferences.get, lambda *_: None)
+    store.close()
+    assert not fourth.muted  # lifted both ways, and kept lifted
+
+
+def test_a_mute_that_cannot_be_kept_still_mutes_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    def full_disk(name: str, value: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    mute, heard = MuteState(), []
+    mute.keep(lambda name, default: default, full_disk)
+    mute.on_change(lambda: heard.append(mute.muted))
+    mute.set(software=True)
+    assert mute.muted and heard == [True]
+    assert "could not be kept in the store" in caplog.text and "a restart would lift it" in caplog.text
+
+
+def test_a_mute_just_before_a_stop_still_discards_the_open_recording(
+    with_models: Path, state_dir: Path, speech: Callable[..., Path]
+) -> None:
+    """The mute button pressed mid-recording and the SIGTERM of a `systemctl stop` a moment later:
+    by the time the loop looks both are set, and the mute's privacy comes first (the stop kept the
+    recording as a clip)."""
+    factory, mute, stop = MockFactory(), MuteState(), threading.Event()
+    source = WatchedSource(speech(WAKE_SENTENCE, tail_s=3.0), factory)
+    recording = source.frames
+
+    def frames(flag: threading.Event) -> Iterator[Frame]:
+        lit = 0
+        for frame in recording(flag):
+            yield frame
+            lit += bool(source.pin.state)
+            if lit == 5:
+                mute.set(software=True)
+                stop.set()
+
+    source.frames = frames  # type: ignore[method-assign]
+    seen: list[Event] = []
+    sink = EventSink()
+    sink.subscribe(seen.append)
+    run_pipeline(Settings(), state_dir, lambda: source, sink, factory, stop, mute=mute)
+    sink.flush()
+    assert any(source.lit_at_capture.values()), "the recording never started"
+    assert [e.reason for e in seen if e.type == "discarded"] == ["muted"]  # type: ignore[attr-defined]
+    store = ClipStore(state_dir)
+    assert [e for e in seen if e.type == "clip"] == [] and store.count() == 0
+    store.close()
 
 
 class _Endless(_Source):

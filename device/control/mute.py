@@ -3,8 +3,17 @@ on. Its one owner is this class: the listener waits on it, the button and comman
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from collections.abc import Callable
+
+from device.core.errors import describe
+
+log = logging.getLogger(__name__)
+
+SETTING = "mute"
+"""The store's preference that keeps the mute across a restart: {"software": .., "hardware": ..}."""
 
 
 class MuteState:
@@ -14,6 +23,22 @@ class MuteState:
         self.hardware = False
         self.muted_event = threading.Event()
         self._listeners: list[Callable[[], None]] = []
+        self._write: Callable[[str, str], None] | None = None
+        self._write_lock = threading.Lock()
+
+    def keep(self, read: Callable[[str, str], str], write: Callable[[str, str], None]) -> None:
+        """Take up the mute the store kept (a crash, the watchdog, an update or a power cut never
+        lifts one), then keep every change there before its listeners hear of it: a mute command
+        is acknowledged once it would survive a restart."""
+        try:
+            kept = json.loads(read(SETTING, "{}"))
+        except ValueError:
+            kept = {}
+        if not isinstance(kept, dict):
+            kept = {}
+        self._write = write
+        self.set(software=self.software or kept.get("software") is True,
+                 hardware=self.hardware or kept.get("hardware") is True)
 
     @property
     def muted(self) -> bool:
@@ -34,8 +59,22 @@ class MuteState:
                 self.muted_event.clear()
             changed = before != (self.software, self.hardware)
         if changed:
+            self._save()
             for callback in self._listeners:
                 callback()
+
+    def _save(self) -> None:
+        """The state as it is now (another thread may have changed it again meanwhile)."""
+        if self._write is None:
+            return
+        with self._write_lock:
+            with self._lock:
+                now = {"software": self.software, "hardware": self.hardware}
+            try:
+                self._write(SETTING, json.dumps(now))
+            except Exception as exc:  # the mute itself holds: never let keeping it undo it
+                log.error("mute: %s is in force but could not be kept in the store (%s); a "
+                          "restart would lift it", now, describe(exc))
 
     def toggle_hardware(self) -> None:
         """The button: pressing it flips the hardware mute (gpiozero's thread: only a flag)."""

@@ -390,7 +390,7 @@ class Listener:
         finally:
             source.close()
         self._stop_following()
-        if self.mute.muted and not stop.is_set():
+        if self.mute.muted:  # even with a stop just behind it: muting asked for privacy first
             self._act(self.recorder.mute())  # an open recording is discarded, not kept
             self.events.emit(events.Indicator(t=seconds(self._last_end), state="muted"))
             return True
