@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from device.audio.sources import AudioSource
 from device.audio.vad import SpeechDetector
@@ -49,6 +49,9 @@ from device.wake.confirm import build_detector
 from device.wake.detector import OpenWakeWordDetector, WakeDetector
 from device.wake.phrase import PhraseCheck
 from device.wake.verifier import WEIGHTS_DAMAGED, OwnerVerifier, VerifierFiles
+
+if TYPE_CHECKING:
+    from device.integrations.mqtt import MqttControl
 
 log = logging.getLogger(__name__)
 
@@ -283,29 +286,34 @@ def build_listener(stack: ExitStack, w: Wiring, shared: Shared, notifier: Notifi
 def start_services(stack: ExitStack, w: Wiring, shared: Shared, listener: Listener,
                    notifier: Notifier, control_plane: bool) -> None:
     """The watchdog and retention always; uploads and MQTT when `control_plane` and configured, in
-    the one process that serves this state directory."""
+    the one process that serves this state directory. They stop in the reverse order: the page's
+    hand-off, uploads and retention first, then what they said is published, then MQTT (an upload
+    or a remote delete confirmed during the stop is still announced)."""
     watchdog = Watchdog(notifier, lambda: listener.alive_at)
     watchdog.start()
     stack.callback(watchdog.close)
     stack.callback(notifier.send, "STOPPING=1")
+    serving = control_plane and _serve_alone(stack, w.state_dir, w.settings)
+    mqtt = None
+    if serving and w.settings.mqtt.host:
+        mqtt = start_mqtt(stack, w, shared, Status(shared, listener.recorder, w.settings.upload.hold_s),
+                          listener.detector.names)
+        stack.callback(w.events.flush)  # before MQTT closes: the last events reach the broker
     sweeper = Sweeper(shared.store, w.settings.retention, w.events)
     sweeper.start()
     stack.callback(sweeper.close)
-    if not (control_plane and _serve_alone(stack, w.state_dir, w.settings)):
-        return
-    if w.settings.upload.url:
+    if serving and w.settings.upload.url:
         from device.integrations.upload import Uploader
 
         uploader = Uploader(w.settings.upload, shared.store, w.events)
         uploader.start()
         stack.callback(uploader.close)
-    if w.settings.mqtt.host:
-        start_mqtt(stack, w, shared, Status(shared, listener.recorder, w.settings.upload.hold_s),
-                   listener.detector.names)
+    if mqtt is not None:
+        stack.callback(serve_the_web_page(w.state_dir, shared.controller, mqtt).close)
 
 
 def start_mqtt(stack: ExitStack, w: Wiring, shared: Shared, status: Status,
-               wake_words: list[str]) -> None:
+               wake_words: list[str]) -> MqttControl:
     from device.integrations.mqtt import MqttControl
 
     mqtt = MqttControl(w.settings.mqtt, shared.store, shared.controller, status, w.events,
@@ -314,10 +322,10 @@ def start_mqtt(stack: ExitStack, w: Wiring, shared: Shared, status: Status,
         state.on_change(mqtt.publish_status)
     mqtt.start()
     stack.callback(mqtt.close)
-    stack.callback(serve_the_web_page(w.state_dir, shared.controller, mqtt).close)
+    return mqtt
 
 
-def serve_the_web_page(state_dir: Path, controller: Controller, mqtt: Any) -> HandoffServer:
+def serve_the_web_page(state_dir: Path, controller: Controller, mqtt: MqttControl) -> HandoffServer:
     """Commands from the web page (`edge-recorder web`, its own process) reach MQTT through the
     daemon: it runs them and announces each reply as it does an MQTT command's (evt + status)."""
     server = HandoffServer(state_dir, controller, mqtt.reply)
