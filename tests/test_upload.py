@@ -20,6 +20,7 @@ from device.control.commands import Controller, DeleteCommand
 from device.control.mute import MuteState
 from device.core.config import UploadSettings
 from device.core.events import EventSink
+from device.integrations import upload
 from device.integrations.upload import Uploader
 from device.storage.clips import ClipStore
 from tests.helpers import wait_until
@@ -182,6 +183,27 @@ def test_faults_never_lose_or_duplicate(
         assert posts[1].at - posts[0].at >= min_gap_s * 0.95
     if faults == ["sleep:1"]:
         assert len(posts) == 1  # slow but in time: sent once
+
+
+def test_a_stop_cuts_off_a_request_the_server_holds_and_the_next_start_sends_it(
+    store: ClipStore, https_server: UploadServer, running: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop waited for the request's own deadline (timeout_s, 30 s by default, plus the body's
+    time at max_bytes_per_s): longer than systemd's TimeoutStopSec=30, which then SIGKILLs the
+    daemon mid-stop. Now the request gets a grace, is cut off, and waits for the next start."""
+    monkeypatch.setattr(upload, "STOP_GRACE_S", 1.0)
+    consent.grant(store, ("audio",))
+    clip = record(store)
+    https_server.script.append("sleep:60")  # the server takes the body and holds its answer
+    r = running(timeout_s=30.0)
+    wait_until(lambda: https_server.posts(), WAIT_S, "no upload started")
+    started = time.monotonic()
+    r.close()
+    assert time.monotonic() - started < 1.0 + 3.0
+    assert clip not in https_server.accepted and not r.of("uploaded")
+    again = running()  # the next start
+    wait_until(lambda: again.of("uploaded"), WAIT_S, "the cut-off upload was not sent again")
+    assert https_server.accepted.get(clip) == 1
 
 
 @pytest.mark.slow

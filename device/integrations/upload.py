@@ -48,6 +48,9 @@ from device.storage.upload_queue import REMOTE_DELETE, UPLOAD
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
+STOP_GRACE_S = 5.0
+"""A stop lets the requests on the wire finish for this long, then cuts them off (each is sent
+again at the next start): the daemon's whole stop stays well within systemd's TimeoutStopSec=30."""
 CHUNK = 16 * 1024
 MAX_REPLY_BYTES = 64 * 1024
 """The most of a reply's body ever read. A short body is read to its end (the connection can be
@@ -165,13 +168,39 @@ def parse_retry_after(value: str | None) -> float | None:
     return min(MAX_RETRY_AFTER_S, max(0.0, (when - datetime.now(UTC)).total_seconds()))
 
 
-class _Deadline(threading.local):
-    """The sockets the current thread's request uses, so a timer can cut it off."""
-
-    sockets: list[socket.socket]
+class Cutter:
+    """The sockets one request uses, so that its deadline or a stop can cut it off; one that comes
+    after the cut is cut as it is used."""
 
     def __init__(self) -> None:
-        self.sockets = []
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._cut = False
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if not self._cut:
+                return
+        self._shut(sock)
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Deadline(threading.local):
+    """The current thread's request."""
+
+    cutter: Cutter | None = None
 
 
 _deadline = _Deadline()
@@ -179,8 +208,8 @@ _deadline = _Deadline()
 
 class _TrackedHTTPSConnection(urllib3.connection.HTTPSConnection):
     def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        if isinstance(self.sock, socket.socket):
-            _deadline.sockets.append(self.sock)
+        if isinstance(self.sock, socket.socket) and _deadline.cutter is not None:
+            _deadline.cutter.track(self.sock)
         super().request(*args, **kwargs)
 
 
@@ -198,24 +227,18 @@ class DeadlineAdapter(requests.adapters.HTTPAdapter):
 
 
 @contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Shut down the sockets of the request made inside, if it is still running after `seconds`."""
-    _deadline.sockets = []
-    sockets = _deadline.sockets
-
-    def cut() -> None:
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    timer = threading.Timer(seconds, cut)
+def deadline(seconds: float) -> Iterator[Cutter]:
+    """Shut down the sockets of the request made inside, if it is still running after `seconds`
+    (or when the cutter it yields is used sooner)."""
+    cutter = _deadline.cutter = Cutter()
+    timer = threading.Timer(seconds, cutter.cut)
     timer.daemon = True
     timer.start()
     try:
-        yield
+        yield cutter
     finally:
         timer.cancel()
-        _deadline.sockets = []
+        _deadline.cutter = None
 
 
 class Uploader:
@@ -235,6 +258,9 @@ class Uploader:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._inflight: set[str] = set()
+        self._on_the_wire: set[Cutter] = set()
+        self._cutting = False
+        """A stop's grace is over: requests on the wire are cut off, and none starts."""
         self._session = requests.Session()
         self._session.mount("https://", DeadlineAdapter())
         self._verify = verify_setting(settings)
@@ -249,12 +275,29 @@ class Uploader:
             t.start()
 
     def close(self) -> None:
+        """Requests on the wire may finish for STOP_GRACE_S; then they are cut off (and sent again
+        at the next start), so that a slow server never holds up the daemon's stop."""
         self._stop.set()
         self._queue.wake()
+        if not self._joined(STOP_GRACE_S):
+            with self._lock:
+                self._cutting = True
+                cutters = list(self._on_the_wire)
+            log.info("uploads: stopping: %d request(s) still on the wire are cut off; they are "
+                     "sent again at the next start", len(cutters))
+            for cutter in cutters:
+                cutter.cut()
+            if not self._joined(STOP_GRACE_S):
+                log.warning("uploads: a worker was still busy %.0f s after its request was cut "
+                            "off; stopping without it", STOP_GRACE_S)
+        self._session.close()
+
+    def _joined(self, within_s: float) -> bool:
+        until = time.monotonic() + within_s
         for t in self._threads:
             if t.is_alive():
-                t.join()
-        self._session.close()
+                t.join(max(0.0, until - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
 
     # -- scheduling -------------------------------------------------------------------------------
     def _work(self) -> None:
@@ -388,10 +431,18 @@ class Uploader:
     def _send(self, method: str, url: str, body_bytes: int, **kwargs: Any) -> requests.Response:
         """One request within its total deadline. The reply is streamed: its status and headers
         are kept, its body is drained up to MAX_REPLY_BYTES and dropped."""
-        with deadline(self._deadline_s(body_bytes)):
-            resp = self._session.request(method, url, stream=True, **self._request_options(),
-                                         **kwargs)
-            drain(resp)
+        with deadline(self._deadline_s(body_bytes)) as cutter:
+            with self._lock:
+                if self._cutting:
+                    raise requests.ConnectionError("not sent: the uploader is stopping")
+                self._on_the_wire.add(cutter)
+            try:
+                resp = self._session.request(method, url, stream=True, **self._request_options(),
+                                             **kwargs)
+                drain(resp)
+            finally:
+                with self._lock:
+                    self._on_the_wire.discard(cutter)
         return resp
 
     def _deadline_s(self, body_bytes: int) -> float:
