@@ -8,8 +8,10 @@ import http.client
 import io
 import json
 import os
+import socket
 import ssl
 import stat
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,6 +255,39 @@ def test_a_command_handed_to_the_daemon_is_run_there_and_announced(state_dir: Pa
         server.close()
         store.close()
     assert not handoff.socket_path(state_dir).exists()
+
+
+def test_a_stalled_client_holds_neither_the_next_command_nor_the_stop(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half a request and then nothing (a web process frozen mid-send) held the one hand-off thread
+    for 120 s: the next page command waited that long, and so did the daemon's stop (past
+    systemd's TimeoutStopSec=30)."""
+    monkeypatch.setattr(handoff, "REQUEST_TIMEOUT_S", 1.0)
+    store = ClipStore(state_dir)
+    server = handoff.HandoffServer(state_dir, Controller(store, MuteState()), lambda e: None)
+    server.start()
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        stalled.connect(str(handoff.socket_path(state_dir)))
+        stalled.sendall(b'{"kind": "delete", "pay')
+        started = time.monotonic()
+        reply = handoff.send(state_dir, "delete", {"request_id": "after", "all": True}, False,
+                             timeout_s=20)
+        assert reply is not None and reply["type"] == "deleted"
+        assert time.monotonic() - started < 1.0 + 3.0
+        again = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # and again, as the daemon stops
+        again.connect(str(handoff.socket_path(state_dir)))
+        again.sendall(b'{"kind": "delete", "pay')
+        time.sleep(0.2)  # taken by the hand-off thread
+        started = time.monotonic()
+        server.close()
+        assert time.monotonic() - started < 1.0 + 3.0
+        again.close()
+    finally:
+        stalled.close()
+        server.close()
+        store.close()
 
 
 def test_a_reply_listing_thousands_of_clips_reaches_the_page_whole(state_dir: Path) -> None:

@@ -34,6 +34,10 @@ SOCKET_NAME = ".commands.sock"
 MAX_REQUEST_BYTES = MAX_PAYLOAD_BYTES + 1024
 REPLY_TIMEOUT_S = 120.0
 """How long the web process waits for the daemon's reply (a delete of many clips on a slow card)."""
+REQUEST_TIMEOUT_S = 5.0
+"""How long the daemon waits for a request's bytes, and for its reply to be taken: the page sends
+and reads at once, so a client that stalls (a frozen web process) never holds up the daemon's
+stop, which waits for the command in hand."""
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -114,7 +118,7 @@ class HandoffServer:
                 self._handle(conn)
 
     def _handle(self, conn: socket.socket) -> None:
-        conn.settimeout(REPLY_TIMEOUT_S)
+        conn.settimeout(REQUEST_TIMEOUT_S)
         try:
             request = json.loads(_read_line(conn, MAX_REQUEST_BYTES) or b"null")
             kind, payload, local = request["kind"], request["payload"], bool(request["local"])
