@@ -441,6 +441,60 @@ def test_a_crash_between_an_uploaded_clips_row_and_its_local_copy_keeps_its_remo
     assert store.delete(ids=[cid])["remote_pending"] == [cid]
 
 
+def test_a_delete_cut_short_is_finished_at_the_next_open_though_the_web_page_holds_the_store(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete commits its rows, then destroys keys and files. A kill in between (systemd's
+    SIGKILL, a power cut) left the deleted clip's key and ciphertext readable for as long as
+    `edge-recorder web` ran: only an open that had the store alone swept, and the page holds it
+    open for good, so the restarted daemon never was; no later delete reached a clip without a
+    row. The ids being erased are now kept in the same commit and finished at any open."""
+    store = ClipStore(state_dir)
+    doomed, kept = add_clip(store), add_clip(store)
+    store.close()
+    page = ClipStore(state_dir)  # edge-recorder web, up all along
+    try:
+        daemon = ClipStore(state_dir)
+        with monkeypatch.context() as patch:
+            crash_at_call(patch, type(daemon._eraser), "erase", 1)
+            with pytest.raises(Crash):
+                daemon.delete(ids=[doomed], remote=False, reason="retention")
+        daemon.close()
+        assert (state_dir / "clips" / f"{doomed}.clip").exists()  # what the kill left
+        restarted = ClipStore(state_dir)
+        assert not restarted.alone
+        assert restarted.keys.get(doomed) is None
+        assert {p.stem for p in restarted.clips_dir.iterdir()} == {kept} == indexed(restarted)
+        assert restarted.state.index.read("SELECT clip_id FROM erasing") == []
+        restarted.close()
+    finally:
+        page.close()
+
+
+def test_an_upload_killed_on_the_wire_is_sent_again_though_the_web_page_holds_the_store(
+    state_dir: Path, https_server: UploadServer, tls_material: dict[str, Path]
+) -> None:
+    """A daemon killed mid-upload leaves the clip `sending`; only an open that had the store alone
+    put it back, and with `edge-recorder web` up the restarted daemon never was: the clip was
+    never sent, and the status said "uploading now" for good."""
+    store = ClipStore(state_dir)
+    page = ClipStore(state_dir)  # edge-recorder web, up all along
+    consent.grant(store, ("audio",))
+    cid = record(store)
+    assert store.uploads.claim(set()) == (UPLOAD, cid)  # on the wire when the kill came
+    store.close()
+    restarted = ClipStore(state_dir)
+    try:
+        assert not restarted.alone
+        r = Running(restarted, settings(https_server, tls_material))
+        wait_until(lambda: r.of("uploaded"), 20, "the upload left 'sending' was never sent again")
+        r.close()
+        assert https_server.accepted.get(cid) == 1
+    finally:
+        restarted.close()
+        page.close()
+
+
 def test_revoking_consent_reaches_an_upload_that_timed_out_and_waits_for_its_retry(
     state_dir: Path,
 ) -> None:

@@ -270,7 +270,12 @@ class Uploader:
         ]
 
     def start(self) -> None:
+        """Also takes back what a killed uploader left `sending`: the one process that serves a
+        state directory (app.py's control lock) is its one uploader, whoever else holds the
+        store open (`edge-recorder web` does for good, so the store's own recovery at an open
+        that has it alone may never come)."""
         log.info("uploads: to %s (consent is checked before every request)", self.url)
+        self._queue.recover()
         for t in self._threads:
             t.start()
 

@@ -258,6 +258,7 @@ class ClipStore:
             found = [c.id for c in self._select(which)]
             pending = self.uploads.forget(found, asked.request_id, remote=asked.remote)
             self._rows.delete(found)
+            self._eraser.doom(found)
             result = {"ids": found, "not_found": [i for i in which.ids or [] if i not in set(found)],
                       "remote_pending": pending}
             if asked.request_id:

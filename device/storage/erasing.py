@@ -1,8 +1,12 @@
 """Erasing clips for good, even on a full disk: their keys first (crypto-erase, device/storage/
 keystore.py: from here no copy of a file can be read), then their files. Space is held back
 (`.reserve`) so that a delete still works when the disk is full: the journals and the key rotation
-need a little room. An erase that fails (a lock held too long, a full disk) is remembered and
-finished before the next one; a restart sweeps whatever a crash left (device/storage/index.py)."""
+need a little room. The ids being erased are written in the commit that deletes their rows
+(`erasing`) and struck off once keys and files are gone: an erase that fails (a lock held too long,
+a full disk) or that a crash cut short is finished before the next delete and at every open, by
+whichever process opens the store (they are deleted clips: no other process can still be writing
+them). A restart that has the store alone also sweeps what a crash left of a write
+(device/storage/index.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pathlib import Path
 
 from device.core.errors import StoreError, describe
 from device.core.files import PRIVATE_FILE, fsync_dir
+from device.storage.db import Database
 from device.storage.keystore import KeyStore
 
 log = logging.getLogger(__name__)
@@ -23,34 +28,49 @@ RESERVE_FILE = ".reserve"
 RESERVE_BYTES = 512 << 10
 """Space held back so that a delete (SQLite journals, key rotation) still works on a full disk."""
 CLIP_SUFFIX = ".clip"
+SCHEMA = "CREATE TABLE IF NOT EXISTS erasing (clip_id TEXT PRIMARY KEY);\n"
+MIGRATION_6 = SCHEMA
 FULL_TRIES = 3
 
 
 class Eraser:
-    def __init__(self, state_dir: Path, clips_dir: Path, keys: KeyStore) -> None:
+    """The owner of the `erasing` table: ids whose rows are deleted and whose keys or files may
+    not be gone yet."""
+
+    def __init__(self, state_dir: Path, clips_dir: Path, keys: KeyStore, index: Database) -> None:
         self._state_dir, self._clips_dir, self._keys = state_dir, clips_dir, keys
-        self._unerased: set[str] = set()
-        """Ids whose rows are deleted but whose keys or files could not be erased yet."""
+        self._index = index
+
+    def doom(self, ids: list[str]) -> None:
+        """Joins the caller's transaction, the one that deletes their rows."""
+        with self._index.transaction() as tx:
+            tx.executemany("INSERT OR IGNORE INTO erasing (clip_id) VALUES (?)",
+                           [(cid,) for cid in ids])
 
     def file_of(self, clip_id: str) -> Path:
         return self._clips_dir / f"{clip_id}{CLIP_SUFFIX}"
 
     def erase(self, ids: list[str], then: Callable[[], None] = lambda: None) -> None:
-        """Keys, then files, then `then` (e.g. the request is done). On failure the ids are
-        remembered and erased again before the next delete; StoreError says so."""
+        """Keys, then files, then the ids are struck off and `then` runs (e.g. the request is
+        done). On failure they stay doomed and are erased again before the next delete (and at the
+        next open); StoreError says so."""
         try:
             self.with_reserve(lambda: self._keys.destroy(ids))
             self.remove_files([self.file_of(cid) for cid in ids])
+            with self._index.transaction() as tx:
+                tx.executemany("DELETE FROM erasing WHERE clip_id = ?", [(cid,) for cid in ids])
             then()
         except (OSError, sqlite3.Error) as exc:
-            self._unerased.update(ids)
             raise StoreError(f"the delete is recorded but its keys could not be destroyed yet "
                              f"({describe(exc)}); it is retried") from None
-        self._unerased.difference_update(ids)
 
     def finish_pending(self) -> None:
-        if self._unerased:
-            self.erase(sorted(self._unerased))
+        if ids := [str(r[0]) for r in self._index.read("SELECT clip_id FROM erasing")]:
+            self.erase(ids)
+
+    def clear(self) -> None:
+        with self._index.transaction() as tx:
+            tx.execute("DELETE FROM erasing")
 
     def remove_files(self, paths: list[Path]) -> None:
         for path in paths:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from device.core.errors import StoreBusy, StoreError
 from device.core.files import fsync_dir
-from device.storage import crypto, db, preferences, requests, stats, upload_queue
+from device.storage import crypto, db, erasing, preferences, requests, stats, upload_queue
 from device.storage.clip_rows import META_FIELDS, Clip, ClipRows
 from device.storage.clip_rows import SCHEMA as CLIPS_SCHEMA
 from device.storage.db import Database, connect, integrity_problem, is_busy, is_damaged
@@ -37,14 +37,15 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "index.sqlite"
 REBUILDING = ".rebuilding"
 """A rebuild is written to `index.sqlite.rebuilding` (and its journal) until it is complete."""
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SCHEMA = (CLIPS_SCHEMA + requests.SCHEMA + preferences.SCHEMA + upload_queue.SCHEMA
-          + stats.SCHEMA)
+          + stats.SCHEMA + erasing.SCHEMA)
 MIGRATIONS = {
     2: requests.MIGRATION_2,
     3: stats.SCHEMA + upload_queue.MIGRATION_3,
     4: upload_queue.MIGRATION_4,
     5: upload_queue.MIGRATION_5,
+    6: erasing.MIGRATION_6,
 }
 """From version N-1 to N: run by the first process that opens an older index."""
 

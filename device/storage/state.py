@@ -83,11 +83,20 @@ class StateDir:
         self.requests = Requests(self.index)
         self.preferences = Preferences(self.index)
         self.stats = Stats(self.index)
-        self.eraser = Eraser(self.path, self.clips_dir, self.keys)
+        self.eraser = Eraser(self.path, self.clips_dir, self.keys, self.index)
         if self.alone:
             repair.sweep(self.index, self.uploads, self.eraser)
             self.eraser.keep_reserve()
+        self._finish_erasing()
         fcntl.flock(self._lockfile, fcntl.LOCK_SH)
+
+    def _finish_erasing(self) -> None:
+        """Deletes a crash or a failure cut short: finished by any process that opens the store
+        (`edge-recorder web` holds it open for good, so a restarted daemon is never alone)."""
+        try:
+            self.eraser.finish_pending()
+        except StoreError as exc:  # the next delete tries again first
+            log.warning("%s", exc)
 
     @contextmanager
     def atomically(self) -> Iterator[None]:
@@ -99,7 +108,8 @@ class StateDir:
         """Every row of every owner, in one commit; remote deletes the owner was told are
         pending stay (they hold no audio; see UploadQueue.clear)."""
         with self.atomically():
-            for owner in (self.uploads, self.rows, self.requests, self.preferences, self.stats):
+            for owner in (self.uploads, self.rows, self.requests, self.preferences, self.stats,
+                          self.eraser):
                 owner.clear()
 
     def compact(self) -> None:

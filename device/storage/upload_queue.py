@@ -143,8 +143,8 @@ class UploadQueue:
 
     # -- the uploader's side ------------------------------------------------------------------------
     def recover(self) -> None:
-        """At start: an upload that was on the wire when the process died is sent again (the
-        server drops the repeat by its Idempotency-Key)."""
+        """At start (of the store alone, or of the uploader): an upload that was on the wire when
+        the process died is sent again (the server drops the repeat by its Idempotency-Key)."""
         if self._db.one("SELECT 1 FROM uploads WHERE state = 'sending'"):  # else: write nothing
             with self._db.transaction() as tx:
                 tx.execute("UPDATE uploads SET state = 'queued' WHERE state = 'sending'")
