@@ -33,21 +33,25 @@ WAIT_S = 20
 
 
 class Owner:
-    """An outside MQTT client: publishes commands with QoS 1 and records what it receives."""
+    """An outside MQTT client: publishes commands with QoS 1 and records what it receives. Ready
+    once subscribed (its persistent session then keeps what arrives while it is away), not merely
+    connected: a broker stopped in between kept a session that subscribed to nothing."""
 
     def __init__(self, broker: Broker, name: str = "owner") -> None:
         self.messages: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
+        subscribed = threading.Event()
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{name}", clean_session=False)
         c.username_pw_set(MQTT_USER, MQTT_PASSWORD)
         c.tls_set(ca_certs=str(broker.tls["ca"]))
         c.reconnect_delay_set(1, 1)
         c.on_connect = lambda cl, *_: cl.subscribe([(BASE + "#", 1), ("homeassistant/#", 1)])
+        c.on_subscribe = lambda *_: subscribed.set()
         c.on_message = self._on_message
         c.connect("127.0.0.1", broker.port)
         c.loop_start()
         self.client = c
-        wait_until(c.is_connected, WAIT_S, "owner could not connect")
+        wait_until(subscribed.is_set, WAIT_S, "owner could not subscribe")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
