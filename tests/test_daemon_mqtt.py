@@ -76,15 +76,19 @@ def test_delete_over_mqtt_is_durable_across_kill_9(
     doomed, kept = clips
     daemon.start(broker)
 
+    # subscribed (not merely started) once the retained availability, subscribed after the
+    # acknowledgement's topic, has arrived: an acknowledgement published before is lost to it
     sub = subprocess.Popen(["mosquitto_sub", *broker.client_args(), "-t", BASE + "evt/deleted",
-                            "-C", "1", "-W", "30", "-q", "1"], stdout=subprocess.PIPE, text=True)
-    wait_until(lambda: "mosquitto_sub" in subprocess.run(["ps", "-o", "comm=", "-p", str(sub.pid)],
-                                                         capture_output=True, text=True).stdout,
-               10, "mosquitto_sub did not start")
+                            "-t", BASE + "availability", "-v", "-C", "2", "-W", "30", "-q", "1"],
+                           stdout=subprocess.PIPE, text=True)
+    assert sub.stdout is not None
+    assert sub.stdout.readline() == f"{BASE}availability online\n", "mosquitto_sub did not subscribe"
     payload = json.dumps({"request_id": "e2e-1", "ids": [doomed]})
     subprocess.run(["mosquitto_pub", *broker.client_args(), "-t", BASE + "cmd/delete", "-q", "1",
                     "-m", payload], check=True, timeout=20)
-    ack = json.loads(sub.communicate(timeout=40)[0])
+    topic, _, ack_text = sub.communicate(timeout=40)[0].partition(" ")
+    assert topic == BASE + "evt/deleted", ack_text
+    ack = json.loads(ack_text)
     code, _ = daemon.stop(signal.SIGKILL)  # power cut right after the acknowledgement
     assert code == -signal.SIGKILL
     assert ack["request_id"] == "e2e-1" and ack["ids"] == [doomed]
