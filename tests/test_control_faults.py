@@ -338,10 +338,13 @@ def test_a_reply_that_never_ends_is_cut_off_after_a_few_kilobytes(
 
 class Flood:
     """Another client on the broker publishing `payloads` (QoS 1) at `per_s` on cmd topics, from
-    a thread, as fast as a real flood would (not all at once)."""
+    a thread, as fast as a real flood would (not all at once). It hangs up only once the broker
+    has every message: paho has at most 20 unacknowledged and holds the rest back, and a
+    disconnect drops what it still holds."""
 
     def __init__(self, broker: Broker, payloads: list[tuple[str, bytes]], per_s: float) -> None:
         self.sent = 0
+        self._published: list[mqtt.MQTTMessageInfo] = []
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-flood")
         c.username_pw_set(MQTT_USER, MQTT_PASSWORD)
         c.tls_set(ca_certs=str(broker.tls["ca"]))
@@ -357,11 +360,13 @@ class Flood:
         start = time.monotonic()
         for i, (command, payload) in enumerate(self._payloads):
             time.sleep(max(0.0, start + i / self._per_s - time.monotonic()))
-            self.client.publish(BASE + f"cmd/{command}", payload, qos=1)
+            self._published.append(self.client.publish(BASE + f"cmd/{command}", payload, qos=1))
             self.sent += 1
 
     def join(self) -> None:
         self._thread.join(timeout=60)
+        for info in self._published:
+            info.wait_for_publish(WAIT_S)
         self.client.disconnect()
         self.client.loop_stop()
 
