@@ -89,12 +89,15 @@ def test_a_clip_deleted_or_rejected_inside_the_hold_window_never_leaves(
 ) -> None:
     store = ClipStore(state_dir)
     consent.grant(store, ("audio",))
+    recorded = time.monotonic()  # the window closes 1.5 s after this, or later
     deleted, rejected, kept = record(store), record(store), record(store)
     running = Running(store, settings(https_server, tls_material, hold_s=1.5))
     try:
         assert run(store, {"request_id": "d1", "ids": [deleted]})["ids"] == [deleted]
         assert run(store, {"request_id": "r1", "ids": [rejected]}, "reject")["reason"] == "reject"
-        time.sleep(1.0)
+        # a second into the window, which opened when the clips were recorded (under load the
+        # commands can take half a second; a second after them, the window had closed)
+        time.sleep(max(0.0, recorded + 1.0 - time.monotonic()))
         assert https_server.requests == []  # still held
         wait_until(lambda: running.of("uploaded"), WAIT_S, "never uploaded after the window")
         time.sleep(0.5)
