@@ -48,7 +48,7 @@ from device.storage.stats import false_wakes
 from device.wake.confirm import build_detector
 from device.wake.detector import OpenWakeWordDetector, WakeDetector
 from device.wake.phrase import PhraseCheck
-from device.wake.verifier import WEIGHTS_DAMAGED, OwnerVerifier, VerifierFiles
+from device.wake.verifier import WEIGHTS_DAMAGED, OwnerVerifier, VerifierFiles, retrain_in_child
 
 if TYPE_CHECKING:
     from device.integrations.mqtt import MqttControl
@@ -126,8 +126,12 @@ def make_recorder(settings: Settings, state_dir: Path, scorer: OpenWakeWordDetec
         if events is not None:
             events.emit(ev.Error(t=None, code=WEIGHTS_DAMAGED, request_id=None, message=message))
 
-    verifier = OwnerVerifier(VerifierFiles(state_dir), scorer.features,
-                             settings.wake.verifier_threshold, report)
+    files = VerifierFiles(state_dir)
+    for name in files.untrained():
+        log.info("the owner verifier for %s is trained again: a stop cut its last training short",
+                 name)
+        retrain_in_child(state_dir, name, wait=False)
+    verifier = OwnerVerifier(files, scorer.features, settings.wake.verifier_threshold, report)
     phrase = PhraseCheck(settings.wake, scorer.features, level, report)
     recorder = Recorder(settings.recorder, settings.wake, level=level,
                         second_look=lambda w: phrase.second_look(w) or verifier.second_look(w),

@@ -15,12 +15,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile
 from gpiozero.pins.mock import MockFactory
 
+from device.app import make_recorder
 from device.core.config import Settings
 from device.core.frames import Frame
 from device.storage.clips import ClipStore
@@ -34,7 +36,16 @@ from device.wake.verifier import (
     Weights,
     retrain_in_child,
 )
-from tests.helpers import WAKE_SENTENCE, concat_wavs, file_mic, of_type, read_wav, run_cli, simulate
+from tests.helpers import (
+    WAKE_SENTENCE,
+    concat_wavs,
+    file_mic,
+    of_type,
+    read_wav,
+    run_cli,
+    simulate,
+    wait_until,
+)
 
 OWNER = "en+m3"
 CHATTERBOX = ("hey chatterbox, what is the weather tomorrow", "en+f3")
@@ -299,6 +310,27 @@ def test_the_daemon_picks_up_weights_trained_again_in_another_process(tmp_path: 
     assert verifier.second_look(wake) == "not_owner"
     assert verifier.probabilities[-1] < 0.5 < verifier.probabilities[0]
     assert verifier.second_look(Wake(at=1, wake_word="alexa", score=0.9)) is None  # no verifier
+
+
+def test_a_training_a_stop_cut_short_is_done_at_the_next_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reject trains in a child process; `systemctl stop` ends the whole unit, child and all, and
+    the verifier went on believing the rejected voice until the next reject."""
+    rng = np.random.default_rng(5)
+    files = VerifierFiles(tmp_path)
+    files.enroll("hey_mycroft", rng.normal(0.5, 1.0, (40, 16, 96)).astype(np.float32),
+                 rng.normal(-0.5, 1.0, (80, 16, 96)).astype(np.float32))
+    assert files.untrained() == []
+    trained = files.path("hey_mycroft", WEIGHTS).read_bytes()
+    assert files.add_negative("hey_mycroft", np.zeros((16, 96), np.float32))  # then the stop
+    assert files.untrained() == ["hey_mycroft"]
+    caplog.set_level("INFO")
+    scorer = SimpleNamespace(features=lambda name: None)
+    make_recorder(Settings(), tmp_path, scorer, lambda: "balanced")  # type: ignore[arg-type]
+    assert "trained again: a stop cut its last training short" in caplog.text
+    wait_until(lambda: files.untrained() == [], 60, "not trained again at the start")
+    assert files.path("hey_mycroft", WEIGHTS).read_bytes() != trained
 
 
 @pytest.mark.slow

@@ -221,6 +221,19 @@ class VerifierFiles:
             return []
         return sorted(p.name[:-len(WEIGHTS)] for p in self.dir.glob(f"*{WEIGHTS}"))
 
+    def untrained(self) -> list[str]:
+        """Verifiers whose features changed after their weights were trained: a reject's training
+        (a child process) that a stop cut short (`systemctl stop` ends the whole unit)."""
+        found = []
+        for name in self.enrolled():
+            try:
+                if self.path(name, FEATURES).stat().st_mtime_ns > \
+                        self.path(name, WEIGHTS).stat().st_mtime_ns:
+                    found.append(name)
+            except OSError:
+                continue
+        return found
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """One writer at a time (a reject in the daemon, a retrain, an enroll)."""
