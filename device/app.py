@@ -225,7 +225,9 @@ def open_shared(stack: ExitStack, w: Wiring, mute: MuteState | None) -> Shared:
     stack.callback(store.close)
     mute = mute or MuteState()
     controller, sensitivity, save = Controller.wired(store, mute, w.settings)
-    mute.keep(controller.preference, controller.set_preference)  # the daemon's alone: it mutes
+    mute.keep(controller.preference, controller.set_preference,  # the daemon's alone: it mutes
+              has_button=w.settings.mute.button_pin is not None,
+              has_remote=bool(w.settings.mqtt.host))
     for state in (sensitivity, save):  # followed: the CLI, the page and voices change them
         state.start()
         stack.callback(state.close)

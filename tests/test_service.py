@@ -3,6 +3,7 @@ hardware mute button (gpiozero MockFactory), and the unit file's verification an
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -224,7 +225,8 @@ def test_a_mute_outlives_a_restart_and_only_what_could_lift_it_lifts_it(
     """A crash, the watchdog, an update or a power cut is a new process with a new MuteState: the
     mute the owner set (the button, an MQTT mute) is taken up from the store before the microphone
     is opened, and only the button lifts the hardware one."""
-    settings = Settings.model_validate({"mute": {"button_pin": "GPIO27", "led_pin": "GPIO22"}})
+    settings = Settings.model_validate({"mute": {"button_pin": "GPIO27", "led_pin": "GPIO22"},
+                                        "mqtt": {"host": "127.0.0.1"}})  # (not started here)
 
     def start(mute: MuteState) -> tuple[MockFactory, list[_Endless], threading.Event,
                                         threading.Thread]:
@@ -281,9 +283,26 @@ def test_a_mute_outlives_a_restart_and_only_what_could_lift_it_lifts_it(
         t.join(timeout=30)
     store = ClipStore(state_dir)
     fourth = MuteState()
-    fourth.keep(store.state.preferences.get, lambda *_: None)
+    fourth.keep(store.state.preferences.get, lambda *_: None, has_button=True, has_remote=True)
     store.close()
     assert not fourth.muted  # lifted both ways, and kept lifted
+
+
+def test_a_kept_mute_that_nothing_configured_could_lift_is_lifted_and_said(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """The button taken out of the configuration, or MQTT: a mute kept from before would hold for
+    good, with nothing to lift it. It is lifted (and stays lifted), with a warning at start."""
+    kept = {"mute": '{"software": true, "hardware": true}'}
+    for has_button, has_remote, left in ((True, True, (True, True)), (False, True, (True, False)),
+                                         (True, False, (False, True)), (False, False, (False, False))):
+        stored = dict(kept)
+        mute = MuteState()
+        mute.keep(stored.get, stored.__setitem__, has_button=has_button, has_remote=has_remote)
+        assert (mute.software, mute.hardware) == left
+        assert json.loads(stored["mute"]) == {"software": left[0], "hardware": left[1]}
+    assert "the button's mute (mute.button_pin is not set) kept from before the restart is lifted" \
+        in caplog.text
 
 
 def test_a_mute_that_cannot_be_kept_still_mutes_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
@@ -291,7 +310,7 @@ def test_a_mute_that_cannot_be_kept_still_mutes_and_says_so(caplog: pytest.LogCa
         raise OSError(28, "No space left on device")
 
     mute, heard = MuteState(), []
-    mute.keep(lambda name, default: default, full_disk)
+    mute.keep(lambda name, default: default, full_disk, has_button=True, has_remote=True)
     mute.on_change(lambda: heard.append(mute.muted))
     mute.set(software=True)
     assert mute.muted and heard == [True]

@@ -26,19 +26,32 @@ class MuteState:
         self._write: Callable[[str, str], None] | None = None
         self._write_lock = threading.Lock()
 
-    def keep(self, read: Callable[[str, str], str], write: Callable[[str, str], None]) -> None:
+    def keep(self, read: Callable[[str, str], str], write: Callable[[str, str], None],
+             has_button: bool, has_remote: bool) -> None:
         """Take up the mute the store kept (a crash, the watchdog, an update or a power cut never
         lifts one), then keep every change there before its listeners hear of it: a mute command
-        is acknowledged once it would survive a restart."""
+        is acknowledged once it would survive a restart. A kept mute that nothing configured now
+        could lift (the button's without a button, MQTT's without MQTT) is lifted, and said."""
         try:
             kept = json.loads(read(SETTING, "{}"))
         except ValueError:
             kept = {}
         if not isinstance(kept, dict):
             kept = {}
+        software, hardware = kept.get("software") is True, kept.get("hardware") is True
+        for on, liftable, what in ((software, has_remote, "an MQTT mute (mqtt.host is not set)"),
+                                   (hardware, has_button, "the button's mute (mute.button_pin is "
+                                                          "not set)")):
+            if on and not liftable:
+                log.warning("mute: %s kept from before the restart is lifted: nothing could lift "
+                            "it now", what)
+            elif on:
+                log.warning("mute: %s kept from before the restart holds", what.split(" (")[0])
         self._write = write
-        self.set(software=self.software or kept.get("software") is True,
-                 hardware=self.hardware or kept.get("hardware") is True)
+        self.set(software=self.software or (software and has_remote),
+                 hardware=self.hardware or (hardware and has_button))
+        if (software, hardware) != (self.software, self.hardware):
+            self._save()  # what was lifted stays lifted when the configuration comes back
 
     @property
     def muted(self) -> bool:
