@@ -234,12 +234,14 @@ def _logging_to_stderr(level: int) -> Iterator[None]:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("edge-recorder: %(levelname)s: %(message)s"))
     log.addHandler(handler)
+    before = log.level
     log.setLevel(level)
     log.propagate = False
     try:
         yield
     finally:
         log.removeHandler(handler)
+        log.setLevel(before)
         log.propagate = True
 
 

@@ -325,7 +325,7 @@ def test_a_training_a_stop_cut_short_is_done_at_the_next_start(
     trained = files.path("hey_mycroft", WEIGHTS).read_bytes()
     assert files.add_negative("hey_mycroft", np.zeros((16, 96), np.float32))  # then the stop
     assert files.untrained() == ["hey_mycroft"]
-    caplog.set_level("INFO")
+    caplog.set_level("INFO", logger="device")
     scorer = SimpleNamespace(features=lambda name: None)
     make_recorder(Settings(), tmp_path, scorer, lambda: "balanced")  # type: ignore[arg-type]
     assert "trained again: a stop cut its last training short" in caplog.text
