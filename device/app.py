@@ -74,6 +74,9 @@ class Wiring:
     pin_factory: Any
     retry_source: bool = False
     """Wait out a lost microphone with backoff (`run`); False: an input error ends the run (a file)."""
+    keep_mute: bool = False
+    """The speaker itself (`run`): it takes up the mute the store kept and keeps every change there.
+    A second process (`simulate` on a file) neither reads nor writes it."""
 
 
 @dataclass(frozen=True)
@@ -225,9 +228,10 @@ def open_shared(stack: ExitStack, w: Wiring, mute: MuteState | None) -> Shared:
     stack.callback(store.close)
     mute = mute or MuteState()
     controller, sensitivity, save = Controller.wired(store, mute, w.settings)
-    mute.keep(controller.preference, controller.set_preference,  # the daemon's alone: it mutes
-              has_button=w.settings.mute.button_pin is not None,
-              has_remote=bool(w.settings.mqtt.host))
+    if w.keep_mute:
+        mute.keep(controller.preference, controller.set_preference,
+                  has_button=w.settings.mute.button_pin is not None,
+                  has_remote=bool(w.settings.mqtt.host))
     for state in (sensitivity, save):  # followed: the CLI, the page and voices change them
         state.start()
         stack.callback(state.close)
@@ -349,11 +353,12 @@ def run_pipeline(
     control_plane: bool = False,
     retry_source: bool = False,
     mute: MuteState | None = None,
+    keep_mute: bool = False,
 ) -> Counters:
     """Build every part (failing early with one clear error), then listen until `stop` or the
     input ends. With `control_plane`, MQTT commands are served (mqtt.host) and consented clips
     uploaded (upload.url) meanwhile."""
-    w = Wiring(settings, state_dir, open_source, events, pin_factory, retry_source)
+    w = Wiring(settings, state_dir, open_source, events, pin_factory, retry_source, keep_mute)
     with ExitStack() as stack:
         shared = open_shared(stack, w, mute)
         notifier = Notifier()

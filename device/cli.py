@@ -294,7 +294,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             counters = run_pipeline(
                 settings, state_dir, lambda: MicSource(a.device, a.sample_rate_hz, a.queue_s),
                 events, make_pin_factory(settings.indicator.pin_factory), stop, control_plane=True,
-                retry_source=True,
+                retry_source=True, keep_mute=True,
             )
     finally:
         events.close()

@@ -22,7 +22,7 @@ from device.app import run_pipeline
 from device.control.commands import Controller, MuteCommand
 from device.control.mute import MuteState
 from device.core.config import Settings
-from device.core.errors import AudioError
+from device.core.errors import AudioError, StoreError
 from device.core.events import Event, EventSink
 from device.core.frames import Frame
 from device.integrations.service import Notifier, Watchdog
@@ -33,6 +33,7 @@ from tests.helpers import (
     WAKE_SENTENCE,
     WatchedSource,
     file_mic,
+    simulate,
     wait_until,
 )
 
@@ -150,7 +151,8 @@ def run_listener(state_dir: Path, open_source: Callable[[], object], settings: S
     sink = EventSink()
     sink.subscribe(lambda e: events.append(e.to_dict()))
     t = threading.Thread(target=run_pipeline, args=(settings, state_dir, open_source, sink, factory,
-                                                    stop), kwargs={"retry_source": True, "mute": mute})
+                                                    stop),
+                         kwargs={"retry_source": True, "mute": mute, "keep_mute": True})  # `run`'s
     t.start()
     return events, t
 
@@ -288,6 +290,23 @@ def test_a_mute_outlives_a_restart_and_only_what_could_lift_it_lifts_it(
     assert not fourth.muted  # lifted both ways, and kept lifted
 
 
+def test_a_simulate_beside_the_speaker_neither_takes_up_nor_lifts_its_kept_mute(
+    with_models: Path, state_dir: Path, speech: Callable[..., Path]
+) -> None:
+    """`simulate` on the speaker's state directory, with a configuration that has no button and
+    no MQTT: it lifted the speaker's kept hardware mute (the next restart listened again), or with
+    MQTT it sat out the kept mute and never ended. The mute is the speaker's (`run`) alone."""
+    store = ClipStore(state_dir)
+    store.state.preferences.set("mute", json.dumps({"software": True, "hardware": True}))
+    store.close()
+    events, _, _ = simulate(speech(WAKE_SENTENCE), state_dir, MockFactory(), Settings())
+    assert [e for e in events if e["type"] == "clip"]  # it listened to its file, and ended
+    store = ClipStore(state_dir)
+    assert json.loads(store.state.preferences.get("mute", "{}")) == {"software": True,
+                                                                      "hardware": True}
+    store.close()
+
+
 def test_a_kept_mute_that_nothing_configured_could_lift_is_lifted_and_said(
     caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -305,7 +324,12 @@ def test_a_kept_mute_that_nothing_configured_could_lift_is_lifted_and_said(
         in caplog.text
 
 
-def test_a_mute_that_cannot_be_kept_still_mutes_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_mute_that_cannot_be_kept_still_mutes_and_is_not_acknowledged(
+    state_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk: the mute holds (keeping it never undoes it), the log says a restart would
+    lift it, and the MQTT command that set it is not acknowledged (StoreError: the worker retries
+    it unacked, and the broker redelivers it after a restart)."""
     def full_disk(name: str, value: str) -> None:
         raise OSError(28, "No space left on device")
 
@@ -315,6 +339,13 @@ def test_a_mute_that_cannot_be_kept_still_mutes_and_says_so(caplog: pytest.LogCa
     mute.set(software=True)
     assert mute.muted and heard == [True]
     assert "could not be kept in the store" in caplog.text and "a restart would lift it" in caplog.text
+    store = ClipStore(state_dir)
+    try:
+        with pytest.raises(StoreError, match="could not be kept"):
+            Controller(store, mute).execute(MuteCommand(request_id="m", muted=True))
+    finally:
+        store.close()
+    assert mute.muted
 
 
 def test_a_mute_just_before_a_stop_still_discards_the_open_recording(

@@ -528,6 +528,9 @@ class Controller:
             raise CommandError("refused", "a hardware mute can only be lifted by the mute button",
                                cmd.request_id)
         self.mute.set(software=cmd.muted)  # idempotent: a redelivery sets the same state
+        if not self.mute.save():  # in force, but a restart would undo it: not acknowledged yet
+            raise StoreError(f"the mute is {'on' if cmd.muted else 'off'} but could not be kept "
+                             "in the store; it is tried again")
         self._spend_nonce(cmd)
         log.info("software mute %s (%s)", "on" if cmd.muted else "off", cmd.request_id)
         return events.Mute(request_id=cmd.request_id, muted=self.mute.muted,

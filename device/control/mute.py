@@ -51,7 +51,7 @@ class MuteState:
         self.set(software=self.software or (software and has_remote),
                  hardware=self.hardware or (hardware and has_button))
         if (software, hardware) != (self.software, self.hardware):
-            self._save()  # what was lifted stays lifted when the configuration comes back
+            self.save()  # what was lifted stays lifted when the configuration comes back
 
     @property
     def muted(self) -> bool:
@@ -72,22 +72,26 @@ class MuteState:
                 self.muted_event.clear()
             changed = before != (self.software, self.hardware)
         if changed:
-            self._save()
+            self.save()
             for callback in self._listeners:
                 callback()
 
-    def _save(self) -> None:
-        """The state as it is now (another thread may have changed it again meanwhile)."""
+    def save(self) -> bool:
+        """Keep the state as it is now (another thread may have changed it again meanwhile).
+        False if it could not be kept: the mute holds all the same (never let keeping it undo it),
+        but a command that set it must not be acknowledged yet."""
         if self._write is None:
-            return
+            return True
         with self._write_lock:
             with self._lock:
                 now = {"software": self.software, "hardware": self.hardware}
             try:
                 self._write(SETTING, json.dumps(now))
-            except Exception as exc:  # the mute itself holds: never let keeping it undo it
+            except Exception as exc:
                 log.error("mute: %s is in force but could not be kept in the store (%s); a "
                           "restart would lift it", now, describe(exc))
+                return False
+        return True
 
     def toggle_hardware(self) -> None:
         """The button: pressing it flips the hardware mute (gpiozero's thread: only a flag)."""
