@@ -4,6 +4,7 @@ commands to the daemon, the upload log, and the HTTP rules (CSRF, Host, ranges, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import io
 import json
@@ -11,6 +12,7 @@ import os
 import socket
 import ssl
 import stat
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -276,13 +278,25 @@ def test_a_stalled_client_holds_neither_the_next_command_nor_the_stop(
                              timeout_s=20)
         assert reply is not None and reply["type"] == "deleted"
         assert time.monotonic() - started < 1.0 + 3.0
-        again = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # and again, as the daemon stops
-        again.connect(str(handoff.socket_path(state_dir)))
-        again.sendall(b'{"kind": "delete", "pay')
-        time.sleep(0.2)  # taken by the hand-off thread
+        again = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # and again, as the daemon stops,
+        again.connect(str(handoff.socket_path(state_dir)))  # a byte at a time this time
+        trickling = threading.Event()
+
+        def trickle() -> None:
+            for byte in b'{"kind": "delete", "payload": {"request_id": "slow", "all": true}}':
+                if trickling.wait(0.3):
+                    return
+                with contextlib.suppress(OSError):
+                    again.send(bytes([byte]))
+
+        feeder = threading.Thread(target=trickle)
+        feeder.start()
+        time.sleep(0.5)  # taken by the hand-off thread
         started = time.monotonic()
         server.close()
         assert time.monotonic() - started < 1.0 + 3.0
+        trickling.set()
+        feeder.join()
         again.close()
     finally:
         stalled.close()

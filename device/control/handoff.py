@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,9 @@ MAX_REQUEST_BYTES = MAX_PAYLOAD_BYTES + 1024
 REPLY_TIMEOUT_S = 120.0
 """How long the web process waits for the daemon's reply (a delete of many clips on a slow card)."""
 REQUEST_TIMEOUT_S = 5.0
-"""How long the daemon waits for a request's bytes, and for its reply to be taken: the page sends
-and reads at once, so a client that stalls (a frozen web process) never holds up the daemon's
-stop, which waits for the command in hand."""
+"""How long the daemon waits for a request (all of it: a client trickling a byte at a time is cut
+off too), and for its reply to be taken: the page sends and reads at once, so a client that stalls
+(a frozen web process) never holds up the daemon's stop, which waits for the command in hand."""
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -120,7 +121,8 @@ class HandoffServer:
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(REQUEST_TIMEOUT_S)
         try:
-            request = json.loads(_read_line(conn, MAX_REQUEST_BYTES) or b"null")
+            request = json.loads(_read_line(conn, MAX_REQUEST_BYTES, REQUEST_TIMEOUT_S) or b"null")
+            conn.settimeout(REQUEST_TIMEOUT_S)  # for the reply
             kind, payload, local = request["kind"], request["payload"], bool(request["local"])
             if not isinstance(kind, str) or not isinstance(payload, dict):
                 raise TypeError("kind must be a string and payload an object")
@@ -153,11 +155,15 @@ class HandoffServer:
         self._path.unlink(missing_ok=True)
 
 
-def _read_line(sock: socket.socket, limit: int | None) -> bytes:
+def _read_line(sock: socket.socket, limit: int | None, within_s: float | None = None) -> bytes:
     """One line, read to its end, or (with `limit`) to no more than about `limit` bytes: a request
-    is bounded like an MQTT command; a reply is the daemon's own and may list thousands of clips."""
+    is bounded like an MQTT command; a reply is the daemon's own and may list thousands of clips.
+    With `within_s`, the whole line must arrive in that time (TimeoutError)."""
+    until = None if within_s is None else time.monotonic() + within_s
     data = bytearray()
     while not data.endswith(b"\n") and (limit is None or len(data) <= limit):
+        if until is not None:
+            sock.settimeout(max(0.001, until - time.monotonic()))
         chunk = sock.recv(65536)
         if not chunk:
             break
