@@ -43,6 +43,7 @@ from tests.helpers import (
     indexed,
     run_cli,
     snapshot,
+    tmpfs,
     wait_until,
 )
 from tests.test_faults import ext4, kek_slots  # noqa: F401  (ext4: the fixture)
@@ -469,6 +470,57 @@ def test_a_delete_cut_short_is_finished_at_the_next_open_though_the_web_page_hol
         restarted.close()
     finally:
         page.close()
+
+
+def damage_an_index_page(path: Path) -> None:
+    """Overwrite the root page of one of the index's b-tree indexes: its check fails, and the
+    tables themselves can still be read."""
+    conn = sqlite3.connect(path)
+    page = conn.execute("SELECT rootpage FROM sqlite_master WHERE type = 'index' AND name LIKE "
+                        "'%clips%'").fetchone()[0]
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with path.open("r+b") as f:
+        f.seek((page - 1) * size)
+        f.write(b"\xff" * 8)
+
+
+def test_a_rebuilt_index_does_not_bring_back_a_clip_whose_erase_was_cut_short(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete committed, its erase cut short (a power cut takes the daemon and the page at
+    once), then the index fails its check: the rebuild from the clip files brought the deleted
+    clip back. The unfinished erases are carried over from the old index, like remote deletes."""
+    store = ClipStore(state_dir)
+    doomed, kept = add_clip(store), add_clip(store)
+    with monkeypatch.context() as patch:
+        crash_at_call(patch, type(store._eraser), "erase", 1)
+        with pytest.raises(Crash):
+            store.delete(ids=[doomed], remote=False)
+    store.close()
+    damage_an_index_page(state_dir / "index.sqlite")
+    again = ClipStore(state_dir)  # alone: the index is rebuilt from the files
+    try:
+        assert list(state_dir.glob("index.sqlite.corrupt-*"))  # it was rebuilt
+        assert indexed(again) == {kept} and again.keys.get(doomed) is None
+        assert {p.stem for p in again.clips_dir.iterdir()} == {kept}
+    finally:
+        again.close()
+
+
+def test_an_index_from_before_the_erase_record_opens_on_a_read_only_disk(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "ro", "8m") as mounted:
+        state = mounted / "state"
+        store = ClipStore(state)
+        clip = add_clip(store)
+        store.close()
+        old = sqlite3.connect(state / "index.sqlite")  # as schema 5 left it
+        old.executescript("DROP TABLE erasing; PRAGMA user_version = 5;")
+        old.close()
+        subprocess.run(["mount", "-o", "remount,ro", str(mounted)], check=True)
+        listed = run_cli("clips", "list", "--state-dir", str(state))
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout.splitlines()[0])["id"] == clip
 
 
 def test_an_upload_killed_on_the_wire_is_sent_again_though_the_web_page_holds_the_store(

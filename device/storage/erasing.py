@@ -19,7 +19,7 @@ from pathlib import Path
 
 from device.core.errors import StoreError, describe
 from device.core.files import PRIVATE_FILE, fsync_dir
-from device.storage.db import Database
+from device.storage.db import Database, has_table
 from device.storage.keystore import KeyStore
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,25 @@ CLIP_SUFFIX = ".clip"
 SCHEMA = "CREATE TABLE IF NOT EXISTS erasing (clip_id TEXT PRIMARY KEY);\n"
 MIGRATION_6 = SCHEMA
 FULL_TRIES = 3
+
+
+def carry_over(rebuilt: Database, old_index: Path) -> set[str]:
+    """After a rebuild: the ids whose delete committed but whose erase had not finished, read from
+    the old index if it can still be read. They go into the rebuilt `erasing` (finished at this
+    open) and must not be rebuilt as clips: an acknowledged delete never comes back."""
+    try:
+        old = sqlite3.connect(f"file:{old_index}?mode=ro", uri=True)
+        try:
+            ids = {str(r[0]) for r in old.execute("SELECT clip_id FROM erasing")} \
+                if has_table(old, "erasing") else set()
+        finally:
+            old.close()
+    except sqlite3.DatabaseError as exc:
+        log.error("unfinished erases could not be carried over from the old index (%s)", exc)
+        return set()
+    with rebuilt.transaction() as tx:
+        tx.executemany("INSERT OR IGNORE INTO erasing (clip_id) VALUES (?)", [(i,) for i in ids])
+    return ids
 
 
 class Eraser:
@@ -65,6 +84,8 @@ class Eraser:
                              f"({describe(exc)}); it is retried") from None
 
     def finish_pending(self) -> None:
+        if not has_table(self._index.conn, "erasing"):  # an older index on a read-only disk
+            return
         if ids := [str(r[0]) for r in self._index.read("SELECT clip_id FROM erasing")]:
             self.erase(ids)
 

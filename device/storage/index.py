@@ -40,6 +40,9 @@ REBUILDING = ".rebuilding"
 SCHEMA_VERSION = 6
 SCHEMA = (CLIPS_SCHEMA + requests.SCHEMA + preferences.SCHEMA + upload_queue.SCHEMA
           + stats.SCHEMA + erasing.SCHEMA)
+READ_ONLY_CAN_WAIT = {6}
+"""Upgrades a read-only disk can go without until it is writable again (`erasing`: nothing can be
+deleted there anyway), so that an older index can still be read there."""
 MIGRATIONS = {
     2: requests.MIGRATION_2,
     3: stats.SCHEMA + upload_queue.MIGRATION_3,
@@ -97,7 +100,14 @@ class Repair:
             steps = [(SCHEMA_VERSION, SCHEMA)] if version == 0 else \
                 [(v, MIGRATIONS[v]) for v in range(version + 1, SCHEMA_VERSION + 1)]
             for target, script in steps:
-                conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={target};\nCOMMIT;")
+                try:
+                    conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={target};\nCOMMIT;")
+                except sqlite3.OperationalError as exc:
+                    if target not in READ_ONLY_CAN_WAIT or "readonly" not in str(exc):
+                        raise
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    break  # done at the next open that can write
         except BaseException:
             conn.close()
             raise
@@ -128,11 +138,15 @@ class Repair:
         return Database(connect(path))  # opened anew: a connection names its journal by its path
 
     def _fill(self, rebuilt: Database, aside: Path) -> None:
-        """The schema, a row per clip file that opens, and the remote deletes still readable in the
-        set-aside index; a clip file that does not open goes to the quarantine."""
+        """The schema, a row per clip file that opens, and the remote deletes and unfinished erases
+        still readable in the set-aside index; a clip file that does not open goes to the
+        quarantine."""
         rebuilt.conn.executescript(f"BEGIN;\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
         rows = ClipRows(rebuilt)
+        deleted = erasing.carry_over(rebuilt, aside) if aside.exists() else set()
         for f in sorted(self.clips_dir.glob(f"*{CLIP_SUFFIX}")):
+            if f.stem in deleted:  # erased at this open, after the rebuild
+                continue
             key = self.keys.get(f.stem)
             try:
                 if key is None:  # a set-aside key store may still hold it: never erase it here
