@@ -84,8 +84,9 @@ class Eraser:
                              f"({describe(exc)}); it is retried") from None
 
     def finish_pending(self) -> None:
-        if not has_table(self._index.conn, "erasing"):  # an older index on a read-only disk
-            return
+        with self._index.lock:
+            if not has_table(self._index.conn, "erasing"):  # an older index on a read-only disk
+                return
         if ids := [str(r[0]) for r in self._index.read("SELECT clip_id FROM erasing")]:
             self.erase(ids)
 
