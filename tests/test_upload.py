@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from email.parser import BytesParser
@@ -207,6 +208,35 @@ def test_a_stop_cuts_off_a_request_the_server_holds_and_the_next_start_sends_it(
     again = running()  # the next start
     wait_until(lambda: again.of("uploaded"), WAIT_S, "the cut-off upload was not sent again")
     assert https_server.accepted.get(clip) == 1
+
+
+def test_a_stop_cuts_off_a_server_that_never_answers_the_tls_handshake(
+    store: ClipStore, tls_material: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket was tracked only once the request went out: a server that took the TCP
+    connection and never answered the TLS handshake held the worker past the stop (and past the
+    request's own deadline) until the connect timeout."""
+    monkeypatch.setattr(upload, "STOP_GRACE_S", 1.0)
+    consent.grant(store, ("audio",))
+    record(store)
+    mute_server = socket.create_server(("127.0.0.1", 0))  # takes connections, never says a word
+    held: list[socket.socket] = []
+    taker = threading.Thread(target=lambda: held.append(mute_server.accept()[0]), daemon=True)
+    taker.start()
+    uploader = Uploader(UploadSettings(url=f"https://127.0.0.1:{mute_server.getsockname()[1]}",
+                                       ca_file=str(tls_material["ca"]), hold_s=0.0,
+                                       timeout_s=60.0), store, EventSink())
+    uploader.start()
+    try:
+        wait_until(lambda: held, WAIT_S, "the uploader never connected")
+        started = time.monotonic()
+        uploader.close()
+        assert time.monotonic() - started < 1.0 + 3.0
+        assert not any(t.is_alive() for t in uploader._threads)  # the worker ended, not left behind
+    finally:
+        for conn in held:
+            conn.close()
+        mute_server.close()
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import contextlib
 import email.utils
 import json
 import logging
+import os
 import random
 import re
 import socket
@@ -170,26 +171,43 @@ def parse_retry_after(value: str | None) -> float | None:
 
 class Cutter:
     """The sockets one request uses, so that its deadline or a stop can cut it off; one that comes
-    after the cut is cut as it is used."""
+    after the cut is cut as it is used. It holds a duplicate of each socket's descriptor: the TLS
+    wrapper takes the TCP socket's own over while it shakes hands, and a shutdown through either
+    ends the connection."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._cut = False
+        self._twins: list[socket.socket] = []
+        self._cut = self._closed = False
 
     def track(self, sock: socket.socket) -> None:
         with self._lock:
-            self._sockets.append(sock)
+            if self._closed:
+                return
+            try:
+                twin = socket.socket(fileno=os.dup(sock.fileno()))
+            except OSError:
+                return
+            self._twins.append(twin)
             if not self._cut:
                 return
-        self._shut(sock)
+        self._shut(twin)
 
     def cut(self) -> None:
         with self._lock:
+            if self._closed:
+                return
             self._cut = True
-            sockets = list(self._sockets)
-        for sock in sockets:
-            self._shut(sock)
+            for twin in self._twins:
+                self._shut(twin)
+
+    def close(self) -> None:
+        """The request is over: its duplicates are let go (the connection itself stays pooled)."""
+        with self._lock:
+            self._closed = True
+            for twin in self._twins:
+                twin.close()
+            self._twins.clear()
 
     @staticmethod
     def _shut(sock: socket.socket) -> None:
@@ -207,9 +225,17 @@ _deadline = _Deadline()
 
 
 class _TrackedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        """The TCP socket, tracked before the TLS handshake: a server that takes the connection
+        and never answers the handshake is cut off too."""
+        sock = super()._new_conn()
+        if _deadline.cutter is not None:
+            _deadline.cutter.track(sock)
+        return sock
+
     def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         if isinstance(self.sock, socket.socket) and _deadline.cutter is not None:
-            _deadline.cutter.track(self.sock)
+            _deadline.cutter.track(self.sock)  # a connection taken from the pool
         super().request(*args, **kwargs)
 
 
@@ -239,6 +265,7 @@ def deadline(seconds: float) -> Iterator[Cutter]:
     finally:
         timer.cancel()
         _deadline.cutter = None
+        cutter.close()
 
 
 class Uploader:
