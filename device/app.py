@@ -232,6 +232,8 @@ def open_shared(stack: ExitStack, w: Wiring, mute: MuteState | None) -> Shared:
         mute.keep(controller.preference, controller.set_preference,
                   has_button=w.settings.mute.button_pin is not None,
                   has_remote=bool(w.settings.mqtt.host))
+    else:  # `simulate`: should it serve MQTT, a mute it acknowledges is kept for the speaker
+        mute.keep_software(controller.preference, controller.set_preference)
     for state in (sensitivity, save):  # followed: the CLI, the page and voices change them
         state.start()
         stack.callback(state.close)

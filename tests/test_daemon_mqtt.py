@@ -147,6 +147,37 @@ def events_in(path: Path) -> list[dict[str, object]]:
 
 
 @pytest.mark.slow
+def test_a_mute_acknowledged_by_simulate_while_the_speaker_is_stopped_holds_when_it_starts(
+    with_models: Path, speech: Callable[..., Path], tmp_path: Path, state_dir: Path,
+    broker: Broker, daemon: Daemon,
+) -> None:
+    """With `run` stopped, `simulate` serves MQTT: a mute it acknowledged was not kept, and the
+    broker, having its PUBACK, had nothing to redeliver; the speaker started next listened."""
+    cfg = tmp_path / "sim.toml"
+    cfg.write_text(broker.config_toml())
+    proc = subprocess.Popen([str(ENTRY_POINT), "simulate", str(speech(WAKE_SENTENCE, lead_s=2.5)),
+                             "--realtime", "--config", str(cfg)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: retained_status(broker), 60, "simulate did not connect")
+        subprocess.run(["mosquitto_pub", *broker.client_args(), "-t", BASE + "cmd/mute", "-q", "1",
+                        "-m", json.dumps({"request_id": "m-1", "muted": True})], check=True,
+                       timeout=20)  # returns once the broker has it
+        wait_until(lambda: retained_status(broker).get("muted", {}).get("software") is True, 20,
+                   "simulate did not take the mute")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    subprocess.run(["mosquitto_pub", *broker.client_args(), "-t", BASE + "status", "-r", "-n"],
+                   check=True, timeout=20)  # simulate's status is gone: what follows is run's
+    daemon.start(broker)
+    wait_until(lambda: retained_status(broker), 60, "the speaker published no status")
+    assert retained_status(broker)["muted"] == {"software": True, "hardware": False}
+
+
+@pytest.mark.slow
 def test_simulate_realtime_survives_a_mute_and_unmute_over_mqtt(
     with_models: Path, speech: Callable[..., Path], tmp_path: Path, state_dir: Path, broker: Broker
 ) -> None:

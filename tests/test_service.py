@@ -307,6 +307,19 @@ def test_a_simulate_beside_the_speaker_neither_takes_up_nor_lifts_its_kept_mute(
     store.close()
 
 
+def test_a_mute_set_beside_the_speaker_keeps_the_speakers_hardware_half() -> None:
+    """`simulate` serving MQTT while the speaker is stopped: its MQTT mute and unmute are kept for
+    the speaker, and the button's mute, which it neither takes up nor could lift, stays."""
+    stored = {"mute": '{"software": false, "hardware": true}'}
+    mute = MuteState()
+    mute.keep_software(stored.get, stored.__setitem__)
+    assert not mute.muted  # not taken up: simulate listens to its file
+    mute.set(software=True)
+    assert json.loads(stored["mute"]) == {"software": True, "hardware": True}
+    mute.set(software=False)
+    assert json.loads(stored["mute"]) == {"software": False, "hardware": True}
+
+
 def test_a_kept_mute_that_nothing_configured_could_lift_is_lifted_and_said(
     caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -23,22 +23,20 @@ class MuteState:
         self.hardware = False
         self.muted_event = threading.Event()
         self._listeners: list[Callable[[], None]] = []
+        self._read: Callable[[str, str], str] | None = None
         self._write: Callable[[str, str], None] | None = None
         self._write_lock = threading.Lock()
+        self._software_only = False
 
     def keep(self, read: Callable[[str, str], str], write: Callable[[str, str], None],
              has_button: bool, has_remote: bool) -> None:
-        """Take up the mute the store kept (a crash, the watchdog, an update or a power cut never
-        lifts one), then keep every change there before its listeners hear of it: a mute command
-        is acknowledged once it would survive a restart. A kept mute that nothing configured now
-        could lift (the button's without a button, MQTT's without MQTT) is lifted, and said."""
-        try:
-            kept = json.loads(read(SETTING, "{}"))
-        except ValueError:
-            kept = {}
-        if not isinstance(kept, dict):
-            kept = {}
-        software, hardware = kept.get("software") is True, kept.get("hardware") is True
+        """The speaker itself (`run`): take up the mute the store kept (a crash, the watchdog, an
+        update or a power cut never lifts one), then keep every change there before its listeners
+        hear of it: a mute command is acknowledged once it would survive a restart. A kept mute
+        that nothing configured now could lift (the button's without a button, MQTT's without
+        MQTT) is lifted, and said."""
+        self._read = read
+        software, hardware = self._kept()
         for on, liftable, what in ((software, has_remote, "an MQTT mute (mqtt.host is not set)"),
                                    (hardware, has_button, "the button's mute (mute.button_pin is "
                                                           "not set)")):
@@ -76,6 +74,22 @@ class MuteState:
             for callback in self._listeners:
                 callback()
 
+    def keep_software(self, read: Callable[[str, str], str], write: Callable[[str, str], None]
+                      ) -> None:
+        """Another process that serves MQTT while the speaker is stopped (`simulate` beside it):
+        it does not take up the kept mute, but an MQTT mute it acknowledges is kept for the
+        speaker (the software half only: the button's is the speaker's own)."""
+        self._read, self._write, self._software_only = read, write, True
+
+    def _kept(self) -> tuple[bool, bool]:
+        try:
+            kept = json.loads(self._read(SETTING, "{}")) if self._read else {}
+        except ValueError:
+            kept = {}
+        if not isinstance(kept, dict):
+            kept = {}
+        return kept.get("software") is True, kept.get("hardware") is True
+
     def save(self) -> bool:
         """Keep the state as it is now (another thread may have changed it again meanwhile).
         False if it could not be kept: the mute holds all the same (never let keeping it undo it),
@@ -86,6 +100,8 @@ class MuteState:
             with self._lock:
                 now = {"software": self.software, "hardware": self.hardware}
             try:
+                if self._software_only:
+                    now["hardware"] = self._kept()[1]
                 self._write(SETTING, json.dumps(now))
             except Exception as exc:
                 log.error("mute: %s is in force but could not be kept in the store (%s); a "
