@@ -485,12 +485,15 @@ def damage_an_index_page(path: Path) -> None:
         f.write(b"\xff" * 8)
 
 
+@pytest.mark.parametrize("name", ["state", "a#b?c%d"])
 def test_a_rebuilt_index_does_not_bring_back_a_clip_whose_erase_was_cut_short(
-    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     """A delete committed, its erase cut short (a power cut takes the daemon and the page at
     once), then the index fails its check: the rebuild from the clip files brought the deleted
-    clip back. The unfinished erases are carried over from the old index, like remote deletes."""
+    clip back. The unfinished erases are carried over from the old index, like remote deletes
+    (read through a proper file URI: a `#` in the path opened, and created, another file)."""
+    state_dir = tmp_path / name
     store = ClipStore(state_dir)
     doomed, kept = add_clip(store), add_clip(store)
     with monkeypatch.context() as patch:

@@ -64,6 +64,13 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """A database that is only read (one set aside): nothing is created or written. The path as a
+    proper file URI: a `#` or `?` in a state directory's path would otherwise cut it short, and
+    SQLite would open (and create) another file."""
+    return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+
+
 class Database:
     """A connection with one lock for every thread of this process."""
 

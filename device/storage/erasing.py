@@ -19,7 +19,7 @@ from pathlib import Path
 
 from device.core.errors import StoreError, describe
 from device.core.files import PRIVATE_FILE, fsync_dir
-from device.storage.db import Database, has_table
+from device.storage.db import Database, connect_read_only, has_table
 from device.storage.keystore import KeyStore
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def carry_over(rebuilt: Database, old_index: Path) -> set[str]:
     the old index if it can still be read. They go into the rebuilt `erasing` (finished at this
     open) and must not be rebuilt as clips: an acknowledged delete never comes back."""
     try:
-        old = sqlite3.connect(f"file:{old_index}?mode=ro", uri=True)
+        old = connect_read_only(old_index)
         try:
             ids = {str(r[0]) for r in old.execute("SELECT clip_id FROM erasing")} \
                 if has_table(old, "erasing") else set()

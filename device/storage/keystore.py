@@ -36,7 +36,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from device.core.errors import StoreBusy, StoreError, describe
 from device.core.files import PRIVATE_FILE, fsync_dir
 from device.storage import db
-from device.storage.db import Database, connect, has_table, integrity_problem, is_busy, is_damaged
+from device.storage.db import (
+    Database,
+    connect,
+    connect_read_only,
+    has_table,
+    integrity_problem,
+    is_busy,
+    is_damaged,
+)
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +329,7 @@ def keys_set_aside(db_path: Path, kek_path: Path) -> dict[str, bytes] | None:
     """The clip keys a set-aside key store still opens (read only, nothing written), or None when
     neither its table nor its KEK can be read."""
     try:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        conn = connect_read_only(db_path)
         try:
             generation = conn.execute("SELECT generation FROM kek").fetchone()
             rows = conn.execute("SELECT clip_id, wrapped FROM wrapped_keys").fetchall()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from device.storage.db import Database, has_table
+from device.storage.db import Database, connect_read_only, has_table
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class UploadQueue:
         if not old_index.exists():
             return 0
         try:
-            old = sqlite3.connect(f"file:{old_index}?mode=ro", uri=True)
+            old = connect_read_only(old_index)
             try:
                 rows = old.execute("SELECT clip_id, request_id FROM remote_deletes").fetchall() \
                     if has_table(old, "remote_deletes") else []
