@@ -210,21 +210,27 @@ def test_a_stop_cuts_off_a_request_the_server_holds_and_the_next_start_sends_it(
     assert https_server.accepted.get(clip) == 1
 
 
+@pytest.mark.parametrize("via", ["direct", "proxy"])
 def test_a_stop_cuts_off_a_server_that_never_answers_the_tls_handshake(
-    store: ClipStore, tls_material: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    store: ClipStore, tls_material: dict[str, Path], monkeypatch: pytest.MonkeyPatch, via: str
 ) -> None:
     """The socket was tracked only once the request went out: a server that took the TCP
     connection and never answered the TLS handshake held the worker past the stop (and past the
-    request's own deadline) until the connect timeout."""
+    request's own deadline) until the connect timeout. Through a proxy (HTTPS_PROXY) nothing was
+    tracked at all: a silent proxy held it the same way."""
     monkeypatch.setattr(upload, "STOP_GRACE_S", 1.0)
     consent.grant(store, ("audio",))
     record(store)
     mute_server = socket.create_server(("127.0.0.1", 0))  # takes connections, never says a word
+    silent = f"127.0.0.1:{mute_server.getsockname()[1]}"
+    if via == "proxy":
+        monkeypatch.setenv("HTTPS_PROXY", f"http://{silent}")
+        monkeypatch.setenv("NO_PROXY", "")
     held: list[socket.socket] = []
     taker = threading.Thread(target=lambda: held.append(mute_server.accept()[0]), daemon=True)
     taker.start()
-    uploader = Uploader(UploadSettings(url=f"https://127.0.0.1:{mute_server.getsockname()[1]}",
-                                       ca_file=str(tls_material["ca"]), hold_s=0.0,
+    url = f"https://{silent}" if via == "direct" else "https://uploads.example.invalid"
+    uploader = Uploader(UploadSettings(url=url, ca_file=str(tls_material["ca"]), hold_s=0.0,
                                        timeout_s=60.0), store, EventSink())
     uploader.start()
     try:

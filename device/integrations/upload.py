@@ -239,17 +239,34 @@ class _TrackedHTTPSConnection(urllib3.connection.HTTPSConnection):
         super().request(*args, **kwargs)
 
 
+class _TrackedHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+    def _put_conn(self, conn: Any) -> None:
+        """Back to the pool, the connection is no longer this request's: its deadline must not
+        cut the next request that takes it."""
+        if _deadline.cutter is not None:
+            _deadline.cutter.close()
+        super()._put_conn(conn)
+
+
 class DeadlineAdapter(requests.adapters.HTTPAdapter):
     """Every request gets a total deadline, not only a per-read timeout: a server that answers one
-    byte a second would otherwise hold an upload worker (and every job behind it) for ever."""
+    byte a second would otherwise hold an upload worker (and every job behind it) for ever. Through
+    a proxy (HTTPS_PROXY) too."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            **self.poolmanager.pool_classes_by_scheme,
-            "https": type("TrackedHTTPSConnectionPool", (urllib3.HTTPSConnectionPool,),
-                          {"ConnectionCls": _TrackedHTTPSConnection}),
-        }
+        _tracked(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        return _tracked(super().proxy_manager_for(proxy, **proxy_kwargs))
+
+
+def _tracked(manager: Any) -> Any:
+    manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme,
+                                      "https": _TrackedHTTPSConnectionPool}
+    return manager
 
 
 @contextmanager
