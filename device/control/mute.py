@@ -37,14 +37,14 @@ class MuteState:
         MQTT) is lifted, and said."""
         self._read = read
         software, hardware = self._kept()
-        for on, liftable, what in ((software, has_remote, "an MQTT mute (mqtt.host is not set)"),
-                                   (hardware, has_button, "the button's mute (mute.button_pin is "
-                                                          "not set)")):
+        for on, liftable, what, unset in (
+                (software, has_remote, "an MQTT mute", "mqtt.host"),
+                (hardware, has_button, "the button's mute", "mute.button_pin")):
             if on and not liftable:
-                log.warning("mute: %s kept from before the restart is lifted: nothing could lift "
-                            "it now", what)
+                log.warning("mute: %s (%s is not set) kept from before the restart is lifted: "
+                            "nothing could lift it now", what, unset)
             elif on:
-                log.warning("mute: %s kept from before the restart holds", what.split(" (")[0])
+                log.warning("mute: %s kept from before the restart holds", what)
         self._write = write
         self.set(software=self.software or (software and has_remote),
                  hardware=self.hardware or (hardware and has_button))
