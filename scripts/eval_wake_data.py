@@ -16,8 +16,13 @@ and, for OUT/more (about 20 hours more, ../shared/research/audio-sources.md; hel
   abdulkaderghandoura/arabic-speech-commands-dataset   40 Arabic command words, 30 speakers
   thegtagamer/PICO-tinyML-benchmark     Speech Commands v0.02's test set (without _silence_)
 plus Debian's game dialogue (fillets-ng-data, -cs, -nl) and soundtracks (warzone2100-music,
-nexuiz-music), taken with `apt-get download` into OUT/debs. Whichever are missing are left out.
-OUT gets five eval-wake data directories:
+nexuiz-music), taken with `apt-get download` into OUT/debs. And, for OUT/fresh (about 10.6 hours
+that no tuning or look has touched: keep it so; held out):
+  Picovoice/speech-to-intent-benchmark  spoken coffee-maker orders, 50+ speakers (16 kHz)
+plus Debian's phone prompts (asterisk-core-sounds-{en,es,fr,it,ru}-wav, 8 kHz) and three voiced
+adventure games' dialogue in English (flight-of-the-amazon-queen, beneath-a-steel-sky, drascula),
+cut out of the games' data files into 16 kHz WAV. Whichever are missing are left out.
+OUT gets these eval-wake data directories:
   OUT/main    positives/<model>/ from espeak-ng (12 voices x 3 speeds x 3 pitches), negatives/,
               noise/, owners/hey_jarvis/<voice>/ (eight espeak-ng voices: 5 takes to enroll, two
               sentences of other speech, 9 held-out takes to test)
@@ -30,6 +35,7 @@ OUT gets five eval-wake data directories:
               speech saying "hey jarvis" (testing only: CC BY-NC-SA)
   OUT/more    negatives/<source>/ only: the 20 hours above, one folder per source, file names
               keeping the speaker or session (e.g. read-english/SPEAKER0001__...)
+  OUT/fresh/<source>/negatives/ one eval-wake data directory per source of the 10.6 hours above
 and, for scripts/train-phrase-check, OUT/phrase/hey_jarvis/: bare/ (the same bare "Jarvis"), hey/
 (Precise's public-domain "hey chatterbox" and "hey computer" takes) and hey-heldout/ (its "hey
 savant" and "hey Vermont" takes, CC BY-NC-SA: used to test the phrase check, never to train it).
@@ -40,12 +46,15 @@ from __future__ import annotations
 
 import io
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
+import soundfile
 from speech import say  # scripts/ is on sys.path when this runs as a script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,25 +166,32 @@ MORE_DEBS = {"game-dialogue": ["fillets-ng-data", "fillets-ng-data-cs", "fillets
 (fillets-ng: its voice folders only, not its music), and two games' soundtracks."""
 
 
-def debian_audio(out: Path, folder: str, packages: list[str]) -> int:
-    """`apt-get download`s the packages into OUT/debs and links their audio into `folder`."""
+def unpacked(out: Path, package: str) -> Path:
+    """OUT/debs/<package>: the package's files, `apt-get download`ed and unpacked once."""
     debs = out / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["apt-get", "download", "-q", *packages], cwd=debs, check=True,
-                   capture_output=True)
-    into = out / "more" / "negatives" / folder
+    tree = debs / package
+    if not tree.exists():
+        debs.mkdir(parents=True, exist_ok=True)
+        if not list(debs.glob(f"{package}_*.deb")):
+            subprocess.run(["apt-get", "download", "-q", package], cwd=debs, check=True,
+                           capture_output=True)
+        subprocess.run(["dpkg-deb", "-x", str(next(debs.glob(f"{package}_*.deb"))), str(tree)],
+                       check=True)
+    return tree
+
+
+def debian_audio(out: Path, into: Path, packages: list[str],
+                 suffixes: tuple[str, ...] = (".ogg", ".opus")) -> int:
+    """Links the packages' audio (OUT/debs, `apt-get download`ed) into `into`."""
     into.mkdir(parents=True, exist_ok=True)
     count = 0
     for package in packages:
-        deb = next(debs.glob(f"{package}_*.deb"))
-        tree = debs / package
-        if not tree.exists():
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
+        tree = unpacked(out, package)
         for pk3 in tree.rglob("*.pk3"):  # nexuiz: a zip of .ogg files
             shutil.unpack_archive(pk3, tree / "pk3", "zip")
         for f in sorted(tree.rglob("*")):
             voice = "fillets" not in package or "/sound/" in str(f)
-            if f.suffix in (".ogg", ".opus") and voice:
+            if f.suffix in suffixes and voice:
                 flat = "__".join(f.relative_to(tree).parts[-4:])  # names repeat across levels
                 (into / f"{package}__{flat}").symlink_to(f)
                 count += 1
@@ -191,18 +207,98 @@ def more(out: Path, repo: Callable[[str], Path | None]) -> dict[str, int]:
                                     (".wav", ".flac"), strip, skip)
     for folder, packages in MORE_DEBS.items():
         try:
-            counts[folder] = debian_audio(out, folder, packages)
+            counts[folder] = debian_audio(out, out / "more" / "negatives" / folder, packages)
         except (subprocess.CalledProcessError, StopIteration) as exc:
             print(f"eval-wake-data: left out {folder} (apt-get download {' '.join(packages)}: {exc})",
                   file=sys.stderr)
     return counts
 
 
+FRESH_REPOS = {"spoken-commands": ("Picovoice/speech-to-intent-benchmark", "data/speech/clean/", 3)}
+FRESH_PROMPTS = [f"asterisk-core-sounds-{lang}-wav" for lang in ("en", "es", "fr", "it", "ru")]
+"""Asterisk's phone prompts, each language read by one professional speaker (CC BY-SA 3.0)."""
+GAME_RATE = 11025  # the three games' speech: 11025 Hz
+SCUMMVM = Path("usr/share/scummvm")
+
+
+def queen_lines(tree: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Flight of the Amazon Queen's spoken lines: the .SB entries of queen.1c (a rebuilt resource
+    file: "QTBL", version, compression, then 21-byte entries: name, bundle, offset, size), MP3."""
+    data = (tree / SCUMMVM / "flight-of-the-amazon-queen" / "queen.1c").read_bytes()
+    assert data[:4] == b"QTBL" and data[12] == 1, "queen.1c: not the MP3-compressed rebuild"
+    for i in range(struct.unpack_from(">H", data, 13)[0]):
+        raw, _, offset, size = struct.unpack_from(">12sBII", data, 15 + 21 * i)
+        name = raw.rstrip(b"\0").decode()
+        if name.endswith(".SB") and name != "BLANK000.SB":
+            samples, rate = soundfile.read(io.BytesIO(data[offset:offset + size]), dtype="float32")
+            assert rate == GAME_RATE
+            yield name[:-3], samples
+
+
+def sky_lines(tree: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Beneath a Steel Sky's spoken lines: files 50000-58999 of sky.dsk (indexed by sky.dnr's 8-byte
+    entries: number, 24-bit offset whose top bit means "uncompressed, offset in 16 bytes", 22-bit
+    size), unsigned 8-bit after a 22-byte header; any packed (RNC) one is left out."""
+    folder = tree / SCUMMVM / "beneath-a-steel-sky"
+    index, disk = (folder / "sky.dnr").read_bytes(), (folder / "sky.dsk").read_bytes()
+    for i in range(struct.unpack_from("<I", index)[0]):
+        entry = index[4 + 8 * i:12 + 8 * i]
+        number = int.from_bytes(entry[:2], "little")
+        offset, size = int.from_bytes(entry[2:5], "little"), int.from_bytes(entry[5:], "little") & 0x3FFFFF
+        plain = offset >> 23 & 1
+        offset = (offset & 0x7FFFFF) << (4 if plain else 0)
+        if 50000 <= number < 59000 and (plain or not disk[offset] & 0x80):
+            pcm = np.frombuffer(disk[offset + 22:offset + size], np.uint8)
+            yield str(number), (pcm.astype(np.float32) - 128) / 128
+
+
+def drascula_lines(tree: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Drascula's spoken lines: en/*.ALS, raw unsigned 8-bit (S*.ALS are sound effects)."""
+    for f in sorted((tree / SCUMMVM / "drascula" / "en").glob("*.ALS")):
+        if not f.name.startswith("S"):
+            yield f.stem, (np.fromfile(f, np.uint8).astype(np.float32) - 128) / 128
+
+
+GAMES = {"adventure-fotaq": ("flight-of-the-amazon-queen", queen_lines),
+         "adventure-bass": ("beneath-a-steel-sky", sky_lines),
+         "adventure-drascula": ("drascula", drascula_lines)}
+"""Voiced adventure games in Debian (free to copy, BSD-like): English dialogue by voice actors."""
+
+
+def game_speech(out: Path, into: Path, package: str,
+                lines: Callable[[Path], Iterator[tuple[str, np.ndarray]]]) -> int:
+    """Writes each of a game's spoken lines into `into` as 16 kHz mono WAV."""
+    import soxr
+
+    into.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for name, samples in lines(unpacked(out, package)):
+        mono = samples.mean(axis=1) if samples.ndim > 1 else samples
+        soundfile.write(str(into / f"{package}__{name}.wav"), soxr.resample(mono, GAME_RATE, 16000),
+                        16000, subtype="PCM_16")
+        count += 1
+    return count
+
+
+def fresh(out: Path, repo: Callable[[str], Path | None]) -> dict[str, int]:
+    """OUT/fresh/<source>/negatives/: the 10.6 hours kept unseen, one data directory per source."""
+    counts = {}
+    for folder, (name, prefix, strip) in FRESH_REPOS.items():
+        if found := repo(name):
+            counts[folder] = export(found, out / "fresh" / folder / "negatives", prefix, strip=strip)
+    try:
+        counts["phone-prompts"] = debian_audio(out, out / "fresh" / "phone-prompts" / "negatives",
+                                               FRESH_PROMPTS, (".wav",))
+        for folder, (package, lines) in GAMES.items():
+            counts[folder] = game_speech(out, out / "fresh" / folder / "negatives", package, lines)
+    except (subprocess.CalledProcessError, StopIteration) as exc:
+        print(f"eval-wake-data: left out the rest of OUT/fresh ({exc})", file=sys.stderr)
+    return counts
+
+
 def splices(out: Path) -> int:
     """OUT/splices/positives/hey_jarvis/: real "hey" + real "Jarvis" (scripts/train-phrase-check's
     held-out splices, one per bare name, seed 0)."""
-    import numpy as np
-    import soundfile
     from train_phrase_check import RATE, heys, load, splice, trimmed
 
     root = out / "phrase" / "hey_jarvis"
@@ -270,6 +366,7 @@ def main() -> int:
     if talk or singing:
         (out / "heldout" / "owners").symlink_to(main_dir / "owners")
     counts.update(more(out, repo))
+    counts.update(fresh(out, repo))
     for what, n in counts.items():
         print(f"{what}: {n} files")
     return 0
