@@ -123,8 +123,15 @@ def detectors_used(settings: Settings, scorer: Any) -> str:
     if plain and "cascade" in modes.values():  # they share openWakeWord's front end
         modes = {n: f"{m}, as agree while {', '.join(plain)} needs openWakeWord on every frame"
                  if m == "cascade" else m for n, m in modes.items()}
-    return ", ".join(f"{name}: openWakeWord" + ("" if mode == "none" else f" + microWakeWord ({mode})")
-                     for name, mode in modes.items())
+    wake = settings.wake
+
+    def pair(name: str, mode: str) -> str:
+        if mode == "none":
+            return f"{name}: openWakeWord from {wake.threshold_for(name, confirmed=False):g}"
+        return (f"{name}: openWakeWord from {wake.threshold_for(name, confirmed=True):g} + "
+                f"microWakeWord from {wake.confirm_threshold_for(name):g} ({mode})")
+
+    return ", ".join(pair(name, mode) for name, mode in modes.items())
 
 
 def check_gpio(settings: Settings, pin_factory: Any) -> Check:

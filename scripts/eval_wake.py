@@ -4,6 +4,7 @@
                                [--snr 10,5] [--gap-s 0.5] [--no-owners | --only-owners]
                                [--owner-presets balanced] [--phrase-check FILE|off]
                                [--confirm none,agree,cascade] [--no-bare]
+                               [--thresholds 0.5,0.7] [--confirm-thresholds 0.5,0.9]
 
 DATA_DIR holds recordings in a plain layout anyone can fill (WAV/FLAC/OGG, any rate or channels):
   positives/<wake_word>/**   one utterance of the wake word per file (recall)
@@ -260,11 +261,16 @@ def evaluate_one(args: argparse.Namespace, name: str, positives: list[np.ndarray
         BARE_CPU[key] = time.process_time() - started
     bare_false = BARE_FALSE[key]
     rows = []
-    for preset, confirm in [(p, c) for p in ((args.owner_presets or args.presets) if template
-                                             else args.presets) for c in args.confirm]:
-        settings = Settings.model_validate({"wake": {"models": [name], "sensitivity": preset,
-                                                     "confirm": {name: confirm}},
-                                            "asr": {"enabled": False}})
+    presets = (args.owner_presets or args.presets) if template else args.presets
+    for preset, confirm, threshold, confirm_threshold in [
+            (p, c, t, ct) for p in presets for c in args.confirm for t in args.thresholds
+            for ct in args.confirm_thresholds]:
+        wake: dict[str, Any] = {"models": [name], "sensitivity": preset, "confirm": {name: confirm}}
+        if threshold is not None:
+            wake["thresholds"] = {name: threshold}
+        if confirm_threshold is not None:
+            wake["confirm_threshold"] = confirm_threshold
+        settings = Settings.model_validate({"wake": wake, "asr": {"enabled": False}})
         with tempfile.TemporaryDirectory() as tmp:
             found = sum(pipeline(p, settings, with_verifier(template, Path(tmp) / f"p{i}"))["lit"] > 0
                         for i, p in enumerate(pos))
@@ -276,6 +282,8 @@ def evaluate_one(args: argparse.Namespace, name: str, positives: list[np.ndarray
             cpu = time.process_time() - started
         rows.append({
                     **extra, "model": name, "preset": preset, "confirm": confirm, "condition": cond,
+                    "threshold": settings.wake.threshold_for(name, preset),
+                    "confirm_threshold": settings.wake.confirm_threshold_for(name),
                     "pipeline_cpu_s": round(cpu, 1), "bare_cpu_s": round(BARE_CPU[key], 1),
                     "not_confirmed": negative["not_confirmed"], "wakes_at": negative["wakes_at"],
                     "positives": len(pos), "negatives_h": round(hours, 3),
@@ -292,6 +300,11 @@ def evaluate_one(args: argparse.Namespace, name: str, positives: list[np.ndarray
                        if other_pos else {}),
                 })
     return rows
+
+
+def floats_or_default(text: str) -> list[float | None]:
+    """"0.5,0.9" → [0.5, 0.9]; "default" stands for the configured value."""
+    return [None if x == "default" else float(x) for x in text.split(",")]
 
 
 def main() -> int:
@@ -312,6 +325,11 @@ def main() -> int:
                              "(scripts/train-phrase-check --folds-out), or off: none")
     parser.add_argument("--confirm", type=lambda s: s.split(","), default=["none"],
                         help="wake.confirm modes to give rows for (none, agree, cascade)")
+    parser.add_argument("--thresholds", type=floats_or_default, default=[None],
+                        help="openWakeWord thresholds to give rows for, instead of the preset's "
+                             "(wake.thresholds)")
+    parser.add_argument("--confirm-thresholds", type=floats_or_default, default=[None],
+                        help="microWakeWord thresholds to give rows for (wake.confirm_threshold)")
     parser.add_argument("--no-bare", dest="bare", action="store_false",
                         help="skip bare openWakeWord on the negatives")
     parser.add_argument("--owner-presets", type=lambda s: s.split(","),
@@ -320,7 +338,8 @@ def main() -> int:
     started = time.monotonic()
     results = evaluate(args)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
-    head = ("model", "owner", "preset", "confirm", "condition", "positives", "bare_recall", "recall",
+    head = ("model", "owner", "preset", "confirm", "threshold", "confirm_threshold", "condition",
+            "positives", "bare_recall", "recall",
             "negatives_h", "bare_false_wakes_per_h", "false_wakes_per_h", "accidental_clips_per_h",
             "not_phrase", "not_confirmed", "others_recall", "pipeline_cpu_s", "bare_cpu_s")
     print(" | ".join(head))

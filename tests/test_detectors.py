@@ -234,7 +234,7 @@ def gate_over(frames: list[tuple[float, float]], **wake: Any) -> tuple[list[Any]
 
 @pytest.mark.parametrize("order", ["openWakeWord first", "microWakeWord first"])
 def test_a_wake_comes_in_the_frame_that_completes_the_agreement_whichever_fires_first(order: str) -> None:
-    quiet, o, m, both_late = (0.0, 0.0), (0.9, 0.0), (0.0, 0.9), 6  # 6 frames = 0.48 s apart
+    quiet, o, m, both_late = (0.0, 0.0), (0.9, 0.0), (0.0, 0.95), 6  # 6 frames = 0.48 s apart
     frames = [quiet] * 5 + [o if order.startswith("open") else m] + [quiet] * (both_late - 1)
     frames += [m if order.startswith("open") else o] + [quiet] * 30
     wakes, away = gate_over(frames)
@@ -244,10 +244,40 @@ def test_a_wake_comes_in_the_frame_that_completes_the_agreement_whichever_fires_
 
 def test_detections_further_apart_than_the_window_are_each_turned_away() -> None:
     quiet = (0.0, 0.0)
-    frames = [quiet] * 5 + [(0.9, 0.0)] + [quiet] * 25 + [(0.0, 0.9)] + [quiet] * 25
+    frames = [quiet] * 5 + [(0.9, 0.0)] + [quiet] * 25 + [(0.0, 0.95)] + [quiet] * 25
     wakes, away = gate_over(frames)
     assert not wakes
     assert [(w.at // 1280, why) for w, why in away] == [(6, "not_confirmed"), (32, "not_confirmed")]
+
+
+@pytest.mark.parametrize(("level", "first", "second", "wakes"), [
+    ("balanced", 0.35, 0.95, True),    # openWakeWord listens from 0.3 when microWakeWord checks it
+    ("balanced", 0.25, 0.95, False),
+    ("balanced", 0.9, 0.85, False),    # microWakeWord confirms at its model's own cutoff, 0.9
+    ("sensitive", 0.35, 0.55, True),
+    ("strict", 0.9, 0.85, False),
+])
+def test_alexa_with_both_detectors_has_a_pair_of_thresholds_per_level(
+        level: str, first: float, second: float, wakes: bool) -> None:
+    frames = [(0.0, 0.0)] * 5 + [(first, second)] * 2 + [(0.0, 0.0)] * 30
+    found, _ = gate_over(frames, sensitivity=level)
+    assert bool(found) == wakes
+
+
+def test_a_configured_threshold_beats_the_pair_and_openwakeword_alone_keeps_its_own() -> None:
+    from device.core.frames import Frame
+    from device.wake.trigger import WakeGate
+
+    frames = [(0.0, 0.0)] * 5 + [(0.35, 0.6)] * 2 + [(0.0, 0.0)] * 30
+    assert gate_over(frames, confirm_threshold=0.5)[0]
+    assert not gate_over(frames, thresholds={"alexa": 0.4})[0]
+    # alexa's default is cascade, but where microWakeWord gives no score (not installed here, so
+    # the default fell back to openWakeWord alone) the level's own threshold holds: 0.7, not 0.3
+    alone = WakeGate(Settings.model_validate({"wake": {"models": ["alexa"],
+                                                        "startup_quiet_s": 0}}).wake)
+    heard = [alone.update(Frame(i * 1280, np.zeros(1280, np.int16)), {"alexa": score})
+             for i, score in enumerate([0.0] * 5 + [0.5] * 2 + [0.0] * 30)]
+    assert heard == [None] * 37
 
 
 def test_openwakeword_keeps_one_second_of_raw_audio_and_scores_the_same(
@@ -293,4 +323,17 @@ def test_the_meter_shows_both_detectors_scores(with_models: Path, speech: Callab
     assert re.search(r"alexa 0\.\d\d\* micro 0\.\d\d\*", out.getvalue())  # both over, both marked
     assert "hey_rhasspy micro" not in out.getvalue()  # it has no microWakeWord model
     assert peaks["alexa"] > 0.7 and peaks["alexa micro"] > 0.5
-    assert "alexa micro 0.99 (threshold 0.50)" in out.getvalue()
+    assert "alexa 1.00 (threshold 0.30)" in out.getvalue()  # the pair's, at balanced
+    assert "alexa micro 0.99 (threshold 0.90)" in out.getvalue()
+
+
+def test_doctor_says_which_detectors_each_wake_word_uses_and_from_which_score() -> None:
+    from types import SimpleNamespace
+
+    from device.doctor import detectors_used
+
+    settings = Settings.model_validate({"wake": {"models": ["alexa", "hey_jarvis"],
+                                                 "confirm": {"alexa": "agree"}}})
+    line = detectors_used(settings, SimpleNamespace(names=["alexa", "hey_jarvis"]))
+    assert line == ("alexa: openWakeWord from 0.3 + microWakeWord from 0.9 (agree), "
+                    "hey_jarvis: openWakeWord from 0.8")

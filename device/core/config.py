@@ -106,6 +106,20 @@ DEFAULT_CONFIRM: dict[str, Confirm] = {"alexa": "cascade"}
 (docs/sensitivity.md, BENCHMARKS.md): alexa's two detectors make different mistakes and
 agree on real speech; hey_jarvis's microWakeWord model misses most real takes, so it stays off there
 (and for every model not named)."""
+CONFIRMED_PRESETS: dict[str, dict[str, tuple[float, int, float]]] = {
+    "sensitive": {"alexa": (0.3, 1, 0.5)},
+    "balanced": {"alexa": (0.3, 1, 0.9)},
+    "strict": {"alexa": (0.8, 2, 0.9)},
+}
+"""(openWakeWord's threshold, its patience, microWakeWord's threshold) per level for a wake word
+that both detectors must hear (wake.confirm agree or cascade), where measured. A stage that
+another stage checks can listen more widely: at `balanced`, microWakeWord confirms at its model's
+own cutoff (0.9 for alexa) and openWakeWord fires from 0.3, which keeps the recall of openWakeWord
+alone at the level on the tuning takes (BENCHMARKS.md, "Two detectors, strict and wide").
+Other wake words, and the "custom" level, keep the level's openWakeWord preset and
+CONFIRM_THRESHOLD."""
+CONFIRM_THRESHOLD = 0.5
+"""microWakeWord's threshold where CONFIRMED_PRESETS names none (hey_jarvis was measured so)."""
 CONFIRM_WINDOW_S = 1.5
 """With agree or cascade, the two detectors must fire within this long of each other."""
 CASCADE_LEVEL = 0.1
@@ -142,11 +156,10 @@ class WakeSettings(_Section):
     1.5 s; the light comes on only when both have) or "cascade" (the same wakes as agree, but
     openWakeWord runs only once microWakeWord's probability rises over 0.1). A wake word not named
     here gets the measured default: "cascade" for alexa, "none" for every other."""
-    confirm_threshold: Probability = 0.5
+    confirm_threshold: Probability | None = None
     """microWakeWord's probability (its own average over its last windows) that confirms a wake, at
-    every level. Its models' own cutoffs (0.9 for alexa) are for it alone; as the second detector,
-    0.9 cost 2.5-3 points of real-speech recall against 0.5 and turned no further false wake away
-    (docs/sensitivity.md)."""
+    every level; unset: the measured one for the wake word and level (0.9 for alexa at
+    `balanced`, where openWakeWord then fires from 0.3; docs/sensitivity.md), else 0.5."""
     gate: bool = True
     """In a quiet room, run the wake-word models only when a frame stands out from the noise floor
     (the skipped audio is replayed first, so no wake is lost at the onset of speech)."""
@@ -159,29 +172,38 @@ class WakeSettings(_Section):
     openWakeWord scores from 16 embeddings of 76 melspectrogram frames each: about 2.1 s of audio,
     so a shorter replay would leave what came before the gate shut in its context."""
 
-    def preset(self, name: str, level: str | None = None,
-               owner: bool = False) -> tuple[float, int]:
-        """(threshold, patience) for a model at `level` (default: the configured one); with
-        `owner`, as it is when an owner verifier trained against impostors takes the second look
-        (OWNER_THRESHOLDS). A threshold set for the model in `thresholds` is kept as it is."""
+    def preset(self, name: str, level: str | None = None, owner: bool = False,
+               confirmed: bool | None = None) -> tuple[float, int]:
+        """openWakeWord's (threshold, patience) for a model at `level` (default: the configured
+        one); `confirmed`: whether microWakeWord must agree (default: as wake.confirm says), which
+        has presets of its own (CONFIRMED_PRESETS); with `owner`, as it is when an owner verifier
+        trained against impostors takes the second look (OWNER_THRESHOLDS). A threshold set for
+        the model in `thresholds` is kept as it is."""
         level = level or self.sensitivity
+        if confirmed is None:
+            confirmed = self.confirm_for(name) != "none"
+        paired = CONFIRMED_PRESETS.get(level, {}).get(name) if confirmed else None
         base = ((self.threshold, self.patience_frames) if level == "custom"
-                else PRESETS[level].get(name, PRESETS[level]["*"]))
+                else paired[:2] if paired else PRESETS[level].get(name, PRESETS[level]["*"]))
         if owner and level in OWNER_THRESHOLDS:
             base = (min(base[0], OWNER_THRESHOLDS[level]), base[1])
         return self.thresholds.get(name, base[0]), base[1]
 
-    def threshold_for(self, name: str, level: str | None = None) -> float:
-        return self.preset(name, level)[0]
+    def threshold_for(self, name: str, level: str | None = None,
+                      confirmed: bool | None = None) -> float:
+        return self.preset(name, level, confirmed=confirmed)[0]
 
     def confirm_for(self, name: str) -> Confirm:
         """The second detector's part for `name`: as configured, else the measured default."""
         return self.confirm.get(name, DEFAULT_CONFIRM.get(name, "none"))
 
-    def confirm_threshold_for(self, name: str) -> float:
-        """The microWakeWord probability that confirms a wake of `name` (one for every model and
-        every level: measured so, see docs/sensitivity.md)."""
-        return self.confirm_threshold
+    def confirm_threshold_for(self, name: str, level: str | None = None) -> float:
+        """The microWakeWord probability that confirms a wake of `name` at `level` (default: the
+        configured one): wake.confirm_threshold where set, else the measured one."""
+        if self.confirm_threshold is not None:
+            return self.confirm_threshold
+        paired = CONFIRMED_PRESETS.get(level or self.sensitivity, {}).get(name)
+        return paired[2] if paired else CONFIRM_THRESHOLD
 
 
 class RecorderSettings(_Section):

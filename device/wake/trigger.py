@@ -140,11 +140,12 @@ class WakeGate:
         confirm: Mapping[str, float] = getattr(scores, "confirm", {})
         fired, any_over = {}, False
         for name, score in scores.items():
-            threshold, patience = self._settings.preset(name, level, self._owner(name))
+            second = confirm.get(name)
+            threshold, patience = self._settings.preset(name, level, self._owner(name),
+                                                        confirmed=second is not None)
             self._streak[name] = self._streak.get(name, 0) + 1 if score > threshold else 0
             first = float(score) if self._streak[name] >= patience else None
-            second = confirm.get(name)
-            if second is not None and second <= self._settings.confirm_threshold_for(name):
+            if second is not None and second <= self._settings.confirm_threshold_for(name, level):
                 second = None
             any_over |= score > threshold or second is not None
             if first is not None or second is not None:
