@@ -71,7 +71,7 @@ from device.wake.verifier import TURNED_AWAY, VerifierFiles, Weights, enrollment
 
 FRAME = 1280
 RATE = 16000
-AUDIO = (".wav", ".flac", ".ogg")
+AUDIO = (".wav", ".flac", ".ogg", ".opus")  # Debian ships warzone2100's music as Opus
 BARE_THRESHOLD, BARE_REFRACTORY_S = 0.5, 2.0
 LEAD_IN = 2 * RATE
 BARE_FALSE: dict[tuple[str, str], int] = {}
