@@ -4,6 +4,10 @@
     scripts/voice-levers rules OUT.json [--phrases FILE.json]              (seconds: from OUT.json)
     scripts/voice-levers vad NOISE_DIR OUT.json                            (per-frame VAD views)
     scripts/voice-levers vad-rules OUT.json
+    scripts/voice-levers ns NOISE_DIR OUT.json [--variants base,ns2g0,...]   (slow: a decode per variant)
+    scripts/voice-levers ns-rules OUT.json                                 (seconds: from OUT.json)
+    scripts/voice-levers ns-pipeline NOISE_DIR OUT.json --ns 0,2 [--snr 10]  (the bench's tuning half)
+    scripts/voice-levers ns-cost OUT.json                                  (CPU per 80 ms frame)
 
 `decode` renders every tuning rendering of the commands (each phrasing) and of the ordinary
 sentences (each Korean voice half of them per SNR, alternating; the two English voices all of
@@ -15,7 +19,20 @@ them (`g1`: a garbage model for a model without "[unk]"), and a recognizer limit
 for every phrase of which the first hearing had two words in order (`looks`). `rules` then compares
 decision rules on those words without decoding again. `vad` keeps each detector's per-frame view
 of commands and sentences in noise; `vad-rules` says for how many of them a recording would end
-within 1.5 s of the speaker stopping. The test set is never read here.
+within 1.5 s of the speaker stopping.
+
+`ns` is the noise-suppression lever: the same tuning renderings (the same noise offsets as
+`decode`) through webrtc-noise-gain's AudioProcessor(auto_gain_dbfs, noise_suppression_level) in
+10 ms pieces before the grammar recognizer (variant `nsLgG`: level L, gain G; `base`: none), the
+processor warmed up first on 2 s of the same noise (clean: a -80 dBFS floor, DITHER), as a
+stream that ran before the wake would be. It keeps `g0` and the shipped rule's second looks per
+variant, and for `base` the grammar recognizer's N-best list (SetMaxAlternatives, the second lever)
+with a look at every phrase an alternative holds word for word. `ns-rules` scores the shipped rule
+per variant and N-best rules on `base`. `ns-pipeline` runs the bench's whole pipeline
+(openWakeWord, VAD, recognizer, writer) on the tuning group with the suppressor in front of all
+of it (as wyoming-satellite's --noise-suppression), so wake words heard in noise are counted too;
+`ns-cost` times it beside openWakeWord. webrtc-noise-gain is not a dependency: put it on
+PYTHONPATH (pip install --target). The test set is never read here.
 """
 
 from __future__ import annotations
@@ -253,9 +270,11 @@ def table(items: list[dict[str, Any]], name: str, decide: Decide) -> dict[str, A
            "ordinary": sum(v for k, v in c.items() if k.startswith("ord")),
            "missed_dropped": sum(v for k, v in c.items() if k.startswith("near")),
            "ordinary_dropped": sum(v for k, v in c.items() if k.startswith("dropped")),
-           "by_snr": {s: f"{c[f'ok {s}']}/{c[f'cmd {s}']}" for s in ("clean", "20dB", "10dB")}}
+           "by_snr": {s: f"{c[f'ok {s}']}/{c[f'cmd {s}']}" for s in ("clean", "20dB", "10dB")},
+           "false_by_snr": [c[f"false {s}"] for s in ("clean", "20dB", "10dB")]}
     print(f"{name:<58} {row['recognized']:>3}/{row['commands']:<3} {row['by_snr']}  false "
-          f"{row['false']}/{row['ordinary']}  near: misses {row['missed_dropped']}, ordinary "
+          f"{row['false']}/{row['ordinary']} {row['false_by_snr']}  near: misses {row['missed_dropped']}, "
+          f"ordinary "
           f"{row['ordinary_dropped']}")
     return row
 
@@ -400,14 +419,272 @@ def vad_rules(path: Path) -> None:
     print(json.dumps(rows))
 
 
+NBEST = 10
+"""Alternatives asked of the grammar recognizer (Vosk returns fewer when its lattice holds fewer)."""
+
+
+def suppress(audio: np.ndarray, level: int, gain: int, warm: np.ndarray | None = None) -> np.ndarray:
+    """`audio` through webrtc-noise-gain in 10 ms pieces (after `warm`, whose output is dropped)."""
+    from webrtc_noise_gain import AudioProcessor  # type: ignore[import-not-found]
+
+    proc = AudioProcessor(gain, level)
+    if warm is not None:
+        for i in range(0, len(warm) // 160 * 160, 160):
+            proc.Process10ms(warm[i:i + 160].tobytes())
+    n = len(audio) // 160 * 160
+    out = [np.frombuffer(proc.Process10ms(audio[i:i + 160].tobytes()).audio, np.int16)
+           for i in range(0, n, 160)]
+    return np.concatenate([*out, audio[n:]]).astype(np.int16)
+
+
+DITHER = 3.0
+"""Standard deviation (in 16-bit units, about -80 dBFS) of the floor added to clean renderings
+before the suppressor: after espeak-ng's exact zeros it attenuates clean speech by 3-10 dB (40 ->
+22 of 48 clean commands at level 2), which no microphone would give it."""
+
+
+def dither(audio: np.ndarray, item: dict[str, Any]) -> np.ndarray:
+    rng = np.random.default_rng(zlib.crc32(f'dither{item["text"]}{item["voice"]}{len(audio)}'.encode()))
+    return np.clip(audio + rng.normal(0, DITHER, len(audio)), -32768, 32767).astype(np.int16)
+
+
+def variant(name: str) -> tuple[int, int] | None:
+    """"base" -> None; "ns2g31" -> (level 2, gain 31)."""
+    if name == "base":
+        return None
+    level, gain = name.removeprefix("ns").split("g")
+    return int(level), int(gain)
+
+
+def nbest(dec: Decoder, audio: np.ndarray, grammar: list[str]) -> list[list[Any]]:
+    """[[words], score] per alternative, best first (Vosk's alternatives carry no word confidence)."""
+    r = dec._vosk.KaldiRecognizer(dec._model, 16000, json.dumps(grammar, ensure_ascii=False))
+    r.SetMaxAlternatives(NBEST)
+    r.SetWords(True)
+    for i in range(0, len(audio), 1280):
+        r.AcceptWaveform(audio[i:i + 1280].tobytes())
+    return [[[[w["word"], 1.0, round(w["start"], 2), round(w["end"], 2)] for w in a.get("result", [])],
+             round(a["confidence"], 2)] for a in json.loads(r.FinalResult()).get("alternatives", [])]
+
+
+def decode_ns(noise_dir: Path, out: Path, phrases: dict[str, list[str]], variants: list[str]) -> None:
+    """Per variant (outer loop, so a partial run has whole variants): g0 and the second looks."""
+    from bench_voice import speech_level, with_noise
+
+    render, dec = Renderer(out.parent / "renders", noise_dir), Decoder()
+    g0 = sorted({p for ps in phrases.values() for p in ps}) + ["[unk]"]
+    items = tuning_items(phrases)
+    done: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"items": items, "runs": {}}
+    for name in variants:
+        if name in done["runs"]:
+            continue
+        v, rows = variant(name), []
+        for item in items:
+            audio = render.audio(item)
+            if v is not None:
+                if item["snr"] is None:  # a microphone's floor: digital silence makes the
+                    audio = dither(audio, item)  # suppressor take the speech for noise
+                warm = dither(np.zeros(32000, np.int16), item) if item["snr"] is None else with_noise(
+                    np.zeros(32000, np.int16), render.noise(item["noise"]), item["snr"],
+                    speech_level(audio), zlib.crc32(f'warm{item["text"]}{item["voice"]}'.encode()))
+                audio = suppress(audio, v[0], v[1], warm)
+            row: dict[str, Any] = {"g0": dec.words(audio, g0)}
+            heard = [w[0] for w in after_tail(row["g0"])]
+            look_at = {p for p in g0[:-1] if common_in_order(p.split(), heard) >= min(2, len(p.split()))}
+            if v is None:
+                row["nbest"] = nbest(dec, audio, g0)
+                look_at |= {p for alt, _ in row["nbest"] for p in g0[:-1]
+                            if " ".join(w[0] for w in after_tail(alt)) == p}
+            row["looks"] = {p: dec.words(audio, [p, "[unk]"]) for p in sorted(look_at)}
+            rows.append(row)
+        done["runs"][name] = rows
+        out.write_text(json.dumps(done, ensure_ascii=False))
+        print(name, "done", flush=True)
+
+
+def ns_rules(path: Path, phrases: dict[str, list[str]]) -> None:
+    data = json.loads(path.read_text())
+    r = Rules(phrases)
+
+    def shipped(item: dict[str, Any]) -> tuple[str | None, bool]:
+        return r.second_look(item, 1, 1, None, 2, 1, 0.6, 0.9)
+
+    rows = []
+    print("-- noise suppression in front of the grammar recognizer (shipped rule)")
+    for name, run in data["runs"].items():
+        items = [dict(i, **row) for i, row in zip(data["items"], run, strict=True)]
+        rows.append(table(items, f"{name}: shipped rule", shipped))
+        rows.append(table(items, f"{name}: word for word only", lambda i: (r.exact(i["g0"]), False)))
+    if "base" not in data["runs"]:
+        print(json.dumps(rows, ensure_ascii=False))
+        return
+    items = [dict(i, **row) for i, row in zip(data["items"], data["runs"]["base"], strict=True)]
+
+    def in_top(item: dict[str, Any], k: int, gap: float | None) -> list[tuple[str, int]]:
+        """(phrase, rank) of the alternatives within the top k (and within `gap` of the first's
+        score) that are a phrase word for word (no "[unk]" beyond the wake word's tail)."""
+        alts = item["nbest"][:k]
+        found = []
+        for rank, (alt, score) in enumerate(alts):
+            names = [w[0] for w in after_tail(alt)]
+            p = " ".join(names)
+            if p in r.by and (gap is None or alts[0][1] - score <= gap):
+                found.append((p, rank))
+        return found
+
+    def with_nbest(k: int, gap: float | None, look: float | None, only_one: bool = True) -> Decide:
+        """The shipped rule first; when it gives no command, a phrase among the top k alternatives
+        (then, with `look`, only if the recognizer limited to that phrase hears it word for word,
+        every word at least `look` sure)."""
+        def decide(item: dict[str, Any]) -> tuple[str | None, bool]:
+            c, near = shipped(item)
+            if c:
+                return c, near
+            found = in_top(item, k, gap)
+            cmds = {r.by[p] for p, _ in found}
+            if not cmds or (only_one and len(cmds) > 1):
+                return None, near
+            if look is not None:
+                cmds = {r.by[p] for p, _ in found if r.exact(item["looks"].get(p, []), look)}
+                if len(cmds) != 1:
+                    return None, near
+            return sorted(cmds)[0], near
+        return decide
+
+    counts = Counter(len(i["nbest"]) for i in items)
+    print(f"-- N-best (SetMaxAlternatives({NBEST})) on base: alternatives returned "
+          f"{dict(sorted(counts.items()))}")
+    missed = [i for i in items if i["kind"] == "cmd" and shipped(i)[0] != i["cmd"]]
+    for k in (2, 3, 5, 10):
+        hit = sum(1 for i in missed if any(r.by[p] == i["cmd"] for p, _ in in_top(i, k, None)))
+        print(f"commands the shipped rule missed with their phrase in the top {k}: {hit}/{len(missed)}")
+    ords = [i for i in items if i["kind"] == "ord"]
+    for k in (2, 3, 5, 10):
+        hit = sum(1 for i in ords if in_top(i, k, None))
+        print(f"ordinary utterances with a phrase in the top {k}: {hit}/{len(ords)}")
+    rows.append(table(items, "base: shipped rule", shipped))
+    rows.append(table(items, "base: N-best first alternative word for word",
+                      lambda i: (r.by.get(" ".join(w[0] for w in after_tail(i["nbest"][0][0])))
+                                 if i["nbest"] and "[unk]" not in [w[0] for w in after_tail(i["nbest"][0][0])]
+                                 else None, False)))
+    for k in (2, 3, 5, 10):
+        rows.append(table(items, f"base: shipped, else a phrase in top {k}", with_nbest(k, None, None)))
+    for gap in (1.0, 3.0, 10.0):
+        rows.append(table(items, f"base: shipped, else a phrase in top 10 within {gap} of the first",
+                          with_nbest(10, gap, None)))
+    for look in (0.6, 0.9):
+        rows.append(table(items, f"base: shipped, else top 10 and its own look >= {look}",
+                          with_nbest(10, None, look)))
+    print(json.dumps(rows, ensure_ascii=False))
+
+
+def ns_pipeline(noise_dir: Path, out: Path, ns: tuple[int, int] | None,
+                snrs: list[float | None]) -> None:
+    """scripts/bench --only-voice --groups tuning, the suppressor in front of everything (one
+    processor over each scene's whole stream, as on a device): the same scenes, noise and seeds,
+    and a -80 dBFS floor (DITHER) under every scene, with the suppressor or without."""
+    import os
+    import tempfile
+
+    import bench_voice
+
+    from device.storage.models import ModelStore
+
+    run_scene = bench_voice.run_scene
+
+    def suppressed(settings: Any, models: Any, grammar: Any, tmp: Path, name: str,
+                   audio: np.ndarray) -> Any:
+        audio = dither(audio, {"text": name, "voice": ""})  # with or without the suppressor
+        return run_scene(settings, models, grammar, tmp, name,
+                         audio if ns is None else suppress(audio, ns[0], ns[1]))
+
+    bench_voice.run_scene = suppressed
+    models = ModelStore(Path(os.environ["EDGE_RECORDER_MODELS_DIR"]))
+    bench_voice.SNRS = snrs
+    with tempfile.TemporaryDirectory() as tmp:
+        result, _ = bench_voice.bench_groups(models, Path(tmp), noise_dir, ["tuning"])
+    result = {"ns": ns, **result}
+    for key, t in result.items():
+        if key != "ns":
+            print(f"{key} ns={ns}: commands {t['cmd_recognized']}/{t['commands']} (no wake "
+                  f"{t['cmd_no_wake']}, kept {t['cmd_kept']}, near {t['cmd_near_dropped']}), false "
+                  f"{t['ord_false']}/{t['ordinary']} (no wake {t['ord_no_wake']}), end within 1.5 s "
+                  f"{t['end_within']}/{t['end_measured']}")
+    out.write_text(json.dumps(result))
+
+
+def ns_cost(out: Path) -> None:
+    """CPU ms per 80 ms frame: the suppressor per level and gain, beside openWakeWord's predict, on
+    the same frames in one run (as bench_voice.vad_costs)."""
+    import os
+    import tempfile
+    import time
+
+    from bench_parts import to_frames  # type: ignore[import-not-found]
+    from webrtc_noise_gain import AudioProcessor
+
+    from device.storage.models import ModelStore
+    from device.wake.detector import load_openwakeword_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        audio = np.concatenate([speak(Path(tmp) / f"cost{i}.wav", t, voice="ko", wpm=150)
+                                for i, t in enumerate(SENTENCES["korean"][:8])])
+    noise = np.random.default_rng(1).normal(0, 300, len(audio))
+    frames = [f.samples for f in to_frames(np.clip(audio + noise, -32768, 32767).astype(np.int16))]
+    costs: dict[str, float] = {}
+
+    def per_frame(name: str, fn: Any) -> None:
+        start = time.process_time()
+        for f in frames:
+            fn(f)
+        costs[name] = round(1000 * (time.process_time() - start) / len(frames), 4)
+
+    models = ModelStore(Path(os.environ["EDGE_RECORDER_MODELS_DIR"]))
+    model = load_openwakeword_model([str(models.wake_model("hey_jarvis")[1])], models)
+    for _ in range(3):  # the same order thrice: the machine is shared, take each one's least
+        for level in (1, 2, 3, 4):
+            for gain in (0, 31):
+                proc = AudioProcessor(gain, level)
+                name = f"ns{level}g{gain}_ms"
+                before = costs.get(name)
+                per_frame(name, lambda f, p=proc: [p.Process10ms(f[i:i + 160].tobytes())
+                                                   for i in range(0, len(f), 160)])
+                costs[name] = min(costs[name], before) if before is not None else costs[name]
+        before = costs.get("openwakeword_bare_ms")
+        per_frame("openwakeword_bare_ms", model.predict)
+        costs["openwakeword_bare_ms"] = min(costs["openwakeword_bare_ms"], before or 1e9)
+    costs["frames"] = len(frames)
+    print(costs)
+    out.write_text(json.dumps(costs))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["decode", "rules", "vad", "vad-rules"])
+    parser.add_argument("what", choices=["decode", "rules", "vad", "vad-rules", "ns", "ns-rules",
+                                         "ns-pipeline", "ns-cost"])
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--phrases", type=Path, default=None,
                         help="a JSON {command: [phrases]} instead of config/example-voice-ko.toml")
+    parser.add_argument("--variants", default="base,ns2g0,ns1g0,ns3g0,ns4g0,ns2g31,ns4g31",
+                        help="ns: base (no suppressor) and nsLgG (level L 1-4, auto gain G dBFS)")
+    parser.add_argument("--ns", default=None, help="ns-pipeline: LEVEL,GAIN (none: no suppressor)")
+    parser.add_argument("--snr", default="clean,20,10", help="ns-pipeline: conditions")
     args = parser.parse_args()
     phrases = phrases_of(args.phrases)
+    if args.what == "ns":
+        decode_ns(args.paths[0], args.paths[1], phrases, args.variants.split(","))
+        return 0
+    if args.what == "ns-rules":
+        ns_rules(args.paths[0], phrases)
+        return 0
+    if args.what == "ns-pipeline":
+        ns = None if args.ns in (None, "none") else tuple(int(x) for x in args.ns.split(","))
+        ns_pipeline(args.paths[0], args.paths[1], ns,  # type: ignore[arg-type]
+                    [None if x == "clean" else float(x) for x in args.snr.split(",")])
+        return 0
+    if args.what == "ns-cost":
+        ns_cost(args.paths[0])
+        return 0
     if args.what == "decode":
         decode(args.paths[0], args.paths[1], phrases)
     elif args.what == "rules":
