@@ -6,7 +6,7 @@
     scripts/voice-levers vad-rules OUT.json
     scripts/voice-levers ns NOISE_DIR OUT.json [--variants base,ns2g0,...]   (slow: a decode per variant)
     scripts/voice-levers ns-rules OUT.json                                 (seconds: from OUT.json)
-    scripts/voice-levers ns-pipeline NOISE_DIR OUT.json --ns 0,2 [--snr 10]  (the bench's tuning half)
+    scripts/voice-levers ns-pipeline NOISE_DIR OUT.json --ns 3,0 [--snr 10] [--where recognizer]
     scripts/voice-levers ns-cost OUT.json                                  (CPU per 80 ms frame)
 
 `decode` renders every tuning rendering of the commands (each phrasing) and of the ordinary
@@ -579,34 +579,59 @@ def ns_rules(path: Path, phrases: dict[str, list[str]]) -> None:
 
 
 def ns_pipeline(noise_dir: Path, out: Path, ns: tuple[int, int] | None,
-                snrs: list[float | None]) -> None:
+                snrs: list[float | None], where: str = "all") -> None:
     """scripts/bench --only-voice --groups tuning, the suppressor in front of everything (one
     processor over each scene's whole stream, as on a device): the same scenes, noise and seeds,
-    and a -80 dBFS floor (DITHER) under every scene, with the suppressor or without."""
+    and a -80 dBFS floor (DITHER) under every scene, with the suppressor or without. With
+    where="recognizer", openWakeWord and the VAD hear the stream as it is and only the command
+    recognizer (and its second looks) the suppressed one: each 80 ms frame it is given is swapped
+    for the suppressed frame at the same place (found by its bytes)."""
     import os
     import tempfile
 
     import bench_voice
 
+    from device.speech import voice
     from device.storage.models import ModelStore
 
     run_scene = bench_voice.run_scene
+    swap: dict[bytes, np.ndarray] = {}
+    swapped = Counter[str]()
 
     def suppressed(settings: Any, models: Any, grammar: Any, tmp: Path, name: str,
                    audio: np.ndarray) -> Any:
         audio = dither(audio, {"text": name, "voice": ""})  # with or without the suppressor
-        return run_scene(settings, models, grammar, tmp, name,
-                         audio if ns is None else suppress(audio, ns[0], ns[1]))
+        if ns is None:
+            return run_scene(settings, models, grammar, tmp, name, audio)
+        quiet = suppress(audio, ns[0], ns[1])
+        if where == "all":
+            return run_scene(settings, models, grammar, tmp, name, quiet)
+        swap.clear()
+        swap.update({audio[i:i + FRAME].tobytes(): quiet[i:i + FRAME]  # every 10 ms: a clip
+                     for i in range(0, len(audio) - FRAME + 1, 160)})  # can start between frames
+        return run_scene(settings, models, grammar, tmp, name, audio)
 
+    if where == "recognizer":
+        accept = voice.VoskCommandStream.accept
+
+        def accept_quiet(self: Any, samples: np.ndarray) -> None:
+            pieces = [samples[i:i + FRAME] for i in range(0, len(samples), FRAME)]
+            quiet = [swap.get(x.tobytes()) for x in pieces]
+            for x, q in zip(pieces, quiet, strict=True):
+                swapped["swapped" if q is not None else f"not found ({len(x)})"] += 1
+                accept(self, x if q is None else q)
+
+        voice.VoskCommandStream.accept = accept_quiet  # type: ignore[method-assign]
     bench_voice.run_scene = suppressed
     models = ModelStore(Path(os.environ["EDGE_RECORDER_MODELS_DIR"]))
     bench_voice.SNRS = snrs
     with tempfile.TemporaryDirectory() as tmp:
         result, _ = bench_voice.bench_groups(models, Path(tmp), noise_dir, ["tuning"])
-    result = {"ns": ns, **result}
+    result = {"ns": ns, "where": where, "frames": dict(swapped), **result}
     for key, t in result.items():
-        if key != "ns":
-            print(f"{key} ns={ns}: commands {t['cmd_recognized']}/{t['commands']} (no wake "
+        if key not in ("ns", "where", "frames"):
+            print(f"{key} ns={ns} in front of {where} {dict(swapped)}: commands "
+                  f"{t['cmd_recognized']}/{t['commands']} (no wake "
                   f"{t['cmd_no_wake']}, kept {t['cmd_kept']}, near {t['cmd_near_dropped']}), false "
                   f"{t['ord_false']}/{t['ordinary']} (no wake {t['ord_no_wake']}), end within 1.5 s "
                   f"{t['end_within']}/{t['end_measured']}")
@@ -669,6 +694,9 @@ def main() -> int:
                         help="ns: base (no suppressor) and nsLgG (level L 1-4, auto gain G dBFS)")
     parser.add_argument("--ns", default=None, help="ns-pipeline: LEVEL,GAIN (none: no suppressor)")
     parser.add_argument("--snr", default="clean,20,10", help="ns-pipeline: conditions")
+    parser.add_argument("--where", choices=["all", "recognizer"], default="all",
+                        help="ns-pipeline: the suppressor in front of everything or of the "
+                             "command recognizer only")
     args = parser.parse_args()
     phrases = phrases_of(args.phrases)
     if args.what == "ns":
@@ -680,7 +708,7 @@ def main() -> int:
     if args.what == "ns-pipeline":
         ns = None if args.ns in (None, "none") else tuple(int(x) for x in args.ns.split(","))
         ns_pipeline(args.paths[0], args.paths[1], ns,  # type: ignore[arg-type]
-                    [None if x == "clean" else float(x) for x in args.snr.split(",")])
+                    [None if x == "clean" else float(x) for x in args.snr.split(",")], args.where)
         return 0
     if args.what == "ns-cost":
         ns_cost(args.paths[0])
