@@ -519,6 +519,25 @@ def ns_rules(path: Path, phrases: dict[str, list[str]]) -> None:
         print(json.dumps(rows, ensure_ascii=False))
         return
     items = [dict(i, **row) for i, row in zip(data["items"], data["runs"]["base"], strict=True)]
+    print("-- two recognizers: the stream as it is (shipped rule), else the suppressed one's command if "
+          "the first hearing held at least `need` of its phrase's words in order")
+    for name, run in data["runs"].items():
+        if name == "base":
+            continue
+        quiet = [dict(i, **row) for i, row in zip(data["items"], run, strict=True)]
+        for need in (1, 2):
+            def both(item: dict[str, Any], q: tuple[dict[str, Any], ...] = tuple(quiet),
+                     need: int = need) -> tuple[str | None, bool]:
+                c, near = shipped(item)
+                if c:
+                    return c, near
+                got, _ = shipped(q[item["i"]])
+                heard = [w[0] for w in after_tail(item["g0"])]
+                ok = got and any(common_in_order(p.split(), heard) >= need
+                                 for p, pc in r.by.items() if pc == got)
+                return (got if ok else None), near
+            rows.append(table([dict(it, i=k) for k, it in enumerate(items)],
+                              f"base, else {name} with >= {need} words heard", both))
 
     def in_top(item: dict[str, Any], k: int, gap: float | None) -> list[tuple[str, int]]:
         """(phrase, rank) of the alternatives within the top k (and within `gap` of the first's
