@@ -115,7 +115,8 @@ def check_models(settings: Settings, state_dir: Path) -> Check:
 
 
 def detectors_used(settings: Settings, scorer: Any) -> str:
-    """Which detectors each wake word uses, e.g. "alexa: openWakeWord + microWakeWord (cascade)"."""
+    """Which detectors each wake word uses, and from which score each fires, e.g. "alexa:
+    openWakeWord + microWakeWord (cascade, from 0.3 and 0.9)"."""
     from device.wake.confirm import confirm_modes
 
     modes = confirm_modes(settings.wake, scorer.names)
@@ -127,9 +128,9 @@ def detectors_used(settings: Settings, scorer: Any) -> str:
 
     def pair(name: str, mode: str) -> str:
         if mode == "none":
-            return f"{name}: openWakeWord from {wake.threshold_for(name, confirmed=False):g}"
-        return (f"{name}: openWakeWord from {wake.threshold_for(name, confirmed=True):g} + "
-                f"microWakeWord from {wake.confirm_threshold_for(name):g} ({mode})")
+            return f"{name}: openWakeWord (from {wake.threshold_for(name, confirmed=False):g})"
+        return (f"{name}: openWakeWord + microWakeWord ({mode}, from "
+                f"{wake.threshold_for(name, confirmed=True):g} and {wake.confirm_threshold_for(name):g})")
 
     return ", ".join(pair(name, mode) for name, mode in modes.items())
 

@@ -335,5 +335,5 @@ def test_doctor_says_which_detectors_each_wake_word_uses_and_from_which_score() 
     settings = Settings.model_validate({"wake": {"models": ["alexa", "hey_jarvis"],
                                                  "confirm": {"alexa": "agree"}}})
     line = detectors_used(settings, SimpleNamespace(names=["alexa", "hey_jarvis"]))
-    assert line == ("alexa: openWakeWord from 0.3 + microWakeWord from 0.9 (agree), "
-                    "hey_jarvis: openWakeWord from 0.8")
+    assert line == ("alexa: openWakeWord + microWakeWord (agree, from 0.3 and 0.9), "
+                    "hey_jarvis: openWakeWord (from 0.8)")
