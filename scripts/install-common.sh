@@ -19,6 +19,13 @@ run() {
 }
 done_already() { printf '    ok: %s\n' "$*"; }
 
+# What an installed edge-recorder was built from: its version alone misses an update from a newer
+# checkout of the same version (git pull), which then kept running the old code.
+source_id() {
+  (cd "$1" && find pyproject.toml device -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 |
+    LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+}
+
 require_root() {
   if [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
     echo "$(basename "$0"): run as root (sudo $0), or try --dry-run" >&2

@@ -95,12 +95,17 @@ if [ "$WEB" -eq 1 ]; then
 fi
 EXTRA="[$EXTRAS]"
 web_ready() { [ "$WEB" -eq 0 ] || "$PREFIX/venv/bin/python" -c 'import starlette, uvicorn, jinja2, argon2' 2>/dev/null; }
-if [ "$("$PREFIX/venv/bin/edge-recorder" --version 2>/dev/null)" = "edge-recorder $VERSION" ] && web_ready; then
-  done_already "edge-recorder $VERSION installed"
+SOURCE_ID=$(source_id "$SRC")
+SOURCE_STAMP="$PREFIX/venv/edge-recorder.source"  # the source_id it was installed from
+if [ "$("$PREFIX/venv/bin/edge-recorder" --version 2>/dev/null)" = "edge-recorder $VERSION" ] &&
+   [ "$(cat "$SOURCE_STAMP" 2>/dev/null)" = "$SOURCE_ID" ] && web_ready; then
+  done_already "edge-recorder $VERSION installed from this source"
 else
   run "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check "${SRC}${EXTRA}"
   # openwakeword's metadata requires tflite-runtime (broken beside NumPy 2): pinned, without deps.
   run "$SRC/scripts/openwakeword-install" "$PREFIX/venv/bin/python"
+  printf '    + record the source in %s\n' "$SOURCE_STAMP"
+  if [ "$DRY_RUN" -eq 0 ]; then printf '%s\n' "$SOURCE_ID" >"$SOURCE_STAMP"; fi
 fi
 
 step "GPIO driver (lgpio) for Python $PYVER"

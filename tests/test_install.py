@@ -69,3 +69,26 @@ def test_bad_options_are_refused() -> None:
     proc = subprocess.run([str(ROOT / "scripts" / "install.sh"), "--frobnicate"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "unknown option --frobnicate" in proc.stderr
+
+
+def test_an_update_of_the_same_version_is_installed_again(tmp_path: Path) -> None:
+    """install.sh skips the package only when it was installed from this very source: a newer
+    checkout of the same version (git pull) used to be taken for installed, and the old code ran."""
+    def source_id(tree: Path) -> str:
+        proc = subprocess.run(["bash", "-c", f'source "{ROOT}/scripts/install-common.sh"; source_id "$1"',
+                               "_", str(tree)], capture_output=True, text=True, timeout=60, check=True)
+        return proc.stdout.strip()
+
+    tree = tmp_path / "src"
+    (tree / "device" / "wake").mkdir(parents=True)
+    (tree / "pyproject.toml").write_text('version = "0.2.0"\n')
+    (tree / "device" / "wake" / "trigger.py").write_text("THRESHOLD = 0.7\n")
+    first = source_id(tree)
+    (tree / "device" / "wake" / "__pycache__").mkdir()
+    (tree / "device" / "wake" / "__pycache__" / "trigger.cpython-311.pyc").write_bytes(b"\0")
+    assert source_id(tree) == first and len(first) == 64  # bytecode is not source
+    (tree / "device" / "wake" / "trigger.py").write_text("THRESHOLD = 0.3\n")
+    assert source_id(tree) != first
+    dry = subprocess.run([str(ROOT / "scripts" / "install.sh"), "--dry-run"], capture_output=True,
+                         text=True, timeout=120)
+    assert "record the source in /opt/edge-recorder/venv/edge-recorder.source" in dry.stdout
