@@ -117,7 +117,9 @@ another stage checks can listen more widely: at `balanced`, microWakeWord confir
 own cutoff (0.9 for alexa) and openWakeWord fires from 0.3, which keeps the recall of openWakeWord
 alone at the level on the tuning takes (BENCHMARKS.md, "Two detectors, strict and wide").
 Other wake words, and the "custom" level, keep the level's openWakeWord preset and
-CONFIRM_THRESHOLD."""
+CONFIRM_THRESHOLD; so does openWakeWord where wake.confirm_threshold sets microWakeWord lower than
+the pair's (the earlier default.toml wrote `confirm_threshold = 0.5` into every installed config:
+at `balanced` that keeps 0.7 and 0.5, as before, not 0.3 with 0.5)."""
 CONFIRM_THRESHOLD = 0.5
 """microWakeWord's threshold where CONFIRMED_PRESETS names none (hey_jarvis was measured so)."""
 CONFIRM_WINDOW_S = 1.5
@@ -159,7 +161,9 @@ class WakeSettings(_Section):
     confirm_threshold: Probability | None = None
     """microWakeWord's probability (its own average over its last windows) that confirms a wake, at
     every level; unset: the measured one for the wake word and level (0.9 for alexa at
-    `balanced`, where openWakeWord then fires from 0.3; docs/sensitivity.md), else 0.5."""
+    `balanced`, where openWakeWord then fires from 0.3; docs/sensitivity.md), else 0.5. Set lower
+    than a level's measured one, openWakeWord keeps its own threshold at that level (0.7 for alexa
+    at `balanced`)."""
     gate: bool = True
     """In a quiet room, run the wake-word models only when a frame stands out from the noise floor
     (the skipped audio is replayed first, so no wake is lost at the onset of speech)."""
@@ -183,6 +187,8 @@ class WakeSettings(_Section):
         if confirmed is None:
             confirmed = self.confirm_for(name) != "none"
         paired = CONFIRMED_PRESETS.get(level, {}).get(name) if confirmed else None
+        if paired and self.confirm_threshold is not None and self.confirm_threshold < paired[2]:
+            paired = None  # openWakeWord's wider threshold was measured with microWakeWord this strict
         base = ((self.threshold, self.patience_frames) if level == "custom"
                 else paired[:2] if paired else PRESETS[level].get(name, PRESETS[level]["*"]))
         if owner and level in OWNER_THRESHOLDS:
