@@ -359,3 +359,15 @@ def test_a_lower_confirm_threshold_than_the_pair_keeps_openwakeword_at_the_level
     uncommented = Settings.model_validate({"wake": {"models": ["alexa"], "confirm_threshold": 0.9}}).wake
     assert uncommented.threshold_for("alexa") == 0.3  # default.toml's example: the default pair
 
+
+def test_the_meter_marks_openwakeword_at_its_own_threshold_where_microwakeword_gives_no_score() -> None:
+    from device.wake.meter import over, render
+    from device.wake.trigger import Scores
+
+    # alexa's default is cascade, but without microWakeWord installed the daemon runs it on
+    # openWakeWord alone, from 0.7: the meter must not mark 0.5 as over (it did, from the pair's 0.3)
+    settings = Settings.model_validate({"wake": {"models": ["alexa"]}})
+    assert "alexa 0.50 " in render(-30.0, True, {"alexa": 0.5}, settings)
+    assert not over({"alexa": 0.5}, settings)
+    assert "alexa 0.50* micro 0.95*" in render(-30.0, True, Scores({"alexa": 0.5}, {"alexa": 0.95}),
+                                               settings)

@@ -31,6 +31,14 @@ SECOND = "micro"
 """How the meter names microWakeWord's probability, beside openWakeWord's score."""
 
 
+def first_threshold(settings: Settings, name: str, scores: Mapping[str, float]) -> float:
+    """openWakeWord's threshold for `name` as the daemon has it: the pair's only where microWakeWord
+    scores it here and wake.confirm has it confirm (not where it is not installed, or set to
+    "none": the meter shows its score for every wake word it has a model for)."""
+    confirmed = name in getattr(scores, "confirm", {}) and settings.wake.confirm_for(name) != "none"
+    return settings.wake.threshold_for(name, confirmed=confirmed)
+
+
 def render(level_db: float, speech: bool, scores: Mapping[str, float], settings: Settings) -> str:
     filled = round(BAR_WIDTH * (level_db - FLOOR_DB) / -FLOOR_DB)
     bar = "#" * filled + "." * (BAR_WIDTH - filled)
@@ -40,7 +48,7 @@ def render(level_db: float, speech: bool, scores: Mapping[str, float], settings:
         return f"{score:.2f}{'*' if score > threshold else ' '}"
 
     words = "  ".join(
-        f"{name} {shown(score, settings.wake.threshold_for(name))}"
+        f"{name} {shown(score, first_threshold(settings, name, scores))}"
         + (f" {SECOND} {shown(confirm[name], settings.wake.confirm_threshold_for(name))}"
            if name in confirm else "")
         for name, score in scores.items()
@@ -51,7 +59,7 @@ def render(level_db: float, speech: bool, scores: Mapping[str, float], settings:
 def over(scores: Mapping[str, float], settings: Settings) -> bool:
     """Whether any detector's score is over its threshold in this frame."""
     confirm: Mapping[str, float] = getattr(scores, "confirm", {})
-    return any(s > settings.wake.threshold_for(k) for k, s in scores.items()) or any(
+    return any(s > first_threshold(settings, k, scores) for k, s in scores.items()) or any(
         s > settings.wake.confirm_threshold_for(k) for k, s in confirm.items())
 
 
@@ -67,7 +75,7 @@ def run_meter(settings: Settings, source: AudioSource, detector: WakeDetector, o
         confirm: Mapping[str, float] = getattr(scores, "confirm", {})
         for name, score in scores.items():
             peaks[name] = max(peaks.get(name, 0.0), score)
-            thresholds[name] = settings.wake.threshold_for(name)
+            thresholds[name] = first_threshold(settings, name, scores)
         for name, score in confirm.items():
             key = f"{name} {SECOND}"
             peaks[key] = max(peaks.get(key, 0.0), score)
