@@ -109,6 +109,37 @@ def test_cascade_wakes_as_agree_does_but_runs_openwakeword_only_when_microwakewo
     assert not of_type(events, "wake") and counted.calls == 0 and counters.frames > 50
 
 
+@pytest.mark.slow
+def test_the_cascade_rests_openwakeword_through_a_recording_unless_microwakeword_stirs(
+    with_models: Path, speech: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept running through every recording (the energy gate's keep-open), openWakeWord cost a third
+    of the cascade's CPU on a talkative stream; a wake word in the recording still supersedes it."""
+    counted = Counted(monkeypatch)
+    short = speech(ALEXA, tail_s=1.5)
+    talk = concat_wavs(tmp_path / "long.wav", speech(ALEXA, tail_s=0.1),
+                       speech(PLAIN_SENTENCE, lead_s=0.1, tail_s=0.1), speech(PLAIN_SENTENCE, lead_s=0.1))
+    runs = []
+    for path in (short, talk):
+        counted.calls = 0
+        events, _, counters = simulate(path, tmp_path / path.stem, MockFactory(), alexa("cascade"))
+        [clip] = of_type(events, "clip")
+        runs.append((counted.calls, counters.frames, clip["end"] - clip["start"]))
+    (short_calls, short_frames, _), (long_calls, long_frames, long_s) = runs
+    assert long_s > 6.0  # the recording ran on through the talk after the wake word
+    assert long_calls - short_calls < 0.3 * (long_frames - short_frames)
+    # "alexa" again inside a recording: the cascade hears what agree (openWakeWord on every frame)
+    # hears, since microWakeWord opens it there as anywhere
+    twice = concat_wavs(tmp_path / "twice.wav", speech(ALEXA, tail_s=0.1),
+                        speech(PLAIN_SENTENCE, lead_s=0.1, tail_s=0.1), speech(ALEXA, lead_s=0.1))
+    heard = []
+    for mode in ("agree", "cascade"):
+        events, _, _ = simulate(twice, tmp_path / f"twice-{mode}", MockFactory(), alexa(mode))
+        heard.append([(e["type"], e.get("reason")) for e in events
+                      if e["type"] in ("wake", "discarded", "clip")])
+    assert heard[0] == heard[1] and len([h for h in heard[1] if h[0] == "wake"]) == 2
+
+
 def _micro_alexa(audio: np.ndarray) -> list[float]:
     detector = micro.MicroWakeWordDetector(["alexa"])
     return [detector.scores(audio[i:i + 1280])["alexa"] for i in range(0, len(audio) - 1279, 1280)]

@@ -35,13 +35,16 @@ class ConfirmedDetector:
     frame_samples = FRAME_SAMPLES
 
     def __init__(self, first: WakeDetector, second: WakeDetector, settings: WakeSettings,
-                 cascade: bool, keep_open: Callable[[], bool] = lambda: False) -> None:
+                 cascade: bool) -> None:
         self.names = first.names
         self.second = second
         self._up = False
         self.first: WakeDetector = first
         if cascade:
-            self.first = GatedDetector(first, settings, keep_open, opens=lambda samples: self._up)
+            # Only microWakeWord opens it, during a recording too (a wake word said then supersedes
+            # the recording, and microWakeWord stirs for it as ever): openWakeWord kept running
+            # through every recording cost a third of the cascade's CPU on a talkative stream.
+            self.first = GatedDetector(first, settings, opens=lambda samples: self._up)
         for engine in (first, second):
             if FRAME_SAMPLES % engine.frame_samples:
                 raise ModelError(f"a detector works in steps of {engine.frame_samples} samples, "
@@ -81,7 +84,7 @@ def build_detector(settings: WakeSettings, scorer: OpenWakeWordDetector,
     if confirmed:
         cascade = all(mode == "cascade" for mode in modes.values())
         detector = ConfirmedDetector(scorer, micro.MicroWakeWordDetector(confirmed), settings,
-                                     cascade, keep_open)
+                                     cascade)
         log.info("wake words confirmed by microWakeWord: %s%s", ", ".join(confirmed),
                  " (cascade: openWakeWord runs only when microWakeWord stirs)" if cascade else "")
     if settings.gate:
