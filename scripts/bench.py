@@ -262,13 +262,15 @@ def bench_confirm(models: ModelStore, minutes: float, tmp: Path) -> dict[str, An
                 listener, writer, events, indicator = build_listener(
                     settings, models, tmp / f"c{name}{kind}{confirm}", FrameList(frames),
                     NoTranscriber(), gated=True)
+                started = time.thread_time()
                 cpu = cpu_of(lambda lst=listener, fs=frames: [lst.step(f) for f in fs])
+                loop = time.thread_time() - started  # the listening thread alone: not the writer's
                 writer.close()
                 indicator.close()
                 listener.events.flush()
                 lit = sum(1 for e in events if isinstance(e, ev.Indicator) and e.state == "recording")
                 row[confirm] = {"cpu_s": round(cpu, 2), "cpu_ratio": round(cpu / bare_cpu, 3),
-                                "lit": lit}
+                                "loop_cpu_ratio": round(loop / bare_cpu, 3), "lit": lit}
             out[f"{name}_{kind}"] = row
         out[f"{name}_latency"] = confirm_latency(models, name, wake, tmp)
     return {"confirm": out}
@@ -438,8 +440,9 @@ def print_confirm(r: dict[str, Any]) -> int:
         target = "<= 0.15 (cascade)" if key.endswith("speech") else "<= 0.30"
         for confirm in CONFIRM_MODES:
             rows.append((f"{key} ({row['audio_h']} h, {row['planted']} wakes planted), {confirm}: "
-                         f"CPU / bare openWakeWord", f"{row[confirm]['cpu_ratio']:.3f} "
-                         f"({row[confirm]['lit']} lit)", target))
+                         f"CPU / bare openWakeWord (the listening thread alone)",
+                         f"{row[confirm]['cpu_ratio']:.3f} ({row[confirm]['loop_cpu_ratio']:.3f}; "
+                         f"{row[confirm]['lit']} lit)", target))
     return print_table(rows, r)
 
 
