@@ -42,8 +42,8 @@ class ConfirmedDetector:
         self.first: WakeDetector = first
         if cascade:
             # Only microWakeWord opens it, during a recording too (a wake word said then supersedes
-            # the recording, and microWakeWord stirs for it as ever): openWakeWord kept running
-            # through every recording cost a third of the cascade's CPU on a talkative stream.
+            # the recording, and microWakeWord stirs for it as ever): no need to run openWakeWord
+            # on every frame of every recording.
             self.first = GatedDetector(first, settings, opens=lambda samples: self._up)
         for engine in (first, second):
             if FRAME_SAMPLES % engine.frame_samples:
