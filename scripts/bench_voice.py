@@ -271,20 +271,30 @@ def bench_groups(models: ModelStore, tmp: Path, noise_dir: Path | None, groups: 
     return result, misses
 
 
-def vad_costs(models: ModelStore, tmp: Path) -> dict[str, float]:
-    """Milliseconds of CPU per 80 ms frame: the VAD as shipped, bare webrtcvad, bare openWakeWord,
-    and Silero VAD / microVAD when installed, on the same frames, in one run."""
+def cost_frames(tmp: Path) -> list[np.ndarray]:
+    """The 80 ms frames per-frame costs are timed on: eight Korean sentences in light noise."""
     audio = np.concatenate([speak(tmp / f"cost{i}.wav", t, voice="ko", wpm=150)
                             for i, t in enumerate(SENTENCES["korean"][:8])])
     noise = np.random.default_rng(1).normal(0, 300, len(audio))
-    frames = [f.samples for f in to_frames(np.clip(audio + noise, -32768, 32767).astype(np.int16))]
+    return [f.samples for f in to_frames(np.clip(audio + noise, -32768, 32767).astype(np.int16))]
+
+
+def ms_per_frame(frames: list[np.ndarray], fn: Any) -> float:
+    """Milliseconds of CPU (process time) `fn` takes per frame over `frames`."""
+    start = time.process_time()
+    for f in frames:
+        fn(f)
+    return round(1000 * (time.process_time() - start) / len(frames), 4)
+
+
+def vad_costs(models: ModelStore, tmp: Path) -> dict[str, float]:
+    """Milliseconds of CPU per 80 ms frame: the VAD as shipped, bare webrtcvad, bare openWakeWord,
+    and Silero VAD / microVAD when installed, on the same frames, in one run."""
+    frames = cost_frames(tmp)
     costs: dict[str, float] = {}
 
     def per_frame(name: str, fn: Any) -> None:
-        start = time.process_time()
-        for f in frames:
-            fn(f)
-        costs[name] = round(1000 * (time.process_time() - start) / len(frames), 4)
+        costs[name] = ms_per_frame(frames, fn)
 
     shipped = SpeechDetector(2, Settings().recorder.vad_margin_db)
     for f in frames[:100]:

@@ -662,26 +662,19 @@ def ns_cost(out: Path) -> None:
     the same frames in one run (as bench_voice.vad_costs)."""
     import os
     import tempfile
-    import time
 
-    from bench_parts import to_frames  # type: ignore[import-not-found]
+    from bench_voice import cost_frames, ms_per_frame
     from webrtc_noise_gain import AudioProcessor
 
     from device.storage.models import ModelStore
     from device.wake.detector import load_openwakeword_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        audio = np.concatenate([speak(Path(tmp) / f"cost{i}.wav", t, voice="ko", wpm=150)
-                                for i, t in enumerate(SENTENCES["korean"][:8])])
-    noise = np.random.default_rng(1).normal(0, 300, len(audio))
-    frames = [f.samples for f in to_frames(np.clip(audio + noise, -32768, 32767).astype(np.int16))]
+        frames = cost_frames(Path(tmp))
     costs: dict[str, float] = {}
 
     def per_frame(name: str, fn: Any) -> None:
-        start = time.process_time()
-        for f in frames:
-            fn(f)
-        costs[name] = round(1000 * (time.process_time() - start) / len(frames), 4)
+        costs[name] = ms_per_frame(frames, fn)
 
     models = ModelStore(Path(os.environ["EDGE_RECORDER_MODELS_DIR"]))
     model = load_openwakeword_model([str(models.wake_model("hey_jarvis")[1])], models)
