@@ -15,13 +15,14 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from device.audio.denoise import NoiseSuppressor, denoise_available
 from device.audio.sources import AudioSource
 from device.audio.vad import SpeechDetector
 from device.control import consent
@@ -51,6 +52,8 @@ from device.wake.phrase import PhraseCheck
 from device.wake.verifier import WEIGHTS_DAMAGED, OwnerVerifier, VerifierFiles, retrain_in_child
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from device.integrations.mqtt import MqttControl
 
 log = logging.getLogger(__name__)
@@ -104,7 +107,18 @@ def make_spotter(settings: Settings, transcriber: Transcriber) -> CommandSpotter
                     "Gr.fst), so it cannot be limited to the command phrases; the small models can",
                     transcriber.model_dir)
         return None
-    return CommandSpotter(settings.voice, transcriber)
+    denoise = settings.voice.denoise
+    if denoise and not denoise_available():
+        log.warning("voice.denoise: webrtc-noise-gain is not installed, so commands are heard once, "
+                    "without the noise suppressor (reinstall edge-recorder)")
+        denoise = False
+    return CommandSpotter(settings.voice, transcriber,
+                          suppressor=make_suppressor if denoise else None)
+
+
+def make_suppressor(before: Sequence[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """One utterance's noise suppressor for the command hearing, having heard the room first."""
+    return NoiseSuppressor(before).process
 
 
 def make_transcriber(settings: Settings, models: ModelStore) -> Transcriber:

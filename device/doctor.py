@@ -350,6 +350,7 @@ def check_owner(settings: Settings, state_dir: Path) -> Check:
 
 def check_voice(settings: Settings, state_dir: Path) -> Check:
     """Voice commands need Vosk, a model that can be limited to phrases, and phrases it knows."""
+    from device.audio.denoise import denoise_available
     from device.speech.voice import supports_grammar, unknown_words
     from device.storage.models import ModelStore
 
@@ -372,7 +373,12 @@ def check_voice(settings: Settings, state_dir: Path) -> Check:
         return Check("voice", False, f"the Vosk model does not know these words of voice.phrases "
                      f"or voice.confirm_words: {', '.join(missing)} (a phrase with them can never "
                      "be recognized)", "rephrase them with words the model knows")
-    return Check("voice", True, f"voice commands on: {', '.join(commands)}")
+    if settings.voice.denoise and not denoise_available():
+        return Check("voice", False, f"voice commands on: {', '.join(commands)}; but voice.denoise "
+                     "is on and webrtc-noise-gain is not installed (reinstall edge-recorder, or set "
+                     "voice.denoise = false): commands are heard once, without the noise suppressor")
+    hearing = "; in noise heard twice (voice.denoise)" if settings.voice.denoise else ""
+    return Check("voice", True, f"voice commands on: {', '.join(commands)}{hearing}")
 
 
 def _vosk_dir(settings: Settings, store: Any) -> Path | None:

@@ -373,6 +373,8 @@ def main() -> int:
                         help="--only-voice: only the first N voices of each group (a quick look)")
     parser.add_argument("--snr", default=None,
                         help="--only-voice: only these conditions, e.g. clean,20 (default: all)")
+    parser.add_argument("--no-denoise", action="store_true",
+                        help="--only-voice: voice.denoise off (one hearing, no noise suppressor)")
     args = parser.parse_args()
     models_dir = os.environ.get("EDGE_RECORDER_MODELS_DIR")
     if not models_dir:
@@ -390,7 +392,8 @@ def main() -> int:
 
             snrs = None if args.snr is None else [
                 None if x == "clean" else float(x) for x in args.snr.split(",")]
-            voice = bench_voice(models, tmp, args.noise, args.groups.split(","), args.voices, snrs)
+            voice = bench_voice(models, tmp, args.noise, args.groups.split(","), args.voices, snrs,
+                                not args.no_denoise)
             return print_table(print_voice(voice), voice)
         if args.only_confirm:
             return print_confirm(bench_confirm(models, args.confirm_minutes, tmp))

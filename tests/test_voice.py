@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,14 @@ import pytest
 import soundfile
 from gpiozero.pins.mock import MockFactory
 
+from device.app import make_suppressor
 from device.control.commands import Controller, error_event, parse
 from device.control.mute import MuteState
 from device.control.save_mode import SaveState
 from device.core.config import Settings, VoiceSettings, load_settings
 from device.core.errors import CommandError, ConfigError, StoreError
 from device.core.events import EventSink
-from device.core.frames import Frame
+from device.core.frames import Frame, frames_for
 from device.recording.indicator import BLINK_S, NOT_CAUGHT_N, Confirmer, MuteControls
 from device.recording.pipeline import ClipWriter, Counters
 from device.recording.recorder import Utterance
@@ -33,6 +35,7 @@ from device.speech.voice import (
     MIN_CONF,
     NEAR_EXTRA,
     CommandSpotter,
+    DenoisedCommandStream,
     Hearing,
     PhraseTable,
     VoskCommandStream,
@@ -218,16 +221,24 @@ def test_save_transcript_writes_no_audio(
 
 @pytest.fixture(scope="module")
 def spotter() -> CommandSpotter:
+    """As the daemon wires it (voice.denoise on): the utterance as it is, then a second hearing
+    through the noise suppressor."""
     settings = load_settings(KO_EXAMPLE)
-    return CommandSpotter(settings.voice, VoskTranscriber(korean_model_dir()))
+    return CommandSpotter(settings.voice, VoskTranscriber(korean_model_dir()),
+                          suppressor=make_suppressor)
 
 
 def heard(spotter: CommandSpotter, wav: Path) -> str | None:
     samples, _ = read_wav(wav)
-    stream = spotter.start()
+    return hear_frames(spotter, samples)
+
+
+def hear_frames(spotter: CommandSpotter, samples: np.ndarray,
+                before: list[np.ndarray] | None = None) -> str | None:
+    stream = spotter.start(before or [])
     for i in range(0, len(samples), 1280):
         stream.accept(samples[i:i + 1280])
-    return stream.command()
+    return stream.hear().command
 
 
 @pytest.mark.slow
@@ -268,6 +279,48 @@ def test_english_through_a_korean_model_is_rarely_a_command(
     repeatable (one take's word confidences: 0.608-0.623 on three fresh recognizers). A model with
     "[unk]" (the English ones) has somewhere else to put it."""
     assert len(ordinary_commands(spotter, speech, ORDINARY_EN, voice)) <= 1
+
+
+def in_noise(samples: np.ndarray, snr_db: float, before_s: float = 2.0,
+             ) -> tuple[list[np.ndarray], np.ndarray]:
+    """`samples` in steady noise at `snr_db` against the speech's level, and the frames of the
+    same noise alone for `before_s` before (what the suppressor hears before a wake)."""
+    lead = int(before_s * 16000)
+    noise = steady_noise(lead + len(samples), speech_level(samples) / 10 ** (snr_db / 20))
+    mixed = np.clip(np.concatenate([np.zeros(lead), samples]) + noise, -32768, 32767).astype(np.int16)
+    return [mixed[i:i + 1280] for i in range(0, lead, 1280)], mixed[lead:]
+
+
+@pytest.mark.slow
+def test_a_second_hearing_through_the_noise_suppressor_finds_commands_in_noise(
+    speech: Callable[..., Path],
+) -> None:
+    """At 10 dB SNR in steady noise the grammar recognizer hears most commands as other words; the
+    same utterances through WebRTC's noise suppressor (which first heard the room) are commands,
+    and never another command than the one said."""
+    source, voice = VoskTranscriber(korean_model_dir()), load_settings(KO_EXAMPLE).voice
+    spotters = {"as is": CommandSpotter(voice, source),
+                "denoised": CommandSpotter(voice, source, suppressor=make_suppressor)}
+    found: dict[str, list[str]] = {"as is": [], "denoised": []}
+    for command, text in PHRASES.items():
+        samples, _ = read_wav(speech(text, voice="ko", lead_s=0.5, tail_s=1.5, wpm=140))
+        before, noisy = in_noise(samples, 10)
+        for name, spotter in spotters.items():
+            if (got := hear_frames(spotter, noisy, before)) is not None:
+                assert got == command, (name, text)
+                found[name].append(got)
+    assert set(found["as is"]) <= set(found["denoised"])  # the utterance as it is decides first
+    assert len(found["denoised"]) >= len(found["as is"]) + 2, found
+
+
+@pytest.mark.slow
+def test_ordinary_sentences_in_noise_are_not_made_commands_by_the_suppressor(
+    spotter: CommandSpotter, speech: Callable[..., Path],
+) -> None:
+    for text in ORDINARY_KO[::2]:
+        samples, _ = read_wav(speech(text, voice="ko+m1", lead_s=0.2, tail_s=0.8, wpm=160))
+        before, noisy = in_noise(samples, 10)
+        assert hear_frames(spotter, noisy, before) is None, text
 
 
 class Heard:
@@ -374,6 +427,37 @@ def test_the_second_look_recovers_commands_the_grammar_heard_one_word_off(
     assert second_looks >= 2
 
 
+def test_the_denoised_hearing_counts_only_with_a_trace_of_its_phrase_in_the_first() -> None:
+    """The second hearing's command counts only if the utterance as it is held at least one of
+    its phrase's words, in order; the first hearing decides when it holds a command, and always
+    decides whether an utterance came close to one."""
+    table = PhraseTable(VoiceSettings())
+    fed: list[np.ndarray] = []
+
+    def hear(first: Heard, second: Heard) -> Hearing:
+        stream = DenoisedCommandStream(VoskCommandStream(first, table),
+                                       VoskCommandStream(second, table), table,
+                                       lambda x: fed.append(x) or x // 2)
+        stream.accept(np.full(1280, 1000, dtype=np.int16))
+        assert first.audio == np.full(1280, 1000, np.int16).tobytes()  # as it is
+        assert second.audio == np.full(1280, 500, np.int16).tobytes()  # through the suppressor
+        return stream.hear()
+
+    def stop() -> Heard:
+        return Heard(("stop", 0.99), ("saving", 0.97))
+
+    assert hear(stop(), Heard(("start", 1.0), ("saving", 1.0))) == Hearing("stop_saving")
+    assert hear(Heard(("delete", 1.0), ("stop", 0.3)), stop()) == Hearing("stop_saving")
+    assert hear(Heard(("[unk]", 0.2), ("saving", 0.4)), stop()) == Hearing("stop_saving")
+    # no word of "stop saving" in what was really heard: noise cleaned into a phrase
+    assert hear(Heard(("delete", 1.0), ("that", 1.0)), stop()) == Hearing(None, near=False)
+    assert hear(Heard(("[unk]", 0.2)), stop()) == Hearing(None)
+    # close to a command as heard, and nothing surer through the suppressor: still dropped
+    near = Heard(("start", 1.0), ("stop", 0.9), ("saving", 0.9), ("now", 0.9), ("please", 0.9))
+    assert hear(Heard(("stop", 1.0), ("saving", 1.0), ("now", 1.0)), near) == Hearing(None, near=True)
+    assert len(fed) == 6
+
+
 def test_an_utterance_close_to_a_command_is_told_apart_from_one_clearly_not() -> None:
     table = PhraseTable(VoiceSettings())
 
@@ -456,6 +540,25 @@ def test_doctor_says_why_voice_commands_are_unavailable(
     assert "does not know these words of voice.phrases or voice.confirm_words: xyzzyq" in proc.stdout
     ok = run_cli("doctor", "--config", str(ko_config(tmp_path)))
     assert "[ok  ] voice: voice commands on: delete_last, delete_today" in ok.stdout
+    assert "in noise heard twice (voice.denoise)" in ok.stdout
+
+
+def test_without_webrtc_noise_gain_commands_are_heard_once_and_doctor_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A hand-made install without the suppressor's library: the daemon still hears commands (once,
+    as before the second hearing) and says why; doctor fails the voice line."""
+    from device import app, doctor
+
+    monkeypatch.setitem(sys.modules, "webrtc_noise_gain", None)  # importing it now fails
+    settings = ko_settings(tmp_path)
+    spotter = app.make_spotter(settings, VoskTranscriber(korean_model_dir()))
+    assert spotter is not None and isinstance(spotter.start(), VoskCommandStream)
+    assert "webrtc-noise-gain is not installed" in caplog.text
+    check = doctor.check_voice(settings, tmp_path)
+    assert not check.ok and "voice.denoise = false" in check.detail
+    off = settings.model_copy(update={"voice": settings.voice.model_copy(update={"denoise": False})})
+    assert doctor.check_voice(off, tmp_path).ok
 
 
 # -- issue 27: near commands are dropped, deleting the day asks first --------------------------------
@@ -694,3 +797,52 @@ def test_the_feedback_led_tells_done_didnt_catch_that_and_waiting_apart() -> Non
     confirmer.not_caught()
     confirmer.close()  # right away, as the daemon stopping: the pattern ends, the LED is off
     assert sum(s.state for s in led.states) == NOT_CAUGHT_N and not led.state
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("denoise", [True, False])
+def test_the_suppressor_learns_the_room_from_the_audio_just_before_the_wake(
+    with_models: Path, say: Callable[..., Path], state_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, denoise: bool,
+) -> None:
+    """Each utterance's noise suppressor first hears the last WARM_S of the stream before its wake
+    (from RAM, never kept), then what is recorded; with voice.denoise off there is none."""
+    from device import app
+    from device.audio.denoise import WARM_S
+
+    made: list[tuple[np.ndarray, list[np.ndarray]]] = []
+
+    def recording(before: Sequence[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        heard: list[np.ndarray] = []
+        made.append((np.concatenate(before) if before else np.zeros(0, np.int16), heard))
+        suppress = make_suppressor(before)
+        return lambda x: (heard.append(x.copy()), suppress(x))[1]
+
+    monkeypatch.setattr(app, "make_suppressor", recording)
+    wav = say(("ko", "엄마한테 전화해 줘"), ("ko", PHRASES["stop_saving"]))
+    settings = ko_settings(tmp_path)
+    settings = settings.model_copy(update={"voice": settings.voice.model_copy(update={"denoise": denoise})})
+    events, _, _ = simulate(wav, state_dir, MockFactory(), settings)
+
+    assert [e["command"] for e in of_type(events, "voice")] == ["stop_saving"]
+    if not denoise:
+        assert made == []
+        return
+    samples, _ = read_wav(wav)
+    lit = [int(round(e["t"] * 16000)) for e in of_type(events, "indicator") if e["state"] == "recording"]
+    assert len(made) == len(lit) == 2
+
+    def at(piece: np.ndarray, near: int) -> int:
+        """Where `piece` lies in the stream (it starts on a frame), within 3 frames of `near`
+        (the source's conversion may move a sample by one)."""
+        [start] = [s for s in range(max(0, near // 1280 - 3) * 1280, (near // 1280 + 4) * 1280, 1280)
+                   if len(samples[s:s + len(piece)]) == len(piece)
+                   and np.abs(samples[s:s + len(piece)].astype(np.int32) - piece).max() <= 1]
+        return start
+
+    for (before, heard), light_on in zip(made, lit, strict=True):
+        assert 0 < len(before) <= frames_for(WARM_S) * 1280
+        ends = at(before, light_on - len(before)) + len(before)  # the stream just before the wake
+        assert abs(ends - light_on) <= 1280
+        assert at(np.concatenate(heard), ends) >= ends - 1280  # then what was recorded, not before
+    assert len(made[1][0]) == frames_for(WARM_S) * 1280

@@ -1,5 +1,6 @@
-"""Audio in: the microphone and WAV sources behind one `AudioSource` protocol (`sources`), and
-voice activity (`vad`). The PortAudio callback only copies frames onto a bounded queue.
+"""Audio in: the microphone and WAV sources behind one `AudioSource` protocol (`sources`),
+voice activity (`vad`), and the noise suppressor that only the spoken commands' second hearing uses
+(`denoise`). The PortAudio callback only copies frames onto a bounded queue.
 
 May import: `device.core`.
 """

@@ -300,6 +300,10 @@ class VoiceSettings(_Section):
     the wake was not verified as the owner's voice; heard as strictly as the phrases."""
     confirm_within: Duration = "6s"
     """How long after such a command its yes is listened for; then it is dropped."""
+    denoise: bool = True
+    """When an utterance as heard holds no command, hear it again through WebRTC's noise suppressor
+    (a second recognizer, in RAM); what that finds counts only if the first hearing held one of
+    its words. Off: one hearing, as before (issue 27, BENCHMARKS.md)."""
 
     @model_validator(mode="after")
     def _distinct(self) -> VoiceSettings:

@@ -12,7 +12,8 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from device import SAMPLE_RATE_HZ
+from device.audio.denoise import WARM_S
 from device.audio.sources import AnyOf, AudioSource
 from device.audio.vad import SpeechDetector
 from device.control.mute import MuteState
@@ -153,8 +155,11 @@ class ClipWriter:
         """Whether spoken commands are listened for (and so, after one, a yes)."""
         return self._spotter is not None
 
-    def begin(self, wake_features: np.ndarray | None = None) -> None:
-        self._jobs.put(("begin", wake_features))
+    def begin(self, wake_features: np.ndarray | None = None,
+              before: Sequence[np.ndarray] = ()) -> None:
+        """A recording starts; `before`: the audio heard just before its wake, which only the
+        command hearing's noise suppressor hears, to learn the room (then it is dropped)."""
+        self._jobs.put(("begin", (wake_features, before)))
 
     def feed(self, frame: Frame) -> None:
         self._jobs.put(("feed", frame))
@@ -236,9 +241,9 @@ class ClipWriter:
         if kind == "begin":
             if self._asking is not None:  # a wake cut the answer's time short (the listener
                 self._answered()          # says so first; this only guards the order)
-            self._wake_features = payload
+            self._wake_features, before = payload
             self._stream = self._transcriber.start()
-            self._commands = self._spotter.start() if self._spotter else None
+            self._commands = self._spotter.start(before) if self._spotter else None
         elif kind == "feed":
             for stream in (self._stream, self._commands):
                 if stream is not None:
@@ -355,6 +360,10 @@ class Listener:
         self.counters = counters
         self._last_end = 0
         self._overflows_seen = 0
+        self._before: deque[np.ndarray] = deque(
+            maxlen=frames_for(WARM_S) if self.writer.hears_commands else 0)
+        """The last frames heard while listening, for the command hearing's noise suppressor to
+        learn the room from at a wake. RAM only, never kept; emptied when the input restarts."""
 
     def run(self, stop: threading.Event) -> Counters:
         while not stop.is_set():
@@ -376,6 +385,7 @@ class Listener:
             return True
         self._mic_back()
         self.recorder.new_stream()
+        self._before.clear()
         self._overflows_seen = 0
         try:
             for frame in source.frames(AnyOf(stop, self.mute.muted_event)):
@@ -445,6 +455,8 @@ class Listener:
         speech = self.speech.is_speech(frame.samples) if recording or following else None
         if not (recording or following):
             self.speech.idle(frame.samples)
+        if not recording:
+            self._before.append(frame.samples)
         decision = self.recorder.on_frame(frame, scores, speech)
         for wake, reason in self.recorder.take_turned_away():
             self._turn_away(wake, reason)
@@ -497,7 +509,8 @@ class Listener:
         at = self._clock()
         self.recorder.light_confirmed(at)
         self.events.emit(events.Indicator(t=seconds(at), state="recording"))
-        self.writer.begin(self.wake_features(wake))
+        self.writer.begin(self.wake_features(wake), tuple(self._before))
+        self._before.clear()
         self._feed_kept()
 
     def _turn_away(self, wake: Wake, reason: DiscardReason) -> None:

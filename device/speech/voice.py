@@ -11,6 +11,12 @@ measures what that costs. When one other word got in the way of a phrase, a reco
 that phrase alone hears the utterance again (VoskCommandStream).
 A command's audio and transcript stay in RAM and are dropped; events carry only its name.
 
+A second hearing in noise (DenoisedCommandStream): when the utterance as it is holds no command,
+the same recognizers hear it once more through WebRTC's noise suppressor (device/audio/denoise.py),
+and what they find counts only if the first hearing held at least one word of that command's
+phrase, in order. On the tuning voices: 75 -> 106 of 144 commands (5 -> 26 of 48 at 10 dB SNR),
+still 0 false in 348 ordinary sentences; the suppressor alone, as the only hearing, gave 3 false.
+
 Failing toward privacy: an utterance that is not surely a command but came close to one (a whole
 phrase heard with at most one other word, or a match refused only by the confidence rule or the
 second look) is a Hearing with `near` set: the writer drops it too ("didn't catch that"), so a missed
@@ -28,7 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -255,6 +261,38 @@ def in_order(phrase: list[str], heard: list[str]) -> bool:
     return all(any(word == h for h in rest) for word in phrase)
 
 
+class DenoisedCommandStream:
+    """One utterance heard twice: as it is, and through a noise suppressor (each hearing a
+    VoskCommandStream with its own second looks). The utterance as it is decides when it holds a
+    command, and always decides `near`; the suppressed hearing's command counts only if the first
+    hearing held at least one of its phrase's words in order, so that noise cleaned into a phrase
+    needs a trace of that phrase in what was really heard. All in RAM; nothing of it is kept."""
+
+    def __init__(self, as_is: VoskCommandStream, denoised: VoskCommandStream, table: PhraseTable,
+                 suppress: Callable[[np.ndarray], np.ndarray]) -> None:
+        self._as_is, self._denoised, self._table, self._suppress = as_is, denoised, table, suppress
+
+    def accept(self, samples: np.ndarray) -> None:
+        self._as_is.accept(samples)
+        self._denoised.accept(self._suppress(samples))
+
+    def hear(self) -> Hearing:
+        first = self._as_is.hear()
+        if first.command:
+            return first
+        second = self._denoised.hear().command
+        if second and self._traced(second):
+            log.debug("voice: %s heard through the noise suppressor", second)
+            return Hearing(second)
+        return first
+
+    def _traced(self, command: str) -> bool:
+        """Whether the first hearing held at least one word of one of `command`'s phrases."""
+        heard = after_wake_tail([(w, end) for w, end, _ in self._as_is.words])
+        return any(common_in_order(p.split(), heard) >= 1
+                   for p, c in self._table.by_phrase.items() if c == command)
+
+
 class VoskAnswerStream:
     """The answer to "are you sure?", heard by a recognizer limited to the confirm words and the
     phrases' words (so that other speech has other words to go to): yes only when it heard one
@@ -273,17 +311,31 @@ class VoskAnswerStream:
         return heard in self._answers and min(c for _, _, c in self.words) >= MIN_CONF
 
 
+Suppressor = Callable[[Sequence[np.ndarray]], Callable[[np.ndarray], np.ndarray]]
+"""Makes one utterance's noise suppressor, first fed the audio heard before the wake."""
+
+
 class CommandSpotter:
-    def __init__(self, settings: VoiceSettings, source: GrammarSource) -> None:
+    def __init__(self, settings: VoiceSettings, source: GrammarSource,
+                 suppressor: Suppressor | None = None) -> None:
+        """`suppressor`: hear each utterance a second time through it (DenoisedCommandStream)."""
         self._table = PhraseTable(settings)
         self._answers = {normalize_phrase(w) for w in settings.confirm_words}
-        self._source = source
+        self._source, self._suppressor = source, suppressor
         self.commands = sorted(set(self._table.by_phrase.values()))
-        warm = self.start()  # building the grammar costs once; not at the first utterance
+        warm = self._hearing()  # building the grammar costs once; not at the first utterance
         warm.accept(np.zeros(1600, dtype=np.int16))
-        warm.command()
+        warm.hear()
 
-    def start(self) -> VoskCommandStream:
+    def start(self, before: Sequence[np.ndarray] = ()) -> CommandStream:
+        """A stream for one utterance; `before`: the audio heard just before its wake (only a
+        noise suppressor hears it, to learn the room)."""
+        as_is = self._hearing()
+        if self._suppressor is None:
+            return as_is
+        return DenoisedCommandStream(as_is, self._hearing(), self._table, self._suppressor(before))
+
+    def _hearing(self) -> VoskCommandStream:
         recognizer = self._source.start_limited(self._table.grammar())
         recognizer.SetWords(True)  # type: ignore[attr-defined]
         return VoskCommandStream(recognizer, self._table,
