@@ -31,8 +31,9 @@ with a look at every phrase an alternative holds word for word. `ns-rules` score
 per variant and N-best rules on `base`. `ns-pipeline` runs the bench's whole pipeline
 (openWakeWord, VAD, recognizer, writer) on the tuning group with the suppressor in front of all
 of it (as wyoming-satellite's --noise-suppression), so wake words heard in noise are counted too;
-`ns-cost` times it beside openWakeWord. webrtc-noise-gain is not a dependency: put it on
-PYTHONPATH (pip install --target). The test set is never read here.
+`ns-cost` times it beside openWakeWord. These levers were measured with webrtc-noise-gain on
+PYTHONPATH, before it became a dependency (voice.denoise ships the second hearing they chose).
+The test set is never read here.
 """
 
 from __future__ import annotations

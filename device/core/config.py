@@ -301,9 +301,9 @@ class VoiceSettings(_Section):
     confirm_within: Duration = "6s"
     """How long after such a command its yes is listened for; then it is dropped."""
     denoise: bool = True
-    """When an utterance as heard holds no command, hear it again through WebRTC's noise suppressor
-    (a second recognizer, in RAM); what that finds counts only if the first hearing held one of
-    its words. Off: one hearing, as before (issue 27, BENCHMARKS.md)."""
+    """Also hear each utterance through WebRTC's noise suppressor (a second recognizer, in RAM);
+    when the utterance as heard holds no command, what that finds counts if the first hearing held
+    some of its phrase. Off: one hearing, as before (issue 27, BENCHMARKS.md)."""
 
     @model_validator(mode="after")
     def _distinct(self) -> VoiceSettings:

@@ -155,6 +155,12 @@ class ClipWriter:
         """Whether spoken commands are listened for (and so, after one, a yes)."""
         return self._spotter is not None
 
+    @property
+    def learns_the_room(self) -> bool:
+        """Whether a recording's `begin` wants the audio heard just before its wake (for the
+        command hearing's noise suppressor)."""
+        return self._spotter is not None and self._spotter.denoises
+
     def begin(self, wake_features: np.ndarray | None = None,
               before: Sequence[np.ndarray] = ()) -> None:
         """A recording starts; `before`: the audio heard just before its wake, which only the
@@ -361,9 +367,10 @@ class Listener:
         self._last_end = 0
         self._overflows_seen = 0
         self._before: deque[np.ndarray] = deque(
-            maxlen=frames_for(WARM_S) if self.writer.hears_commands else 0)
+            maxlen=frames_for(WARM_S) if self.writer.learns_the_room else 0)
         """The last frames heard while listening, for the command hearing's noise suppressor to
-        learn the room from at a wake. RAM only, never kept; emptied when the input restarts."""
+        learn the room from at a wake. RAM only, never kept; emptied at each wake and whenever the
+        input closes (a mute, a lost microphone, the end)."""
 
     def run(self, stop: threading.Event) -> Counters:
         while not stop.is_set():
@@ -385,7 +392,6 @@ class Listener:
             return True
         self._mic_back()
         self.recorder.new_stream()
-        self._before.clear()
         self._overflows_seen = 0
         try:
             for frame in source.frames(AnyOf(stop, self.mute.muted_event)):
@@ -393,12 +399,14 @@ class Listener:
         except AudioError as exc:
             if self._retry is None:
                 raise
+            self._before.clear()
             self._act(self.recorder.end_of_stream(self._last_end))
             self._stop_following()
             self._mic_lost(exc, stop)
             return True
         finally:
             source.close()
+            self._before.clear()  # no audio from before a mute or a lost microphone is held
         self._stop_following()
         if self.mute.muted:  # even with a stop just behind it: muting asked for privacy first
             self._act(self.recorder.mute())  # an open recording is discarded, not kept
