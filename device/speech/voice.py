@@ -11,12 +11,13 @@ measures what that costs. When one other word got in the way of a phrase, a reco
 that phrase alone hears the utterance again (VoskCommandStream).
 A command's audio and transcript stay in RAM and are dropped; events carry only its name.
 
-A second hearing in noise (DenoisedCommandStream): when the utterance as it is holds no command,
-the same recognizers hear it once more through WebRTC's noise suppressor (device/audio/denoise.py),
-and what they find counts only if the first hearing held at least one word of that command's
-phrase, and as many as of any other command's; an utterance close to a command in either hearing is
-dropped. On the tuning voices: 75 -> 103 of 144 commands (5 -> 23 of 48 at 10 dB SNR), still 0
-false in 348 ordinary sentences; the suppressor alone, as the only hearing, gave 3 false.
+A second hearing in noise (DenoisedCommandStream): in a noisy room (NOISY_ROOM_SNR_DB), when the
+utterance as it is holds no command, the same recognizers hear it once more through WebRTC's noise
+suppressor (device/audio/denoise.py). What they find counts only if the first hearing held at
+least one word of that command's phrase, and as many as of any other command's, and only if every
+word was heard surely (SECOND_HEARING_CONF); an utterance close to a command in either hearing is
+dropped. Chosen on the tuning voices (BENCHMARKS.md); the suppressor alone, as the only hearing,
+made ordinary speech into commands.
 
 Failing toward privacy: an utterance that is not surely a command but came close to one (a whole
 phrase heard with at most one other word, or a match refused only by the confidence rule or the
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,8 @@ from typing import Final, Protocol
 
 import numpy as np
 
+from device import SAMPLE_RATE_HZ
+from device.audio.vad import frame_level
 from device.core.config import VoiceSettings, normalize_phrase
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,24 @@ NEAR_EXTRA = 1
 command: dropped, not kept. On the tuning voices (scripts/voice-levers rules) 1 drops 4 of 65
 missed commands and 6 of 348 ordinary sentences; 2 drops no more missed commands but 14 sentences,
 3 drops 8 and 20."""
+SECOND_HEARING_CONF = 0.9
+"""The second hearing (through the noise suppressor) must be this sure of every word, in its word
+for word match and in its second looks: a second opinion is asked only when the first found
+nothing, so it is held to more. Chosen on the tuning voices: 103 -> 102 of 144 commands, and of 50
+further ordinary Korean sentences written to sound like the commands (1,320 utterances with the
+English ones), 13 -> 8 taken for a command through the second hearing (BENCHMARKS.md)."""
+ROOM_MIN_S = 1.0
+"""How much of the room (the audio before the wake) the suppressor must have heard for a second
+hearing: a suppressor that starts cold reshapes the first second of speech, and through it clean
+"오늘 녹음 몇 개야" was heard, surely, as "오늘 녹음 다 지워" (tests/test_voice.py). Less (a wake just
+after the input opened, a wake that cut the previous recording short): one hearing."""
+NOISY_ROOM_SNR_DB = 30.0
+"""The second hearing is asked only in a noisy room: when the loudest frame heard before the wake
+(the wake word) stands less than this far above the room (the median frame). In a quiet room it
+carried out 3 more of 48 tuning commands but made half of its false ones (4 of 8 in 1,320 ordinary
+utterances), and a clean sentence or two of the 22 came out as commands in the tests; in noise
+it carried out 24 more of 96 (BENCHMARKS.md). Measured as a ratio, so a microphone's gain does not
+move it; digital silence (a WAV file) is a quiet room."""
 WAKE_TAIL_S = 0.6
 """How much of an utterance's start may be the end of the wake word."""
 
@@ -167,8 +189,12 @@ class VoskCommandStream:
     """
 
     def __init__(self, recognizer: object, table: PhraseTable,
-                 limited_to: Callable[[str], object] | None = None) -> None:
+                 limited_to: Callable[[str], object] | None = None,
+                 min_conf: float = MIN_CONF) -> None:
+        """`min_conf`: how sure every word of a match must be (a second look that puts in a missed
+        word needs MISSED_CONF, if that is more)."""
         self._recognizer, self._table, self._limited_to = recognizer, table, limited_to
+        self._min_conf = min_conf
         self._audio: list[bytes] = []
         self.words: Words = []
         """What the grammar recognizer heard. In RAM only."""
@@ -184,11 +210,11 @@ class VoskCommandStream:
     def hear(self) -> Hearing:
         """Decide at the utterance's end: a command, a near one, or clearly not a command."""
         self.words = final_words(self._recognizer)
-        command = self._decide(self.words)
+        command = self._decide(self.words, self._min_conf)
         near = command is None and self._table.near([(w, end) for w, end, _ in self.words])
         phrases = self._second_look_at() if command is None else []
         if phrases:
-            again = [(self._again(p), sure) for p, sure in phrases]
+            again = [(self._again(p), max(sure, self._min_conf)) for p, sure in phrases]
             agreed = {c for words, sure in again if (c := self._decide(words, sure))}
             command = agreed.pop() if len(agreed) == 1 else None
             # refused only by the strict rules: heard word for word, but unsurely (or ambiguously)
@@ -297,6 +323,14 @@ class DenoisedCommandStream:
         return Hearing(None, near=first.near or second.near)
 
 
+def noisy_room(before: Sequence[np.ndarray]) -> bool:
+    """Whether the audio before a wake (its wake word included) says the room is noisy: the
+    loudest frame less than NOISY_ROOM_SNR_DB above the median one."""
+    levels = sorted(frame_level(b) for b in before)
+    room, loudest = levels[len(levels) // 2], levels[-1]
+    return room > 0 and 20 * math.log10(loudest / room) < NOISY_ROOM_SNR_DB
+
+
 def traced_in(table: PhraseTable, command: str, words: Words) -> bool:
     """Whether the first hearing (`words`) holds a trace of `command`: at least one word of one of
     its phrases, and at least as many of them, in order, as of any other command's phrase. So noise
@@ -351,20 +385,23 @@ class CommandSpotter:
         """A stream for one utterance; `before`: the audio heard just before its wake (only a
         noise suppressor hears it, to learn the room)."""
         as_is = self._hearing()
-        if self._suppressor is None:
+        if (self._suppressor is None or sum(len(b) for b in before) < ROOM_MIN_S * SAMPLE_RATE_HZ
+                or not noisy_room(before)):
             return as_is
         try:
             suppress = self._suppressor(before)
         except Exception as exc:  # a second opinion: never worth the first
             log.warning("voice: no noise suppressor (%s); this utterance is heard once", exc)
             return as_is
-        return DenoisedCommandStream(as_is, self._hearing(), self._table, suppress)
+        return DenoisedCommandStream(as_is, self._hearing(SECOND_HEARING_CONF), self._table,
+                                     suppress)
 
-    def _hearing(self) -> VoskCommandStream:
+    def _hearing(self, min_conf: float = MIN_CONF) -> VoskCommandStream:
         recognizer = self._source.start_limited(self._table.grammar())
         recognizer.SetWords(True)  # type: ignore[attr-defined]
         return VoskCommandStream(recognizer, self._table,
-                                 lambda phrase: self._source.start_limited([phrase, UNKNOWN]))
+                                 lambda phrase: self._source.start_limited([phrase, UNKNOWN]),
+                                 min_conf)
 
     def start_answer(self) -> VoskAnswerStream:
         recognizer = self._source.start_limited(
