@@ -377,7 +377,8 @@ def check_voice(settings: Settings, state_dir: Path) -> Check:
         return Check("voice", False, f"voice commands on: {', '.join(commands)}; but voice.denoise "
                      "is on and webrtc-noise-gain is not installed (reinstall edge-recorder, or set "
                      "voice.denoise = false): commands are heard once, without the noise suppressor")
-    hearing = "; also heard through a noise suppressor (voice.denoise)" if settings.voice.denoise else ""
+    hearing = ("; in a noisy room also heard through a noise suppressor (voice.denoise)"
+               if settings.voice.denoise else "")
     return Check("voice", True, f"voice commands on: {', '.join(commands)}{hearing}")
 
 

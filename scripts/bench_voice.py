@@ -337,6 +337,7 @@ def command_hearing_costs(tmp: Path, frames: list[np.ndarray], per_frame: Any) -
     """While a command is spoken (never while listening): the noise suppressor alone, and the whole
     command hearing (grammar recognizer) without and with the second, suppressed one."""
     from device.app import make_spotter, make_suppressor
+    from device.speech.voice import DenoisedCommandStream
 
     per_frame("denoise_ms", make_suppressor(frames[:25]))
     settings = voice_settings(tmp)
@@ -345,7 +346,8 @@ def command_hearing_costs(tmp: Path, frames: list[np.ndarray], per_frame: Any) -
         voice = settings.voice.model_copy(update={"denoise": denoise})
         spotter = make_spotter(settings.model_copy(update={"voice": voice}), grammar)
         assert spotter is not None
-        stream = spotter.start(frames[:25])
+        stream = spotter.start(frames[:25])  # speech in noise: a noisy room
+        assert isinstance(stream, DenoisedCommandStream) == denoise
         per_frame(f"command_hearing{'_denoised' if denoise else ''}_ms", stream.accept)
         stream.hear()
 

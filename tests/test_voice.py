@@ -645,7 +645,7 @@ def test_doctor_says_why_voice_commands_are_unavailable(
     assert "does not know these words of voice.phrases or voice.confirm_words: xyzzyq" in proc.stdout
     ok = run_cli("doctor", "--config", str(ko_config(tmp_path)))
     assert "[ok  ] voice: voice commands on: delete_last, delete_today" in ok.stdout
-    assert "also heard through a noise suppressor (voice.denoise)" in ok.stdout
+    assert "in a noisy room also heard through a noise suppressor (voice.denoise)" in ok.stdout
 
 
 def test_without_webrtc_noise_gain_commands_are_heard_once_and_doctor_says_so(

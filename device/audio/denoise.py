@@ -8,7 +8,8 @@ sentences), so it is a second opinion, never the only one (BENCHMARKS.md, issue 
 
 A suppressor learns the room's noise as it goes. One is made per utterance, in the writer's thread,
 and first hears the last WARM_S of the stream before the wake (RAM only; its output is dropped), so
-that it knows the room when the command starts. The audio it hears is never kept.
+that it knows the room when the command starts (only in a noisy room: device/speech/voice.py).
+The audio it hears is never kept.
 """
 
 from __future__ import annotations

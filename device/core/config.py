@@ -301,9 +301,10 @@ class VoiceSettings(_Section):
     confirm_within: Duration = "6s"
     """How long after such a command its yes is listened for; then it is dropped."""
     denoise: bool = True
-    """Also hear each utterance through WebRTC's noise suppressor (a second recognizer, in RAM);
-    when the utterance as heard holds no command, what that finds counts if the first hearing held
-    some of its phrase. Off: one hearing, as before (issue 27, BENCHMARKS.md)."""
+    """In a noisy room, also hear each utterance through WebRTC's noise suppressor (a second
+    recognizer, in RAM); when the utterance as heard holds no command, what that finds counts if it
+    is sure of every word and the first hearing held some of its phrase. Off: one hearing, as
+    before (issue 27, BENCHMARKS.md)."""
 
     @model_validator(mode="after")
     def _distinct(self) -> VoiceSettings:
