@@ -224,8 +224,8 @@ def test_save_transcript_writes_no_audio(
 
 @pytest.fixture(scope="module")
 def spotter() -> CommandSpotter:
-    """As the daemon wires it (voice.denoise on): the utterance as it is, then a second hearing
-    through the noise suppressor."""
+    """As the daemon wires it (voice.denoise on): a second hearing through the noise suppressor
+    in a noisy room (so with SILENT_ROOM, what hear_frames gives by default, one hearing)."""
     settings = load_settings(KO_EXAMPLE)
     return CommandSpotter(settings.voice, VoskTranscriber(korean_model_dir()),
                           suppressor=make_suppressor)
@@ -304,22 +304,22 @@ def in_noise(samples: np.ndarray, snr_db: float, before_s: float = 2.0,
 def test_a_second_hearing_through_the_noise_suppressor_finds_commands_in_noise(
     speech: Callable[..., Path],
 ) -> None:
-    """At 10 dB SNR in steady noise the grammar recognizer hears most commands as other words; the
-    same utterances through WebRTC's noise suppressor (which first heard the room) are commands,
-    and never another command than the one said."""
+    """At 15 dB SNR in steady noise the grammar recognizer hears most commands as other words (1 of
+    12 here, two voices); the same utterances through WebRTC's noise suppressor (which first heard
+    the room) are commands (8 here), and never another command than the one said."""
     source, voice = VoskTranscriber(korean_model_dir()), load_settings(KO_EXAMPLE).voice
     spotters = {"as is": CommandSpotter(voice, source),
                 "denoised": CommandSpotter(voice, source, suppressor=make_suppressor)}
     found: dict[str, list[str]] = {"as is": [], "denoised": []}
-    for command, text in PHRASES.items():
-        samples, _ = read_wav(speech(text, voice="ko", lead_s=0.5, tail_s=1.5, wpm=140))
-        before, noisy = in_noise(samples, 10)
-        for name, spotter in spotters.items():
-            if (got := hear_frames(spotter, noisy, before)) is not None:
-                assert got == command, (name, text)
-                found[name].append(got)
-    assert set(found["as is"]) <= set(found["denoised"])  # the utterance as it is decides first
-    assert len(found["denoised"]) >= len(found["as is"]) + 2, found
+    for speaker in ("ko", "ko+m1"):
+        for command, text in PHRASES.items():
+            samples, _ = read_wav(speech(text, voice=speaker, lead_s=0.5, tail_s=1.5, wpm=140))
+            before, noisy = in_noise(samples, 15)
+            for name, spotter in spotters.items():
+                if (got := hear_frames(spotter, noisy, before)) is not None:
+                    assert got == command, (name, text)
+                    found[name].append(got)
+    assert len(found["denoised"]) >= len(found["as is"]) + 4, found
 
 
 @pytest.mark.slow
@@ -458,16 +458,19 @@ def test_the_denoised_hearing_counts_only_with_a_trace_of_its_phrase_in_the_firs
     assert hear(stop(), Heard(("start", 1.0), ("saving", 1.0))) == Hearing("stop_saving")
     assert hear(Heard(("delete", 1.0), ("stop", 0.3)), stop()) == Hearing("stop_saving")
     assert hear(Heard(("[unk]", 0.2), ("saving", 0.4)), stop()) == Hearing("stop_saving")
-    # no word of "stop saving" in what was really heard: noise cleaned into a phrase
-    assert hear(Heard(("delete", 1.0), ("that", 1.0)), stop()) == Hearing(None, near=False)
-    assert hear(Heard(("[unk]", 0.2)), stop()) == Hearing(None)
+    # no word of "stop saving" in what was really heard (noise cleaned into a phrase): not a
+    # command, but as close to one as a match refused for its confidence: dropped, not kept
+    assert hear(Heard(("delete", 1.0), ("that", 1.0)), stop()) == Hearing(None, near=True)
+    assert hear(Heard(("[unk]", 0.2)), stop()) == Hearing(None, near=True)
+    # nothing in either hearing: kept as an ordinary utterance
+    assert hear(Heard(("delete", 1.0), ("that", 1.0)), Heard(("[unk]", 0.9))) == Hearing(None)
     # close to a command as heard, and nothing surer through the suppressor: still dropped
     other = Heard(("start", 1.0), ("stop", 0.9), ("saving", 0.9), ("now", 0.9), ("please", 0.9))
     assert hear(Heard(("stop", 1.0), ("saving", 1.0), ("now", 1.0)), other) == Hearing(None, near=True)
     # ... and close to one only through the suppressor: dropped too
     assert hear(Heard(("delete", 1.0), ("that", 1.0)),
                 Heard(("stop", 1.0), ("saving", 1.0), ("now", 1.0))) == Hearing(None, near=True)
-    assert len(fed) == 7
+    assert len(fed) == 8
 
 
 def test_the_second_hearing_never_turns_a_hearing_closer_to_another_command_into_its_own() -> None:
@@ -521,7 +524,18 @@ def test_a_failing_suppressor_leaves_the_first_hearing_to_decide(
     for _ in range(3):
         stream.accept(np.zeros(1280, np.int16))
     assert stream.hear() == Hearing("stop_saving") and len(first.audio) == 3 * 2560
-    assert caplog.text.count("the noise suppressor failed") == 1
+    assert caplog.text.count("the second hearing failed") == 1
+
+    class Failing(Heard):
+        def FinalResult(self) -> str:  # noqa: N802 (Vosk's name)
+            raise RuntimeError("decoder failed")
+
+    first = Heard(("stop", 1.0), ("saving", 1.0))
+    stream = DenoisedCommandStream(VoskCommandStream(Heard(("stop", 1.0)), table),
+                                   VoskCommandStream(Failing(), table), table, lambda x: x)
+    stream.accept(np.zeros(1280, np.int16))
+    assert stream.hear() == Hearing(None, near=False)  # what the first hearing made of it
+    assert caplog.text.count("the second hearing failed") == 2
 
     class Source:
         def start_limited(self, words: list[str]) -> Heard:
@@ -533,7 +547,21 @@ def test_a_failing_suppressor_leaves_the_first_hearing_to_decide(
     spotter = CommandSpotter(VoiceSettings(), Source(), suppressor=cannot)
     alone = spotter.start(NOISY_ROOM)
     assert isinstance(alone, VoskCommandStream) and alone.hear() == Hearing("stop_saving")
-    assert "no noise suppressor" in caplog.text
+    assert caplog.text.count("no second hearing") == 1
+
+    class NoSecondRecognizer(Source):
+        made = 0
+
+        def start_limited(self, words: list[str]) -> Heard:
+            self.made += 1  # the warm-up, the first hearing, then the second: out of memory
+            if self.made == 3:
+                raise MemoryError
+            return super().start_limited(words)
+
+    spotter = CommandSpotter(VoiceSettings(), NoSecondRecognizer(), suppressor=lambda b: lambda x: x)
+    alone = spotter.start(NOISY_ROOM)
+    assert isinstance(alone, VoskCommandStream) and alone.hear() == Hearing("stop_saving")
+    assert caplog.text.count("no second hearing") == 2
 
 
 def test_a_suppressor_that_has_not_heard_the_room_gives_no_second_hearing(
@@ -554,10 +582,16 @@ def test_the_second_hearing_is_asked_only_in_a_noisy_room(spotter: CommandSpotte
     frame (the wake word) stands above the room. A quiet room, or a WAV's digital silence: one
     hearing (there the second one made more false commands than it found commands)."""
     wake = (np.sin(np.arange(1280) / 5) * 10000).astype(np.int16)
-    assert not noisy_room(SILENT_ROOM) and not noisy_room([*SILENT_ROOM[:20], *[wake] * 5])
+    assert not noisy_room([]) and not noisy_room(SILENT_ROOM)
+    assert not noisy_room([*SILENT_ROOM[:20], *[wake] * 5])
     assert noisy_room(NOISY_ROOM) and noisy_room([*NOISY_ROOM[:20], *[wake] * 5])  # 27 dB
     quiet = [(frame // 10).astype(np.int16) for frame in NOISY_ROOM[:20]]  # the same room, -20 dB
     assert not noisy_room([*quiet, *[wake] * 5])  # 47 dB
+    # talk before the wake word in a quiet room, or a wake word filling most of a short buffer:
+    # the room is its quieter frames, not the middle one
+    talk = [(frame * 3).astype(np.int16) for frame in NOISY_ROOM[:13]]
+    assert not noisy_room([*quiet[:7], *talk, *[wake] * 5])
+    assert not noisy_room([*quiet[:3], *[wake] * 10])
     assert isinstance(spotter.start(SILENT_ROOM), VoskCommandStream)
     assert isinstance(spotter.start([*quiet, *[wake] * 5]), VoskCommandStream)
     assert isinstance(spotter.start([*NOISY_ROOM[:20], *[wake] * 5]), DenoisedCommandStream)
@@ -934,6 +968,17 @@ def suppressors(monkeypatch: pytest.MonkeyPatch) -> Made:
     return made
 
 
+@pytest.fixture
+def listeners(monkeypatch: pytest.MonkeyPatch) -> list[Listener]:
+    """Every Listener the daemon builds."""
+    from device import app
+
+    made: list[Listener] = []
+    build = app.build_listener
+    monkeypatch.setattr(app, "build_listener", lambda *args: made.append(build(*args)) or made[-1])
+    return made
+
+
 def with_denoise(settings: Settings, denoise: bool) -> Settings:
     return settings.model_copy(update={"voice": settings.voice.model_copy(update={"denoise": denoise})})
 
@@ -942,7 +987,7 @@ def with_denoise(settings: Settings, denoise: bool) -> Settings:
 @pytest.mark.parametrize("denoise", [True, False])
 def test_the_suppressor_learns_the_room_from_the_audio_just_before_the_wake(
     with_models: Path, speech: Callable[..., Path], state_dir: Path, tmp_path: Path,
-    suppressors: Made, denoise: bool,
+    suppressors: Made, listeners: list[Listener], denoise: bool,
 ) -> None:
     """Each utterance's noise suppressor first hears the stream before its wake, at most WARM_S of
     it and nothing of the recording before (from RAM, never kept), then what is recorded; with
@@ -956,8 +1001,9 @@ def test_the_suppressor_learns_the_room_from_the_audio_just_before_the_wake(
     events, _, _ = simulate(wav, state_dir, MockFactory(), with_denoise(ko_settings(tmp_path), denoise))
 
     assert len(of_type(events, "wake")) == 2
+    assert [listener._before.maxlen for listener in listeners] == [25 if denoise else 0]
     if not denoise:
-        assert suppressors == []
+        assert suppressors == []  # and no audio was held for one
         return
     samples, _ = read_wav(wav)
     lights = [(int(round(e["t"] * 16000)), e["state"]) for e in of_type(events, "indicator")]
@@ -1004,16 +1050,10 @@ class _MutesAtItsEnd:
 @pytest.mark.slow
 def test_the_audio_before_a_mute_is_not_held_through_it(
     with_models: Path, say: Callable[..., Path], state_dir: Path, tmp_path: Path,
-    suppressors: Made, monkeypatch: pytest.MonkeyPatch,
+    suppressors: Made, listeners: list[Listener],
 ) -> None:
     """While muted, nothing heard before the mute stays in memory for the next wake's suppressor,
     and after the mute the suppressor learns the room from after it."""
-    from device import app
-
-    listeners: list[Listener] = []
-    build = app.build_listener
-    monkeypatch.setattr(app, "build_listener",
-                        lambda *args: listeners.append(build(*args)) or listeners[-1])
     room = tmp_path / "room.wav"
     soundfile.write(str(room), np.random.default_rng(3).normal(0, 800, 16000 * 3).astype(np.int16),
                     16000, subtype="PCM_16")

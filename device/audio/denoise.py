@@ -31,8 +31,8 @@ WARM_S = 2.0
 """How much of the stream before the wake the suppressor hears first, to learn the room."""
 FLOOR = np.random.default_rng(0).normal(0.0, 3.0, SAMPLE_RATE_HZ).round().astype(np.int16)
 """A -80 dBFS floor added under what the suppressor hears: after exact digital silence (a WAV
-file, espeak-ng) it takes the speech for noise and removes 3-10 dB of it; no microphone gives
-exact zeros, so this changes nothing for one."""
+file, espeak-ng) it takes the speech for noise and removes 2.5-10 dB of it (tests/test_denoise.py,
+scripts/voice-levers); no microphone gives exact zeros, so this changes nothing for one."""
 
 
 def denoise_available() -> bool:

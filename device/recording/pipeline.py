@@ -497,6 +497,8 @@ class Listener:
             self._on_stop(decision)
 
     def _on_wake(self, wake: Wake) -> None:
+        before = tuple(self._before)  # the room, for the command hearing; then let go
+        self._before.clear()
         self._stop_following()
         self.counters.wakes += 1
         self.events.emit(events.Wake(t=seconds(wake.at), wake_word=wake.wake_word,
@@ -517,8 +519,7 @@ class Listener:
         at = self._clock()
         self.recorder.light_confirmed(at)
         self.events.emit(events.Indicator(t=seconds(at), state="recording"))
-        self.writer.begin(self.wake_features(wake), tuple(self._before))
-        self._before.clear()
+        self.writer.begin(self.wake_features(wake), before)
         self._feed_kept()
 
     def _turn_away(self, wake: Wake, reason: DiscardReason) -> None:

@@ -83,16 +83,22 @@ further ordinary Korean sentences written to sound like the commands (1,320 utte
 English ones), 13 -> 8 taken for a command through the second hearing (BENCHMARKS.md)."""
 ROOM_MIN_S = 1.0
 """How much of the room (the audio before the wake) the suppressor must have heard for a second
-hearing: a suppressor that starts cold reshapes the first second of speech, and through it clean
-"오늘 녹음 몇 개야" was heard, surely, as "오늘 녹음 다 지워" (tests/test_voice.py). Less (a wake just
-after the input opened, a wake that cut the previous recording short): one hearing."""
+hearing: a suppressor that starts cold reshapes the first second of speech, and through one, clean
+"오늘 녹음 몇 개야" was heard, surely, as "오늘 녹음 다 지워" (seen while writing the tests). Less (a
+wake within a second of the input opening or of the last recording's end, or one that cut a
+recording short): one hearing."""
 NOISY_ROOM_SNR_DB = 30.0
 """The second hearing is asked only in a noisy room: when the loudest frame heard before the wake
-(the wake word) stands less than this far above the room (the median frame). In a quiet room it
+(the wake word) stands less than this far above the room (ROOM_QUANTILE). In a quiet room it
 carried out 3 more of 48 tuning commands but made half of its false ones (4 of 8 in 1,320 ordinary
 utterances), and a clean sentence or two of the 22 came out as commands in the tests; in noise
 it carried out 24 more of 96 (BENCHMARKS.md). Measured as a ratio, so a microphone's gain does not
 move it; digital silence (a WAV file) is a quiet room."""
+ROOM_QUANTILE = 0.2
+"""The room's level: the frame this far up from the quietest of those heard before the wake (the
+5th quietest of 25), so that talk before the wake word, or the wake word filling most of a short
+buffer, is not taken for the room. On the tuning noises with a wake word at 20 dB SNR this reads
+25-29 dB (the median frame: 23-27), at 10 dB 16-19."""
 WAKE_TAIL_S = 0.6
 """How much of an utterance's start may be the end of the wake word."""
 
@@ -293,8 +299,9 @@ class DenoisedCommandStream:
     VoskCommandStream with its own second looks). The utterance as it is decides when it holds a
     command. The suppressed hearing's command counts only if the first hearing holds a trace of it
     (traced_in). Otherwise the utterance came close to a command (dropped) when either hearing came
-    close to one: on the tuning voices that drops 9 of 37 missed commands instead of 1, and 14 of
-    348 ordinary sentences instead of 7. The second hearing is only ever a second opinion: if the
+    close to one, or when the second heard one surely that the first held no trace of (on the
+    tuning decode cache: 14 of 43 missed commands dropped, and 15 of 348 sentences; with one
+    hearing 8 of 69 and 7; BENCHMARKS.md). The second hearing is only ever a second opinion: if the
     suppressor fails, the utterance is decided by the first hearing alone. All in RAM."""
 
     def __init__(self, as_is: VoskCommandStream, denoised: VoskCommandStream, table: PhraseTable,
@@ -309,25 +316,36 @@ class DenoisedCommandStream:
         try:
             self._denoised.accept(self._suppress(samples))
         except Exception as exc:  # a second opinion: never worth the first
-            log.warning("voice: the noise suppressor failed (%s); this utterance is heard once", exc)
-            self._suppress = None
+            self._failed(exc)
 
     def hear(self) -> Hearing:
         first = self._as_is.hear()
         if first.command or self._suppress is None:
             return first
-        second = self._denoised.hear()
+        try:
+            second = self._denoised.hear()
+        except Exception as exc:
+            self._failed(exc)
+            return first
         if second.command and traced_in(self._table, second.command, self._as_is.words):
             log.debug("voice: %s heard through the noise suppressor", second.command)
             return Hearing(second.command)
-        return Hearing(None, near=first.near or second.near)
+        # a command heard surely through the suppressor, but not traced in the first hearing, is
+        # as close to one as a match refused for its confidence: dropped, not kept
+        return Hearing(None, near=first.near or second.near or bool(second.command))
+
+    def _failed(self, exc: Exception) -> None:
+        log.warning("voice: the second hearing failed (%s); this utterance is heard once", exc)
+        self._suppress = None
 
 
 def noisy_room(before: Sequence[np.ndarray]) -> bool:
     """Whether the audio before a wake (its wake word included) says the room is noisy: the
-    loudest frame less than NOISY_ROOM_SNR_DB above the median one."""
+    loudest frame less than NOISY_ROOM_SNR_DB above the room's level (ROOM_QUANTILE)."""
     levels = sorted(frame_level(b) for b in before)
-    room, loudest = levels[len(levels) // 2], levels[-1]
+    if not levels:
+        return False
+    room, loudest = levels[int(ROOM_QUANTILE * (len(levels) - 1))], levels[-1]
     return room > 0 and 20 * math.log10(loudest / room) < NOISY_ROOM_SNR_DB
 
 
@@ -389,12 +407,11 @@ class CommandSpotter:
                 or not noisy_room(before)):
             return as_is
         try:
-            suppress = self._suppressor(before)
+            suppress, second = self._suppressor(before), self._hearing(SECOND_HEARING_CONF)
         except Exception as exc:  # a second opinion: never worth the first
-            log.warning("voice: no noise suppressor (%s); this utterance is heard once", exc)
+            log.warning("voice: no second hearing (%s); this utterance is heard once", exc)
             return as_is
-        return DenoisedCommandStream(as_is, self._hearing(SECOND_HEARING_CONF), self._table,
-                                     suppress)
+        return DenoisedCommandStream(as_is, second, self._table, suppress)
 
     def _hearing(self, min_conf: float = MIN_CONF) -> VoskCommandStream:
         recognizer = self._source.start_limited(self._table.grammar())
