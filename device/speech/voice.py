@@ -15,9 +15,10 @@ A second hearing in noise (DenoisedCommandStream): in a noisy room (NOISY_ROOM_S
 utterance as it is holds no command, the same recognizers hear it once more through WebRTC's noise
 suppressor (device/audio/denoise.py). What they find counts only if the first hearing held at
 least one word of that command's phrase, and as many as of any other command's, and only if every
-word was heard surely (SECOND_HEARING_CONF); an utterance close to a command in either hearing is
-dropped. Chosen on the tuning voices (BENCHMARKS.md); the suppressor alone, as the only hearing,
-made ordinary speech into commands.
+word was heard surely (SECOND_HEARING_CONF); an utterance close to a command in either hearing, or
+one whose second hearing was sure of a command the first held no trace of, is dropped. Chosen on
+the tuning voices (BENCHMARKS.md); the suppressor alone, as the only hearing, made ordinary speech
+into commands.
 
 Failing toward privacy: an utterance that is not surely a command but came close to one (a whole
 phrase heard with at most one other word, or a match refused only by the confidence rule or the
@@ -301,8 +302,8 @@ class DenoisedCommandStream:
     (traced_in). Otherwise the utterance came close to a command (dropped) when either hearing came
     close to one, or when the second heard one surely that the first held no trace of (on the
     tuning decode cache: 14 of 43 missed commands dropped, and 15 of 348 sentences; with one
-    hearing 8 of 69 and 7; BENCHMARKS.md). The second hearing is only ever a second opinion: if the
-    suppressor fails, the utterance is decided by the first hearing alone. All in RAM."""
+    hearing 8 of 69 and 7; BENCHMARKS.md). The second hearing is only ever a second opinion: if it
+    fails (the suppressor or its recognizer), the first hearing alone decides. All in RAM."""
 
     def __init__(self, as_is: VoskCommandStream, denoised: VoskCommandStream, table: PhraseTable,
                  suppress: Callable[[np.ndarray], np.ndarray]) -> None:
