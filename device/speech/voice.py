@@ -45,9 +45,9 @@ from typing import Final, Protocol
 
 import numpy as np
 
-from device import SAMPLE_RATE_HZ
 from device.audio.vad import frame_level
 from device.core.config import VoiceSettings, normalize_phrase
+from device.core.frames import samples_for
 
 log = logging.getLogger(__name__)
 
@@ -393,18 +393,21 @@ class CommandSpotter:
         self._table = PhraseTable(settings)
         self._answers = {normalize_phrase(w) for w in settings.confirm_words}
         self._source, self._suppressor = source, suppressor
-        self.denoises = suppressor is not None
-        """Whether each utterance is heard a second time, through a noise suppressor."""
         self.commands = sorted(set(self._table.by_phrase.values()))
         warm = self._hearing()  # building the grammar costs once; not at the first utterance
         warm.accept(np.zeros(1600, dtype=np.int16))
         warm.hear()
 
+    @property
+    def denoises(self) -> bool:
+        """Whether an utterance in a noisy room is heard a second time, through a noise suppressor."""
+        return self._suppressor is not None
+
     def start(self, before: Sequence[np.ndarray] = ()) -> CommandStream:
         """A stream for one utterance; `before`: the audio heard just before its wake (only a
         noise suppressor hears it, to learn the room)."""
         as_is = self._hearing()
-        if (self._suppressor is None or sum(len(b) for b in before) < ROOM_MIN_S * SAMPLE_RATE_HZ
+        if (self._suppressor is None or sum(len(b) for b in before) < samples_for(ROOM_MIN_S)
                 or not noisy_room(before)):
             return as_is
         try:
