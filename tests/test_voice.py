@@ -295,8 +295,7 @@ def in_noise(samples: np.ndarray, snr_db: float, before_s: float = 2.0,
     """`samples` in steady noise at `snr_db` against the speech's level, and the frames of the
     same noise alone for `before_s` before (what the suppressor hears before a wake)."""
     lead = int(before_s * 16000)
-    noise = steady_noise(lead + len(samples), speech_level(samples) / 10 ** (snr_db / 20))
-    mixed = np.clip(np.concatenate([np.zeros(lead), samples]) + noise, -32768, 32767).astype(np.int16)
+    mixed = under_steady_noise(np.concatenate([np.zeros(lead, np.int16), samples]), snr_db)
     return [mixed[i:i + 1280] for i in range(0, lead, 1280)], mixed[lead:]
 
 
@@ -877,6 +876,13 @@ def steady_noise(n: int, level: float) -> np.ndarray:
     return looped * level / np.sqrt(np.mean(looped ** 2))
 
 
+def under_steady_noise(clean: np.ndarray, snr_db: float) -> np.ndarray:
+    """`clean` with steady noise under all of it, `snr_db` below the speech's level (silence,
+    exact zeros, does not count toward that level)."""
+    noise = steady_noise(len(clean), speech_level(clean) / 10 ** (snr_db / 20))
+    return np.clip(clean + noise, -32768, 32767).astype(np.int16)
+
+
 def speech_level(samples: np.ndarray) -> float:
     """RMS of the 10 ms pieces within 30 dB of the loudest: the speech's own level."""
     x = samples[: len(samples) // 160 * 160].astype(np.float64).reshape(-1, 160)
@@ -944,9 +950,7 @@ Made = list[tuple[np.ndarray, list[np.ndarray]]]
 def in_a_kitchen(out: Path, snr_db: float, *parts: Path) -> Path:
     """The parts one after another in steady noise at `snr_db` against the speech's level."""
     clean, _ = read_wav(concat_wavs(out, *parts))
-    noise = steady_noise(len(clean), speech_level(clean) / 10 ** (snr_db / 20))
-    soundfile.write(str(out), np.clip(clean + noise, -32768, 32767).astype(np.int16), 16000,
-                    subtype="PCM_16")
+    soundfile.write(str(out), under_steady_noise(clean, snr_db), 16000, subtype="PCM_16")
     return out
 
 
